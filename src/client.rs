@@ -1,0 +1,361 @@
+//! The capkv client library: one handle over a list of endpoints, with failover.
+//!
+//! Every call has one deadline (the client timeout). The client tries endpoints in turn,
+//! starting with the last one that worked, and moves on when a node could not be reached (the
+//! request was never sent) or answered "no quorum" (it certainly did not apply the request);
+//! any other answer, or a failure after the request was sent, ends the call.
+//!
+//! Errors keep the classification of [`crate::error`]: `exit_code()` says whether the operation
+//! may have happened. Caveat: a failure of an already open connection is reported as "outcome
+//! unknown" even when the request never left, because the client cannot tell the two apart.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Request, Response, Status};
+
+use crate::error::Error;
+use crate::limits::GRPC_MESSAGE_BYTES_MAX;
+use crate::proto::{
+    self, cluster_client::ClusterClient, fault_client::FaultClient,
+    keyspaces_client::KeyspacesClient, kv_client::KvClient,
+};
+
+/// How long opening a connection to one endpoint may take before the client moves on.
+const CONNECT_TIMEOUT: Duration = Duration::from_millis(1000);
+
+/// The default endpoints: a local cluster started by `capkv cluster up`.
+pub const DEFAULT_ENDPOINTS: &str = "127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003";
+
+/// Whether a call may be retried on another endpoint after an ambiguous failure.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Effect {
+    Read,
+    Write,
+}
+
+pub struct Client {
+    endpoints: Vec<String>,
+    timeout: Duration,
+    channels: Mutex<Vec<Option<Channel>>>,
+    preferred: AtomicUsize,
+}
+
+impl Client {
+    pub fn new(endpoints: Vec<String>, timeout: Duration) -> Result<Self, Error> {
+        if endpoints.is_empty() {
+            return Err(Error::InvalidInput(
+                "no endpoints given; pass --endpoints HOST:PORT[,HOST:PORT...]".into(),
+            ));
+        }
+        for e in &endpoints {
+            Endpoint::from_shared(format!("http://{e}"))
+                .map_err(|_| Error::InvalidInput(format!("endpoint '{e}' is not HOST:PORT")))?;
+        }
+        let channels = Mutex::new(vec![None; endpoints.len()]);
+        Ok(Self {
+            endpoints,
+            timeout,
+            channels,
+            preferred: AtomicUsize::new(0),
+        })
+    }
+
+    /// Parses a comma-separated endpoint list.
+    pub fn from_list(list: &str, timeout: Duration) -> Result<Self, Error> {
+        Self::new(
+            list.split(',')
+                .map(str::trim)
+                .filter(|e| !e.is_empty())
+                .map(String::from)
+                .collect(),
+            timeout,
+        )
+    }
+
+    pub fn endpoints(&self) -> &[String] {
+        &self.endpoints
+    }
+
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    async fn channel(&self, index: usize, budget: Duration) -> Result<Channel, Error> {
+        if let Some(c) = self
+            .channels
+            .lock()
+            .expect("channel lock is never poisoned")[index]
+            .clone()
+        {
+            return Ok(c);
+        }
+        let endpoint = &self.endpoints[index];
+        let target = Endpoint::from_shared(format!("http://{endpoint}"))
+            .map_err(|_| Error::InvalidInput(format!("endpoint '{endpoint}' is not HOST:PORT")))?
+            .connect_timeout(CONNECT_TIMEOUT.min(budget))
+            .tcp_nodelay(true);
+        let connect = target.connect();
+        let channel = match tokio::time::timeout(CONNECT_TIMEOUT.min(budget), connect).await {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => {
+                return Err(Error::Unreachable(format!(
+                    "cannot connect to {endpoint}: {}",
+                    source_text(&e)
+                )))
+            }
+            Err(_) => {
+                return Err(Error::Unreachable(format!(
+                    "cannot connect to {endpoint}: no answer within {} ms",
+                    CONNECT_TIMEOUT.min(budget).as_millis()
+                )))
+            }
+        };
+        self.channels
+            .lock()
+            .expect("channel lock is never poisoned")[index] = Some(channel.clone());
+        Ok(channel)
+    }
+
+    fn forget(&self, index: usize) {
+        self.channels
+            .lock()
+            .expect("channel lock is never poisoned")[index] = None;
+    }
+
+    /// Runs `call` against the endpoints in turn until one gives a final answer.
+    async fn call<Req, Resp, F, Fut>(
+        &self,
+        effect: Effect,
+        message: Req,
+        call: F,
+    ) -> Result<Resp, Error>
+    where
+        Req: Clone,
+        F: Fn(Channel, Request<Req>) -> Fut,
+        Fut: std::future::Future<Output = Result<Response<Resp>, Status>>,
+    {
+        let deadline = Instant::now() + self.timeout;
+        let start = self.preferred.load(Ordering::Relaxed);
+        let mut last_error = None;
+        for attempt in 0..self.endpoints.len() {
+            let index = (start + attempt) % self.endpoints.len();
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                break;
+            }
+            let channel = match self.channel(index, remaining).await {
+                Ok(c) => c,
+                Err(e) => {
+                    last_error = Some(e);
+                    continue;
+                }
+            };
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            let mut request = Request::new(message.clone());
+            request.set_timeout(remaining);
+            let error = match tokio::time::timeout(remaining, call(channel, request)).await {
+                Ok(Ok(response)) => {
+                    self.preferred.store(index, Ordering::Relaxed);
+                    return Ok(response.into_inner());
+                }
+                Ok(Err(status)) => Error::from_status(&status),
+                Err(_) => Error::OutcomeUnknown(format!(
+                    "{} did not answer within the timeout of {} ms; the operation may or may not have been applied",
+                    self.endpoints[index],
+                    self.timeout.as_millis()
+                )),
+            };
+            let retry = error.definitely_not_applied()
+                || (effect == Effect::Read && matches!(error, Error::OutcomeUnknown(_)));
+            if !retry || Instant::now() >= deadline {
+                return Err(error);
+            }
+            if matches!(error, Error::OutcomeUnknown(_)) {
+                self.forget(index);
+            }
+            last_error = Some(error);
+        }
+        Err(last_error.unwrap_or_else(|| {
+            Error::Unreachable(format!(
+                "no endpoint answered within {} ms",
+                self.timeout.as_millis()
+            ))
+        }))
+    }
+
+    pub async fn get(
+        &self,
+        keyspace: &str,
+        key: &[u8],
+        consistency: proto::Consistency,
+    ) -> Result<proto::GetResponse, Error> {
+        let req = proto::GetRequest {
+            keyspace: keyspace.into(),
+            key: key.to_vec(),
+            consistency: consistency as i32,
+        };
+        self.call(Effect::Read, req, |c, r| async move { kv(c).get(r).await })
+            .await
+    }
+
+    pub async fn put(
+        &self,
+        keyspace: &str,
+        key: &[u8],
+        value: &[u8],
+    ) -> Result<proto::PutResponse, Error> {
+        let req = proto::PutRequest {
+            keyspace: keyspace.into(),
+            key: key.to_vec(),
+            value: value.to_vec(),
+        };
+        self.call(Effect::Write, req, |c, r| async move { kv(c).put(r).await })
+            .await
+    }
+
+    pub async fn delete(&self, keyspace: &str, key: &[u8]) -> Result<proto::DeleteResponse, Error> {
+        let req = proto::DeleteRequest {
+            keyspace: keyspace.into(),
+            key: key.to_vec(),
+        };
+        self.call(
+            Effect::Write,
+            req,
+            |c, r| async move { kv(c).delete(r).await },
+        )
+        .await
+    }
+
+    pub async fn scan(&self, req: proto::ScanRequest) -> Result<proto::ScanResponse, Error> {
+        self.call(Effect::Read, req, |c, r| async move { kv(c).scan(r).await })
+            .await
+    }
+
+    /// Compare-and-swap: `expected = None` swaps only when the key is absent.
+    pub async fn cas(
+        &self,
+        keyspace: &str,
+        key: &[u8],
+        expected: Option<&[u8]>,
+        new_value: &[u8],
+    ) -> Result<proto::CasResponse, Error> {
+        let req = proto::CasRequest {
+            keyspace: keyspace.into(),
+            key: key.to_vec(),
+            expect_absent: expected.is_none(),
+            expected: expected.map(<[u8]>::to_vec).unwrap_or_default(),
+            new_value: new_value.to_vec(),
+        };
+        self.call(Effect::Write, req, |c, r| async move {
+            kv(c).compare_and_swap(r).await
+        })
+        .await
+    }
+
+    pub async fn txn(&self, req: proto::TxnRequest) -> Result<proto::TxnResponse, Error> {
+        self.call(Effect::Write, req, |c, r| async move { kv(c).txn(r).await })
+            .await
+    }
+
+    pub async fn create_keyspace(
+        &self,
+        name: &str,
+        mode: crate::Mode,
+    ) -> Result<proto::KeyspaceInfo, Error> {
+        let mode = match mode {
+            crate::Mode::Cp => proto::Mode::Cp,
+            crate::Mode::Ap => proto::Mode::Ap,
+        };
+        let req = proto::CreateKeyspaceRequest {
+            name: name.into(),
+            mode: mode as i32,
+        };
+        self.call(Effect::Write, req, |c, r| async move {
+            KeyspacesClient::new(c).create(r).await
+        })
+        .await
+    }
+
+    pub async fn list_keyspaces(&self) -> Result<proto::ListKeyspacesResponse, Error> {
+        self.call(
+            Effect::Read,
+            proto::ListKeyspacesRequest {},
+            |c, r| async move { KeyspacesClient::new(c).list(r).await },
+        )
+        .await
+    }
+
+    pub async fn describe_keyspace(&self, name: &str) -> Result<proto::KeyspaceInfo, Error> {
+        let req = proto::DescribeKeyspaceRequest { name: name.into() };
+        self.call(Effect::Read, req, |c, r| async move {
+            KeyspacesClient::new(c).describe(r).await
+        })
+        .await
+    }
+
+    /// The status of one specific endpoint (no failover: the caller asks each node).
+    pub async fn status_of(&self, index: usize) -> Result<proto::StatusResponse, Error> {
+        let channel = self.channel(index, self.timeout).await?;
+        let mut request = Request::new(proto::StatusRequest {});
+        request.set_timeout(self.timeout);
+        match tokio::time::timeout(self.timeout, ClusterClient::new(channel).status(request)).await
+        {
+            Ok(Ok(r)) => Ok(r.into_inner()),
+            Ok(Err(status)) => Err(Error::from_status(&status)),
+            Err(_) => Err(Error::Unreachable(format!(
+                "{} did not answer in time",
+                self.endpoints[index]
+            ))),
+        }
+    }
+
+    pub async fn fault_partition(
+        &self,
+        groups: Vec<Vec<u64>>,
+    ) -> Result<proto::FaultStatusResponse, Error> {
+        let req = proto::PartitionRequest {
+            groups: groups
+                .into_iter()
+                .map(|nodes| proto::Group { nodes })
+                .collect(),
+        };
+        self.call(Effect::Read, req, |c, r| async move {
+            FaultClient::new(c).partition(r).await
+        })
+        .await
+    }
+
+    pub async fn fault_heal(&self) -> Result<proto::FaultStatusResponse, Error> {
+        self.call(Effect::Read, proto::HealRequest {}, |c, r| async move {
+            FaultClient::new(c).heal(r).await
+        })
+        .await
+    }
+
+    pub async fn fault_status(&self) -> Result<proto::FaultStatusResponse, Error> {
+        self.call(
+            Effect::Read,
+            proto::FaultStatusRequest {},
+            |c, r| async move { FaultClient::new(c).status(r).await },
+        )
+        .await
+    }
+}
+
+fn kv(channel: Channel) -> KvClient<Channel> {
+    KvClient::new(channel)
+        .max_decoding_message_size(GRPC_MESSAGE_BYTES_MAX)
+        .max_encoding_message_size(GRPC_MESSAGE_BYTES_MAX)
+}
+
+/// The innermost cause of a transport error, which is the readable part.
+fn source_text(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut current = error;
+    while let Some(next) = current.source() {
+        current = next;
+    }
+    current.to_string()
+}

@@ -1,0 +1,504 @@
+//! `capkv cluster up|down|status`: a local cluster of `capkv node` processes on 127.0.0.1.
+//!
+//! `up` checks the ports, starts one process per node (fault injection on, logs under
+//! `<data-dir>/node-N/`), records them in `<data-dir>/cluster.json`, waits until a leader is
+//! elected and every node is healthy, prints the endpoints, and then either stays in the
+//! foreground until Ctrl-C (stopping the nodes cleanly) or, with `--detach`, leaves them running
+//! for `cluster down`. A second `up` on the same data dir reuses the data.
+//!
+//! Caveats: the launcher is for one machine and loopback only; nodes are supervised only while
+//! `up` runs in the foreground (a node that dies is reported, not restarted).
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use comfy_table::{presets::UTF8_BORDERS_ONLY, Table};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::cli::Report;
+use crate::client::Client;
+use crate::error::Error;
+
+/// Most nodes `cluster up` starts; a local demo cluster, not a fleet.
+const NODES_MAX: u16 = 9;
+/// How long `up` waits for a leader and healthy nodes.
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a node may take to stop after SIGTERM before it gets SIGKILL.
+const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+const STATE_FILE: &str = "cluster.json";
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct UpArgs {
+    #[arg(long, default_value_t = 3)]
+    pub nodes: u16,
+    /// gRPC port of node 1; node i listens on base-port + i - 1.
+    #[arg(long, default_value_t = 7001)]
+    pub base_port: u16,
+    /// HTTP port of node 1; node i serves HTTP on http-base-port + i - 1.
+    #[arg(long, default_value_t = 8001)]
+    pub http_base_port: u16,
+    #[arg(long, default_value = "./capkv-data")]
+    pub data_dir: PathBuf,
+    /// Leave the nodes running in the background; stop them with `capkv cluster down`.
+    #[arg(long)]
+    pub detach: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct NodeRecord {
+    id: u64,
+    pid: i32,
+    listen: String,
+    http: String,
+    log: PathBuf,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct ClusterState {
+    nodes: Vec<NodeRecord>,
+}
+
+impl UpArgs {
+    fn validate(&self) -> Result<(), Error> {
+        if self.nodes == 0 || self.nodes > NODES_MAX {
+            return Err(Error::InvalidInput(format!(
+                "--nodes must be between 1 and {NODES_MAX}, not {}",
+                self.nodes
+            )));
+        }
+        let (grpc_end, http_end) = (
+            self.base_port as u32 + self.nodes as u32,
+            self.http_base_port as u32 + self.nodes as u32,
+        );
+        if grpc_end > 65536 || http_end > 65536 {
+            return Err(Error::InvalidInput(
+                "the port ranges run past 65535; lower --base-port or --http-base-port".into(),
+            ));
+        }
+        let grpc = self.base_port as u32..grpc_end;
+        if grpc.contains(&(self.http_base_port as u32))
+            || (self.http_base_port as u32..http_end).contains(&(self.base_port as u32))
+        {
+            return Err(Error::InvalidInput(
+                "the gRPC and HTTP port ranges overlap; move --http-base-port".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    fn grpc(&self, id: u64) -> String {
+        format!("127.0.0.1:{}", self.base_port as u64 + id - 1)
+    }
+
+    fn http(&self, id: u64) -> String {
+        format!("127.0.0.1:{}", self.http_base_port as u64 + id - 1)
+    }
+}
+
+fn state_path(data_dir: &Path) -> PathBuf {
+    data_dir.join(STATE_FILE)
+}
+
+fn read_state(data_dir: &Path) -> Option<ClusterState> {
+    let text = std::fs::read_to_string(state_path(data_dir)).ok()?;
+    serde_json::from_str(&text).ok()
+}
+
+/// Is `pid` a running capkv node (not a reused pid of something else)?
+fn is_capkv_node(pid: i32) -> bool {
+    match std::fs::read(format!("/proc/{pid}/cmdline")) {
+        Ok(cmdline) => {
+            let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+            args.iter().any(|a| a.ends_with(b"capkv")) && args.contains(&&b"node"[..])
+        }
+        Err(_) => false,
+    }
+}
+
+fn check_port_free(addr: &str, what: &str) -> Result<(), Error> {
+    TcpListener::bind(addr).map(drop).map_err(|e| {
+        Error::Refused(format!("{addr} ({what}) is not free ({e}); stop what uses it or choose other ports with --base-port/--http-base-port"))
+    })
+}
+
+fn spawn_node(
+    args: &UpArgs,
+    id: u64,
+    peers: &str,
+    exe: &Path,
+) -> Result<(Child, NodeRecord), Error> {
+    let dir = args.data_dir.join(format!("node-{id}"));
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| Error::InvalidInput(format!("cannot create {}: {e}", dir.display())))?;
+    let log = dir.join("node.log");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log)
+        .map_err(|e| Error::Internal(format!("cannot open {}: {e}", log.display())))?;
+    let stderr = file
+        .try_clone()
+        .map_err(|e| Error::Internal(format!("cannot open {}: {e}", log.display())))?;
+    let mut command = std::process::Command::new(exe);
+    command
+        .args([
+            "node",
+            "--id",
+            &id.to_string(),
+            "--listen",
+            &args.grpc(id),
+            "--http",
+            &args.http(id),
+        ])
+        .arg("--data-dir")
+        .arg(&dir)
+        .args(["--peers", peers, "--fault-injection"])
+        .stdin(Stdio::null())
+        .stdout(file)
+        .stderr(stderr);
+    // Own process group: Ctrl-C in the terminal reaches the launcher, which stops nodes in order.
+    std::os::unix::process::CommandExt::process_group(&mut command, 0);
+    let child = command
+        .spawn()
+        .map_err(|e| Error::Internal(format!("cannot start node {id}: {e}")))?;
+    let record = NodeRecord {
+        id,
+        pid: child.id() as i32,
+        listen: args.grpc(id),
+        http: args.http(id),
+        log,
+    };
+    Ok((child, record))
+}
+
+fn log_tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+pub async fn up(args: UpArgs, exe: PathBuf) -> Result<(), Error> {
+    args.validate()?;
+    std::fs::create_dir_all(&args.data_dir).map_err(|e| {
+        Error::InvalidInput(format!(
+            "cannot create the data dir {}: {e}",
+            args.data_dir.display()
+        ))
+    })?;
+    if let Some(state) = read_state(&args.data_dir) {
+        let running: Vec<String> = state
+            .nodes
+            .iter()
+            .filter(|n| is_capkv_node(n.pid))
+            .map(|n| n.pid.to_string())
+            .collect();
+        if !running.is_empty() {
+            return Err(Error::Refused(format!(
+                "a cluster from {} is already running (pids {}); stop it with `capkv cluster down --data-dir {}`",
+                args.data_dir.display(),
+                running.join(", "),
+                args.data_dir.display()
+            )));
+        }
+    }
+    for id in 1..=args.nodes as u64 {
+        check_port_free(&args.grpc(id), &format!("node {id} gRPC"))?;
+        check_port_free(&args.http(id), &format!("node {id} HTTP"))?;
+    }
+    let peers: Vec<String> = (1..=args.nodes as u64)
+        .map(|id| format!("{id}={}", args.grpc(id)))
+        .collect();
+    let peers = peers.join(",");
+    let mut children = Vec::new();
+    let mut records = Vec::new();
+    for id in 1..=args.nodes as u64 {
+        let (child, record) = match spawn_node(&args, id, &peers, &exe) {
+            Ok(spawned) => spawned,
+            Err(e) => {
+                stop_children(&mut children).await;
+                return Err(e);
+            }
+        };
+        children.push((id, child));
+        records.push(record);
+    }
+    let state = ClusterState {
+        nodes: records.clone(),
+    };
+    std::fs::write(
+        state_path(&args.data_dir),
+        serde_json::to_string_pretty(&state).expect("cluster state serializes"),
+    )
+    .map_err(|e| {
+        Error::Internal(format!(
+            "cannot write {}: {e}",
+            state_path(&args.data_dir).display()
+        ))
+    })?;
+    eprintln!(
+        "starting {} nodes (data and logs under {})...",
+        args.nodes,
+        args.data_dir.display()
+    );
+    if let Err(e) = wait_ready(&records, &mut children).await {
+        stop_children(&mut children).await;
+        let _ = std::fs::remove_file(state_path(&args.data_dir));
+        return Err(e);
+    }
+    print_endpoints(&records, &args);
+    if args.detach {
+        println!(
+            "running in the background; stop with: capkv cluster down --data-dir {}",
+            args.data_dir.display()
+        );
+        return Ok(());
+    }
+    println!("press Ctrl-C to stop the cluster");
+    supervise(&mut children).await;
+    eprintln!("stopping the nodes...");
+    stop_children(&mut children).await;
+    let _ = std::fs::remove_file(state_path(&args.data_dir));
+    eprintln!("cluster stopped");
+    Ok(())
+}
+
+/// Waits until every node answers, agrees on one leader, and reports itself healthy.
+async fn wait_ready(records: &[NodeRecord], children: &mut [(u64, Child)]) -> Result<(), Error> {
+    let endpoints: Vec<String> = records.iter().map(|r| r.listen.clone()).collect();
+    let started = Instant::now();
+    loop {
+        for (id, child) in children.iter_mut() {
+            if let Ok(Some(status)) = child.try_wait() {
+                let record = records
+                    .iter()
+                    .find(|r| r.id == *id)
+                    .expect("every child has a record");
+                return Err(Error::Refused(format!(
+                    "node {id} exited ({status}) while starting; the end of {}:\n{}",
+                    record.log.display(),
+                    log_tail(&record.log, 15)
+                )));
+            }
+        }
+        let client = Client::new(endpoints.clone(), Duration::from_millis(1000))?;
+        let mut leaders = Vec::new();
+        for index in 0..endpoints.len() {
+            match client.status_of(index).await {
+                Ok(s) if s.health != "failing" => leaders.push(s.leader_id),
+                _ => leaders.push(0),
+            }
+        }
+        if leaders[0] != 0 && leaders.iter().all(|l| *l == leaders[0]) {
+            return Ok(());
+        }
+        if started.elapsed() > READY_TIMEOUT {
+            return Err(Error::Refused(format!(
+                "the cluster did not elect a leader within {} s; see the node logs",
+                READY_TIMEOUT.as_secs()
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn print_endpoints(records: &[NodeRecord], args: &UpArgs) {
+    let mut t = Table::new();
+    t.load_preset(UTF8_BORDERS_ONLY)
+        .set_header(vec!["NODE", "GRPC", "HTTP", "PID", "LOG"]);
+    for r in records {
+        t.add_row(vec![
+            r.id.to_string(),
+            r.listen.clone(),
+            format!("http://{}", r.http),
+            r.pid.to_string(),
+            r.log.display().to_string(),
+        ]);
+    }
+    println!("{t}");
+    let endpoints: Vec<String> = records.iter().map(|r| r.listen.clone()).collect();
+    println!(
+        "cluster ready: {} nodes, leader elected, all healthy",
+        args.nodes
+    );
+    println!("export CAPKV_ENDPOINTS={}", endpoints.join(","));
+}
+
+/// Runs until Ctrl-C or SIGTERM; reports a node that exits on its own.
+async fn supervise(children: &mut [(u64, Child)]) {
+    let signal = crate::daemon::shutdown_signal();
+    tokio::pin!(signal);
+    let mut reported = std::collections::BTreeSet::new();
+    loop {
+        tokio::select! {
+            _ = &mut signal => return,
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+        }
+        for (id, child) in children.iter_mut() {
+            if let Ok(Some(status)) = child.try_wait() {
+                if reported.insert(*id) {
+                    eprintln!("warning: node {id} exited ({status}); the others keep running");
+                }
+            }
+        }
+    }
+}
+
+async fn stop_children(children: &mut [(u64, Child)]) {
+    for (_, child) in children.iter() {
+        let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
+    }
+    let deadline = Instant::now() + STOP_TIMEOUT;
+    for (id, child) in children.iter_mut() {
+        while child.try_wait().ok().flatten().is_none() {
+            if Instant::now() > deadline {
+                eprintln!(
+                    "node {id} did not stop within {} s: killing it",
+                    STOP_TIMEOUT.as_secs()
+                );
+                let _ = child.kill();
+                let _ = child.wait();
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// Stops the nodes recorded in `<data-dir>/cluster.json`.
+pub async fn down(data_dir: &Path) -> Result<(), Error> {
+    let Some(state) = read_state(data_dir) else {
+        eprintln!(
+            "no cluster is running from {} (no {STATE_FILE} there)",
+            data_dir.display()
+        );
+        return Ok(());
+    };
+    let running: Vec<&NodeRecord> = state
+        .nodes
+        .iter()
+        .filter(|n| is_capkv_node(n.pid))
+        .collect();
+    for n in &running {
+        let _ = kill(Pid::from_raw(n.pid), Signal::SIGTERM);
+    }
+    let deadline = Instant::now() + STOP_TIMEOUT;
+    for n in &running {
+        while is_capkv_node(n.pid) {
+            if Instant::now() > deadline {
+                eprintln!(
+                    "node {} did not stop within {} s: killing it",
+                    n.id,
+                    STOP_TIMEOUT.as_secs()
+                );
+                let _ = kill(Pid::from_raw(n.pid), Signal::SIGKILL);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let _ = std::fs::remove_file(state_path(data_dir));
+    println!("stopped {} node(s)", running.len());
+    Ok(())
+}
+
+/// `capkv cluster status`: every endpoint's own view, plus members it knows of.
+pub async fn status(client: &Client) -> Result<Report, Error> {
+    let mut statuses = Vec::new();
+    for index in 0..client.endpoints().len() {
+        statuses.push((
+            client.endpoints()[index].clone(),
+            client.status_of(index).await,
+        ));
+    }
+    if statuses.iter().all(|(_, s)| s.is_err()) {
+        let reasons: Vec<String> = statuses
+            .iter()
+            .filter_map(|(_, s)| s.as_ref().err().map(|e| e.to_string()))
+            .collect();
+        return Err(Error::Unreachable(format!(
+            "no node answered: {}",
+            reasons.join("; ")
+        )));
+    }
+    let mut t = Table::new();
+    t.load_preset(UTF8_BORDERS_ONLY).set_header(vec![
+        "ID",
+        "ADDRESS",
+        "ROLE",
+        "TERM",
+        "LEADER",
+        "COMMIT",
+        "APPLIED",
+        "HEALTH",
+        "PARTITION",
+    ]);
+    let mut nodes = Vec::new();
+    let mut leaders = std::collections::BTreeSet::new();
+    for (endpoint, status) in &statuses {
+        match status {
+            Ok(s) => {
+                if s.leader_id != 0 {
+                    leaders.insert(s.leader_id);
+                }
+                let leader = if s.leader_id == 0 {
+                    "none".to_string()
+                } else {
+                    s.leader_id.to_string()
+                };
+                t.add_row(vec![
+                    s.node_id.to_string(),
+                    endpoint.clone(),
+                    s.role.clone(),
+                    s.term.to_string(),
+                    leader,
+                    s.commit_index.to_string(),
+                    s.applied_index.to_string(),
+                    s.health.clone(),
+                    if s.fault_injection {
+                        "see fault status".into()
+                    } else {
+                        "-".into()
+                    },
+                ]);
+                nodes.push(json!({"id": s.node_id, "address": endpoint, "reachable": true, "role": s.role, "term": s.term,
+                    "leader_id": s.leader_id, "commit_index": s.commit_index, "applied_index": s.applied_index,
+                    "last_log_index": s.last_log_index, "snapshot_index": s.snapshot_index, "health": s.health}));
+            }
+            Err(e) => {
+                t.add_row(vec![
+                    "?".into(),
+                    endpoint.clone(),
+                    "unreachable".into(),
+                    "-".into(),
+                    "-".into(),
+                    "-".into(),
+                    "-".into(),
+                    "unreachable".into(),
+                    "-".into(),
+                ]);
+                nodes.push(json!({"id": Option::<u64>::None, "address": endpoint, "reachable": false, "error": e.to_string(), "health": "unreachable"}));
+            }
+        }
+    }
+    let leader_id = if leaders.len() == 1 {
+        *leaders.iter().next().expect("one leader")
+    } else {
+        0
+    };
+    let summary = match leaders.len() {
+        0 => "no leader known: the cluster cannot serve cp requests".to_string(),
+        1 => format!("leader: node {leader_id}"),
+        _ => format!(
+            "nodes disagree on the leader ({leaders:?}): an election or a partition is in progress"
+        ),
+    };
+    Ok(Report::ok(
+        json!({"nodes": nodes, "leader_id": leader_id}),
+        format!("{t}\n{summary}"),
+    ))
+}

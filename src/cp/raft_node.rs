@@ -1,0 +1,217 @@
+//! Starting the Raft group of a node: options, bootstrap, and the election watchdog.
+//!
+//! BOOTSTRAP: the cluster is defined by `--peers`. When the node with the lowest id starts with
+//! an empty log it initializes the group with every peer as a voter; the others wait to hear
+//! from a leader. A node with data rejoins from its own log and vote.
+//!
+//! WATCHDOG: openraft 0.9 draws its random election timeout once per instance, so two survivors
+//! can keep splitting their votes. The watchdog notices a node that has known no leader for a
+//! random while and triggers an election, with fresh randomness each time.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use openraft::{BasicNode, Config, ServerState, SnapshotPolicy};
+use rand::Rng;
+
+use super::network::Network;
+use super::{NodeId, Raft};
+use crate::error::Error;
+use crate::fault::FaultFilter;
+use crate::limits::{RAFT_PAYLOAD_ENTRIES_MAX, SNAPSHOT_CHUNK_BYTES, SNAPSHOT_EVERY_ENTRIES};
+use crate::storage::{LogStore, SmReader, StateMachineStore};
+
+/// Entries kept in the log below the latest snapshot, so a briefly lagging follower catches up
+/// from the log; one further behind gets the snapshot.
+const LOG_ENTRIES_KEPT_AFTER_SNAPSHOT: u64 = 100;
+
+/// Timing of the Raft group, tuned for a loaded 2-core machine.
+#[derive(Clone, Debug)]
+pub struct RaftOptions {
+    /// openraft also uses this as the AppendEntries timeout.
+    pub heartbeat_interval_ms: u64,
+    pub election_timeout_ms_min: u64,
+    pub election_timeout_ms_max: u64,
+}
+
+impl Default for RaftOptions {
+    fn default() -> Self {
+        Self {
+            heartbeat_interval_ms: 200,
+            election_timeout_ms_min: 1000,
+            election_timeout_ms_max: 2500,
+        }
+    }
+}
+
+impl RaftOptions {
+    pub fn validate(&self) -> Result<(), Error> {
+        let bad = |why: String| Err(Error::InvalidInput(why));
+        if self.heartbeat_interval_ms < 10 {
+            return bad(format!(
+                "the heartbeat interval ({} ms) must be at least 10 ms",
+                self.heartbeat_interval_ms
+            ));
+        }
+        if self.election_timeout_ms_min < 3 * self.heartbeat_interval_ms {
+            return bad(format!(
+                "the minimum election timeout ({} ms) must be at least three heartbeat intervals ({} ms)",
+                self.election_timeout_ms_min,
+                3 * self.heartbeat_interval_ms
+            ));
+        }
+        if self.election_timeout_ms_max <= self.election_timeout_ms_min {
+            return bad(format!(
+                "the maximum election timeout ({} ms) must exceed the minimum ({} ms)",
+                self.election_timeout_ms_max, self.election_timeout_ms_min
+            ));
+        }
+        Ok(())
+    }
+
+    fn config(&self) -> Result<Config, Error> {
+        let config = Config {
+            cluster_name: "capkv".into(),
+            heartbeat_interval: self.heartbeat_interval_ms,
+            election_timeout_min: self.election_timeout_ms_min,
+            election_timeout_max: self.election_timeout_ms_max,
+            install_snapshot_timeout: 10_000,
+            max_payload_entries: RAFT_PAYLOAD_ENTRIES_MAX,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(SNAPSHOT_EVERY_ENTRIES),
+            snapshot_max_chunk_size: SNAPSHOT_CHUNK_BYTES,
+            max_in_snapshot_log_to_keep: LOG_ENTRIES_KEPT_AFTER_SNAPSHOT,
+            ..Default::default()
+        };
+        config
+            .validate()
+            .map_err(|e| Error::InvalidInput(format!("invalid Raft configuration: {e}")))
+    }
+
+    /// How long a leader may go without a majority's acknowledgement before it refuses writes.
+    pub fn check_quorum_ms(&self) -> u64 {
+        self.election_timeout_ms_min
+    }
+}
+
+/// The pieces of a started Raft group.
+pub struct Started {
+    pub raft: Raft,
+    pub reader: SmReader,
+    pub log: LogStore,
+}
+
+pub async fn start(
+    id: NodeId,
+    options: &RaftOptions,
+    db: &sled::Db,
+    fault: Arc<FaultFilter>,
+) -> Result<Started, Error> {
+    let config = Arc::new(options.config()?);
+    let storage_err = |e: sled::Error| Error::Internal(format!("cannot open storage trees: {e}"));
+    let log = LogStore::open(db).map_err(storage_err)?;
+    let sm = StateMachineStore::open(db).map_err(storage_err)?;
+    let reader = sm.reader();
+    let raft = Raft::new(id, config, Network::new(id, fault), log.clone(), sm)
+        .await
+        .map_err(|e| Error::Internal(format!("cannot start Raft: {e}")))?;
+    Ok(Started { raft, reader, log })
+}
+
+/// Initializes a fresh cluster from the lowest-id node; a no-op everywhere else.
+pub async fn bootstrap_if_fresh(
+    raft: &Raft,
+    id: NodeId,
+    peers: &BTreeMap<NodeId, String>,
+) -> Result<(), Error> {
+    let lowest = *peers.keys().next().expect("peers include this node");
+    if id != lowest {
+        return Ok(());
+    }
+    let initialized = raft
+        .is_initialized()
+        .await
+        .map_err(|e| Error::Internal(e.to_string()))?;
+    if initialized {
+        return Ok(());
+    }
+    let members: BTreeMap<NodeId, BasicNode> = peers
+        .iter()
+        .map(|(id, addr)| (*id, BasicNode::new(addr)))
+        .collect();
+    tracing::info!(?members, "fresh cluster: initializing the Raft group");
+    match raft.initialize(members).await {
+        Ok(()) => Ok(()),
+        Err(openraft::error::RaftError::APIError(
+            openraft::error::InitializeError::NotAllowed(_),
+        )) => Ok(()),
+        Err(e) => Err(Error::Internal(format!(
+            "cannot initialize the cluster: {e}"
+        ))),
+    }
+}
+
+/// Triggers an election when this node has known no leader for a random while.
+pub async fn run_election_watchdog(raft: Raft, options: RaftOptions) {
+    let mut leaderless_since: Option<Instant> = None;
+    let mut patience = random_patience(&options);
+    loop {
+        tokio::time::sleep(Duration::from_millis(options.heartbeat_interval_ms)).await;
+        let metrics = raft.metrics().borrow().clone();
+        if metrics.running_state.is_err() {
+            return;
+        }
+        let initialized = metrics
+            .membership_config
+            .membership()
+            .voter_ids()
+            .next()
+            .is_some();
+        let leaderless =
+            initialized && metrics.current_leader.is_none() && metrics.state != ServerState::Leader;
+        if !leaderless {
+            leaderless_since = None;
+            continue;
+        }
+        let since = *leaderless_since.get_or_insert_with(Instant::now);
+        if since.elapsed() >= patience {
+            tracing::info!(
+                term = metrics.current_term,
+                "no leader for {:?}: triggering an election",
+                since.elapsed()
+            );
+            let _ = raft.trigger().elect().await;
+            leaderless_since = None;
+            patience = random_patience(&options);
+        }
+    }
+}
+
+fn random_patience(options: &RaftOptions) -> Duration {
+    let ms = rand::thread_rng()
+        .gen_range(options.election_timeout_ms_min..=options.election_timeout_ms_max * 2);
+    Duration::from_millis(ms)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_validate_and_relations_are_checked() {
+        assert!(RaftOptions::default().validate().is_ok());
+        let o = RaftOptions {
+            heartbeat_interval_ms: 500,
+            ..Default::default()
+        };
+        assert!(
+            o.validate().is_err(),
+            "election timeout below three heartbeats"
+        );
+        let o = RaftOptions {
+            election_timeout_ms_max: 1000,
+            ..Default::default()
+        };
+        assert!(o.validate().is_err(), "max not above min");
+    }
+}

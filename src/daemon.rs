@@ -1,0 +1,86 @@
+//! Running `capkv node`: open storage, start Raft and the servers, bootstrap, and stop cleanly
+//! on SIGTERM or Ctrl-C (servers first, then Raft, then a final flush).
+
+use std::sync::Arc;
+
+use tokio::sync::watch;
+
+use crate::cp::raft_node;
+use crate::error::Error;
+use crate::node::{Node, NodeOptions};
+use crate::observe::metrics;
+use crate::server;
+
+pub async fn run(options: NodeOptions) -> Result<(), Error> {
+    options.validate()?;
+    metrics::install()?;
+    // Bind first: a taken port should fail before anything touches the data dir.
+    let grpc_listener = server::bind(options.listen, "--listen").await?;
+    let http_listener = server::bind(options.http, "--http").await?;
+    let node = Node::open(options.clone()).await?;
+    tracing::info!(id = node.id, listen = %options.listen, http = %options.http, data_dir = %options.data_dir.display(),
+        fault_injection = options.fault_injection, "node starting");
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    let grpc = tokio::spawn(server::serve_grpc(
+        node.clone(),
+        grpc_listener,
+        stopped(stop_rx.clone()),
+    ));
+    let http = tokio::spawn(server::http::serve_http(
+        node.clone(),
+        http_listener,
+        stopped(stop_rx.clone()),
+    ));
+    let background = [
+        tokio::spawn(raft_node::run_election_watchdog(
+            node.raft.clone(),
+            options.raft.clone(),
+        )),
+        tokio::spawn(metrics::run_gauge_updater(node.clone())),
+    ];
+    raft_node::bootstrap_if_fresh(&node.raft, node.id, &options.peers).await?;
+
+    let result = tokio::select! {
+        _ = shutdown_signal() => Ok(()),
+        r = grpc_task_ended(grpc) => r,
+    };
+    tracing::info!(id = node.id, "node stopping");
+    let _ = stop_tx.send(true);
+    let _ = http.await;
+    for task in background {
+        task.abort();
+    }
+    stop(&node).await;
+    result
+}
+
+async fn grpc_task_ended(task: tokio::task::JoinHandle<Result<(), Error>>) -> Result<(), Error> {
+    match task.await {
+        Ok(r) => r,
+        Err(e) => Err(Error::Internal(format!("the gRPC server task failed: {e}"))),
+    }
+}
+
+async fn stop(node: &Arc<Node>) {
+    if let Err(e) = node.raft.shutdown().await {
+        tracing::warn!("Raft did not shut down cleanly: {e}");
+    }
+    if let Err(e) = crate::storage::flush(&node.db).await {
+        tracing::error!("the final flush failed: {e}");
+    }
+}
+
+/// Completes on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler installs");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler installs");
+    tokio::select! {
+        _ = term.recv() => {},
+        _ = int.recv() => {},
+    }
+}

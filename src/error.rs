@@ -1,0 +1,154 @@
+//! Errors, named for what the caller does next, and their one mapping to and from gRPC.
+//!
+//! Every error answers two questions for a client: may it retry, and may the operation have
+//! happened anyway? [`Error::exit_code`] encodes the answer as the CLI's exit code:
+//! `3` definitely not applied (retry is safe), `4` outcome unknown (the write may have happened),
+//! `5` the request itself is wrong or the node is broken (retry will not help), `1` the
+//! operation ran and the answer is no.
+
+use tonic::{Code, Status};
+
+use crate::keyspace::Mode;
+
+/// Metadata key that carries the error kind, so the client can tell our refusals apart from
+/// transport failures that share a gRPC code.
+const ERROR_KIND_HEADER: &str = "capkv-error";
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    /// The request is malformed or over a limit; nothing was stored.
+    #[error("{0}")]
+    InvalidInput(String),
+    /// This node cannot reach a majority (or a leader); nothing was applied. Retry elsewhere.
+    #[error("no quorum: {0}")]
+    NoQuorum(String),
+    /// No node answered at all; the request was never sent. Retry later.
+    #[error("unreachable: {0}")]
+    Unreachable(String),
+    #[error(
+        "keyspace '{0}' does not exist; create it with `capkv keyspace create {0} --mode cp|ap`"
+    )]
+    UnknownKeyspace(String),
+    /// The keyspace's mode does not offer this operation.
+    #[error("{op} needs a {needs} keyspace; '{keyspace}' is {mode}")]
+    ModeRefuses {
+        op: String,
+        keyspace: String,
+        mode: Mode,
+        needs: String,
+    },
+    /// The node refuses for a reason of its own configuration (e.g. fault injection off).
+    #[error("{0}")]
+    Refused(String),
+    /// The thing to create exists already; the sentence says what it is.
+    #[error("{0}")]
+    AlreadyExists(String),
+    /// The request was sent but no answer came in time: it may or may not have been applied.
+    #[error("outcome unknown: {0}")]
+    OutcomeUnknown(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// The CLI exit code for this error (see DESIGN.md §1.2).
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Error::AlreadyExists(_) => 1,
+            Error::NoQuorum(_)
+            | Error::Unreachable(_)
+            | Error::UnknownKeyspace(_)
+            | Error::ModeRefuses { .. }
+            | Error::Refused(_) => 3,
+            Error::OutcomeUnknown(_) => 4,
+            Error::InvalidInput(_) | Error::Internal(_) => 5,
+        }
+    }
+
+    /// True when the operation was certainly not applied, so sending it elsewhere is safe.
+    pub fn definitely_not_applied(&self) -> bool {
+        matches!(self, Error::NoQuorum(_) | Error::Unreachable(_))
+    }
+
+    fn kind(&self) -> &'static str {
+        match self {
+            Error::InvalidInput(_) => "invalid_input",
+            Error::NoQuorum(_) => "no_quorum",
+            Error::Unreachable(_) => "unreachable",
+            Error::UnknownKeyspace(_) => "unknown_keyspace",
+            Error::ModeRefuses { .. } => "mode_refuses",
+            Error::Refused(_) => "refused",
+            Error::AlreadyExists(_) => "already_exists",
+            Error::OutcomeUnknown(_) => "outcome_unknown",
+            Error::Internal(_) => "internal",
+        }
+    }
+
+    fn code(&self) -> Code {
+        match self {
+            Error::InvalidInput(_) => Code::InvalidArgument,
+            Error::NoQuorum(_) | Error::Unreachable(_) => Code::Unavailable,
+            Error::UnknownKeyspace(_) => Code::NotFound,
+            Error::ModeRefuses { .. } | Error::Refused(_) => Code::FailedPrecondition,
+            Error::AlreadyExists(_) => Code::AlreadyExists,
+            Error::OutcomeUnknown(_) => Code::DeadlineExceeded,
+            Error::Internal(_) => Code::Internal,
+        }
+    }
+
+    /// Rebuilds an error from a status. Statuses our servers produce carry their kind; anything
+    /// else came from the transport or a proxy and is classified by code alone, conservatively.
+    pub fn from_status(status: &Status) -> Error {
+        let message = status.message().to_string();
+        let kind = status
+            .metadata()
+            .get(ERROR_KIND_HEADER)
+            .and_then(|v| v.to_str().ok());
+        let strip = |prefix: &str| message.strip_prefix(prefix).unwrap_or(&message).to_string();
+        match kind {
+            Some("invalid_input") => Error::InvalidInput(message),
+            Some("no_quorum") => Error::NoQuorum(strip("no quorum: ")),
+            Some("unreachable") => Error::Unreachable(strip("unreachable: ")),
+            Some("unknown_keyspace") | Some("mode_refuses") | Some("refused") => {
+                Error::Refused(message)
+            }
+            Some("already_exists") => Error::AlreadyExists(message),
+            Some("outcome_unknown") => Error::OutcomeUnknown(strip("outcome unknown: ")),
+            Some(_) => Error::Internal(strip("internal error: ")),
+            None => Self::from_foreign_status(status),
+        }
+    }
+
+    fn from_foreign_status(status: &Status) -> Error {
+        let message = status.message().to_string();
+        match status.code() {
+            Code::InvalidArgument | Code::OutOfRange => Error::InvalidInput(message),
+            Code::ResourceExhausted => {
+                Error::InvalidInput(format!("the request is too large: {message}"))
+            }
+            Code::DeadlineExceeded | Code::Cancelled => Error::OutcomeUnknown(format!(
+                "no answer before the deadline ({message}); the operation may or may not have been applied"
+            )),
+            // A transport failure after the request went out: we cannot know whether it arrived.
+            Code::Unavailable | Code::Unknown => Error::OutcomeUnknown(format!(
+                "the connection failed after the request was sent ({message}); it may or may not have been applied"
+            )),
+            _ => Error::Internal(format!("{}: {message}", status.code())),
+        }
+    }
+}
+
+impl From<Error> for Status {
+    fn from(err: Error) -> Status {
+        let mut status = Status::new(err.code(), err.to_string());
+        status.metadata_mut().insert(
+            ERROR_KIND_HEADER,
+            err.kind()
+                .parse()
+                .expect("error kinds are ASCII header values"),
+        );
+        status
+    }
+}

@@ -1,0 +1,156 @@
+//! Built-in fault injection: one filter that every peer message passes, on both ends.
+//!
+//! A partition is a list of groups of node ids. Two nodes may talk when some group holds both;
+//! a node listed in no group is cut off from everyone. Groups may overlap, which builds bridges
+//! (a node in two groups talks to both sides while the sides cannot talk to each other).
+//!
+//! The sender checks the filter before a Raft or gossip message leaves, and the receiver checks it
+//! again before handling one (with the sender's id carried in the message), so a partition holds
+//! even when only one side has heard of it. A dropped message is silence, as with a cut cable:
+//! the sender waits out its timeout and the receiver holds the request without answering.
+//!
+//! The filter's own control messages (set and heal) are never filtered, so `fault heal` always
+//! gets through.
+//!
+//! Caveats: partitions are symmetric; one-way partitions come with the Jepsen-style nemeses.
+//! Clients talking to a node are never filtered: the filter models the network between nodes.
+
+use std::collections::BTreeSet;
+use std::sync::RwLock;
+
+use crate::error::Error;
+
+/// The current partition of the cluster as one node sees it.
+#[derive(Debug)]
+pub struct FaultFilter {
+    enabled: bool,
+    groups: RwLock<Vec<BTreeSet<u64>>>,
+}
+
+impl FaultFilter {
+    pub fn new(enabled: bool) -> Self {
+        Self {
+            enabled,
+            groups: RwLock::new(Vec::new()),
+        }
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.enabled
+    }
+
+    /// May a message from `from` reach `to`?
+    pub fn allows(&self, from: u64, to: u64) -> bool {
+        if from == to {
+            return true;
+        }
+        let groups = self
+            .groups
+            .read()
+            .expect("fault filter lock is never poisoned");
+        groups.is_empty() || groups.iter().any(|g| g.contains(&from) && g.contains(&to))
+    }
+
+    /// Replaces the partition; an empty list heals the network.
+    pub fn set(&self, groups: Vec<BTreeSet<u64>>) -> Result<(), Error> {
+        if !self.enabled {
+            return Err(Error::Refused(
+                "fault injection is off on this node; start nodes with --fault-injection (cluster up does)".into(),
+            ));
+        }
+        *self
+            .groups
+            .write()
+            .expect("fault filter lock is never poisoned") = groups;
+        Ok(())
+    }
+
+    pub fn groups(&self) -> Vec<BTreeSet<u64>> {
+        self.groups
+            .read()
+            .expect("fault filter lock is never poisoned")
+            .clone()
+    }
+}
+
+/// Parses one group as written on the command line: node ids joined by commas (`1,2`).
+pub fn parse_group(text: &str) -> Result<BTreeSet<u64>, Error> {
+    let bad = || {
+        Error::InvalidInput(format!(
+            "'{text}' is not a group of node ids; write ids joined by commas, e.g. `capkv fault partition 1,2 3`"
+        ))
+    };
+    let ids: Result<BTreeSet<u64>, _> =
+        text.split(',').map(|id| id.trim().parse::<u64>()).collect();
+    let ids = ids.map_err(|_| bad())?;
+    if ids.is_empty() || ids.contains(&0) {
+        return Err(bad());
+    }
+    Ok(ids)
+}
+
+/// Checks that a partition names only members and has at least two groups.
+pub fn validate_partition(groups: &[BTreeSet<u64>], members: &BTreeSet<u64>) -> Result<(), Error> {
+    if groups.len() < 2 {
+        return Err(Error::InvalidInput(
+            "a partition needs at least two groups, e.g. `capkv fault partition 1,2 3`; use `capkv fault heal` to restore the network".into(),
+        ));
+    }
+    for id in groups.iter().flatten() {
+        if !members.contains(id) {
+            return Err(Error::InvalidInput(format!(
+                "node {id} is not a member of this cluster (members: {members:?})"
+            )));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(ids: &[u64]) -> BTreeSet<u64> {
+        ids.iter().copied().collect()
+    }
+
+    #[test]
+    fn halves_cut_both_directions() {
+        let f = FaultFilter::new(true);
+        f.set(vec![set(&[1, 2]), set(&[3])]).unwrap();
+        assert!(f.allows(1, 2) && f.allows(2, 1));
+        assert!(!f.allows(1, 3) && !f.allows(3, 1) && !f.allows(2, 3));
+        assert!(f.allows(3, 3));
+        f.set(vec![]).unwrap();
+        assert!(f.allows(1, 3));
+    }
+
+    #[test]
+    fn bridges_and_unlisted_nodes() {
+        let f = FaultFilter::new(true);
+        f.set(vec![set(&[1, 2, 3]), set(&[3, 4, 5])]).unwrap();
+        assert!(f.allows(1, 3) && f.allows(5, 3));
+        assert!(!f.allows(1, 5));
+        f.set(vec![set(&[1, 2]), set(&[3])]).unwrap();
+        assert!(!f.allows(4, 1), "a node listed nowhere is isolated");
+    }
+
+    #[test]
+    fn disabled_filter_refuses_changes() {
+        let f = FaultFilter::new(false);
+        assert_eq!(f.set(vec![set(&[1])]).unwrap_err().exit_code(), 3);
+        assert!(f.allows(1, 2));
+    }
+
+    #[test]
+    fn groups_parse_and_validate() {
+        assert_eq!(parse_group("1,2").unwrap(), set(&[1, 2]));
+        assert!(parse_group("1,x").is_err());
+        assert!(parse_group("").is_err());
+        assert!(parse_group("0").is_err());
+        let members = set(&[1, 2, 3]);
+        assert!(validate_partition(&[set(&[1, 2]), set(&[3])], &members).is_ok());
+        assert!(validate_partition(&[set(&[1, 2, 3])], &members).is_err());
+        assert!(validate_partition(&[set(&[1]), set(&[9])], &members).is_err());
+    }
+}

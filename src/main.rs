@@ -1,0 +1,77 @@
+//! The `capkv` binary: parses the command line and runs the server, launcher or client.
+#![forbid(unsafe_code)]
+
+use clap::Parser;
+
+use capkv::cli::{self, Cli, ClusterCommand, Command};
+use capkv::error::Error;
+
+fn main() {
+    let cli = Cli::parse();
+    let code = match &cli.command {
+        Command::Node(args) => run_node(args),
+        Command::Cluster(ClusterCommand::Up(args)) => cli::finish(
+            cli.output,
+            runtime(2).block_on(run_up(args.clone())).map(empty),
+        ),
+        Command::Cluster(ClusterCommand::Down { data_dir }) => cli::finish(
+            cli.output,
+            runtime(1)
+                .block_on(capkv::cluster::down(data_dir))
+                .map(empty),
+        ),
+        _ => {
+            capkv::observe::logging::init_client();
+            cli::finish(cli.output, runtime(1).block_on(cli::run_client(&cli)))
+        }
+    };
+    std::process::exit(code);
+}
+
+fn empty(_: ()) -> cli::Report {
+    cli::Report {
+        json: serde_json::json!({"ok": true}),
+        text: String::new(),
+        no: None,
+    }
+}
+
+async fn run_up(args: capkv::cluster::UpArgs) -> Result<(), Error> {
+    let exe = std::env::current_exe()
+        .map_err(|e| Error::Internal(format!("cannot find the capkv binary: {e}")))?;
+    capkv::cluster::up(args, exe).await
+}
+
+fn run_node(args: &cli::NodeArgs) -> i32 {
+    let options = match cli::node_options(args) {
+        Ok(o) => o,
+        Err(e) => return cli::finish(cli::Output::Table, Err(e)),
+    };
+    let _guard = match capkv::observe::logging::init_node(
+        &options.data_dir,
+        args.log_format,
+        &args.log_level,
+    ) {
+        Ok(g) => g,
+        Err(e) => return cli::finish(cli::Output::Table, Err(Error::InvalidInput(e))),
+    };
+    let result = runtime(2).block_on(capkv::daemon::run(options));
+    if let Err(e) = &result {
+        tracing::error!("node failed: {e}");
+    }
+    cli::finish(cli::Output::Table, result.map(empty))
+}
+
+fn runtime(workers: usize) -> tokio::runtime::Runtime {
+    let mut builder = if workers == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(workers);
+        b
+    };
+    builder
+        .enable_all()
+        .build()
+        .expect("the tokio runtime starts")
+}

@@ -1,0 +1,198 @@
+//! Health of a node: storage works, a leader is known, the replica keeps up.
+//!
+//! `ok`: storage works and a leader is known with the local replica caught up;
+//! `degraded`: a leader is known but this replica lags it;
+//! `failing`: no leader known, or storage does not work. `/health` answers 200 unless failing.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::ServerState;
+use serde::Serialize;
+
+use crate::node::Node;
+use crate::proto;
+
+/// Applied entries a replica may trail its last log entry by and still count as caught up.
+const APPLY_LAG_ENTRIES_MAX: u64 = 1000;
+
+#[derive(Debug, Serialize)]
+pub struct Check {
+    pub ok: bool,
+    pub detail: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct HealthReport {
+    pub status: &'static str,
+    pub node_id: u64,
+    pub role: String,
+    pub term: u64,
+    pub leader_id: Option<u64>,
+    pub storage: Check,
+    pub raft: Check,
+    pub memory_rss_bytes: Option<u64>,
+    pub storage_bytes: u64,
+    pub fault_injection: bool,
+    pub partition: Vec<Vec<u64>>,
+}
+
+impl HealthReport {
+    pub fn serving(&self) -> bool {
+        self.status != "failing"
+    }
+}
+
+pub fn role(state: ServerState) -> &'static str {
+    match state {
+        ServerState::Leader => "leader",
+        ServerState::Follower => "follower",
+        ServerState::Candidate => "candidate",
+        ServerState::Learner => "learner",
+        ServerState::Shutdown => "shutdown",
+    }
+}
+
+fn storage_check(node: &Node) -> Check {
+    let probe = node.db.open_tree("health").and_then(|t| {
+        let stamp = node.started.elapsed().as_nanos().to_be_bytes();
+        t.insert("probe", &stamp[..])?;
+        t.get("probe")
+    });
+    match probe {
+        Ok(Some(_)) => Check {
+            ok: true,
+            detail: "read and write work".into(),
+        },
+        Ok(None) => Check {
+            ok: false,
+            detail: "a written probe could not be read back".into(),
+        },
+        Err(e) => Check {
+            ok: false,
+            detail: format!("storage error: {e}"),
+        },
+    }
+}
+
+/// The commit index as far as this node knows it (persisted by the log store).
+pub fn commit_index(node: &Node) -> u64 {
+    let m = node.metrics();
+    // A leader's commit index is at least what it has applied; followers learn it from the leader.
+    m.last_applied
+        .map_or(0, |l| l.index)
+        .max(read_committed(node))
+}
+
+fn read_committed(node: &Node) -> u64 {
+    node.db
+        .open_tree("raft_meta")
+        .ok()
+        .and_then(|t| t.get("committed").ok().flatten())
+        .and_then(|b| {
+            crate::storage::codec::decode::<Option<openraft::LogId<u64>>>(&b)
+                .ok()
+                .flatten()
+        })
+        .map_or(0, |l| l.index)
+}
+
+fn memory_rss_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * 4096)
+}
+
+pub fn report(node: &Node) -> HealthReport {
+    let m = node.metrics();
+    let storage = storage_check(node);
+    let applied = m.last_applied.map_or(0, |l| l.index);
+    let last_log = m.last_log_index.unwrap_or(0);
+    let raft = match m.current_leader {
+        None => Check {
+            ok: false,
+            detail: format!("no leader known in term {}", m.current_term),
+        },
+        Some(leader) if last_log.saturating_sub(applied) > APPLY_LAG_ENTRIES_MAX => Check {
+            ok: true,
+            detail: format!(
+                "leader is node {leader}; this replica lags: applied {applied} of {last_log}"
+            ),
+        },
+        Some(leader) => Check {
+            ok: true,
+            detail: format!("leader is node {leader}; applied {applied}"),
+        },
+    };
+    let lagging = last_log.saturating_sub(applied) > APPLY_LAG_ENTRIES_MAX;
+    let status = match (storage.ok && raft.ok, lagging) {
+        (false, _) => "failing",
+        (true, true) => "degraded",
+        (true, false) => "ok",
+    };
+    HealthReport {
+        status,
+        node_id: node.id,
+        role: role(m.state).to_string(),
+        term: m.current_term,
+        leader_id: m.current_leader,
+        storage,
+        raft,
+        memory_rss_bytes: memory_rss_bytes(),
+        storage_bytes: node.db.size_on_disk().unwrap_or(0),
+        fault_injection: node.fault.enabled(),
+        partition: node
+            .fault
+            .groups()
+            .into_iter()
+            .map(|g| g.into_iter().collect())
+            .collect(),
+    }
+}
+
+/// The node's own view, for `capkv cluster status`.
+pub fn status(node: &Node) -> proto::StatusResponse {
+    let m = node.metrics();
+    let health = report(node);
+    proto::StatusResponse {
+        node_id: node.id,
+        address: node
+            .options
+            .peers
+            .get(&node.id)
+            .cloned()
+            .unwrap_or_else(|| node.options.listen.to_string()),
+        http_address: node.options.http.to_string(),
+        role: role(m.state).to_string(),
+        term: m.current_term,
+        leader_id: m.current_leader.unwrap_or(0),
+        last_log_index: m.last_log_index.unwrap_or(0),
+        commit_index: commit_index(node),
+        applied_index: m.last_applied.map_or(0, |l| l.index),
+        snapshot_index: m.snapshot.map_or(0, |l| l.index),
+        health: health.status.to_string(),
+        members: node
+            .members()
+            .into_iter()
+            .map(|(id, address)| proto::Member { id, address })
+            .collect(),
+        millis_since_quorum_ack: m.millis_since_quorum_ack.map_or(-1, |ms| ms as i64),
+        fault_injection: node.fault.enabled(),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+    }
+}
+
+/// Keeps grpc.health.v1 in step with the node's health: SERVING unless failing.
+pub async fn run_grpc_health(node: Arc<Node>, reporter: tonic_health::server::HealthReporter) {
+    loop {
+        let status = if report(&node).serving() {
+            tonic_health::ServingStatus::Serving
+        } else {
+            tonic_health::ServingStatus::NotServing
+        };
+        for service in ["", "capkv.v1.Kv", "capkv.v1.Keyspaces", "capkv.v1.Cluster"] {
+            reporter.set_service_status(service, status).await;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}

@@ -1,0 +1,5 @@
+//! Observability: Prometheus metrics, health reports and structured logs.
+
+pub mod health;
+pub mod logging;
+pub mod metrics;

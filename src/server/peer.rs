@@ -1,0 +1,101 @@
+//! The internal peer service: openraft's RPCs and the fault-injection control plane.
+
+use std::sync::Arc;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tonic::{Request, Response, Status};
+
+use super::RequestCtx;
+use crate::cp::GROUP_ID;
+use crate::node::Node;
+use crate::proto::{self, RaftMessage};
+use crate::storage::codec::{decode, encode};
+
+pub struct PeerService {
+    node: Arc<Node>,
+}
+
+impl PeerService {
+    pub fn new(node: Arc<Node>) -> Self {
+        Self { node }
+    }
+
+    /// Checks group and fault filter, then decodes the openraft request.
+    async fn accept<T: DeserializeOwned>(
+        &self,
+        request: Request<RaftMessage>,
+    ) -> Result<T, Status> {
+        let ctx = RequestCtx::of(&request);
+        let message = request.into_inner();
+        if message.group_id != GROUP_ID {
+            return Err(Status::invalid_argument(format!(
+                "unknown Raft group {}",
+                message.group_id
+            )));
+        }
+        if !self.node.fault.allows(message.from, self.node.id) {
+            // Silence: hold the request until the sender gives up, and never handle it.
+            tokio::time::sleep(ctx.remaining()).await;
+            return Err(Status::unavailable("dropped by fault injection"));
+        }
+        decode(&message.payload)
+            .map_err(|e| Status::invalid_argument(format!("bad Raft message: {e}")))
+    }
+
+    fn answer<T: Serialize>(&self, result: &T) -> Result<Response<RaftMessage>, Status> {
+        Ok(Response::new(RaftMessage {
+            group_id: GROUP_ID,
+            from: self.node.id,
+            payload: encode(result).into(),
+        }))
+    }
+}
+
+#[tonic::async_trait]
+impl proto::peer_server::Peer for PeerService {
+    async fn append_entries(
+        &self,
+        request: Request<RaftMessage>,
+    ) -> Result<Response<RaftMessage>, Status> {
+        let rpc = self.accept(request).await?;
+        let result = self.node.raft.append_entries(rpc).await;
+        self.answer(&result)
+    }
+
+    async fn vote(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        let rpc = self.accept(request).await?;
+        let result = self.node.raft.vote(rpc).await;
+        self.answer(&result)
+    }
+
+    async fn install_snapshot(
+        &self,
+        request: Request<RaftMessage>,
+    ) -> Result<Response<RaftMessage>, Status> {
+        let rpc = self.accept(request).await?;
+        let result = self.node.raft.install_snapshot(rpc).await;
+        self.answer(&result)
+    }
+
+    async fn set_partition(
+        &self,
+        request: Request<proto::SetPartitionRequest>,
+    ) -> Result<Response<proto::SetPartitionResponse>, Status> {
+        let request = request.into_inner();
+        let groups = request
+            .groups
+            .into_iter()
+            .map(|g| g.nodes.into_iter().collect())
+            .collect::<Vec<_>>();
+        tracing::warn!(
+            from = request.from,
+            ?groups,
+            "fault injection: partition set by a peer (empty = healed)"
+        );
+        self.node.fault.set(groups)?;
+        Ok(Response::new(proto::SetPartitionResponse {
+            node_id: self.node.id,
+        }))
+    }
+}

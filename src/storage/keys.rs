@@ -1,0 +1,59 @@
+//! Key layout of the state machine tree, chosen so a keyspace (or a prefix inside it) is one
+//! contiguous range: data keys are `d/<keyspace>\0<key>`. Keyspace names never hold `\0`, so the
+//! separator is unambiguous and keys of one keyspace sort together, in byte order.
+
+pub const APPLIED: &[u8] = b"m/applied";
+pub const MEMBERSHIP: &[u8] = b"m/membership";
+const KEYSPACE_PREFIX: &[u8] = b"k/";
+const DATA_PREFIX: &[u8] = b"d/";
+
+/// The key of a keyspace definition.
+pub fn keyspace(name: &str) -> Vec<u8> {
+    [KEYSPACE_PREFIX, name.as_bytes()].concat()
+}
+
+/// The prefix under which all keyspace definitions live.
+pub fn keyspaces_prefix() -> &'static [u8] {
+    KEYSPACE_PREFIX
+}
+
+/// The prefix of every data key of `keyspace` that starts with `prefix`.
+pub fn data_prefix(keyspace: &str, prefix: &[u8]) -> Vec<u8> {
+    [DATA_PREFIX, keyspace.as_bytes(), b"\0", prefix].concat()
+}
+
+/// The storage key of `key` in `keyspace`.
+pub fn data(keyspace: &str, key: &[u8]) -> Vec<u8> {
+    data_prefix(keyspace, key)
+}
+
+/// The user key inside a data key of `keyspace`.
+pub fn user_key<'a>(keyspace: &str, data_key: &'a [u8]) -> &'a [u8] {
+    &data_key[DATA_PREFIX.len() + keyspace.len() + 1..]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn keyspaces_do_not_overlap() {
+        // "bank" and "bank2" must not share a prefix range.
+        let bank = data_prefix("bank", b"");
+        assert!(!data("bank2", b"x").starts_with(&bank));
+        assert!(data("bank", b"x").starts_with(&bank));
+    }
+
+    proptest! {
+        #[test]
+        fn user_keys_round_trip(ks in "[a-z][a-z0-9_-]{0,10}", key in prop::collection::vec(any::<u8>(), 1..32)) {
+            prop_assert_eq!(user_key(&ks, &data(&ks, &key)), key.as_slice());
+        }
+
+        #[test]
+        fn prefix_order_is_key_order(ks in "[a-z]{1,5}", a in prop::collection::vec(any::<u8>(), 1..8), b in prop::collection::vec(any::<u8>(), 1..8)) {
+            prop_assert_eq!(data(&ks, &a).cmp(&data(&ks, &b)), a.cmp(&b));
+        }
+    }
+}

@@ -1,0 +1,74 @@
+//! Durable storage of a node: one sled database with named trees.
+//!
+//! | tree        | holds                                                            |
+//! |-------------|------------------------------------------------------------------|
+//! | `raft_log`  | Raft log entries, keyed by big-endian index                      |
+//! | `raft_meta` | vote, committed log id, last purged log id                       |
+//! | `sm`        | the CP state machine: applied log id, membership, keyspaces, data |
+//! | `snapshot`  | the latest snapshot (metadata and bytes)                         |
+//!
+//! DURABILITY
+//!
+//! - `append` flushes before it reports the entries written; `save_vote`, `truncate` and `purge`
+//!   flush before they return. One flush covers a whole batch of entries.
+//! - The state machine writes the applied log id and membership in the same atomic batch as the
+//!   data, so after a crash it is never ahead of or behind its own data; the durable log replays
+//!   whatever the state machine lost.
+//!
+//! CAVEATS
+//!
+//! - sled is used directly by the stores; another engine means new `LogStore` and
+//!   `StateMachineStore` implementations of openraft's traits (the boundary is those traits).
+//! - A snapshot is an in-memory copy of the whole state machine: fine for the data sizes capkv
+//!   targets (it is a teaching and testing store), not for data larger than memory.
+
+pub mod codec;
+pub mod keys;
+pub mod log_store;
+pub mod state_machine;
+
+use std::path::Path;
+
+use crate::error::Error;
+use crate::limits::SLED_CACHE_BYTES;
+
+pub use log_store::LogStore;
+pub use state_machine::{SmReader, StateMachineStore};
+
+/// Opens (or creates) the node's database under `dir`.
+pub fn open(dir: &Path) -> Result<sled::Db, Error> {
+    std::fs::create_dir_all(dir).map_err(|e| {
+        Error::InvalidInput(format!("cannot create the data dir {}: {e}", dir.display()))
+    })?;
+    sled::Config::new()
+        .path(dir.join("db"))
+        .cache_capacity(SLED_CACHE_BYTES)
+        .open()
+        .map_err(|e| open_error(dir, e))
+}
+
+fn open_error(dir: &Path, err: sled::Error) -> Error {
+    let text = err.to_string();
+    if text.contains("lock") {
+        return Error::Refused(format!(
+            "the data dir {} is in use by another capkv node (its database is locked); stop that node or choose another --data-dir",
+            dir.display()
+        ));
+    }
+    Error::Internal(format!(
+        "cannot open the database in {}: {text}",
+        dir.display()
+    ))
+}
+
+/// Flushes the database and records how long the fsync took.
+pub async fn flush(db: &sled::Db) -> std::io::Result<()> {
+    let started = std::time::Instant::now();
+    let result = db
+        .flush_async()
+        .await
+        .map(|_| ())
+        .map_err(std::io::Error::other);
+    metrics::histogram!("capkv_fsync_seconds").record(started.elapsed().as_secs_f64());
+    result
+}

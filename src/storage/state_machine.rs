@@ -1,0 +1,379 @@
+//! The CP state machine on sled, and a read handle for serving reads.
+//!
+//! Applying a batch of entries builds every change in an overlay (so later entries of the batch
+//! see earlier ones), then writes the data, the last applied log id and the membership in one
+//! atomic sled batch. A snapshot is a point-in-time copy of the whole `sm` tree taken between two
+//! applies; installing one replaces the tree's contents in one atomic batch.
+
+use std::collections::BTreeMap;
+use std::io::Cursor;
+
+use openraft::storage::{RaftStateMachine, Snapshot};
+use openraft::{
+    EntryPayload, LogId, RaftSnapshotBuilder, SnapshotMeta, StorageError, StorageIOError,
+    StoredMembership,
+};
+
+use super::codec::{decode, encode};
+use super::keys;
+use crate::cp::command::{self, Outcome, State, StoredValue};
+use crate::cp::{NodeId, TypeConfig};
+use crate::keyspace::KeyspaceDef;
+
+type StorageResult<T> = Result<T, StorageError<NodeId>>;
+type Membership = StoredMembership<NodeId, openraft::BasicNode>;
+
+const CURRENT_SNAPSHOT: &[u8] = b"current";
+
+fn sm_read_err(e: impl ToString) -> StorageError<NodeId> {
+    StorageIOError::read_state_machine(openraft::AnyError::error(e.to_string())).into()
+}
+
+fn sm_write_err(e: impl ToString) -> StorageError<NodeId> {
+    StorageIOError::write_state_machine(openraft::AnyError::error(e.to_string())).into()
+}
+
+fn snapshot_err(e: impl ToString) -> StorageError<NodeId> {
+    StorageIOError::write_snapshot(None, openraft::AnyError::error(e.to_string())).into()
+}
+
+/// The stored form of a snapshot: its metadata and the encoded `sm` tree.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct StoredSnapshot {
+    meta: SnapshotMeta<NodeId, openraft::BasicNode>,
+    data: Vec<u8>,
+}
+
+pub struct StateMachineStore {
+    db: sled::Db,
+    sm: sled::Tree,
+    snapshots: sled::Tree,
+    snapshot_seq: u64,
+}
+
+impl StateMachineStore {
+    pub fn open(db: &sled::Db) -> Result<Self, sled::Error> {
+        Ok(Self {
+            db: db.clone(),
+            sm: db.open_tree("sm")?,
+            snapshots: db.open_tree("snapshot")?,
+            snapshot_seq: 0,
+        })
+    }
+
+    /// A handle for reading the state machine from request handlers.
+    pub fn reader(&self) -> SmReader {
+        SmReader {
+            sm: self.sm.clone(),
+        }
+    }
+
+    fn read_applied(&self) -> StorageResult<(Option<LogId<NodeId>>, Membership)> {
+        read_applied(&self.sm).map_err(sm_read_err)
+    }
+
+    fn store_snapshot(&self, stored: &StoredSnapshot) -> StorageResult<()> {
+        self.snapshots
+            .insert(CURRENT_SNAPSHOT, encode(stored))
+            .map_err(snapshot_err)?;
+        Ok(())
+    }
+}
+
+fn read_applied(sm: &sled::Tree) -> Result<(Option<LogId<NodeId>>, Membership), String> {
+    let applied = match sm.get(keys::APPLIED).map_err(|e| e.to_string())? {
+        Some(bytes) => decode(&bytes)?,
+        None => None,
+    };
+    let membership = match sm.get(keys::MEMBERSHIP).map_err(|e| e.to_string())? {
+        Some(bytes) => decode(&bytes)?,
+        None => Membership::default(),
+    };
+    Ok((applied, membership))
+}
+
+/// Reads through pending writes to the tree, so one batch sees its own earlier entries.
+struct Overlay<'a> {
+    tree: &'a sled::Tree,
+    pending: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+}
+
+impl Overlay<'_> {
+    fn read(&self, key: &[u8]) -> Option<Vec<u8>> {
+        match self.pending.get(key) {
+            Some(pending) => pending.clone(),
+            None => self
+                .tree
+                .get(key)
+                .expect("the sm tree is readable while applying")
+                .map(|v| v.to_vec()),
+        }
+    }
+
+    fn into_batch(self) -> sled::Batch {
+        let mut batch = sled::Batch::default();
+        for (key, value) in self.pending {
+            match value {
+                Some(value) => batch.insert(key, value),
+                None => batch.remove(key),
+            }
+        }
+        batch
+    }
+}
+
+impl State for Overlay<'_> {
+    fn keyspace(&self, name: &str) -> Option<KeyspaceDef> {
+        self.read(&keys::keyspace(name))
+            .map(|b| decode(&b).expect("keyspace definitions decode"))
+    }
+    fn get(&self, keyspace: &str, key: &[u8]) -> Option<StoredValue> {
+        self.read(&keys::data(keyspace, key))
+            .map(|b| decode(&b).expect("stored values decode"))
+    }
+    fn put_keyspace(&mut self, def: KeyspaceDef) {
+        self.pending
+            .insert(keys::keyspace(&def.name), Some(encode(&def)));
+    }
+    fn put(&mut self, keyspace: &str, key: &[u8], value: StoredValue) {
+        self.pending
+            .insert(keys::data(keyspace, key), Some(encode(&value)));
+    }
+    fn delete(&mut self, keyspace: &str, key: &[u8]) {
+        self.pending.insert(keys::data(keyspace, key), None);
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachineStore {
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(&mut self) -> StorageResult<(Option<LogId<NodeId>>, Membership)> {
+        self.read_applied()
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> StorageResult<Vec<Outcome>>
+    where
+        I: IntoIterator<Item = openraft::Entry<TypeConfig>> + Send,
+        I::IntoIter: Send,
+    {
+        let mut overlay = Overlay {
+            tree: &self.sm,
+            pending: BTreeMap::new(),
+        };
+        let mut outcomes = Vec::new();
+        let mut last_applied = None;
+        let mut membership = None;
+        for entry in entries {
+            last_applied = Some(entry.log_id);
+            let outcome = match entry.payload {
+                EntryPayload::Blank => Outcome::Done,
+                EntryPayload::Normal(ref cmd) => {
+                    command::apply(cmd, entry.log_id.index, &mut overlay)
+                }
+                EntryPayload::Membership(m) => {
+                    membership = Some(Membership::new(Some(entry.log_id), m));
+                    Outcome::Done
+                }
+            };
+            outcomes.push(outcome);
+        }
+        let Some(last_applied) = last_applied else {
+            return Ok(outcomes);
+        };
+        let mut batch = overlay.into_batch();
+        batch.insert(keys::APPLIED, encode(&Some(last_applied)));
+        if let Some(membership) = membership {
+            batch.insert(keys::MEMBERSHIP, encode(&membership));
+        }
+        self.sm.apply_batch(batch).map_err(sm_write_err)?;
+        Ok(outcomes)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> SnapshotBuilder {
+        // Copy now, between two applies: this is the point in time the snapshot shows.
+        let data: Vec<(Vec<u8>, Vec<u8>)> = self
+            .sm
+            .iter()
+            .map(|kv| kv.map(|(k, v)| (k.to_vec(), v.to_vec())))
+            .collect::<Result<_, _>>()
+            .expect("the sm tree is readable when a snapshot starts");
+        self.snapshot_seq += 1;
+        SnapshotBuilder {
+            data,
+            store: self.snapshots.clone(),
+            db: self.db.clone(),
+            seq: self.snapshot_seq,
+        }
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> StorageResult<Box<Cursor<Vec<u8>>>> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta<NodeId, openraft::BasicNode>,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> StorageResult<()> {
+        let data = snapshot.into_inner();
+        let pairs: Vec<(Vec<u8>, Vec<u8>)> = decode(&data).map_err(snapshot_err)?;
+        let mut batch = sled::Batch::default();
+        for key in self.sm.iter().keys() {
+            batch.remove(key.map_err(sm_read_err)?);
+        }
+        for (key, value) in pairs {
+            batch.insert(key, value);
+        }
+        self.sm.apply_batch(batch).map_err(sm_write_err)?;
+        self.store_snapshot(&StoredSnapshot {
+            meta: meta.clone(),
+            data,
+        })?;
+        super::flush(&self.db).await.map_err(snapshot_err)?;
+        metrics::counter!("capkv_raft_snapshots_installed_total").increment(1);
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> StorageResult<Option<Snapshot<TypeConfig>>> {
+        let Some(bytes) = self.snapshots.get(CURRENT_SNAPSHOT).map_err(sm_read_err)? else {
+            return Ok(None);
+        };
+        let stored: StoredSnapshot = decode(&bytes).map_err(sm_read_err)?;
+        Ok(Some(Snapshot {
+            meta: stored.meta,
+            snapshot: Box::new(Cursor::new(stored.data)),
+        }))
+    }
+}
+
+/// Builds a snapshot from the copy taken between two applies; the tree moves on meanwhile.
+pub struct SnapshotBuilder {
+    data: Vec<(Vec<u8>, Vec<u8>)>,
+    store: sled::Tree,
+    db: sled::Db,
+    seq: u64,
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    async fn build_snapshot(&mut self) -> StorageResult<Snapshot<TypeConfig>> {
+        let find = |key: &[u8]| {
+            self.data
+                .iter()
+                .find(|(k, _)| k.as_slice() == key)
+                .map(|(_, v)| v.clone())
+        };
+        let last_log_id: Option<LogId<NodeId>> = match find(keys::APPLIED) {
+            Some(bytes) => decode(&bytes).map_err(snapshot_err)?,
+            None => None,
+        };
+        let last_membership: Membership = match find(keys::MEMBERSHIP) {
+            Some(bytes) => decode(&bytes).map_err(snapshot_err)?,
+            None => Membership::default(),
+        };
+        let snapshot_id = match last_log_id {
+            Some(id) => format!("{}-{}-{}", id.leader_id.term, id.index, self.seq),
+            None => format!("empty-{}", self.seq),
+        };
+        let meta = SnapshotMeta {
+            last_log_id,
+            last_membership,
+            snapshot_id,
+        };
+        let data = encode(&self.data);
+        let stored = StoredSnapshot {
+            meta: meta.clone(),
+            data,
+        };
+        self.store
+            .insert(CURRENT_SNAPSHOT, encode(&stored))
+            .map_err(snapshot_err)?;
+        super::flush(&self.db).await.map_err(snapshot_err)?;
+        metrics::counter!("capkv_raft_snapshots_built_total").increment(1);
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(stored.data)),
+        })
+    }
+}
+
+/// Reads the state machine for request handlers. Reads see the latest applied state; the
+/// request path decides whether that is linearizable (after ReadIndex) or serializable.
+#[derive(Clone)]
+pub struct SmReader {
+    sm: sled::Tree,
+}
+
+impl SmReader {
+    pub fn keyspace(&self, name: &str) -> Result<Option<KeyspaceDef>, String> {
+        match self
+            .sm
+            .get(keys::keyspace(name))
+            .map_err(|e| e.to_string())?
+        {
+            Some(bytes) => Ok(Some(decode(&bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    pub fn keyspaces(&self) -> Result<Vec<KeyspaceDef>, String> {
+        self.sm
+            .scan_prefix(keys::keyspaces_prefix())
+            .map(|kv| decode(&kv.map_err(|e| e.to_string())?.1))
+            .collect()
+    }
+
+    pub fn get(&self, keyspace: &str, key: &[u8]) -> Result<Option<StoredValue>, String> {
+        match self
+            .sm
+            .get(keys::data(keyspace, key))
+            .map_err(|e| e.to_string())?
+        {
+            Some(bytes) => Ok(Some(decode(&bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Up to `limit` keys of `keyspace` with `prefix`, strictly after `start_after` when given.
+    /// Returns the items and whether more keys match.
+    pub fn scan(
+        &self,
+        keyspace: &str,
+        prefix: &[u8],
+        start_after: &[u8],
+        limit: usize,
+    ) -> Result<(Vec<(Vec<u8>, StoredValue)>, bool), String> {
+        let range_prefix = keys::data_prefix(keyspace, prefix);
+        let start = if start_after.is_empty() {
+            std::ops::Bound::Included(range_prefix.clone())
+        } else {
+            std::ops::Bound::Excluded(keys::data(keyspace, start_after))
+        };
+        let mut items = Vec::new();
+        for kv in self
+            .sm
+            .range::<Vec<u8>, _>((start, std::ops::Bound::Unbounded))
+        {
+            let (key, value) = kv.map_err(|e| e.to_string())?;
+            if !key.starts_with(&range_prefix) {
+                break;
+            }
+            if items.len() == limit {
+                return Ok((items, true));
+            }
+            items.push((keys::user_key(keyspace, &key).to_vec(), decode(&value)?));
+        }
+        Ok((items, false))
+    }
+
+    /// Number of keys the local replica holds in `keyspace`.
+    pub fn count(&self, keyspace: &str) -> usize {
+        self.sm
+            .scan_prefix(keys::data_prefix(keyspace, b""))
+            .count()
+    }
+
+    /// The applied log id and membership of the local replica.
+    pub fn applied(&self) -> Result<(Option<LogId<NodeId>>, Membership), String> {
+        read_applied(&self.sm)
+    }
+}
