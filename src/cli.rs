@@ -36,13 +36,7 @@ pub struct Cli {
     #[arg(long, default_value = "5s", value_parser = parse_duration, global = true)]
     pub timeout: Duration,
     /// Output format.
-    #[arg(
-        short = 'o',
-        long = "output",
-        value_enum,
-        default_value = "table",
-        global = true
-    )]
+    #[arg(short = 'o', long = "output", value_enum, default_value = "table", global = true)]
     pub output: Output,
     /// Print values as hex (values are bytes; text output escapes bytes that are not UTF-8).
     #[arg(long, global = true)]
@@ -274,14 +268,8 @@ pub async fn run_client(cli: &Cli) -> Result<Report, Error> {
     let client = Client::from_list(&cli.endpoints, cli.timeout)?;
     let hex = cli.hex;
     match &cli.command {
-        Command::Put {
-            keyspace,
-            key,
-            value,
-        } => {
-            let r = client
-                .put(keyspace, key.as_bytes(), value.as_bytes())
-                .await?;
+        Command::Put { keyspace, key, value } => {
+            let r = client.put(keyspace, key.as_bytes(), value.as_bytes()).await?;
             Ok(Report::ok(
                 json!({"keyspace": keyspace, "key": key, "revision": r.revision}),
                 "OK",
@@ -298,8 +286,7 @@ pub async fn run_client(cli: &Cli) -> Result<Report, Error> {
             Ok(Report {
                 json,
                 text: "deleted".into(),
-                no: (!r.deleted)
-                    .then(|| format!("key '{key}' was not found in keyspace '{keyspace}'")),
+                no: (!r.deleted).then(|| format!("key '{key}' was not found in keyspace '{keyspace}'")),
             })
         }
         Command::Scan {
@@ -324,13 +311,7 @@ pub async fn run_client(cli: &Cli) -> Result<Report, Error> {
     }
 }
 
-async fn get(
-    client: &Client,
-    keyspace: &str,
-    key: &str,
-    c: ConsistencyArg,
-    hex: bool,
-) -> Result<Report, Error> {
+async fn get(client: &Client, keyspace: &str, key: &str, c: ConsistencyArg, hex: bool) -> Result<Report, Error> {
     let r = client.get(keyspace, key.as_bytes(), consistency(c)).await?;
     let kv = r.kv.unwrap_or_default();
     let json = json!({
@@ -344,9 +325,7 @@ async fn get(
         return Ok(Report {
             json,
             text: String::new(),
-            no: Some(format!(
-                "key '{key}' was not found in keyspace '{keyspace}'"
-            )),
+            no: Some(format!("key '{key}' was not found in keyspace '{keyspace}'")),
         });
     }
     Ok(Report::ok(json, show(&kv.value, hex)))
@@ -423,7 +402,8 @@ async fn cas(
     } else {
         Value::Null
     };
-    let json = json!({"keyspace": keyspace, "key": key, "succeeded": r.succeeded, "current": current, "revision": r.revision});
+    let json =
+        json!({"keyspace": keyspace, "key": key, "succeeded": r.succeeded, "current": current, "revision": r.revision});
     if r.succeeded {
         return Ok(Report::ok(json, "OK"));
     }
@@ -462,8 +442,11 @@ async fn keyspace_command(client: &Client, command: &KeyspaceCommand) -> Result<
                     k.created_revision.to_string(),
                 ]);
             }
-            let keyspaces: Vec<Value> =
-                list.keyspaces.iter().map(|k| json!({"name": k.name, "mode": mode_name(k.mode), "created_revision": k.created_revision})).collect();
+            let keyspaces: Vec<Value> = list
+                .keyspaces
+                .iter()
+                .map(|k| json!({"name": k.name, "mode": mode_name(k.mode), "created_revision": k.created_revision}))
+                .collect();
             let text = if list.keyspaces.is_empty() {
                 "(no keyspaces)".to_string()
             } else {
@@ -495,11 +478,7 @@ fn groups_text(groups: &[proto::Group]) -> String {
         .map(|g| {
             format!(
                 "{{{}}}",
-                g.nodes
-                    .iter()
-                    .map(u64::to_string)
-                    .collect::<Vec<_>>()
-                    .join(",")
+                g.nodes.iter().map(u64::to_string).collect::<Vec<_>>().join(",")
             )
         })
         .collect();
@@ -614,9 +593,7 @@ mod tests {
 
     #[test]
     fn cli_parses_the_documented_commands() {
-        let parse = |args: &[&str]| {
-            Cli::try_parse_from(std::iter::once("capkv").chain(args.iter().copied()))
-        };
+        let parse = |args: &[&str]| Cli::try_parse_from(std::iter::once("capkv").chain(args.iter().copied()));
         assert!(parse(&["put", "bank", "alice", "100"]).is_ok());
         assert!(parse(&[
             "--endpoints",
@@ -634,16 +611,7 @@ mod tests {
             parse(&["cas", "bank", "alice", "90"]).is_err(),
             "an expectation is required"
         );
-        assert!(parse(&[
-            "cas",
-            "bank",
-            "alice",
-            "--expect",
-            "1",
-            "--expect-absent",
-            "90"
-        ])
-        .is_err());
+        assert!(parse(&["cas", "bank", "alice", "--expect", "1", "--expect-absent", "90"]).is_err());
         assert!(parse(&["fault", "partition", "1,2", "3"]).is_ok());
         assert!(
             parse(&["fault", "partition", "1,2"]).is_err(),

@@ -19,8 +19,8 @@ use tonic::{Request, Response, Status};
 use crate::error::Error;
 use crate::limits::GRPC_MESSAGE_BYTES_MAX;
 use crate::proto::{
-    self, cluster_client::ClusterClient, fault_client::FaultClient,
-    keyspaces_client::KeyspacesClient, kv_client::KvClient,
+    self, cluster_client::ClusterClient, fault_client::FaultClient, keyspaces_client::KeyspacesClient,
+    kv_client::KvClient,
 };
 
 /// How long opening a connection to one endpoint may take before the client moves on.
@@ -84,12 +84,7 @@ impl Client {
     }
 
     async fn channel(&self, index: usize, budget: Duration) -> Result<Channel, Error> {
-        if let Some(c) = self
-            .channels
-            .lock()
-            .expect("channel lock is never poisoned")[index]
-            .clone()
-        {
+        if let Some(c) = self.channels.lock().expect("channel lock is never poisoned")[index].clone() {
             return Ok(c);
         }
         let endpoint = &self.endpoints[index];
@@ -113,25 +108,16 @@ impl Client {
                 )))
             }
         };
-        self.channels
-            .lock()
-            .expect("channel lock is never poisoned")[index] = Some(channel.clone());
+        self.channels.lock().expect("channel lock is never poisoned")[index] = Some(channel.clone());
         Ok(channel)
     }
 
     fn forget(&self, index: usize) {
-        self.channels
-            .lock()
-            .expect("channel lock is never poisoned")[index] = None;
+        self.channels.lock().expect("channel lock is never poisoned")[index] = None;
     }
 
     /// Runs `call` against the endpoints in turn until one gives a final answer.
-    async fn call<Req, Resp, F, Fut>(
-        &self,
-        effect: Effect,
-        message: Req,
-        call: F,
-    ) -> Result<Resp, Error>
+    async fn call<Req, Resp, F, Fut>(&self, effect: Effect, message: Req, call: F) -> Result<Resp, Error>
     where
         Req: Clone,
         F: Fn(Channel, Request<Req>) -> Fut,
@@ -168,8 +154,8 @@ impl Client {
                     self.timeout.as_millis()
                 )),
             };
-            let retry = error.definitely_not_applied()
-                || (effect == Effect::Read && matches!(error, Error::OutcomeUnknown(_)));
+            let retry =
+                error.definitely_not_applied() || (effect == Effect::Read && matches!(error, Error::OutcomeUnknown(_)));
             if !retry || Instant::now() >= deadline {
                 return Err(error);
             }
@@ -179,10 +165,7 @@ impl Client {
             last_error = Some(error);
         }
         Err(last_error.unwrap_or_else(|| {
-            Error::Unreachable(format!(
-                "no endpoint answered within {} ms",
-                self.timeout.as_millis()
-            ))
+            Error::Unreachable(format!("no endpoint answered within {} ms", self.timeout.as_millis()))
         }))
     }
 
@@ -201,12 +184,7 @@ impl Client {
             .await
     }
 
-    pub async fn put(
-        &self,
-        keyspace: &str,
-        key: &[u8],
-        value: &[u8],
-    ) -> Result<proto::PutResponse, Error> {
+    pub async fn put(&self, keyspace: &str, key: &[u8], value: &[u8]) -> Result<proto::PutResponse, Error> {
         let req = proto::PutRequest {
             keyspace: keyspace.into(),
             key: key.to_vec(),
@@ -221,12 +199,8 @@ impl Client {
             keyspace: keyspace.into(),
             key: key.to_vec(),
         };
-        self.call(
-            Effect::Write,
-            req,
-            |c, r| async move { kv(c).delete(r).await },
-        )
-        .await
+        self.call(Effect::Write, req, |c, r| async move { kv(c).delete(r).await })
+            .await
     }
 
     pub async fn scan(&self, req: proto::ScanRequest) -> Result<proto::ScanResponse, Error> {
@@ -249,9 +223,11 @@ impl Client {
             expected: expected.map(<[u8]>::to_vec).unwrap_or_default(),
             new_value: new_value.to_vec(),
         };
-        self.call(Effect::Write, req, |c, r| async move {
-            kv(c).compare_and_swap(r).await
-        })
+        self.call(
+            Effect::Write,
+            req,
+            |c, r| async move { kv(c).compare_and_swap(r).await },
+        )
         .await
     }
 
@@ -260,11 +236,7 @@ impl Client {
             .await
     }
 
-    pub async fn create_keyspace(
-        &self,
-        name: &str,
-        mode: crate::Mode,
-    ) -> Result<proto::KeyspaceInfo, Error> {
+    pub async fn create_keyspace(&self, name: &str, mode: crate::Mode) -> Result<proto::KeyspaceInfo, Error> {
         let mode = match mode {
             crate::Mode::Cp => proto::Mode::Cp,
             crate::Mode::Ap => proto::Mode::Ap,
@@ -280,11 +252,9 @@ impl Client {
     }
 
     pub async fn list_keyspaces(&self) -> Result<proto::ListKeyspacesResponse, Error> {
-        self.call(
-            Effect::Read,
-            proto::ListKeyspacesRequest {},
-            |c, r| async move { KeyspacesClient::new(c).list(r).await },
-        )
+        self.call(Effect::Read, proto::ListKeyspacesRequest {}, |c, r| async move {
+            KeyspacesClient::new(c).list(r).await
+        })
         .await
     }
 
@@ -301,8 +271,7 @@ impl Client {
         let channel = self.channel(index, self.timeout).await?;
         let mut request = Request::new(proto::StatusRequest {});
         request.set_timeout(self.timeout);
-        match tokio::time::timeout(self.timeout, ClusterClient::new(channel).status(request)).await
-        {
+        match tokio::time::timeout(self.timeout, ClusterClient::new(channel).status(request)).await {
             Ok(Ok(r)) => Ok(r.into_inner()),
             Ok(Err(status)) => Err(Error::from_status(&status)),
             Err(_) => Err(Error::Unreachable(format!(
@@ -312,15 +281,9 @@ impl Client {
         }
     }
 
-    pub async fn fault_partition(
-        &self,
-        groups: Vec<Vec<u64>>,
-    ) -> Result<proto::FaultStatusResponse, Error> {
+    pub async fn fault_partition(&self, groups: Vec<Vec<u64>>) -> Result<proto::FaultStatusResponse, Error> {
         let req = proto::PartitionRequest {
-            groups: groups
-                .into_iter()
-                .map(|nodes| proto::Group { nodes })
-                .collect(),
+            groups: groups.into_iter().map(|nodes| proto::Group { nodes }).collect(),
         };
         self.call(Effect::Read, req, |c, r| async move {
             FaultClient::new(c).partition(r).await
@@ -336,11 +299,9 @@ impl Client {
     }
 
     pub async fn fault_status(&self) -> Result<proto::FaultStatusResponse, Error> {
-        self.call(
-            Effect::Read,
-            proto::FaultStatusRequest {},
-            |c, r| async move { FaultClient::new(c).status(r).await },
-        )
+        self.call(Effect::Read, proto::FaultStatusRequest {}, |c, r| async move {
+            FaultClient::new(c).status(r).await
+        })
         .await
     }
 }

@@ -126,15 +126,9 @@ fn check_port_free(addr: &str, what: &str) -> Result<(), Error> {
     })
 }
 
-fn spawn_node(
-    args: &UpArgs,
-    id: u64,
-    peers: &str,
-    exe: &Path,
-) -> Result<(Child, NodeRecord), Error> {
+fn spawn_node(args: &UpArgs, id: u64, peers: &str, exe: &Path) -> Result<(Child, NodeRecord), Error> {
     let dir = args.data_dir.join(format!("node-{id}"));
-    std::fs::create_dir_all(&dir)
-        .map_err(|e| Error::InvalidInput(format!("cannot create {}: {e}", dir.display())))?;
+    std::fs::create_dir_all(&dir).map_err(|e| Error::InvalidInput(format!("cannot create {}: {e}", dir.display())))?;
     let log = dir.join("node.log");
     let file = std::fs::OpenOptions::new()
         .create(true)
@@ -184,12 +178,8 @@ fn log_tail(path: &Path, lines: usize) -> String {
 
 pub async fn up(args: UpArgs, exe: PathBuf) -> Result<(), Error> {
     args.validate()?;
-    std::fs::create_dir_all(&args.data_dir).map_err(|e| {
-        Error::InvalidInput(format!(
-            "cannot create the data dir {}: {e}",
-            args.data_dir.display()
-        ))
-    })?;
+    std::fs::create_dir_all(&args.data_dir)
+        .map_err(|e| Error::InvalidInput(format!("cannot create the data dir {}: {e}", args.data_dir.display())))?;
     if let Some(state) = read_state(&args.data_dir) {
         let running: Vec<String> = state
             .nodes
@@ -227,19 +217,12 @@ pub async fn up(args: UpArgs, exe: PathBuf) -> Result<(), Error> {
         children.push((id, child));
         records.push(record);
     }
-    let state = ClusterState {
-        nodes: records.clone(),
-    };
+    let state = ClusterState { nodes: records.clone() };
     std::fs::write(
         state_path(&args.data_dir),
         serde_json::to_string_pretty(&state).expect("cluster state serializes"),
     )
-    .map_err(|e| {
-        Error::Internal(format!(
-            "cannot write {}: {e}",
-            state_path(&args.data_dir).display()
-        ))
-    })?;
+    .map_err(|e| Error::Internal(format!("cannot write {}: {e}", state_path(&args.data_dir).display())))?;
     eprintln!(
         "starting {} nodes (data and logs under {})...",
         args.nodes,
@@ -274,10 +257,7 @@ async fn wait_ready(records: &[NodeRecord], children: &mut [(u64, Child)]) -> Re
     loop {
         for (id, child) in children.iter_mut() {
             if let Ok(Some(status)) = child.try_wait() {
-                let record = records
-                    .iter()
-                    .find(|r| r.id == *id)
-                    .expect("every child has a record");
+                let record = records.iter().find(|r| r.id == *id).expect("every child has a record");
                 return Err(Error::Refused(format!(
                     "node {id} exited ({status}) while starting; the end of {}:\n{}",
                     record.log.display(),
@@ -321,10 +301,7 @@ fn print_endpoints(records: &[NodeRecord], args: &UpArgs) {
     }
     println!("{t}");
     let endpoints: Vec<String> = records.iter().map(|r| r.listen.clone()).collect();
-    println!(
-        "cluster ready: {} nodes, leader elected, all healthy",
-        args.nodes
-    );
+    println!("cluster ready: {} nodes, leader elected, all healthy", args.nodes);
     println!("export CAPKV_ENDPOINTS={}", endpoints.join(","));
 }
 
@@ -356,10 +333,7 @@ async fn stop_children(children: &mut [(u64, Child)]) {
     for (id, child) in children.iter_mut() {
         while child.try_wait().ok().flatten().is_none() {
             if Instant::now() > deadline {
-                eprintln!(
-                    "node {id} did not stop within {} s: killing it",
-                    STOP_TIMEOUT.as_secs()
-                );
+                eprintln!("node {id} did not stop within {} s: killing it", STOP_TIMEOUT.as_secs());
                 let _ = child.kill();
                 let _ = child.wait();
                 break;
@@ -378,11 +352,7 @@ pub async fn down(data_dir: &Path) -> Result<(), Error> {
         );
         return Ok(());
     };
-    let running: Vec<&NodeRecord> = state
-        .nodes
-        .iter()
-        .filter(|n| is_capkv_node(n.pid))
-        .collect();
+    let running: Vec<&NodeRecord> = state.nodes.iter().filter(|n| is_capkv_node(n.pid)).collect();
     for n in &running {
         let _ = kill(Pid::from_raw(n.pid), Signal::SIGTERM);
     }
@@ -410,20 +380,14 @@ pub async fn down(data_dir: &Path) -> Result<(), Error> {
 pub async fn status(client: &Client) -> Result<Report, Error> {
     let mut statuses = Vec::new();
     for index in 0..client.endpoints().len() {
-        statuses.push((
-            client.endpoints()[index].clone(),
-            client.status_of(index).await,
-        ));
+        statuses.push((client.endpoints()[index].clone(), client.status_of(index).await));
     }
     if statuses.iter().all(|(_, s)| s.is_err()) {
         let reasons: Vec<String> = statuses
             .iter()
             .filter_map(|(_, s)| s.as_ref().err().map(|e| e.to_string()))
             .collect();
-        return Err(Error::Unreachable(format!(
-            "no node answered: {}",
-            reasons.join("; ")
-        )));
+        return Err(Error::Unreachable(format!("no node answered: {}", reasons.join("; "))));
     }
     let mut t = Table::new();
     t.load_preset(UTF8_BORDERS_ONLY).set_header(vec![
@@ -435,7 +399,7 @@ pub async fn status(client: &Client) -> Result<Report, Error> {
         "COMMIT",
         "APPLIED",
         "HEALTH",
-        "PARTITION",
+        "PEERS ALIVE",
     ]);
     let mut nodes = Vec::new();
     let mut leaders = std::collections::BTreeSet::new();
@@ -459,15 +423,14 @@ pub async fn status(client: &Client) -> Result<Report, Error> {
                     s.commit_index.to_string(),
                     s.applied_index.to_string(),
                     s.health.clone(),
-                    if s.fault_injection {
-                        "see fault status".into()
-                    } else {
-                        "-".into()
-                    },
+                    peers_text(&s.peers),
                 ]);
-                nodes.push(json!({"id": s.node_id, "address": endpoint, "reachable": true, "role": s.role, "term": s.term,
+                nodes.push(
+                    json!({"id": s.node_id, "address": endpoint, "reachable": true, "role": s.role, "term": s.term,
                     "leader_id": s.leader_id, "commit_index": s.commit_index, "applied_index": s.applied_index,
-                    "last_log_index": s.last_log_index, "snapshot_index": s.snapshot_index, "health": s.health}));
+                    "last_log_index": s.last_log_index, "snapshot_index": s.snapshot_index, "health": s.health,
+                    "peers": s.peers.iter().map(|p| json!({"id": p.id, "state": p.state, "last_heard_ms": p.last_heard_ms})).collect::<Vec<_>>()}),
+                );
             }
             Err(e) => {
                 t.add_row(vec![
@@ -493,12 +456,29 @@ pub async fn status(client: &Client) -> Result<Report, Error> {
     let summary = match leaders.len() {
         0 => "no leader known: the cluster cannot serve cp requests".to_string(),
         1 => format!("leader: node {leader_id}"),
-        _ => format!(
-            "nodes disagree on the leader ({leaders:?}): an election or a partition is in progress"
-        ),
+        _ => format!("nodes disagree on the leader ({leaders:?}): an election or a partition is in progress"),
     };
     Ok(Report::ok(
         json!({"nodes": nodes, "leader_id": leader_id}),
         format!("{t}\n{summary}"),
     ))
+}
+
+/// "2 3" when all peers are alive; otherwise each peer with its state ("2 3:down").
+fn peers_text(peers: &[crate::proto::PeerLiveness]) -> String {
+    let parts: Vec<String> = peers
+        .iter()
+        .map(|p| {
+            if p.state == "alive" {
+                p.id.to_string()
+            } else {
+                format!("{}:{}", p.id, p.state)
+            }
+        })
+        .collect();
+    if parts.is_empty() {
+        "-".into()
+    } else {
+        parts.join(" ")
+    }
 }

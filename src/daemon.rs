@@ -2,13 +2,16 @@
 //! on SIGTERM or Ctrl-C (servers first, then Raft, then a final flush).
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use tokio::sync::watch;
 
 use crate::cp::raft_node;
 use crate::error::Error;
+use crate::liveness::{PING_INTERVAL, PING_TIMEOUT};
 use crate::node::{Node, NodeOptions};
 use crate::observe::metrics;
+use crate::proto;
 use crate::server;
 
 pub async fn run(options: NodeOptions) -> Result<(), Error> {
@@ -39,7 +42,9 @@ pub async fn run(options: NodeOptions) -> Result<(), Error> {
         tokio::spawn(raft_node::run_election_watchdog(
             node.raft.clone(),
             options.raft.clone(),
+            node.liveness.clone(),
         )),
+        tokio::spawn(run_liveness_prober(node.clone())),
         tokio::spawn(metrics::run_gauge_updater(node.clone())),
     ];
     raft_node::bootstrap_if_fresh(&node.raft, node.id, &options.peers).await?;
@@ -82,5 +87,37 @@ pub async fn shutdown_signal() {
     tokio::select! {
         _ = term.recv() => {},
         _ = int.recv() => {},
+    }
+}
+
+/// Pings every reachable peer each [`PING_INTERVAL`] and records who answered.
+async fn run_liveness_prober(node: Arc<Node>) {
+    let channels: Vec<(u64, tonic::transport::Channel)> = node
+        .options
+        .peers
+        .iter()
+        .filter(|(id, _)| **id != node.id)
+        .filter_map(|(id, addr)| crate::cp::network::peer_channel(addr).ok().map(|c| (*id, c)))
+        .collect();
+    loop {
+        tokio::time::sleep(PING_INTERVAL).await;
+        for (peer, channel) in &channels {
+            if !node.fault.allows(node.id, *peer) {
+                continue; // the ping would be lost on the way
+            }
+            tokio::spawn(ping(node.clone(), *peer, channel.clone()));
+        }
+    }
+}
+
+async fn ping(node: Arc<Node>, peer: u64, channel: tonic::transport::Channel) {
+    let mut request = tonic::Request::new(proto::PingRequest { from: node.id });
+    request.set_timeout(PING_TIMEOUT);
+    let mut client = proto::peer_client::PeerClient::new(channel);
+    if let Ok(Ok(_)) = tokio::time::timeout(PING_TIMEOUT, client.ping(request)).await {
+        node.liveness
+            .lock()
+            .expect("liveness lock is never poisoned")
+            .heard_from(peer, Instant::now());
     }
 }

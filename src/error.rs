@@ -25,9 +25,7 @@ pub enum Error {
     /// No node answered at all; the request was never sent. Retry later.
     #[error("unreachable: {0}")]
     Unreachable(String),
-    #[error(
-        "keyspace '{0}' does not exist; create it with `capkv keyspace create {0} --mode cp|ap`"
-    )]
+    #[error("keyspace '{0}' does not exist; create it with `capkv keyspace create {0} --mode cp|ap`")]
     UnknownKeyspace(String),
     /// The keyspace's mode does not offer this operation.
     #[error("{op} needs a {needs} keyspace; '{keyspace}' is {mode}")]
@@ -102,18 +100,13 @@ impl Error {
     /// else came from the transport or a proxy and is classified by code alone, conservatively.
     pub fn from_status(status: &Status) -> Error {
         let message = status.message().to_string();
-        let kind = status
-            .metadata()
-            .get(ERROR_KIND_HEADER)
-            .and_then(|v| v.to_str().ok());
+        let kind = status.metadata().get(ERROR_KIND_HEADER).and_then(|v| v.to_str().ok());
         let strip = |prefix: &str| message.strip_prefix(prefix).unwrap_or(&message).to_string();
         match kind {
             Some("invalid_input") => Error::InvalidInput(message),
             Some("no_quorum") => Error::NoQuorum(strip("no quorum: ")),
             Some("unreachable") => Error::Unreachable(strip("unreachable: ")),
-            Some("unknown_keyspace") | Some("mode_refuses") | Some("refused") => {
-                Error::Refused(message)
-            }
+            Some("unknown_keyspace") | Some("mode_refuses") | Some("refused") => Error::Refused(message),
             Some("already_exists") => Error::AlreadyExists(message),
             Some("outcome_unknown") => Error::OutcomeUnknown(strip("outcome unknown: ")),
             Some(_) => Error::Internal(strip("internal error: ")),
@@ -125,9 +118,7 @@ impl Error {
         let message = status.message().to_string();
         match status.code() {
             Code::InvalidArgument | Code::OutOfRange => Error::InvalidInput(message),
-            Code::ResourceExhausted => {
-                Error::InvalidInput(format!("the request is too large: {message}"))
-            }
+            Code::ResourceExhausted => Error::InvalidInput(format!("the request is too large: {message}")),
             Code::DeadlineExceeded | Code::Cancelled => Error::OutcomeUnknown(format!(
                 "no answer before the deadline ({message}); the operation may or may not have been applied"
             )),
@@ -145,9 +136,7 @@ impl From<Error> for Status {
         let mut status = Status::new(err.code(), err.to_string());
         status.metadata_mut().insert(
             ERROR_KIND_HEADER,
-            err.kind()
-                .parse()
-                .expect("error kinds are ASCII header values"),
+            err.kind().parse().expect("error kinds are ASCII header values"),
         );
         status
     }

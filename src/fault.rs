@@ -44,10 +44,7 @@ impl FaultFilter {
         if from == to {
             return true;
         }
-        let groups = self
-            .groups
-            .read()
-            .expect("fault filter lock is never poisoned");
+        let groups = self.groups.read().expect("fault filter lock is never poisoned");
         groups.is_empty() || groups.iter().any(|g| g.contains(&from) && g.contains(&to))
     }
 
@@ -58,18 +55,12 @@ impl FaultFilter {
                 "fault injection is off on this node; start nodes with --fault-injection (cluster up does)".into(),
             ));
         }
-        *self
-            .groups
-            .write()
-            .expect("fault filter lock is never poisoned") = groups;
+        *self.groups.write().expect("fault filter lock is never poisoned") = groups;
         Ok(())
     }
 
     pub fn groups(&self) -> Vec<BTreeSet<u64>> {
-        self.groups
-            .read()
-            .expect("fault filter lock is never poisoned")
-            .clone()
+        self.groups.read().expect("fault filter lock is never poisoned").clone()
     }
 }
 
@@ -80,8 +71,7 @@ pub fn parse_group(text: &str) -> Result<BTreeSet<u64>, Error> {
             "'{text}' is not a group of node ids; write ids joined by commas, e.g. `capkv fault partition 1,2 3`"
         ))
     };
-    let ids: Result<BTreeSet<u64>, _> =
-        text.split(',').map(|id| id.trim().parse::<u64>()).collect();
+    let ids: Result<BTreeSet<u64>, _> = text.split(',').map(|id| id.trim().parse::<u64>()).collect();
     let ids = ids.map_err(|_| bad())?;
     if ids.is_empty() || ids.contains(&0) {
         return Err(bad());

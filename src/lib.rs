@@ -17,6 +17,7 @@ pub mod error;
 pub mod fault;
 pub mod keyspace;
 pub mod limits;
+pub mod liveness;
 pub mod node;
 pub mod observe;
 pub mod proto;

@@ -10,15 +10,12 @@ fn main() {
     let cli = Cli::parse();
     let code = match &cli.command {
         Command::Node(args) => run_node(args),
-        Command::Cluster(ClusterCommand::Up(args)) => cli::finish(
-            cli.output,
-            runtime(2).block_on(run_up(args.clone())).map(empty),
-        ),
+        Command::Cluster(ClusterCommand::Up(args)) => {
+            cli::finish(cli.output, runtime(2).block_on(run_up(args.clone())).map(empty))
+        }
         Command::Cluster(ClusterCommand::Down { data_dir }) => cli::finish(
             cli.output,
-            runtime(1)
-                .block_on(capkv::cluster::down(data_dir))
-                .map(empty),
+            runtime(1).block_on(capkv::cluster::down(data_dir)).map(empty),
         ),
         _ => {
             capkv::observe::logging::init_client();
@@ -37,8 +34,7 @@ fn empty(_: ()) -> cli::Report {
 }
 
 async fn run_up(args: capkv::cluster::UpArgs) -> Result<(), Error> {
-    let exe = std::env::current_exe()
-        .map_err(|e| Error::Internal(format!("cannot find the capkv binary: {e}")))?;
+    let exe = std::env::current_exe().map_err(|e| Error::Internal(format!("cannot find the capkv binary: {e}")))?;
     capkv::cluster::up(args, exe).await
 }
 
@@ -47,11 +43,7 @@ fn run_node(args: &cli::NodeArgs) -> i32 {
         Ok(o) => o,
         Err(e) => return cli::finish(cli::Output::Table, Err(e)),
     };
-    let _guard = match capkv::observe::logging::init_node(
-        &options.data_dir,
-        args.log_format,
-        &args.log_level,
-    ) {
+    let _guard = match capkv::observe::logging::init_node(&options.data_dir, args.log_format, &args.log_level) {
         Ok(g) => g,
         Err(e) => return cli::finish(cli::Output::Table, Err(Error::InvalidInput(e))),
     };
@@ -70,8 +62,5 @@ fn runtime(workers: usize) -> tokio::runtime::Runtime {
         b.worker_threads(workers);
         b
     };
-    builder
-        .enable_all()
-        .build()
-        .expect("the tokio runtime starts")
+    builder.enable_all().build().expect("the tokio runtime starts")
 }

@@ -28,6 +28,7 @@ use crate::cp::{Command, NodeId, Outcome, Raft};
 use crate::error::Error;
 use crate::fault::FaultFilter;
 use crate::keyspace::{KeyspaceDef, Mode};
+use crate::liveness::{Liveness, PeerState};
 use crate::storage::{LogStore, SmReader};
 
 /// How long a forwarded request's connection to the leader may take to open.
@@ -52,9 +53,7 @@ pub struct NodeOptions {
 impl NodeOptions {
     pub fn validate(&self) -> Result<(), Error> {
         if self.id == 0 {
-            return Err(Error::InvalidInput(
-                "node ids start at 1; --id 0 is not allowed".into(),
-            ));
+            return Err(Error::InvalidInput("node ids start at 1; --id 0 is not allowed".into()));
         }
         if !self.peers.contains_key(&self.id) {
             return Err(Error::InvalidInput(format!(
@@ -83,18 +82,11 @@ pub fn parse_peers(text: &str) -> Result<BTreeMap<NodeId, String>, Error> {
         };
         let (id, addr) = part.trim().split_once('=').ok_or_else(bad)?;
         let id: NodeId = id.parse().map_err(|_| bad())?;
-        if id == 0
-            || addr
-                .rsplit_once(':')
-                .and_then(|(_, p)| p.parse::<u16>().ok())
-                .is_none()
-        {
+        if id == 0 || addr.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok()).is_none() {
             return Err(bad());
         }
         if peers.insert(id, addr.to_string()).is_some() {
-            return Err(Error::InvalidInput(format!(
-                "node {id} appears twice in --peers"
-            )));
+            return Err(Error::InvalidInput(format!("node {id} appears twice in --peers")));
         }
     }
     if peers.is_empty() {
@@ -120,6 +112,8 @@ pub struct Node {
     pub log: LogStore,
     pub db: sled::Db,
     pub fault: Arc<FaultFilter>,
+    /// Which peers this node hears from; also gates elections (see [`crate::liveness`]).
+    pub liveness: Arc<Mutex<Liveness>>,
     pub started: Instant,
     forward_channels: Mutex<HashMap<NodeId, Channel>>,
 }
@@ -130,8 +124,10 @@ impl Node {
         let db = crate::storage::open(&options.data_dir)?;
         let fault = Arc::new(FaultFilter::new(options.fault_injection));
         let started = raft_node::start(options.id, &options.raft, &db, fault.clone()).await?;
+        let liveness = Arc::new(Mutex::new(Liveness::new(options.id, options.peers.keys().copied())));
         Ok(Arc::new(Node {
             id: options.id,
+            liveness,
             raft: started.raft,
             reader: started.reader,
             log: started.log,
@@ -181,10 +177,10 @@ impl Node {
     }
 
     /// Fails with "no quorum" when this node leads but has not heard from a majority lately.
-    fn check_quorum(
-        &self,
-        metrics: &RaftMetrics<NodeId, openraft::BasicNode>,
-    ) -> Result<(), Error> {
+    pub fn check_quorum(&self, metrics: &RaftMetrics<NodeId, openraft::BasicNode>) -> Result<(), Error> {
+        if metrics.membership_config.membership().voter_ids().count() <= 1 {
+            return Ok(()); // a single voter is its own majority
+        }
         let limit_ms = self.options.raft.check_quorum_ms();
         match metrics.millis_since_quorum_ack {
             Some(ms) if ms <= limit_ms => Ok(()),
@@ -198,11 +194,7 @@ impl Node {
     }
 
     /// Decides where a CP operation runs, waiting up to about one election for a leader.
-    pub async fn route(
-        &self,
-        deadline: Instant,
-        forwarded_from: Option<NodeId>,
-    ) -> Result<Route, Error> {
+    pub async fn route(&self, deadline: Instant, forwarded_from: Option<NodeId>) -> Result<Route, Error> {
         let wait_until = deadline.min(Instant::now() + self.leader_wait());
         loop {
             match self.try_route(forwarded_from) {
@@ -241,10 +233,27 @@ impl Node {
                 self.id
             )));
         }
+        if let Some(silence) = self.leader_silence(leader) {
+            return Err(Error::NoQuorum(format!(
+                "node {} has not heard from the leader, node {leader}, for {} ms: it cannot reach it",
+                self.id,
+                silence.as_millis()
+            )));
+        }
         Ok(Route::Forward {
             leader,
             channel: self.forward_channel(leader)?,
         })
+    }
+
+    /// How long the leader has been silent, when liveness no longer counts it alive.
+    pub fn leader_silence(&self, leader: NodeId) -> Option<Duration> {
+        let now = Instant::now();
+        let liveness = self.liveness.lock().expect("liveness lock is never poisoned");
+        match liveness.state(leader, now) {
+            PeerState::Alive => None,
+            _ => Some(liveness.silence(leader, now).unwrap_or_else(|| self.started.elapsed())),
+        }
     }
 
     fn forward_channel(&self, leader: NodeId) -> Result<Channel, Error> {
@@ -255,11 +264,10 @@ impl Node {
         if let Some(channel) = channels.get(&leader) {
             return Ok(channel.clone());
         }
-        let addr = self.members().get(&leader).cloned().ok_or_else(|| {
-            Error::Internal(format!(
-                "the leader, node {leader}, has no address in the membership"
-            ))
-        })?;
+        let addr =
+            self.members().get(&leader).cloned().ok_or_else(|| {
+                Error::Internal(format!("the leader, node {leader}, has no address in the membership"))
+            })?;
         let channel = Endpoint::from_shared(format!("http://{addr}"))
             .map_err(|e| Error::Internal(format!("bad leader address {addr}: {e}")))?
             .connect_timeout(FORWARD_CONNECT_TIMEOUT)
@@ -302,18 +310,14 @@ impl Node {
                 budget.as_millis()
             ))),
             Ok(Ok(_)) => Ok(()),
-            Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_)))) => {
-                Err(Error::NoQuorum(format!(
-                    "node {} lost the leadership while confirming a read; retry",
-                    self.id
-                )))
-            }
-            Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(q)))) => {
-                Err(Error::NoQuorum(format!(
-                    "node {} could not confirm its leadership: {q}",
-                    self.id
-                )))
-            }
+            Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_)))) => Err(Error::NoQuorum(format!(
+                "node {} lost the leadership while confirming a read; retry",
+                self.id
+            ))),
+            Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(q)))) => Err(Error::NoQuorum(format!(
+                "node {} could not confirm its leadership: {q}",
+                self.id
+            ))),
             Ok(Err(e)) => Err(Error::Internal(format!("Raft refused the read: {e}"))),
         }
     }

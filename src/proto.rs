@@ -4,5 +4,4 @@
 tonic::include_proto!("capkv.v1");
 
 /// The encoded descriptor set of `capkv.v1`, for server reflection.
-pub const FILE_DESCRIPTOR_SET: &[u8] =
-    include_bytes!(concat!(env!("OUT_DIR"), "/capkv_descriptor.bin"));
+pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/capkv_descriptor.bin"));

@@ -212,14 +212,9 @@ pub fn apply(command: &Command, index: u64, state: &mut impl State) -> Outcome {
             failure,
             ..
         } => {
-            let succeeded = compares
-                .iter()
-                .all(|c| holds(c, state.get(keyspace, &c.key).as_ref()));
+            let succeeded = compares.iter().all(|c| holds(c, state.get(keyspace, &c.key).as_ref()));
             let ops = if succeeded { success } else { failure };
-            let results = ops
-                .iter()
-                .map(|op| run_txn_op(op, keyspace, index, state))
-                .collect();
+            let results = ops.iter().map(|op| run_txn_op(op, keyspace, index, state)).collect();
             Outcome::Txn {
                 succeeded,
                 results,
@@ -272,9 +267,7 @@ fn holds(compare: &Compare, current: Option<&StoredValue>) -> bool {
         (CompareTarget::ModRevision(want), Some(c)) => c.mod_revision.cmp(want),
         (CompareTarget::Version(want), Some(c)) => c.version.cmp(want),
         // An absent key has revision and version 0 (as in etcd), and no value at all.
-        (CompareTarget::ModRevision(want), None) | (CompareTarget::Version(want), None) => {
-            0.cmp(want)
-        }
+        (CompareTarget::ModRevision(want), None) | (CompareTarget::Version(want), None) => 0.cmp(want),
         (CompareTarget::Value(_), None) => return compare.op == CompareOp::NotEqual,
     };
     match compare.op {
@@ -322,16 +315,13 @@ impl State for MemState {
         self.keyspaces.get(name).cloned()
     }
     fn get(&self, keyspace: &str, key: &[u8]) -> Option<StoredValue> {
-        self.data
-            .get(&(keyspace.to_string(), key.to_vec()))
-            .cloned()
+        self.data.get(&(keyspace.to_string(), key.to_vec())).cloned()
     }
     fn put_keyspace(&mut self, def: KeyspaceDef) {
         self.keyspaces.insert(def.name.clone(), def);
     }
     fn put(&mut self, keyspace: &str, key: &[u8], value: StoredValue) {
-        self.data
-            .insert((keyspace.to_string(), key.to_vec()), value);
+        self.data.insert((keyspace.to_string(), key.to_vec()), value);
     }
     fn delete(&mut self, keyspace: &str, key: &[u8]) {
         self.data.remove(&(keyspace.to_string(), key.to_vec()));
@@ -349,10 +339,7 @@ mod tests {
             name: "bank".into(),
             mode: Mode::Cp,
         };
-        assert!(matches!(
-            apply(&create, 1, &mut state),
-            Outcome::KeyspaceCreated(_)
-        ));
+        assert!(matches!(apply(&create, 1, &mut state), Outcome::KeyspaceCreated(_)));
         state
     }
 
@@ -392,12 +379,7 @@ mod tests {
         );
         let v = s.get("bank", b"a").unwrap();
         assert_eq!(
-            (
-                v.value.as_slice(),
-                v.create_revision,
-                v.mod_revision,
-                v.version
-            ),
+            (v.value.as_slice(), v.create_revision, v.mod_revision, v.version),
             (&b"2"[..], 2, 5, 2)
         );
     }
@@ -407,13 +389,7 @@ mod tests {
         let mut s = bank();
         apply(&put("alice", "100"), 2, &mut s);
         let ok = apply(&cas("alice", Some("100"), "90"), 3, &mut s);
-        assert!(matches!(
-            ok,
-            Outcome::Cas {
-                succeeded: true,
-                ..
-            }
-        ));
+        assert!(matches!(ok, Outcome::Cas { succeeded: true, .. }));
         let again = apply(&cas("alice", Some("100"), "80"), 4, &mut s);
         match again {
             Outcome::Cas {
@@ -431,17 +407,11 @@ mod tests {
         let mut s = bank();
         assert!(matches!(
             apply(&cas("k", None, "v"), 2, &mut s),
-            Outcome::Cas {
-                succeeded: true,
-                ..
-            }
+            Outcome::Cas { succeeded: true, .. }
         ));
         assert!(matches!(
             apply(&cas("k", None, "w"), 3, &mut s),
-            Outcome::Cas {
-                succeeded: false,
-                ..
-            }
+            Outcome::Cas { succeeded: false, .. }
         ));
         assert_eq!(s.get("bank", b"k").unwrap().value, b"v");
     }
@@ -495,16 +465,11 @@ mod tests {
                     value: b"10".to_vec(),
                 },
             ],
-            failure: vec![TxnOp::Get {
-                key: b"alice".to_vec(),
-            }],
+            failure: vec![TxnOp::Get { key: b"alice".to_vec() }],
         };
         assert!(matches!(
             apply(&transfer("100"), 4, &mut s),
-            Outcome::Txn {
-                succeeded: true,
-                ..
-            }
+            Outcome::Txn { succeeded: true, .. }
         ));
         assert_eq!(s.get("bank", b"bob").unwrap().value, b"10");
         match apply(&transfer("100"), 5, &mut s) {
@@ -536,14 +501,8 @@ mod tests {
         assert!(!absent(CompareTarget::Exists(true), CompareOp::Equal));
         assert!(absent(CompareTarget::Version(0), CompareOp::Equal));
         assert!(absent(CompareTarget::ModRevision(3), CompareOp::Less));
-        assert!(!absent(
-            CompareTarget::Value(b"v".to_vec()),
-            CompareOp::Equal
-        ));
-        assert!(absent(
-            CompareTarget::Value(b"v".to_vec()),
-            CompareOp::NotEqual
-        ));
+        assert!(!absent(CompareTarget::Value(b"v".to_vec()), CompareOp::Equal));
+        assert!(absent(CompareTarget::Value(b"v".to_vec()), CompareOp::NotEqual));
     }
 
     #[test]
@@ -554,10 +513,7 @@ mod tests {
             key: b"k".to_vec(),
             value: vec![],
         };
-        assert_eq!(
-            apply(&unknown, 2, &mut s),
-            Outcome::UnknownKeyspace("nope".into())
-        );
+        assert_eq!(apply(&unknown, 2, &mut s), Outcome::UnknownKeyspace("nope".into()));
         apply(
             &Command::CreateKeyspace {
                 name: "carts".into(),

@@ -8,13 +8,11 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use openraft::error::{
-    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
-};
+use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
-    VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
+    VoteResponse,
 };
 use openraft::BasicNode;
 use serde::de::DeserializeOwned;
@@ -36,8 +34,8 @@ const UNREACHABLE_BACKOFF: Duration = Duration::from_millis(200);
 
 /// Opens a lazily connecting channel to a peer's gRPC address.
 pub fn peer_channel(addr: &str) -> Result<Channel, String> {
-    let endpoint = Endpoint::from_shared(format!("http://{addr}"))
-        .map_err(|e| format!("bad peer address {addr}: {e}"))?;
+    let endpoint =
+        Endpoint::from_shared(format!("http://{addr}")).map_err(|e| format!("bad peer address {addr}: {e}"))?;
     Ok(endpoint
         .connect_timeout(PEER_CONNECT_TIMEOUT)
         .tcp_nodelay(true)
@@ -67,10 +65,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
 
     async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> PeerConnection {
         let channel = {
-            let mut channels = self
-                .channels
-                .lock()
-                .expect("channel map lock is never poisoned");
+            let mut channels = self.channels.lock().expect("channel map lock is never poisoned");
             match channels.get(&target) {
                 Some(c) => Ok(c.clone()),
                 None => peer_channel(&node.addr).inspect(|c| {
@@ -116,9 +111,9 @@ impl PeerConnection {
         if !self.fault.allows(self.self_id, self.target) {
             // Silence, as with a cut cable: the message is lost and the caller hears nothing.
             tokio::time::sleep(ttl).await;
-            return Err(RPCError::Unreachable(Unreachable::new(
-                &std::io::Error::other("partitioned by fault injection"),
-            )));
+            return Err(RPCError::Unreachable(Unreachable::new(&std::io::Error::other(
+                "partitioned by fault injection",
+            ))));
         }
         let channel = self
             .channel
@@ -144,18 +139,18 @@ impl PeerConnection {
         let response = match tokio::time::timeout(ttl, call).await {
             Ok(Ok(response)) => response.into_inner(),
             Ok(Err(status)) => {
-                return Err(RPCError::Unreachable(Unreachable::new(
-                    &std::io::Error::other(status.message().to_string()),
-                )))
+                return Err(RPCError::Unreachable(Unreachable::new(&std::io::Error::other(
+                    status.message().to_string(),
+                ))))
             }
             Err(_) => {
-                return Err(RPCError::Unreachable(Unreachable::new(
-                    &std::io::Error::other("peer did not answer in time"),
-                )))
+                return Err(RPCError::Unreachable(Unreachable::new(&std::io::Error::other(
+                    "peer did not answer in time",
+                ))))
             }
         };
-        let result: Result<Resp, RaftError<NodeId, E>> = decode(&response.payload)
-            .map_err(|e| RPCError::Network(NetworkError::new(&std::io::Error::other(e))))?;
+        let result: Result<Resp, RaftError<NodeId, E>> =
+            decode(&response.payload).map_err(|e| RPCError::Network(NetworkError::new(&std::io::Error::other(e))))?;
         result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
     }
 }
@@ -173,12 +168,9 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         &mut self,
         rpc: InstallSnapshotRequest<TypeConfig>,
         option: RPCOption,
-    ) -> Result<
-        InstallSnapshotResponse<NodeId>,
-        RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>,
-    > {
-        self.call(Rpc::InstallSnapshot, &rpc, option.hard_ttl())
-            .await
+    ) -> Result<InstallSnapshotResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>>
+    {
+        self.call(Rpc::InstallSnapshot, &rpc, option.hard_ttl()).await
     }
 
     async fn vote(

@@ -20,6 +20,7 @@ use super::{NodeId, Raft};
 use crate::error::Error;
 use crate::fault::FaultFilter;
 use crate::limits::{RAFT_PAYLOAD_ENTRIES_MAX, SNAPSHOT_CHUNK_BYTES, SNAPSHOT_EVERY_ENTRIES};
+use crate::liveness::Liveness;
 use crate::storage::{LogStore, SmReader, StateMachineStore};
 
 /// Entries kept in the log below the latest snapshot, so a briefly lagging follower catches up
@@ -119,11 +120,7 @@ pub async fn start(
 }
 
 /// Initializes a fresh cluster from the lowest-id node; a no-op everywhere else.
-pub async fn bootstrap_if_fresh(
-    raft: &Raft,
-    id: NodeId,
-    peers: &BTreeMap<NodeId, String>,
-) -> Result<(), Error> {
+pub async fn bootstrap_if_fresh(raft: &Raft, id: NodeId, peers: &BTreeMap<NodeId, String>) -> Result<(), Error> {
     let lowest = *peers.keys().next().expect("peers include this node");
     if id != lowest {
         return Ok(());
@@ -135,24 +132,17 @@ pub async fn bootstrap_if_fresh(
     if initialized {
         return Ok(());
     }
-    let members: BTreeMap<NodeId, BasicNode> = peers
-        .iter()
-        .map(|(id, addr)| (*id, BasicNode::new(addr)))
-        .collect();
+    let members: BTreeMap<NodeId, BasicNode> = peers.iter().map(|(id, addr)| (*id, BasicNode::new(addr))).collect();
     tracing::info!(?members, "fresh cluster: initializing the Raft group");
     match raft.initialize(members).await {
         Ok(()) => Ok(()),
-        Err(openraft::error::RaftError::APIError(
-            openraft::error::InitializeError::NotAllowed(_),
-        )) => Ok(()),
-        Err(e) => Err(Error::Internal(format!(
-            "cannot initialize the cluster: {e}"
-        ))),
+        Err(openraft::error::RaftError::APIError(openraft::error::InitializeError::NotAllowed(_))) => Ok(()),
+        Err(e) => Err(Error::Internal(format!("cannot initialize the cluster: {e}"))),
     }
 }
 
 /// Triggers an election when this node has known no leader for a random while.
-pub async fn run_election_watchdog(raft: Raft, options: RaftOptions) {
+pub async fn run_election_watchdog(raft: Raft, options: RaftOptions, liveness: Arc<std::sync::Mutex<Liveness>>) {
     let mut leaderless_since: Option<Instant> = None;
     let mut patience = random_patience(&options);
     loop {
@@ -161,14 +151,15 @@ pub async fn run_election_watchdog(raft: Raft, options: RaftOptions) {
         if metrics.running_state.is_err() {
             return;
         }
-        let initialized = metrics
-            .membership_config
-            .membership()
-            .voter_ids()
-            .next()
-            .is_some();
+        let initialized = metrics.membership_config.membership().voter_ids().next().is_some();
+        let hears_majority = liveness
+            .lock()
+            .expect("liveness lock is never poisoned")
+            .hears_majority(Instant::now());
+        // Like pre-vote: a node that hears no majority does not campaign (and inflate its term).
+        raft.runtime_config().elect(hears_majority);
         let leaderless =
-            initialized && metrics.current_leader.is_none() && metrics.state != ServerState::Leader;
+            initialized && hears_majority && metrics.current_leader.is_none() && metrics.state != ServerState::Leader;
         if !leaderless {
             leaderless_since = None;
             continue;
@@ -188,8 +179,7 @@ pub async fn run_election_watchdog(raft: Raft, options: RaftOptions) {
 }
 
 fn random_patience(options: &RaftOptions) -> Duration {
-    let ms = rand::thread_rng()
-        .gen_range(options.election_timeout_ms_min..=options.election_timeout_ms_max * 2);
+    let ms = rand::thread_rng().gen_range(options.election_timeout_ms_min..=options.election_timeout_ms_max * 2);
     Duration::from_millis(ms)
 }
 
@@ -204,10 +194,7 @@ mod tests {
             heartbeat_interval_ms: 500,
             ..Default::default()
         };
-        assert!(
-            o.validate().is_err(),
-            "election timeout below three heartbeats"
-        );
+        assert!(o.validate().is_err(), "election timeout below three heartbeats");
         let o = RaftOptions {
             election_timeout_ms_max: 1000,
             ..Default::default()

@@ -35,6 +35,28 @@ pub struct HealthReport {
     pub storage_bytes: u64,
     pub fault_injection: bool,
     pub partition: Vec<Vec<u64>>,
+    pub peers: Vec<PeerReport>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct PeerReport {
+    pub id: u64,
+    pub state: &'static str,
+    pub last_heard_ms: Option<u64>,
+}
+
+/// Liveness of every peer as this node sees it.
+pub fn peer_liveness(node: &Node) -> Vec<PeerReport> {
+    let now = std::time::Instant::now();
+    let liveness = node.liveness.lock().expect("liveness lock is never poisoned");
+    liveness
+        .peers()
+        .map(|id| PeerReport {
+            id,
+            state: liveness.state(id, now).as_str(),
+            last_heard_ms: liveness.silence(id, now).map(|d| d.as_millis() as u64),
+        })
+        .collect()
 }
 
 impl HealthReport {
@@ -79,9 +101,7 @@ fn storage_check(node: &Node) -> Check {
 pub fn commit_index(node: &Node) -> u64 {
     let m = node.metrics();
     // A leader's commit index is at least what it has applied; followers learn it from the leader.
-    m.last_applied
-        .map_or(0, |l| l.index)
-        .max(read_committed(node))
+    m.last_applied.map_or(0, |l| l.index).max(read_committed(node))
 }
 
 fn read_committed(node: &Node) -> u64 {
@@ -113,11 +133,17 @@ pub fn report(node: &Node) -> HealthReport {
             ok: false,
             detail: format!("no leader known in term {}", m.current_term),
         },
+        Some(leader) if leader != node.id && node.leader_silence(leader).is_some() => Check {
+            ok: false,
+            detail: format!("the leader, node {leader}, has not been heard from lately: it is unreachable"),
+        },
+        Some(leader) if leader == node.id && node.check_quorum(&m).is_err() => Check {
+            ok: false,
+            detail: "this node leads but no majority has acknowledged it lately".into(),
+        },
         Some(leader) if last_log.saturating_sub(applied) > APPLY_LAG_ENTRIES_MAX => Check {
             ok: true,
-            detail: format!(
-                "leader is node {leader}; this replica lags: applied {applied} of {last_log}"
-            ),
+            detail: format!("leader is node {leader}; this replica lags: applied {applied} of {last_log}"),
         },
         Some(leader) => Check {
             ok: true,
@@ -147,6 +173,7 @@ pub fn report(node: &Node) -> HealthReport {
             .into_iter()
             .map(|g| g.into_iter().collect())
             .collect(),
+        peers: peer_liveness(node),
     }
 }
 
@@ -179,6 +206,14 @@ pub fn status(node: &Node) -> proto::StatusResponse {
         millis_since_quorum_ack: m.millis_since_quorum_ack.map_or(-1, |ms| ms as i64),
         fault_injection: node.fault.enabled(),
         version: env!("CARGO_PKG_VERSION").to_string(),
+        peers: peer_liveness(node)
+            .into_iter()
+            .map(|p| proto::PeerLiveness {
+                id: p.id,
+                state: p.state.to_string(),
+                last_heard_ms: p.last_heard_ms.map_or(-1, |ms| ms as i64),
+            })
+            .collect(),
     }
 }
 

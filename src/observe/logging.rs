@@ -30,24 +30,12 @@ pub fn init_node(dir: &Path, format: LogFormat, level: &str) -> Result<WorkerGua
         .filename_suffix("log")
         .max_log_files(LOG_FILES_KEPT)
         .build(dir.join("logs"))
-        .map_err(|e| {
-            format!(
-                "cannot open log files in {}: {e}",
-                dir.join("logs").display()
-            )
-        })?;
+        .map_err(|e| format!("cannot open log files in {}: {e}", dir.join("logs").display()))?;
     let (file_writer, guard) = tracing_appender::non_blocking(appender);
-    let file_layer = fmt::layer()
-        .json()
-        .with_writer(file_writer)
-        .with_ansi(false)
-        .boxed();
+    let file_layer = fmt::layer().json().with_writer(file_writer).with_ansi(false).boxed();
     let stderr_layer = match format {
         LogFormat::Json => fmt::layer().json().with_writer(std::io::stderr).boxed(),
-        LogFormat::Pretty => fmt::layer()
-            .with_writer(std::io::stderr)
-            .with_target(false)
-            .boxed(),
+        LogFormat::Pretty => fmt::layer().with_writer(std::io::stderr).with_target(false).boxed(),
     };
     tracing_subscriber::registry()
         .with(filter(&format!(

@@ -43,9 +43,7 @@ pub fn outcome<T>(result: &Result<T, Error>) -> &'static str {
         Err(Error::NoQuorum(_)) | Err(Error::Unreachable(_)) => "no_quorum",
         Err(Error::OutcomeUnknown(_)) => "unknown",
         Err(Error::InvalidInput(_)) => "invalid",
-        Err(Error::UnknownKeyspace(_))
-        | Err(Error::ModeRefuses { .. })
-        | Err(Error::Refused(_)) => "refused",
+        Err(Error::UnknownKeyspace(_)) | Err(Error::ModeRefuses { .. }) | Err(Error::Refused(_)) => "refused",
         Err(Error::AlreadyExists(_)) => "exists",
         Err(Error::Internal(_)) => "error",
     }
@@ -73,11 +71,7 @@ pub fn update_gauges(node: &Node) {
     let m = node.metrics();
     metrics::gauge!("capkv_raft_term").set(m.current_term as f64);
     metrics::gauge!("capkv_raft_leader_id").set(m.current_leader.unwrap_or(0) as f64);
-    metrics::gauge!("capkv_raft_is_leader").set(if m.current_leader == Some(node.id) {
-        1.0
-    } else {
-        0.0
-    });
+    metrics::gauge!("capkv_raft_is_leader").set(if m.current_leader == Some(node.id) { 1.0 } else { 0.0 });
     metrics::gauge!("capkv_raft_last_log_index").set(m.last_log_index.unwrap_or(0) as f64);
     metrics::gauge!("capkv_raft_applied_index").set(m.last_applied.map_or(0, |l| l.index) as f64);
     metrics::gauge!("capkv_raft_commit_index").set(super::health::commit_index(node) as f64);

@@ -45,47 +45,25 @@ impl KeyspacesService {
     }
 
     /// Linearizes a metadata read: `Ok(None)` means read the local replica now.
-    async fn linearize<Req, Resp, F, Fut>(
-        &self,
-        ctx: &RequestCtx,
-        message: Req,
-        call: F,
-    ) -> Result<Option<Resp>, Error>
+    async fn linearize<Req, Resp, F, Fut>(&self, ctx: &RequestCtx, message: Req, call: F) -> Result<Option<Resp>, Error>
     where
         F: FnOnce(tonic::transport::Channel, Request<Req>) -> Fut,
         Fut: std::future::Future<Output = Result<Response<Resp>, Status>>,
     {
         match self.node.route(ctx.deadline, ctx.forwarded_from).await? {
             Route::Forward { leader, channel } => Ok(Some(
-                forward(
-                    &self.node,
-                    ctx,
-                    leader,
-                    channel,
-                    message,
-                    Effect::Read,
-                    call,
-                )
-                .await?,
+                forward(&self.node, ctx, leader, channel, message, Effect::Read, call).await?,
             )),
             Route::Local => self.node.read_barrier(ctx.deadline).await.map(|_| None),
         }
     }
 
-    async fn create(
-        &self,
-        ctx: RequestCtx,
-        req: proto::CreateKeyspaceRequest,
-    ) -> Result<proto::KeyspaceInfo, Error> {
+    async fn create(&self, ctx: RequestCtx, req: proto::CreateKeyspaceRequest) -> Result<proto::KeyspaceInfo, Error> {
         validate_name(&req.name)?;
         let mode = match req.mode() {
             proto::Mode::Cp => Mode::Cp,
             proto::Mode::Ap => Mode::Ap,
-            proto::Mode::Unspecified => {
-                return Err(Error::InvalidInput(
-                    "give the keyspace a mode: cp or ap".into(),
-                ))
-            }
+            proto::Mode::Unspecified => return Err(Error::InvalidInput("give the keyspace a mode: cp or ap".into())),
         };
         let command = Command::CreateKeyspace {
             name: req.name.clone(),
@@ -122,13 +100,7 @@ impl proto::keyspaces_server::Keyspaces for KeyspacesService {
         let req = request.into_inner();
         let name = req.name.clone();
         let result = self.create(ctx, req).await;
-        record_request(
-            &name,
-            "meta",
-            "create_keyspace",
-            &result,
-            ctx.started.elapsed(),
-        );
+        record_request(&name, "meta", "create_keyspace", &result, ctx.started.elapsed());
         result.map(Response::new).map_err(Status::from)
     }
 
@@ -166,10 +138,7 @@ impl proto::keyspaces_server::Keyspaces for KeyspacesService {
             .node
             .local_keyspace(&name)?
             .ok_or_else(|| Error::UnknownKeyspace(name.clone()))?;
-        Ok(Response::new(info(
-            &def,
-            self.node.reader.count(&name) as u64,
-        )))
+        Ok(Response::new(info(&def, self.node.reader.count(&name) as u64)))
     }
 }
 
@@ -185,10 +154,7 @@ impl ClusterService {
 
 #[tonic::async_trait]
 impl proto::cluster_server::Cluster for ClusterService {
-    async fn status(
-        &self,
-        _request: Request<proto::StatusRequest>,
-    ) -> Result<Response<proto::StatusResponse>, Status> {
+    async fn status(&self, _request: Request<proto::StatusRequest>) -> Result<Response<proto::StatusResponse>, Status> {
         Ok(Response::new(crate::observe::health::status(&self.node)))
     }
 }
@@ -263,11 +229,7 @@ impl FaultService {
     }
 }
 
-async fn tell_peer(
-    id: u64,
-    addr: String,
-    request: proto::SetPartitionRequest,
-) -> proto::NodeFaultState {
+async fn tell_peer(id: u64, addr: String, request: proto::SetPartitionRequest) -> proto::NodeFaultState {
     let result = async {
         let channel = crate::cp::network::peer_channel(&addr)?;
         let mut request = Request::new(request);

@@ -36,34 +36,24 @@ where
     let mut request = Request::new(message);
     request.metadata_mut().insert(
         FORWARDED_FROM_HEADER,
-        node.id
-            .to_string()
-            .parse()
-            .expect("a number is a valid header value"),
+        node.id.to_string().parse().expect("a number is a valid header value"),
     );
     let remaining = ctx.remaining();
     request.set_timeout(remaining);
-    let failed = |why: String| {
-        match effect {
+    let failed = |why: String| match effect {
         Effect::Write => Error::OutcomeUnknown(format!(
             "node {} forwarded the write to the leader, node {leader}, and {why}; it may or may not have been applied",
             node.id
         )),
-        Effect::Read => Error::NoQuorum(format!("node {} forwarded the read to the leader, node {leader}, and {why}", node.id)),
-    }
+        Effect::Read => Error::NoQuorum(format!(
+            "node {} forwarded the read to the leader, node {leader}, and {why}",
+            node.id
+        )),
     };
     match tokio::time::timeout(remaining, call(channel, request)).await {
-        Err(_) => Err(failed(format!(
-            "got no answer within {} ms",
-            remaining.as_millis()
-        ))),
+        Err(_) => Err(failed(format!("got no answer within {} ms", remaining.as_millis()))),
         Ok(Ok(response)) => Ok(response.into_inner()),
-        Ok(Err(status)) if status.metadata().get("capkv-error").is_some() => {
-            Err(Error::from_status(&status))
-        }
-        Ok(Err(status)) => Err(failed(format!(
-            "the connection failed ({})",
-            status.message()
-        ))),
+        Ok(Err(status)) if status.metadata().get("capkv-error").is_some() => Err(Error::from_status(&status)),
+        Ok(Err(status)) => Err(failed(format!("the connection failed ({})", status.message()))),
     }
 }

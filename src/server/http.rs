@@ -32,10 +32,7 @@ pub async fn serve_http(
 
 async fn render_metrics(State(node): State<Arc<Node>>) -> impl IntoResponse {
     metrics::update_gauges(&node);
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        metrics::render(),
-    )
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], metrics::render())
 }
 
 async fn render_health(State(node): State<Arc<Node>>) -> impl IntoResponse {

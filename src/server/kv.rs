@@ -118,16 +118,7 @@ impl KvService {
         }
         match self.node.route(ctx.deadline, ctx.forwarded_from).await? {
             Route::Forward { leader, channel } => Ok(Some(
-                forward(
-                    &self.node,
-                    ctx,
-                    leader,
-                    channel,
-                    message,
-                    Effect::Read,
-                    call,
-                )
-                .await?,
+                forward(&self.node, ctx, leader, channel, message, Effect::Read, call).await?,
             )),
             Route::Local => {
                 self.node.read_barrier(ctx.deadline).await?;
@@ -147,11 +138,7 @@ impl KvService {
 
     fn local_get(&self, keyspace: &str, key: &[u8]) -> Result<proto::GetResponse, Error> {
         self.local_cp_keyspace(keyspace, "get")?;
-        let value = self
-            .node
-            .reader
-            .get(keyspace, key)
-            .map_err(Error::Internal)?;
+        let value = self.node.reader.get(keyspace, key).map_err(Error::Internal)?;
         Ok(proto::GetResponse {
             found: value.is_some(),
             kv: value.map(|v| to_kv(key.to_vec(), v)),
@@ -200,10 +187,7 @@ fn unexpected(outcome: Outcome) -> Error {
 
 #[tonic::async_trait]
 impl proto::kv_server::Kv for KvService {
-    async fn get(
-        &self,
-        request: Request<proto::GetRequest>,
-    ) -> Result<Response<proto::GetResponse>, Status> {
+    async fn get(&self, request: Request<proto::GetRequest>) -> Result<Response<proto::GetResponse>, Status> {
         self.serve(
             request,
             "get",
@@ -214,9 +198,12 @@ impl proto::kv_server::Kv for KvService {
                 let consistency = req.consistency();
                 let (keyspace, key) = (req.keyspace.clone(), req.key.clone());
                 match self
-                    .linearize(&ctx, consistency, req, |c, r| async move {
-                        KvClient::new(c).get(r).await
-                    })
+                    .linearize(
+                        &ctx,
+                        consistency,
+                        req,
+                        |c, r| async move { KvClient::new(c).get(r).await },
+                    )
                     .await?
                 {
                     Some(answer) => Ok(answer),
@@ -227,10 +214,7 @@ impl proto::kv_server::Kv for KvService {
         .await
     }
 
-    async fn scan(
-        &self,
-        request: Request<proto::ScanRequest>,
-    ) -> Result<Response<proto::ScanResponse>, Status> {
+    async fn scan(&self, request: Request<proto::ScanRequest>) -> Result<Response<proto::ScanResponse>, Status> {
         self.serve(
             request,
             "scan",
@@ -253,10 +237,7 @@ impl proto::kv_server::Kv for KvService {
         .await
     }
 
-    async fn put(
-        &self,
-        request: Request<proto::PutRequest>,
-    ) -> Result<Response<proto::PutResponse>, Status> {
+    async fn put(&self, request: Request<proto::PutRequest>) -> Result<Response<proto::PutResponse>, Status> {
         self.serve(
             request,
             "put",
@@ -271,19 +252,11 @@ impl proto::kv_server::Kv for KvService {
                     value: req.value.clone(),
                 };
                 match self
-                    .propose(&ctx, command, req, |c, r| async move {
-                        KvClient::new(c).put(r).await
-                    })
+                    .propose(&ctx, command, req, |c, r| async move { KvClient::new(c).put(r).await })
                     .await?
                 {
                     Err(answer) => Ok(answer),
-                    Ok(Outcome::Put {
-                        revision,
-                        had_previous,
-                    }) => Ok(proto::PutResponse {
-                        revision,
-                        had_previous,
-                    }),
+                    Ok(Outcome::Put { revision, had_previous }) => Ok(proto::PutResponse { revision, had_previous }),
                     Ok(other) => Err(unexpected(other)),
                 }
             },
@@ -291,10 +264,7 @@ impl proto::kv_server::Kv for KvService {
         .await
     }
 
-    async fn delete(
-        &self,
-        request: Request<proto::DeleteRequest>,
-    ) -> Result<Response<proto::DeleteResponse>, Status> {
+    async fn delete(&self, request: Request<proto::DeleteRequest>) -> Result<Response<proto::DeleteResponse>, Status> {
         self.serve(
             request,
             "delete",
@@ -307,15 +277,16 @@ impl proto::kv_server::Kv for KvService {
                     key: req.key.clone(),
                 };
                 match self
-                    .propose(&ctx, command, req, |c, r| async move {
-                        KvClient::new(c).delete(r).await
-                    })
+                    .propose(
+                        &ctx,
+                        command,
+                        req,
+                        |c, r| async move { KvClient::new(c).delete(r).await },
+                    )
                     .await?
                 {
                     Err(answer) => Ok(answer),
-                    Ok(Outcome::Deleted { deleted, revision }) => {
-                        Ok(proto::DeleteResponse { deleted, revision })
-                    }
+                    Ok(Outcome::Deleted { deleted, revision }) => Ok(proto::DeleteResponse { deleted, revision }),
                     Ok(other) => Err(unexpected(other)),
                 }
             },
@@ -335,8 +306,7 @@ impl proto::kv_server::Kv for KvService {
                 check_data_request(&req.keyspace, &req.key)?;
                 validate_value(&req.expected)?;
                 validate_value(&req.new_value)?;
-                self.node
-                    .check_cp_keyspace(&req.keyspace, "compare-and-swap")?;
+                self.node.check_cp_keyspace(&req.keyspace, "compare-and-swap")?;
                 let expected = (!req.expect_absent).then(|| req.expected.clone());
                 let command = Command::Cas {
                     keyspace: req.keyspace.clone(),
@@ -368,22 +338,16 @@ impl proto::kv_server::Kv for KvService {
         .await
     }
 
-    async fn txn(
-        &self,
-        request: Request<proto::TxnRequest>,
-    ) -> Result<Response<proto::TxnResponse>, Status> {
+    async fn txn(&self, request: Request<proto::TxnRequest>) -> Result<Response<proto::TxnResponse>, Status> {
         self.serve(
             request,
             "txn",
             |r| r.keyspace.clone(),
             |ctx, req| async move {
                 let command = txn_command(&req)?;
-                self.node
-                    .check_cp_keyspace(&req.keyspace, "a transaction")?;
+                self.node.check_cp_keyspace(&req.keyspace, "a transaction")?;
                 match self
-                    .propose(&ctx, command, req, |c, r| async move {
-                        KvClient::new(c).txn(r).await
-                    })
+                    .propose(&ctx, command, req, |c, r| async move { KvClient::new(c).txn(r).await })
                     .await?
                 {
                     Err(answer) => Ok(answer),
@@ -419,11 +383,7 @@ fn txn_command(req: &proto::TxnRequest) -> Result<Command, Error> {
             "the transaction has {total} compares and operations; the limit is {TXN_OPS_MAX}"
         )));
     }
-    let compares = req
-        .compares
-        .iter()
-        .map(compare_from_proto)
-        .collect::<Result<_, _>>()?;
+    let compares = req.compares.iter().map(compare_from_proto).collect::<Result<_, _>>()?;
     let ops = |ops: &[proto::TxnOp]| ops.iter().map(op_from_proto).collect::<Result<Vec<_>, _>>();
     Ok(Command::Txn {
         keyspace: req.keyspace.clone(),

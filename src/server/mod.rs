@@ -110,10 +110,7 @@ pub async fn serve_grpc(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    tokio::spawn(crate::observe::health::run_grpc_health(
-        node.clone(),
-        health_reporter,
-    ));
+    tokio::spawn(crate::observe::health::run_grpc_health(node.clone(), health_reporter));
     fn reflection() -> tonic_reflection::server::Builder<'static> {
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
@@ -141,15 +138,15 @@ pub async fn serve_grpc(
         .add_service(sized!(proto::keyspaces_server::KeyspacesServer::new(
             admin::KeyspacesService::new(node.clone())
         )))
-        .add_service(proto::cluster_server::ClusterServer::new(
-            admin::ClusterService::new(node.clone()),
-        ))
-        .add_service(proto::fault_server::FaultServer::new(
-            admin::FaultService::new(node.clone()),
-        ))
-        .add_service(sized!(proto::peer_server::PeerServer::new(
-            peer::PeerService::new(node.clone())
+        .add_service(proto::cluster_server::ClusterServer::new(admin::ClusterService::new(
+            node.clone(),
         )))
+        .add_service(proto::fault_server::FaultServer::new(admin::FaultService::new(
+            node.clone(),
+        )))
+        .add_service(sized!(proto::peer_server::PeerServer::new(peer::PeerService::new(
+            node.clone()
+        ))))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -165,10 +162,7 @@ mod tests {
     #[test]
     fn grpc_timeouts_parse() {
         assert_eq!(parse_grpc_timeout("5S"), Some(Duration::from_secs(5)));
-        assert_eq!(
-            parse_grpc_timeout("2500m"),
-            Some(Duration::from_millis(2500))
-        );
+        assert_eq!(parse_grpc_timeout("2500m"), Some(Duration::from_millis(2500)));
         assert_eq!(parse_grpc_timeout("1H"), Some(Duration::from_secs(3600)));
         assert_eq!(parse_grpc_timeout("x"), None);
         assert_eq!(parse_grpc_timeout(""), None);

@@ -22,10 +22,7 @@ impl PeerService {
     }
 
     /// Checks group and fault filter, then decodes the openraft request.
-    async fn accept<T: DeserializeOwned>(
-        &self,
-        request: Request<RaftMessage>,
-    ) -> Result<T, Status> {
+    async fn accept<T: DeserializeOwned>(&self, request: Request<RaftMessage>) -> Result<T, Status> {
         let ctx = RequestCtx::of(&request);
         let message = request.into_inner();
         if message.group_id != GROUP_ID {
@@ -39,8 +36,7 @@ impl PeerService {
             tokio::time::sleep(ctx.remaining()).await;
             return Err(Status::unavailable("dropped by fault injection"));
         }
-        decode(&message.payload)
-            .map_err(|e| Status::invalid_argument(format!("bad Raft message: {e}")))
+        decode(&message.payload).map_err(|e| Status::invalid_argument(format!("bad Raft message: {e}")))
     }
 
     fn answer<T: Serialize>(&self, result: &T) -> Result<Response<RaftMessage>, Status> {
@@ -54,10 +50,7 @@ impl PeerService {
 
 #[tonic::async_trait]
 impl proto::peer_server::Peer for PeerService {
-    async fn append_entries(
-        &self,
-        request: Request<RaftMessage>,
-    ) -> Result<Response<RaftMessage>, Status> {
+    async fn append_entries(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
         let rpc = self.accept(request).await?;
         let result = self.node.raft.append_entries(rpc).await;
         self.answer(&result)
@@ -69,13 +62,28 @@ impl proto::peer_server::Peer for PeerService {
         self.answer(&result)
     }
 
-    async fn install_snapshot(
-        &self,
-        request: Request<RaftMessage>,
-    ) -> Result<Response<RaftMessage>, Status> {
+    async fn install_snapshot(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
         let rpc = self.accept(request).await?;
         let result = self.node.raft.install_snapshot(rpc).await;
         self.answer(&result)
+    }
+
+    async fn ping(&self, request: Request<proto::PingRequest>) -> Result<Response<proto::PingResponse>, Status> {
+        let ctx = RequestCtx::of(&request);
+        let from = request.into_inner().from;
+        if !self.node.fault.allows(from, self.node.id) {
+            tokio::time::sleep(ctx.remaining()).await;
+            return Err(Status::unavailable("dropped by fault injection"));
+        }
+        self.node
+            .liveness
+            .lock()
+            .expect("liveness lock is never poisoned")
+            .heard_from(from, std::time::Instant::now());
+        Ok(Response::new(proto::PingResponse {
+            node_id: self.node.id,
+            term: self.node.metrics().current_term,
+        }))
     }
 
     async fn set_partition(
@@ -94,8 +102,6 @@ impl proto::peer_server::Peer for PeerService {
             "fault injection: partition set by a peer (empty = healed)"
         );
         self.node.fault.set(groups)?;
-        Ok(Response::new(proto::SetPartitionResponse {
-            node_id: self.node.id,
-        }))
+        Ok(Response::new(proto::SetPartitionResponse { node_id: self.node.id }))
     }
 }

@@ -16,10 +16,7 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
     let (value, read) = bincode::serde::decode_from_slice(bytes, bincode::config::standard())
         .map_err(|e| format!("cannot decode a stored record: {e}"))?;
     if read != bytes.len() {
-        return Err(format!(
-            "a stored record has {} trailing bytes",
-            bytes.len() - read
-        ));
+        return Err(format!("a stored record has {} trailing bytes", bytes.len() - read));
     }
     Ok(value)
 }

@@ -48,7 +48,8 @@ mod tests {
     proptest! {
         #[test]
         fn user_keys_round_trip(ks in "[a-z][a-z0-9_-]{0,10}", key in prop::collection::vec(any::<u8>(), 1..32)) {
-            prop_assert_eq!(user_key(&ks, &data(&ks, &key)), key.as_slice());
+            let stored = data(&ks, &key);
+            prop_assert_eq!(user_key(&ks, &stored), key.as_slice());
         }
 
         #[test]

@@ -99,11 +99,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn get_log_state(&mut self) -> StorageResult<LogState<TypeConfig>> {
         let last_purged_log_id: Option<LogId<NodeId>> = self.read_meta(LAST_PURGED)?.flatten();
         let last_log_id = match self.log.last().map_err(read_err)? {
-            Some((_, bytes)) => Some(
-                decode::<Entry<TypeConfig>>(&bytes)
-                    .map_err(read_err)?
-                    .log_id,
-            ),
+            Some((_, bytes)) => Some(decode::<Entry<TypeConfig>>(&bytes).map_err(read_err)?.log_id),
             None => last_purged_log_id,
         };
         Ok(LogState {
@@ -117,11 +113,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> StorageResult<()> {
-        self.meta.insert(VOTE, encode(vote)).map_err(|e| {
-            StorageError::from(StorageIOError::write_vote(openraft::AnyError::error(
-                e.to_string(),
-            )))
-        })?;
+        self.meta
+            .insert(VOTE, encode(vote))
+            .map_err(|e| StorageError::from(StorageIOError::write_vote(openraft::AnyError::error(e.to_string()))))?;
         self.flush().await
     }
 
@@ -130,16 +124,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> StorageResult<()> {
-        self.meta
-            .insert(COMMITTED, encode(&committed))
-            .map_err(write_err)?;
+        self.meta.insert(COMMITTED, encode(&committed)).map_err(write_err)?;
         Ok(())
     }
 
     async fn read_committed(&mut self) -> StorageResult<Option<LogId<NodeId>>> {
-        Ok(self
-            .read_meta::<Option<LogId<NodeId>>>(COMMITTED)?
-            .flatten())
+        Ok(self.read_meta::<Option<LogId<NodeId>>>(COMMITTED)?.flatten())
     }
 
     async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> StorageResult<()>
@@ -186,10 +176,7 @@ impl LogStore {
             Bound::Unbounded => Bound::Unbounded,
         };
         let mut batch = sled::Batch::default();
-        for item in self
-            .log
-            .range::<[u8; 8], _>((Bound::Included(index_key(start)), end))
-        {
+        for item in self.log.range::<[u8; 8], _>((Bound::Included(index_key(start)), end)) {
             let (key, _) = item.map_err(write_err)?;
             batch.remove(key);
         }

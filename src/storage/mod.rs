@@ -37,9 +37,8 @@ pub use state_machine::{SmReader, StateMachineStore};
 
 /// Opens (or creates) the node's database under `dir`.
 pub fn open(dir: &Path) -> Result<sled::Db, Error> {
-    std::fs::create_dir_all(dir).map_err(|e| {
-        Error::InvalidInput(format!("cannot create the data dir {}: {e}", dir.display()))
-    })?;
+    std::fs::create_dir_all(dir)
+        .map_err(|e| Error::InvalidInput(format!("cannot create the data dir {}: {e}", dir.display())))?;
     sled::Config::new()
         .path(dir.join("db"))
         .cache_capacity(SLED_CACHE_BYTES)
@@ -55,20 +54,16 @@ fn open_error(dir: &Path, err: sled::Error) -> Error {
             dir.display()
         ));
     }
-    Error::Internal(format!(
-        "cannot open the database in {}: {text}",
-        dir.display()
-    ))
+    Error::Internal(format!("cannot open the database in {}: {text}", dir.display()))
 }
 
 /// Flushes the database and records how long the fsync took.
 pub async fn flush(db: &sled::Db) -> std::io::Result<()> {
     let started = std::time::Instant::now();
-    let result = db
-        .flush_async()
-        .await
-        .map(|_| ())
-        .map_err(std::io::Error::other);
+    let result = db.flush_async().await.map(|_| ()).map_err(std::io::Error::other);
     metrics::histogram!("capkv_fsync_seconds").record(started.elapsed().as_secs_f64());
     result
 }
+
+#[cfg(test)]
+mod suite_test;

@@ -10,8 +10,7 @@ use std::io::Cursor;
 
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{
-    EntryPayload, LogId, RaftSnapshotBuilder, SnapshotMeta, StorageError, StorageIOError,
-    StoredMembership,
+    EntryPayload, LogId, RaftSnapshotBuilder, SnapshotMeta, StorageError, StorageIOError, StoredMembership,
 };
 
 use super::codec::{decode, encode};
@@ -63,9 +62,7 @@ impl StateMachineStore {
 
     /// A handle for reading the state machine from request handlers.
     pub fn reader(&self) -> SmReader {
-        SmReader {
-            sm: self.sm.clone(),
-        }
+        SmReader { sm: self.sm.clone() }
     }
 
     fn read_applied(&self) -> StorageResult<(Option<LogId<NodeId>>, Membership)> {
@@ -132,12 +129,10 @@ impl State for Overlay<'_> {
             .map(|b| decode(&b).expect("stored values decode"))
     }
     fn put_keyspace(&mut self, def: KeyspaceDef) {
-        self.pending
-            .insert(keys::keyspace(&def.name), Some(encode(&def)));
+        self.pending.insert(keys::keyspace(&def.name), Some(encode(&def)));
     }
     fn put(&mut self, keyspace: &str, key: &[u8], value: StoredValue) {
-        self.pending
-            .insert(keys::data(keyspace, key), Some(encode(&value)));
+        self.pending.insert(keys::data(keyspace, key), Some(encode(&value)));
     }
     fn delete(&mut self, keyspace: &str, key: &[u8]) {
         self.pending.insert(keys::data(keyspace, key), None);
@@ -167,9 +162,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             last_applied = Some(entry.log_id);
             let outcome = match entry.payload {
                 EntryPayload::Blank => Outcome::Done,
-                EntryPayload::Normal(ref cmd) => {
-                    command::apply(cmd, entry.log_id.index, &mut overlay)
-                }
+                EntryPayload::Normal(ref cmd) => command::apply(cmd, entry.log_id.index, &mut overlay),
                 EntryPayload::Membership(m) => {
                     membership = Some(Membership::new(Some(entry.log_id), m));
                     Outcome::Done
@@ -305,11 +298,7 @@ pub struct SmReader {
 
 impl SmReader {
     pub fn keyspace(&self, name: &str) -> Result<Option<KeyspaceDef>, String> {
-        match self
-            .sm
-            .get(keys::keyspace(name))
-            .map_err(|e| e.to_string())?
-        {
+        match self.sm.get(keys::keyspace(name)).map_err(|e| e.to_string())? {
             Some(bytes) => Ok(Some(decode(&bytes)?)),
             None => Ok(None),
         }
@@ -323,11 +312,7 @@ impl SmReader {
     }
 
     pub fn get(&self, keyspace: &str, key: &[u8]) -> Result<Option<StoredValue>, String> {
-        match self
-            .sm
-            .get(keys::data(keyspace, key))
-            .map_err(|e| e.to_string())?
-        {
+        match self.sm.get(keys::data(keyspace, key)).map_err(|e| e.to_string())? {
             Some(bytes) => Ok(Some(decode(&bytes)?)),
             None => Ok(None),
         }
@@ -349,10 +334,7 @@ impl SmReader {
             std::ops::Bound::Excluded(keys::data(keyspace, start_after))
         };
         let mut items = Vec::new();
-        for kv in self
-            .sm
-            .range::<Vec<u8>, _>((start, std::ops::Bound::Unbounded))
-        {
+        for kv in self.sm.range::<Vec<u8>, _>((start, std::ops::Bound::Unbounded)) {
             let (key, value) = kv.map_err(|e| e.to_string())?;
             if !key.starts_with(&range_prefix) {
                 break;
@@ -367,9 +349,7 @@ impl SmReader {
 
     /// Number of keys the local replica holds in `keyspace`.
     pub fn count(&self, keyspace: &str) -> usize {
-        self.sm
-            .scan_prefix(keys::data_prefix(keyspace, b""))
-            .count()
+        self.sm.scan_prefix(keys::data_prefix(keyspace, b"")).count()
     }
 
     /// The applied log id and membership of the local replica.

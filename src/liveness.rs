@@ -1,0 +1,143 @@
+//! Liveness: which peers a node hears from, and whether it may start elections.
+//!
+//! Every node pings every peer a few times a second over the peer API (through the fault
+//! filter, like all peer traffic). A peer heard from recently is `alive`, one silent for a while
+//! `suspect`, one silent for long `down`. `cluster status` and `/health` show the result.
+//!
+//! The same view stands in for Raft's pre-vote, which openraft 0.9 lacks: a node that hears from
+//! no majority keeps its election timer off, so a node cut off by a partition does not inflate
+//! its term and force a needless election when the partition heals.
+//!
+//! [`Liveness`] is pure: time comes in as a parameter. The prober at the edge does the IO.
+//!
+//! Caveats: one missed ping is not a verdict, but a peer that answers pings and drops Raft
+//! traffic (or the reverse) is judged by pings alone.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+/// How often a node pings each peer.
+pub const PING_INTERVAL: Duration = Duration::from_millis(200);
+/// How long one ping may take.
+pub const PING_TIMEOUT: Duration = Duration::from_millis(400);
+/// Silence after which a peer is suspect.
+pub const SUSPECT_AFTER: Duration = Duration::from_millis(700);
+/// Silence after which a peer is down.
+pub const DOWN_AFTER: Duration = Duration::from_secs(3);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PeerState {
+    Alive,
+    Suspect,
+    Down,
+}
+
+impl PeerState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PeerState::Alive => "alive",
+            PeerState::Suspect => "suspect",
+            PeerState::Down => "down",
+        }
+    }
+}
+
+/// What one node knows of its peers' liveness.
+#[derive(Debug, Clone)]
+pub struct Liveness {
+    self_id: u64,
+    peers: BTreeSet<u64>,
+    last_heard: BTreeMap<u64, Instant>,
+}
+
+impl Liveness {
+    /// `members` includes this node.
+    pub fn new(self_id: u64, members: impl IntoIterator<Item = u64>) -> Self {
+        let peers = members.into_iter().filter(|id| *id != self_id).collect();
+        Self {
+            self_id,
+            peers,
+            last_heard: BTreeMap::new(),
+        }
+    }
+
+    pub fn self_id(&self) -> u64 {
+        self.self_id
+    }
+
+    pub fn peers(&self) -> impl Iterator<Item = u64> + '_ {
+        self.peers.iter().copied()
+    }
+
+    pub fn heard_from(&mut self, peer: u64, at: Instant) {
+        if self.peers.contains(&peer) {
+            let last = self.last_heard.entry(peer).or_insert(at);
+            *last = (*last).max(at);
+        }
+    }
+
+    pub fn silence(&self, peer: u64, now: Instant) -> Option<Duration> {
+        self.last_heard.get(&peer).map(|at| now.saturating_duration_since(*at))
+    }
+
+    pub fn state(&self, peer: u64, now: Instant) -> PeerState {
+        match self.silence(peer, now) {
+            Some(s) if s < SUSPECT_AFTER => PeerState::Alive,
+            Some(s) if s < DOWN_AFTER => PeerState::Suspect,
+            _ => PeerState::Down,
+        }
+    }
+
+    /// Does this node hear from a majority of the cluster (itself included)?
+    pub fn hears_majority(&self, now: Instant) -> bool {
+        let alive = self
+            .peers
+            .iter()
+            .filter(|p| self.state(**p, now) == PeerState::Alive)
+            .count();
+        let members = self.peers.len() + 1;
+        (alive + 1) * 2 > members
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn states_follow_silence() {
+        let t0 = Instant::now();
+        let mut l = Liveness::new(1, [1, 2, 3]);
+        assert_eq!(l.state(2, t0), PeerState::Down, "never heard is down");
+        l.heard_from(2, t0);
+        assert_eq!(l.state(2, t0 + Duration::from_millis(100)), PeerState::Alive);
+        assert_eq!(l.state(2, t0 + SUSPECT_AFTER), PeerState::Suspect);
+        assert_eq!(l.state(2, t0 + DOWN_AFTER), PeerState::Down);
+        l.heard_from(2, t0 - Duration::from_secs(1));
+        assert_eq!(
+            l.silence(2, t0),
+            Some(Duration::ZERO),
+            "an older report does not move time back"
+        );
+        l.heard_from(9, t0);
+        assert_eq!(l.peers().count(), 2, "strangers are ignored");
+    }
+
+    #[test]
+    fn majority_needs_half_the_peers() {
+        let t0 = Instant::now();
+        let mut three = Liveness::new(3, [1, 2, 3]);
+        assert!(!three.hears_majority(t0), "alone of three");
+        three.heard_from(1, t0);
+        assert!(three.hears_majority(t0));
+        let mut five = Liveness::new(1, 1..=5);
+        five.heard_from(2, t0);
+        assert!(!five.hears_majority(t0), "two of five");
+        five.heard_from(3, t0);
+        assert!(five.hears_majority(t0));
+        assert!(
+            Liveness::new(1, [1]).hears_majority(t0),
+            "a single node is its own majority"
+        );
+    }
+}

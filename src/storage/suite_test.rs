@@ -1,0 +1,24 @@
+//! openraft's storage test suite against the sled log store and state machine.
+
+use openraft::testing::{StoreBuilder, Suite};
+use openraft::StorageError;
+
+use super::{LogStore, StateMachineStore};
+use crate::cp::{NodeId, TypeConfig};
+
+struct SledStoreBuilder;
+
+impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, tempfile::TempDir> for SledStoreBuilder {
+    async fn build(&self) -> Result<(tempfile::TempDir, LogStore, StateMachineStore), StorageError<NodeId>> {
+        let dir = tempfile::tempdir().expect("a temp dir can be created");
+        let db = super::open(dir.path()).expect("a fresh database opens");
+        let log = LogStore::open(&db).expect("log trees open");
+        let sm = StateMachineStore::open(&db).expect("state machine trees open");
+        Ok((dir, log, sm))
+    }
+}
+
+#[test]
+fn openraft_storage_suite_passes_on_sled() {
+    Suite::test_all(SledStoreBuilder).expect("openraft's storage suite passes");
+}
