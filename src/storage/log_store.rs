@@ -4,6 +4,8 @@
 //! calls its callback only after one flush of the whole batch; `save_vote`, `truncate` and
 //! `purge` flush before they return. `save_committed` is not flushed: losing it only means the
 //! node re-learns the commit index from the leader.
+// openraft's StorageError is large; its traits fix the error type, so helpers share it.
+#![allow(clippy::result_large_err)]
 
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};

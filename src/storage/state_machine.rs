@@ -4,6 +4,8 @@
 //! see earlier ones), then writes the data, the last applied log id and the membership in one
 //! atomic sled batch. A snapshot is a point-in-time copy of the whole `sm` tree taken between two
 //! applies; installing one replaces the tree's contents in one atomic batch.
+// openraft's StorageError is large; its traits fix the error type, so helpers share it.
+#![allow(clippy::result_large_err)]
 
 use std::collections::BTreeMap;
 use std::io::Cursor;
@@ -289,6 +291,9 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     }
 }
 
+/// Keys with their values, and whether more keys match.
+pub type ScanPage = (Vec<(Vec<u8>, StoredValue)>, bool);
+
 /// Reads the state machine for request handlers. Reads see the latest applied state; the
 /// request path decides whether that is linearizable (after ReadIndex) or serializable.
 #[derive(Clone)]
@@ -326,7 +331,7 @@ impl SmReader {
         prefix: &[u8],
         start_after: &[u8],
         limit: usize,
-    ) -> Result<(Vec<(Vec<u8>, StoredValue)>, bool), String> {
+    ) -> Result<ScanPage, String> {
         let range_prefix = keys::data_prefix(keyspace, prefix);
         let start = if start_after.is_empty() {
             std::ops::Bound::Included(range_prefix.clone())
