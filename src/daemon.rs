@@ -74,7 +74,7 @@ async fn stop(node: &Arc<Node>) {
     if let Err(e) = node.raft.shutdown().await {
         tracing::warn!("Raft did not shut down cleanly: {e}");
     }
-    if let Err(e) = crate::storage::flush(&node.db).await {
+    if let Err(e) = node.flusher.flush().await {
         tracing::error!("the final flush failed: {e}");
     }
 }

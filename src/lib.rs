@@ -8,6 +8,7 @@
 //! drive a cluster, and the pieces of a node for tests.
 #![forbid(unsafe_code)]
 
+pub mod ap;
 pub mod cli;
 pub mod client;
 pub mod cluster;

@@ -111,6 +111,7 @@ pub struct Node {
     pub reader: SmReader,
     pub log: LogStore,
     pub db: sled::Db,
+    pub flusher: crate::storage::Flusher,
     pub fault: Arc<FaultFilter>,
     /// Which peers this node hears from; also gates elections (see [`crate::liveness`]).
     pub liveness: Arc<Mutex<Liveness>>,
@@ -122,8 +123,9 @@ impl Node {
     pub async fn open(options: NodeOptions) -> Result<Arc<Node>, Error> {
         options.validate()?;
         let db = crate::storage::open(&options.data_dir)?;
+        let flusher = crate::storage::Flusher::new(db.clone());
         let fault = Arc::new(FaultFilter::new(options.fault_injection));
-        let started = raft_node::start(options.id, &options.raft, &db, fault.clone()).await?;
+        let started = raft_node::start(options.id, &options.raft, &flusher, fault.clone()).await?;
         let liveness = Arc::new(Mutex::new(Liveness::new(options.id, options.peers.keys().copied())));
         Ok(Arc::new(Node {
             id: options.id,
@@ -132,6 +134,7 @@ impl Node {
             reader: started.reader,
             log: started.log,
             db,
+            flusher,
             fault,
             started: Instant::now(),
             forward_channels: Mutex::new(HashMap::new()),

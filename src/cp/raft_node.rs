@@ -105,13 +105,13 @@ pub struct Started {
 pub async fn start(
     id: NodeId,
     options: &RaftOptions,
-    db: &sled::Db,
+    flusher: &crate::storage::Flusher,
     fault: Arc<FaultFilter>,
 ) -> Result<Started, Error> {
     let config = Arc::new(options.config()?);
     let storage_err = |e: sled::Error| Error::Internal(format!("cannot open storage trees: {e}"));
-    let log = LogStore::open(db).map_err(storage_err)?;
-    let sm = StateMachineStore::open(db).map_err(storage_err)?;
+    let log = LogStore::open(flusher).map_err(storage_err)?;
+    let sm = StateMachineStore::open(flusher).map_err(storage_err)?;
     let reader = sm.reader();
     let raft = Raft::new(id, config, Network::new(id, fault), log.clone(), sm)
         .await

@@ -22,7 +22,7 @@ const LAST_PURGED: &[u8] = b"last_purged";
 
 #[derive(Clone)]
 pub struct LogStore {
-    db: sled::Db,
+    flusher: super::Flusher,
     log: sled::Tree,
     meta: sled::Tree,
 }
@@ -42,9 +42,10 @@ fn index_key(index: u64) -> [u8; 8] {
 }
 
 impl LogStore {
-    pub fn open(db: &sled::Db) -> Result<Self, sled::Error> {
+    pub fn open(flusher: &super::Flusher) -> Result<Self, sled::Error> {
+        let db = flusher.db();
         Ok(Self {
-            db: db.clone(),
+            flusher: flusher.clone(),
             log: db.open_tree("raft_log")?,
             meta: db.open_tree("raft_meta")?,
         })
@@ -58,7 +59,7 @@ impl LogStore {
     }
 
     async fn flush(&self) -> StorageResult<()> {
-        super::flush(&self.db).await.map_err(write_err)
+        self.flusher.flush().await.map_err(write_err)
     }
 
     /// Number of entries currently held (for metrics).
@@ -144,7 +145,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             batch.insert(&index_key(entry.log_id.index), encode(&entry));
         }
         self.log.apply_batch(batch).map_err(write_err)?;
-        let flushed = super::flush(&self.db).await;
+        let flushed = self.flusher.flush().await;
         callback.log_io_completed(flushed);
         Ok(())
     }

@@ -57,12 +57,65 @@ fn open_error(dir: &Path, err: sled::Error) -> Error {
     Error::Internal(format!("cannot open the database in {}: {text}", dir.display()))
 }
 
-/// Flushes the database and records how long the fsync took.
-pub async fn flush(db: &sled::Db) -> std::io::Result<()> {
-    let started = std::time::Instant::now();
-    let result = db.flush_async().await.map(|_| ()).map_err(std::io::Error::other);
-    metrics::histogram!("capkv_fsync_seconds").record(started.elapsed().as_secs_f64());
-    result
+/// Group commit: makes writes durable with as few fsyncs as possible, one at a time.
+///
+/// A caller that has written asks for a flush; if a flush started after its write has finished
+/// meanwhile, it is done without another fsync. Flushes run on tokio's blocking pool with sled's
+/// synchronous `flush`: many concurrent `flush_async` calls can exhaust sled 0.34's own thread
+/// pool and hang it (seen here), so capkv never uses `flush_async`.
+#[derive(Clone)]
+pub struct Flusher {
+    db: sled::Db,
+    state: std::sync::Arc<FlushState>,
+}
+
+struct FlushState {
+    /// Incremented by every flush request, after the caller's write.
+    requested: std::sync::atomic::AtomicU64,
+    /// The highest request number known to be on disk.
+    durable: std::sync::atomic::AtomicU64,
+    one_at_a_time: tokio::sync::Mutex<()>,
+}
+
+impl Flusher {
+    pub fn new(db: sled::Db) -> Self {
+        let state = FlushState {
+            requested: 0.into(),
+            durable: 0.into(),
+            one_at_a_time: tokio::sync::Mutex::new(()),
+        };
+        Self {
+            db,
+            state: std::sync::Arc::new(state),
+        }
+    }
+
+    pub fn db(&self) -> &sled::Db {
+        &self.db
+    }
+
+    /// Returns once everything written before the call is on disk.
+    pub async fn flush(&self) -> std::io::Result<()> {
+        use std::sync::atomic::Ordering::SeqCst;
+        let mine = self.state.requested.fetch_add(1, SeqCst) + 1;
+        let _turn = self.state.one_at_a_time.lock().await;
+        if self.state.durable.load(SeqCst) >= mine {
+            return Ok(());
+        }
+        let covers = self.state.requested.load(SeqCst);
+        let db = self.db.clone();
+        let started = std::time::Instant::now();
+        let result = tokio::task::spawn_blocking(move || db.flush())
+            .await
+            .map_err(std::io::Error::other)?
+            .map(|_| ())
+            .map_err(std::io::Error::other);
+        metrics::histogram!("capkv_fsync_seconds").record(started.elapsed().as_secs_f64());
+        if result.is_ok() {
+            self.state.durable.fetch_max(covers, SeqCst);
+        }
+        result
+    }
 }
 
 #[cfg(test)]

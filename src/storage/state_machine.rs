@@ -46,16 +46,17 @@ struct StoredSnapshot {
 }
 
 pub struct StateMachineStore {
-    db: sled::Db,
+    flusher: super::Flusher,
     sm: sled::Tree,
     snapshots: sled::Tree,
     snapshot_seq: u64,
 }
 
 impl StateMachineStore {
-    pub fn open(db: &sled::Db) -> Result<Self, sled::Error> {
+    pub fn open(flusher: &super::Flusher) -> Result<Self, sled::Error> {
+        let db = flusher.db();
         Ok(Self {
-            db: db.clone(),
+            flusher: flusher.clone(),
             sm: db.open_tree("sm")?,
             snapshots: db.open_tree("snapshot")?,
             snapshot_seq: 0,
@@ -196,7 +197,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         SnapshotBuilder {
             data,
             store: self.snapshots.clone(),
-            db: self.db.clone(),
+            flusher: self.flusher.clone(),
             seq: self.snapshot_seq,
         }
     }
@@ -224,7 +225,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             meta: meta.clone(),
             data,
         })?;
-        super::flush(&self.db).await.map_err(snapshot_err)?;
+        self.flusher.flush().await.map_err(snapshot_err)?;
         metrics::counter!("capkv_raft_snapshots_installed_total").increment(1);
         Ok(())
     }
@@ -245,7 +246,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
 pub struct SnapshotBuilder {
     data: Vec<(Vec<u8>, Vec<u8>)>,
     store: sled::Tree,
-    db: sled::Db,
+    flusher: super::Flusher,
     seq: u64,
 }
 
@@ -282,7 +283,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         self.store
             .insert(CURRENT_SNAPSHOT, encode(&stored))
             .map_err(snapshot_err)?;
-        super::flush(&self.db).await.map_err(snapshot_err)?;
+        self.flusher.flush().await.map_err(snapshot_err)?;
         metrics::counter!("capkv_raft_snapshots_built_total").increment(1);
         Ok(Snapshot {
             meta,
@@ -325,13 +326,7 @@ impl SmReader {
 
     /// Up to `limit` keys of `keyspace` with `prefix`, strictly after `start_after` when given.
     /// Returns the items and whether more keys match.
-    pub fn scan(
-        &self,
-        keyspace: &str,
-        prefix: &[u8],
-        start_after: &[u8],
-        limit: usize,
-    ) -> Result<ScanPage, String> {
+    pub fn scan(&self, keyspace: &str, prefix: &[u8], start_after: &[u8], limit: usize) -> Result<ScanPage, String> {
         let range_prefix = keys::data_prefix(keyspace, prefix);
         let start = if start_after.is_empty() {
             std::ops::Bound::Included(range_prefix.clone())

@@ -12,8 +12,9 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, tempfile::TempDir> fo
     async fn build(&self) -> Result<(tempfile::TempDir, LogStore, StateMachineStore), StorageError<NodeId>> {
         let dir = tempfile::tempdir().expect("a temp dir can be created");
         let db = super::open(dir.path()).expect("a fresh database opens");
-        let log = LogStore::open(&db).expect("log trees open");
-        let sm = StateMachineStore::open(&db).expect("state machine trees open");
+        let flusher = super::Flusher::new(db);
+        let log = LogStore::open(&flusher).expect("log trees open");
+        let sm = StateMachineStore::open(&flusher).expect("state machine trees open");
         Ok((dir, log, sm))
     }
 }

@@ -1,0 +1,215 @@
+//! AP data and hints on sled, beside the CP trees of the same database.
+//!
+//! `ap_data` maps `<keyspace>\0<key>` to a [`Versioned`] value or tombstone. Every change is a
+//! merge (compare-and-swap on the key), so concurrent writers and replicators never lose the
+//! newer version. `ap_hints` holds writes for peers that could not be reached, keyed by
+//! (peer, sequence), bounded per peer.
+
+use std::collections::BTreeSet;
+
+use serde::{Deserialize, Serialize};
+
+use super::digest::{bucket_of, Digest};
+use super::hlc::Timestamp;
+use super::version::{merge_into, Versioned};
+use crate::error::Error;
+use crate::storage::codec::{decode, encode};
+
+/// One AP write as it travels between nodes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    pub keyspace: String,
+    pub key: Vec<u8>,
+    pub versioned: Versioned,
+}
+
+/// A write kept for a peer that could not be reached, and when it was hinted.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Hint {
+    pub entry: Entry,
+    pub created_ms: u64,
+}
+
+#[derive(Clone)]
+pub struct ApStore {
+    flusher: crate::storage::Flusher,
+    data: sled::Tree,
+    hints: sled::Tree,
+}
+
+fn storage(e: impl std::fmt::Display) -> Error {
+    Error::Internal(format!("AP storage failed: {e}"))
+}
+
+fn data_key(keyspace: &str, key: &[u8]) -> Vec<u8> {
+    [keyspace.as_bytes(), b"\0", key].concat()
+}
+
+fn hint_key(peer: u64, seq: u64) -> [u8; 16] {
+    let mut k = [0u8; 16];
+    k[..8].copy_from_slice(&peer.to_be_bytes());
+    k[8..].copy_from_slice(&seq.to_be_bytes());
+    k
+}
+
+/// Keys with their versions, and whether more keys match.
+pub type Page = (Vec<(Vec<u8>, Versioned)>, bool);
+
+impl ApStore {
+    pub fn open(flusher: &crate::storage::Flusher) -> Result<Self, Error> {
+        let db = flusher.db();
+        Ok(Self {
+            flusher: flusher.clone(),
+            data: db.open_tree("ap_data").map_err(storage)?,
+            hints: db.open_tree("ap_hints").map_err(storage)?,
+        })
+    }
+
+    pub fn get(&self, keyspace: &str, key: &[u8]) -> Result<Option<Versioned>, Error> {
+        match self.data.get(data_key(keyspace, key)).map_err(storage)? {
+            Some(bytes) => Ok(Some(decode(&bytes).map_err(storage)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Merges `entry` into the store; returns true when it changed what is stored.
+    pub fn merge(&self, entry: &Entry) -> Result<bool, Error> {
+        let key = data_key(&entry.keyspace, &entry.key);
+        loop {
+            let current = self.data.get(&key).map_err(storage)?;
+            let stored: Option<Versioned> = current.as_ref().map(|b| decode(b)).transpose().map_err(storage)?;
+            let Some(winner) = merge_into(stored.as_ref(), &entry.versioned) else {
+                return Ok(false);
+            };
+            match self
+                .data
+                .compare_and_swap(&key, current, Some(encode(&winner)))
+                .map_err(storage)?
+            {
+                Ok(()) => return Ok(true),
+                Err(_) => continue, // raced with another merge of this key: merge again
+            }
+        }
+    }
+
+    /// Flushes to disk; AP writes are acknowledged only after this.
+    pub async fn flush(&self) -> Result<(), Error> {
+        self.flusher.flush().await.map_err(storage)
+    }
+
+    /// Up to `limit` live (non-tombstone) keys with `prefix`, after `start_after`.
+    pub fn scan(&self, keyspace: &str, prefix: &[u8], start_after: &[u8], limit: usize) -> Result<Page, Error> {
+        let range_prefix = data_key(keyspace, prefix);
+        let start = if start_after.is_empty() {
+            std::ops::Bound::Included(range_prefix.clone())
+        } else {
+            std::ops::Bound::Excluded(data_key(keyspace, start_after))
+        };
+        let skip = keyspace.len() + 1;
+        let mut items = Vec::new();
+        for kv in self.data.range::<Vec<u8>, _>((start, std::ops::Bound::Unbounded)) {
+            let (key, value) = kv.map_err(storage)?;
+            if !key.starts_with(&range_prefix) {
+                break;
+            }
+            let versioned: Versioned = decode(&value).map_err(storage)?;
+            if versioned.is_tombstone() {
+                continue;
+            }
+            if items.len() == limit {
+                return Ok((items, true));
+            }
+            items.push((key[skip..].to_vec(), versioned));
+        }
+        Ok((items, false))
+    }
+
+    /// Every entry of a keyspace, tombstones included, optionally only in some buckets.
+    pub fn entries(&self, keyspace: &str, buckets: Option<&BTreeSet<usize>>) -> Result<Vec<Entry>, Error> {
+        let prefix = data_key(keyspace, b"");
+        let mut out = Vec::new();
+        for kv in self.data.scan_prefix(&prefix) {
+            let (key, value) = kv.map_err(storage)?;
+            let user_key = &key[prefix.len()..];
+            if buckets.is_some_and(|b| !b.contains(&bucket_of(user_key))) {
+                continue;
+            }
+            out.push(Entry {
+                keyspace: keyspace.to_string(),
+                key: user_key.to_vec(),
+                versioned: decode(&value).map_err(storage)?,
+            });
+        }
+        Ok(out)
+    }
+
+    /// The digests of a keyspace (a local scan; only the digests travel).
+    pub fn digest(&self, keyspace: &str) -> Result<Digest, Error> {
+        let entries = self.entries(keyspace, None)?;
+        Ok(Digest::of(entries.iter().map(|e| (e.key.as_slice(), &e.versioned))))
+    }
+
+    /// Live keys in a keyspace on this replica.
+    pub fn count(&self, keyspace: &str) -> Result<usize, Error> {
+        Ok(self
+            .entries(keyspace, None)?
+            .iter()
+            .filter(|e| !e.versioned.is_tombstone())
+            .count())
+    }
+
+    /// Removes a tombstone if it is still the stored version (tombstone collection).
+    pub fn remove_tombstone(&self, entry: &Entry) -> Result<bool, Error> {
+        let key = data_key(&entry.keyspace, &entry.key);
+        let expected = encode(&entry.versioned);
+        Ok(self
+            .data
+            .compare_and_swap(&key, Some(expected), None::<Vec<u8>>)
+            .map_err(storage)?
+            .is_ok())
+    }
+
+    /// The largest timestamp stored, so a restarted node's clock starts after its own writes.
+    pub fn max_timestamp(&self) -> Result<Timestamp, Error> {
+        let mut max = Timestamp::default();
+        for kv in self.data.iter() {
+            let (_, value) = kv.map_err(storage)?;
+            let v: Versioned = decode(&value).map_err(storage)?;
+            max = max.max(v.version.hlc);
+        }
+        Ok(max)
+    }
+
+    /// Stores a hint for `peer`; false when the peer's queue is full (the hint is dropped).
+    pub fn add_hint(&self, peer: u64, hint: &Hint, per_peer_max: usize) -> Result<bool, Error> {
+        if self.hint_count(peer) >= per_peer_max {
+            return Ok(false);
+        }
+        let seq = self.flusher.db().generate_id().map_err(storage)?;
+        self.hints.insert(hint_key(peer, seq), encode(hint)).map_err(storage)?;
+        Ok(true)
+    }
+
+    /// Up to `limit` hints for `peer`, oldest first, with their sequence numbers.
+    pub fn hints(&self, peer: u64, limit: usize) -> Result<Vec<(u64, Hint)>, Error> {
+        let mut out = Vec::new();
+        for kv in self.hints.scan_prefix(peer.to_be_bytes()).take(limit) {
+            let (key, value) = kv.map_err(storage)?;
+            let seq = u64::from_be_bytes(key[8..16].try_into().expect("hint keys are 16 bytes"));
+            out.push((seq, decode(&value).map_err(storage)?));
+        }
+        Ok(out)
+    }
+
+    pub fn remove_hints(&self, peer: u64, seqs: &[u64]) -> Result<(), Error> {
+        let mut batch = sled::Batch::default();
+        for seq in seqs {
+            batch.remove(&hint_key(peer, *seq));
+        }
+        self.hints.apply_batch(batch).map_err(storage)
+    }
+
+    pub fn hint_count(&self, peer: u64) -> usize {
+        self.hints.scan_prefix(peer.to_be_bytes()).count()
+    }
+}
