@@ -15,6 +15,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_server(true)
         .build_client(true)
         .bytes(".capkv.v1.RaftMessage.payload")
+        .bytes(".capkv.v1.ApMessage.payload")
         .compile_fds(descriptors)?;
     Ok(())
 }

@@ -11,6 +11,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use comfy_table::{presets::UTF8_BORDERS_ONLY, Table};
 use serde_json::{json, Value};
 
+use crate::ap::replica::ReplicaOptions;
 use crate::client::{Client, DEFAULT_ENDPOINTS};
 use crate::cluster;
 use crate::cp::raft_node::RaftOptions;
@@ -66,16 +67,25 @@ pub enum Command {
         keyspace: String,
         key: String,
         value: String,
+        /// ap keyspaces: replicas that must store the write before it is acknowledged.
+        #[arg(long, default_value_t = 1)]
+        acks: u32,
     },
-    /// Read a value.
+    /// Read a value (cp: linearizable by default; ap: the local replica by default).
     Get {
         keyspace: String,
         key: String,
-        #[arg(long, value_enum, default_value = "linearizable")]
-        consistency: ConsistencyArg,
+        #[arg(long, value_enum)]
+        consistency: Option<ConsistencyArg>,
     },
     /// Delete a key (exit 1 when it did not exist).
-    Delete { keyspace: String, key: String },
+    Delete {
+        keyspace: String,
+        key: String,
+        /// ap keyspaces: replicas that must store the tombstone before it is acknowledged.
+        #[arg(long, default_value_t = 1)]
+        acks: u32,
+    },
     /// List keys in order.
     Scan {
         keyspace: String,
@@ -84,8 +94,8 @@ pub enum Command {
         /// Most keys to return (default: all).
         #[arg(long)]
         limit: Option<usize>,
-        #[arg(long, value_enum, default_value = "linearizable")]
-        consistency: ConsistencyArg,
+        #[arg(long, value_enum)]
+        consistency: Option<ConsistencyArg>,
     },
     /// Compare-and-swap: write NEW only if the key holds OLD (or is absent).
     #[command(group(clap::ArgGroup::new("expectation").required(true).args(["expect", "expect_absent"])))]
@@ -106,8 +116,12 @@ pub enum Command {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum ConsistencyArg {
+    /// cp only: through the leader, with ReadIndex.
     Linearizable,
+    /// The answering node's replica; may be stale.
     Serializable,
+    /// ap only: the newest version among a majority, repairing stale replicas.
+    Quorum,
 }
 
 #[derive(Args, Debug)]
@@ -136,6 +150,15 @@ pub struct NodeArgs {
     pub election_timeout_ms_min: u64,
     #[arg(long, default_value_t = RaftOptions::default().election_timeout_ms_max)]
     pub election_timeout_ms_max: u64,
+    /// How often this node compares ap digests with peers.
+    #[arg(long, default_value_t = ReplicaOptions::default().anti_entropy_interval_ms)]
+    pub anti_entropy_interval_ms: u64,
+    /// Peers contacted per anti-entropy round.
+    #[arg(long, default_value_t = ReplicaOptions::default().anti_entropy_fanout)]
+    pub anti_entropy_fanout: usize,
+    /// Hints kept per unreachable peer; beyond it, writes are left to anti-entropy (counted).
+    #[arg(long, default_value_t = ReplicaOptions::default().hints_per_peer_max)]
+    pub hints_per_peer_max: usize,
     #[arg(long, value_enum, default_value = "pretty")]
     pub log_format: LogFormat,
     /// Log level (trace, debug, info, warn, error); RUST_LOG overrides it.
@@ -179,8 +202,14 @@ pub enum FaultCommand {
     },
     /// Restore the network between all nodes.
     Heal,
-    /// Show the current partition.
+    /// Show the current partition and clock offsets of every node.
     Status,
+    /// Shift one node's clock (ap timestamps), e.g. `capkv fault clock 3 +5s`; heal clears it.
+    Clock {
+        node: u64,
+        #[arg(value_parser = parse_offset_ms, allow_hyphen_values = true)]
+        offset: i64,
+    },
 }
 
 fn parse_mode(text: &str) -> Result<Mode, String> {
@@ -242,10 +271,12 @@ fn text_or_null(value: &[u8]) -> Value {
     std::str::from_utf8(value).map_or(Value::Null, |t| Value::String(t.to_string()))
 }
 
-fn consistency(arg: ConsistencyArg) -> proto::Consistency {
+fn consistency(arg: Option<ConsistencyArg>) -> proto::Consistency {
     match arg {
-        ConsistencyArg::Linearizable => proto::Consistency::Linearizable,
-        ConsistencyArg::Serializable => proto::Consistency::Serializable,
+        None => proto::Consistency::Default,
+        Some(ConsistencyArg::Linearizable) => proto::Consistency::Linearizable,
+        Some(ConsistencyArg::Serializable) => proto::Consistency::Serializable,
+        Some(ConsistencyArg::Quorum) => proto::Consistency::Quorum,
     }
 }
 
@@ -268,21 +299,28 @@ pub async fn run_client(cli: &Cli) -> Result<Report, Error> {
     let client = Client::from_list(&cli.endpoints, cli.timeout)?;
     let hex = cli.hex;
     match &cli.command {
-        Command::Put { keyspace, key, value } => {
-            let r = client.put(keyspace, key.as_bytes(), value.as_bytes()).await?;
-            Ok(Report::ok(
-                json!({"keyspace": keyspace, "key": key, "revision": r.revision}),
-                "OK",
-            ))
+        Command::Put {
+            keyspace,
+            key,
+            value,
+            acks,
+        } => {
+            let r = client
+                .put_acks(keyspace, key.as_bytes(), value.as_bytes(), *acks)
+                .await?;
+            let json =
+                json!({"keyspace": keyspace, "key": key, "revision": r.revision, "version": version_json(r.version)});
+            Ok(Report::ok(json, "OK"))
         }
         Command::Get {
             keyspace,
             key,
             consistency: c,
         } => get(&client, keyspace, key, *c, hex).await,
-        Command::Delete { keyspace, key } => {
-            let r = client.delete(keyspace, key.as_bytes()).await?;
-            let json = json!({"keyspace": keyspace, "key": key, "deleted": r.deleted, "revision": r.revision});
+        Command::Delete { keyspace, key, acks } => {
+            let r = client.delete_acks(keyspace, key.as_bytes(), *acks).await?;
+            let json = json!({"keyspace": keyspace, "key": key, "deleted": r.deleted, "revision": r.revision,
+                "version": version_json(r.version)});
             Ok(Report {
                 json,
                 text: "deleted".into(),
@@ -311,7 +349,13 @@ pub async fn run_client(cli: &Cli) -> Result<Report, Error> {
     }
 }
 
-async fn get(client: &Client, keyspace: &str, key: &str, c: ConsistencyArg, hex: bool) -> Result<Report, Error> {
+async fn get(
+    client: &Client,
+    keyspace: &str,
+    key: &str,
+    c: Option<ConsistencyArg>,
+    hex: bool,
+) -> Result<Report, Error> {
     let r = client.get(keyspace, key.as_bytes(), consistency(c)).await?;
     let kv = r.kv.unwrap_or_default();
     let json = json!({
@@ -319,7 +363,7 @@ async fn get(client: &Client, keyspace: &str, key: &str, c: ConsistencyArg, hex:
         "value": if r.found { text_or_null(&kv.value) } else { Value::Null },
         "value_hex": if r.found { Value::String(hex::encode(&kv.value)) } else { Value::Null },
         "mod_revision": kv.mod_revision, "create_revision": kv.create_revision, "version": kv.version,
-        "served_by": r.served_by,
+        "served_by": r.served_by, "version": version_json(kv.ap_version),
     });
     if !r.found {
         return Ok(Report {
@@ -336,7 +380,7 @@ async fn scan(
     keyspace: &str,
     prefix: &str,
     limit: Option<usize>,
-    c: ConsistencyArg,
+    c: Option<ConsistencyArg>,
     hex: bool,
 ) -> Result<Report, Error> {
     let mut items = Vec::new();
@@ -468,6 +512,28 @@ async fn keyspace_command(client: &Client, command: &KeyspaceCommand) -> Result<
     }
 }
 
+/// The version of an ap write as JSON (null for cp keyspaces).
+fn version_json(version: Option<proto::Version>) -> Value {
+    match version {
+        Some(v) => json!({"hlc": format!("{}.{}", v.physical_ms, v.logical), "physical_ms": v.physical_ms,
+            "logical": v.logical, "node": v.node_id}),
+        None => Value::Null,
+    }
+}
+
+/// Parses a clock offset such as `+5s`, `-200ms` or `0`.
+pub fn parse_offset_ms(text: &str) -> Result<i64, String> {
+    let (sign, rest) = match text.strip_prefix('-') {
+        Some(rest) => (-1, rest),
+        None => (1, text.strip_prefix('+').unwrap_or(text)),
+    };
+    if rest == "0" {
+        return Ok(0);
+    }
+    let d = parse_duration(rest).map_err(|_| format!("'{text}' is not a clock offset; write e.g. +5s, -200ms or 0"))?;
+    Ok(sign * d.as_millis() as i64)
+}
+
 fn groups_json(groups: &[proto::Group]) -> Value {
     json!(groups.iter().map(|g| g.nodes.clone()).collect::<Vec<_>>())
 }
@@ -496,11 +562,15 @@ async fn fault_command(client: &Client, command: &FaultCommand) -> Result<Report
         }
         FaultCommand::Heal => client.fault_heal().await?,
         FaultCommand::Status => client.fault_status().await?,
+        FaultCommand::Clock { node, offset } => client.fault_clock(*node, *offset).await?,
     };
     let nodes: Vec<Value> = r
         .nodes
         .iter()
-        .map(|n| json!({"node_id": n.node_id, "reached": n.reached, "error": n.error}))
+        .map(|n| {
+            json!({"node_id": n.node_id, "reached": n.reached, "error": n.error,
+            "groups": groups_json(&n.groups), "clock_offset_ms": n.clock_offset_ms})
+        })
         .collect();
     let json = json!({"enabled": r.enabled, "groups": groups_json(&r.groups), "nodes": nodes});
     let mut text = match (r.enabled, r.groups.is_empty()) {
@@ -514,6 +584,15 @@ async fn fault_command(client: &Client, command: &FaultCommand) -> Result<Report
         .filter(|n| !n.reached)
         .map(|n| format!("node {} ({})", n.node_id, n.error))
         .collect();
+    let skewed: Vec<String> = r
+        .nodes
+        .iter()
+        .filter(|n| n.reached && n.clock_offset_ms != 0)
+        .map(|n| format!("node {} {:+} ms", n.node_id, n.clock_offset_ms))
+        .collect();
+    if !skewed.is_empty() {
+        text.push_str(&format!("\nclock offsets: {}", skewed.join(", ")));
+    }
     if !unreached.is_empty() {
         text.push_str(&format!(
             "\nwarning: not told (keeps its previous state): {}",
@@ -536,6 +615,12 @@ pub fn node_options(args: &NodeArgs) -> Result<NodeOptions, Error> {
             heartbeat_interval_ms: args.heartbeat_interval_ms,
             election_timeout_ms_min: args.election_timeout_ms_min,
             election_timeout_ms_max: args.election_timeout_ms_max,
+        },
+        ap: ReplicaOptions {
+            anti_entropy_interval_ms: args.anti_entropy_interval_ms,
+            anti_entropy_fanout: args.anti_entropy_fanout,
+            hints_per_peer_max: args.hints_per_peer_max,
+            ..ReplicaOptions::default()
         },
     })
 }

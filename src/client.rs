@@ -185,19 +185,37 @@ impl Client {
     }
 
     pub async fn put(&self, keyspace: &str, key: &[u8], value: &[u8]) -> Result<proto::PutResponse, Error> {
+        self.put_acks(keyspace, key, value, 1).await
+    }
+
+    /// A put that, on an ap keyspace, returns only once `acks` replicas stored it.
+    pub async fn put_acks(
+        &self,
+        keyspace: &str,
+        key: &[u8],
+        value: &[u8],
+        acks: u32,
+    ) -> Result<proto::PutResponse, Error> {
         let req = proto::PutRequest {
             keyspace: keyspace.into(),
             key: key.to_vec(),
             value: value.to_vec(),
+            acks,
         };
         self.call(Effect::Write, req, |c, r| async move { kv(c).put(r).await })
             .await
     }
 
     pub async fn delete(&self, keyspace: &str, key: &[u8]) -> Result<proto::DeleteResponse, Error> {
+        self.delete_acks(keyspace, key, 1).await
+    }
+
+    /// A delete that, on an ap keyspace, returns only once `acks` replicas stored the tombstone.
+    pub async fn delete_acks(&self, keyspace: &str, key: &[u8], acks: u32) -> Result<proto::DeleteResponse, Error> {
         let req = proto::DeleteRequest {
             keyspace: keyspace.into(),
             key: key.to_vec(),
+            acks,
         };
         self.call(Effect::Write, req, |c, r| async move { kv(c).delete(r).await })
             .await
@@ -295,6 +313,17 @@ impl Client {
         self.call(Effect::Read, proto::HealRequest {}, |c, r| async move {
             FaultClient::new(c).heal(r).await
         })
+        .await
+    }
+
+    /// Shifts one node's clock by `offset_ms` (clock-skew fault; `fault heal` clears it).
+    pub async fn fault_clock(&self, node_id: u64, offset_ms: i64) -> Result<proto::FaultStatusResponse, Error> {
+        let req = proto::ClockRequest { node_id, offset_ms };
+        self.call(
+            Effect::Read,
+            req,
+            |c, r| async move { FaultClient::new(c).clock(r).await },
+        )
         .await
     }
 

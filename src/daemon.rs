@@ -45,6 +45,7 @@ pub async fn run(options: NodeOptions) -> Result<(), Error> {
             node.liveness.clone(),
         )),
         tokio::spawn(run_liveness_prober(node.clone())),
+        tokio::spawn(run_ap_repair(node.clone())),
         tokio::spawn(metrics::run_gauge_updater(node.clone())),
     ];
     raft_node::bootstrap_if_fresh(&node.raft, node.id, &options.peers).await?;
@@ -119,5 +120,68 @@ async fn ping(node: Arc<Node>, peer: u64, channel: tonic::transport::Channel) {
             .lock()
             .expect("liveness lock is never poisoned")
             .heard_from(peer, Instant::now());
+    }
+}
+
+/// Hints sent to a peer in one message.
+const HINT_BATCH: usize = 500;
+/// Anti-entropy rounds between two tombstone collections.
+const ROUNDS_PER_TOMBSTONE_COLLECTION: u64 = 30;
+
+/// The AP repair loop: delivers hints to peers that are back, runs anti-entropy with random
+/// peers, collects tombstones now and then, and measures how long replicas stayed apart.
+async fn run_ap_repair(node: Arc<Node>) {
+    use rand::seq::SliceRandom;
+    let interval = std::time::Duration::from_millis(node.ap.options.anti_entropy_interval_ms);
+    let mut diverged_since: Option<Instant> = None;
+    for round in 1u64.. {
+        tokio::time::sleep(interval).await;
+        let keyspaces: Vec<String> = match node.reader.keyspaces() {
+            Ok(defs) => defs
+                .into_iter()
+                .filter(|d| d.mode == crate::keyspace::Mode::Ap)
+                .map(|d| d.name)
+                .collect(),
+            Err(e) => {
+                tracing::error!("cannot read the keyspace list: {e}");
+                continue;
+            }
+        };
+        let alive: Vec<u64> = node
+            .ap
+            .peers()
+            .iter()
+            .copied()
+            .filter(|p| node.ap_reachable(*p))
+            .collect();
+        for peer in &alive {
+            while let Ok(HINT_BATCH) = node.ap.deliver_hints(*peer, HINT_BATCH).await {}
+        }
+        if keyspaces.is_empty() {
+            continue;
+        }
+        let chosen: Vec<u64> = {
+            let mut rng = rand::thread_rng();
+            alive
+                .choose_multiple(&mut rng, node.ap.options.anti_entropy_fanout)
+                .copied()
+                .collect()
+        };
+        let in_sync = node.ap.anti_entropy_round(&chosen, &keyspaces).await && alive.len() == node.ap.peers().len();
+        match (in_sync, diverged_since) {
+            (false, None) => diverged_since = Some(Instant::now()),
+            (true, Some(since)) => {
+                ::metrics::gauge!("capkv_ap_last_convergence_seconds").set(since.elapsed().as_secs_f64());
+                diverged_since = None;
+            }
+            _ => {}
+        }
+        if round % ROUNDS_PER_TOMBSTONE_COLLECTION == 0 {
+            for keyspace in &keyspaces {
+                if let Err(e) = node.ap.collect_tombstones(keyspace) {
+                    tracing::warn!(keyspace, "tombstone collection failed: {e}");
+                }
+            }
+        }
     }
 }

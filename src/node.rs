@@ -23,11 +23,14 @@ use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
 use openraft::{RaftMetrics, ServerState};
 use tonic::transport::{Channel, Endpoint};
 
+use crate::ap::replica::{Replica, ReplicaOptions};
+use crate::ap::store::ApStore;
+use crate::ap::transport::GrpcTransport;
 use crate::cp::raft_node::{self, RaftOptions};
 use crate::cp::{Command, NodeId, Outcome, Raft};
 use crate::error::Error;
 use crate::fault::FaultFilter;
-use crate::keyspace::{KeyspaceDef, Mode};
+use crate::keyspace::KeyspaceDef;
 use crate::liveness::{Liveness, PeerState};
 use crate::storage::{LogStore, SmReader};
 
@@ -48,6 +51,7 @@ pub struct NodeOptions {
     pub peers: BTreeMap<NodeId, String>,
     pub fault_injection: bool,
     pub raft: RaftOptions,
+    pub ap: ReplicaOptions,
 }
 
 impl NodeOptions {
@@ -67,7 +71,8 @@ impl NodeOptions {
                 self.listen
             )));
         }
-        self.raft.validate()
+        self.raft.validate()?;
+        self.ap.validate()
     }
 }
 
@@ -113,6 +118,8 @@ pub struct Node {
     pub db: sled::Db,
     pub flusher: crate::storage::Flusher,
     pub fault: Arc<FaultFilter>,
+    /// The AP replica of this node.
+    pub ap: Arc<Replica<GrpcTransport>>,
     /// Which peers this node hears from; also gates elections (see [`crate::liveness`]).
     pub liveness: Arc<Mutex<Liveness>>,
     pub started: Instant,
@@ -126,6 +133,17 @@ impl Node {
         let flusher = crate::storage::Flusher::new(db.clone());
         let fault = Arc::new(FaultFilter::new(options.fault_injection));
         let started = raft_node::start(options.id, &options.raft, &flusher, fault.clone()).await?;
+        let ap_store = ApStore::open(&flusher)?;
+        let transport = GrpcTransport::new(options.id, &options.peers, fault.clone());
+        let peer_ids = options.peers.keys().copied().collect();
+        let ap = Replica::new(
+            options.id,
+            peer_ids,
+            ap_store,
+            transport,
+            Arc::new(wall_clock_ms),
+            options.ap.clone(),
+        )?;
         let liveness = Arc::new(Mutex::new(Liveness::new(options.id, options.peers.keys().copied())));
         Ok(Arc::new(Node {
             id: options.id,
@@ -136,6 +154,7 @@ impl Node {
             db,
             flusher,
             fault,
+            ap: Arc::new(ap),
             started: Instant::now(),
             forward_channels: Mutex::new(HashMap::new()),
             options,
@@ -168,15 +187,6 @@ impl Node {
     /// The keyspace definition from this node's replica of the metadata (may lag the leader).
     pub fn local_keyspace(&self, name: &str) -> Result<Option<KeyspaceDef>, Error> {
         self.reader.keyspace(name).map_err(Error::Internal)
-    }
-
-    /// Refuses early, from local metadata, a data operation on a keyspace whose mode cannot
-    /// serve it. Unknown keyspaces pass: the leader is the judge of what exists.
-    pub fn check_cp_keyspace(&self, keyspace: &str, op: &str) -> Result<(), Error> {
-        match self.local_keyspace(keyspace)? {
-            Some(def) if def.mode == Mode::Ap => Err(ap_refusal(keyspace, op)),
-            _ => Ok(()),
-        }
     }
 
     /// Fails with "no quorum" when this node leads but has not heard from a majority lately.
@@ -247,6 +257,16 @@ impl Node {
             leader,
             channel: self.forward_channel(leader)?,
         })
+    }
+
+    /// May an AP message to `peer` get through now? (liveness says alive, no known partition)
+    pub fn ap_reachable(&self, peer: NodeId) -> bool {
+        let alive = self
+            .liveness
+            .lock()
+            .expect("liveness lock is never poisoned")
+            .state(peer, Instant::now());
+        alive == PeerState::Alive && self.fault.allows(self.id, peer)
     }
 
     /// How long the leader has been silent, when liveness no longer counts it alive.
@@ -326,20 +346,22 @@ impl Node {
     }
 }
 
-/// The refusal for data operations on ap keyspaces until the AP path lands.
-pub fn ap_refusal(keyspace: &str, op: &str) -> Error {
-    Error::Refused(format!(
-        "keyspace '{keyspace}' is ap, and this build serves ap data operations ({op}) not yet: only cp keyspaces hold data for now"
-    ))
-}
-
 /// Turns an outcome that names an unknown keyspace or the wrong mode into the error.
 pub fn outcome_error(outcome: &Outcome, op: &str) -> Option<Error> {
     match outcome {
         Outcome::UnknownKeyspace(name) => Some(Error::UnknownKeyspace(name.clone())),
-        Outcome::WrongMode { keyspace, .. } => Some(ap_refusal(keyspace, op)),
+        Outcome::WrongMode { keyspace, .. } => Some(Error::Refused(format!(
+            "keyspace '{keyspace}' is ap and the leader only just learned of it; retry the {op}"
+        ))),
         _ => None,
     }
+}
+
+/// Milliseconds since the Unix epoch, from the system clock.
+pub fn wall_clock_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 #[cfg(test)]

@@ -29,6 +29,7 @@ pub mod digest;
 pub mod hlc;
 pub mod replica;
 pub mod store;
+pub mod transport;
 pub mod version;
 
 #[cfg(test)]

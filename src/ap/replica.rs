@@ -470,7 +470,8 @@ impl<T: Transport> Replica<T> {
         reachable: impl Fn(u64) -> bool,
         deadline: Instant,
     ) -> Result<Option<Versioned>, Error> {
-        let majority = (self.peers.len() + 1) / 2 + 1;
+        let replicas = self.peers.len() + 1;
+        let majority = replicas / 2 + 1;
         let live: Vec<u64> = self.peers.iter().copied().filter(|p| reachable(*p)).collect();
         if live.len() + 1 < majority {
             return Err(Error::NoQuorum(format!(

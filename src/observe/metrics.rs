@@ -83,6 +83,36 @@ pub fn update_gauges(node: &Node) {
     }
     metrics::gauge!("capkv_storage_size_bytes").set(node.db.size_on_disk().unwrap_or(0) as f64);
     metrics::gauge!("capkv_uptime_seconds").set(node.started.elapsed().as_secs_f64());
+    update_ap_metrics(node);
+}
+
+fn update_ap_metrics(node: &Node) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let stats = &node.ap.stats;
+    let counters = [
+        ("capkv_ap_pushes_applied_total", &stats.pushes_applied),
+        ("capkv_ap_keys_repaired_total", &stats.keys_repaired),
+        ("capkv_ap_anti_entropy_rounds_total", &stats.anti_entropy_rounds),
+        ("capkv_ap_hints_stored_total", &stats.hints_stored),
+        ("capkv_ap_hints_delivered_total", &stats.hints_delivered),
+        ("capkv_ap_hints_dropped_full_total", &stats.hints_dropped_full),
+        ("capkv_ap_hints_dropped_expired_total", &stats.hints_dropped_expired),
+        ("capkv_ap_tombstones_collected_total", &stats.tombstones_collected),
+        ("capkv_ap_read_repairs_total", &stats.read_repairs),
+    ];
+    for (name, value) in counters {
+        metrics::counter!(name).absolute(value.load(Relaxed));
+    }
+    for peer in node.ap.peers() {
+        let queued = node.ap.store.hint_count(*peer) as f64;
+        metrics::gauge!("capkv_ap_hint_queue_length", "peer" => peer.to_string()).set(queued);
+    }
+    metrics::gauge!("capkv_ap_clock_offset_ms").set(node.ap.clock_offset_ms() as f64);
+    metrics::gauge!("capkv_ap_hlc_max_ahead_ms").set(node.ap.clock().max_ahead_ms() as f64);
+    let last_in_sync_ms = stats.last_in_sync_ms.load(Relaxed);
+    if last_in_sync_ms > 0 {
+        metrics::gauge!("capkv_ap_last_in_sync_timestamp_seconds").set(last_in_sync_ms as f64 / 1000.0);
+    }
 }
 
 /// Refreshes gauges once a second, so they are fresh even between scrapes.

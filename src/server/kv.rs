@@ -15,12 +15,12 @@ use crate::cp::{Command, Outcome};
 use crate::error::Error;
 use crate::keyspace::{validate_key, validate_name, validate_value, Mode};
 use crate::limits::{SCAN_PAGE_ITEMS_MAX, TXN_OPS_MAX};
-use crate::node::{ap_refusal, outcome_error, Node, Route};
+use crate::node::{outcome_error, Node, Route};
 use crate::observe::metrics::record_request;
 use crate::proto::{self, kv_client::KvClient, Consistency};
 
 pub struct KvService {
-    node: Arc<Node>,
+    pub(super) node: Arc<Node>,
 }
 
 impl KvService {
@@ -131,7 +131,7 @@ impl KvService {
     fn local_cp_keyspace(&self, keyspace: &str, op: &str) -> Result<(), Error> {
         match self.node.local_keyspace(keyspace)? {
             None => Err(Error::UnknownKeyspace(keyspace.to_string())),
-            Some(def) if def.mode == Mode::Ap => Err(ap_refusal(keyspace, op)),
+            Some(def) if def.mode == Mode::Ap => Err(super::ap_kv::mode_refuses(op, keyspace)),
             Some(_) => Ok(()),
         }
     }
@@ -171,6 +171,7 @@ fn to_kv(key: Vec<u8>, v: StoredValue) -> proto::KeyValue {
         create_revision: v.create_revision,
         mod_revision: v.mod_revision,
         version: v.version,
+        ap_version: None,
     }
 }
 
@@ -194,7 +195,9 @@ impl proto::kv_server::Kv for KvService {
             |r| r.keyspace.clone(),
             |ctx, req| async move {
                 check_data_request(&req.keyspace, &req.key)?;
-                self.node.check_cp_keyspace(&req.keyspace, "get")?;
+                if self.is_ap(&req.keyspace)? {
+                    return self.ap_get(&ctx, req).await;
+                }
                 let consistency = req.consistency();
                 let (keyspace, key) = (req.keyspace.clone(), req.key.clone());
                 match self
@@ -221,7 +224,9 @@ impl proto::kv_server::Kv for KvService {
             |r| r.keyspace.clone(),
             |ctx, req| async move {
                 validate_name(&req.keyspace)?;
-                self.node.check_cp_keyspace(&req.keyspace, "scan")?;
+                if self.is_ap(&req.keyspace)? {
+                    return self.ap_scan(&req);
+                }
                 let local = req.clone();
                 match self
                     .linearize(&ctx, req.consistency(), req, |c, r| async move {
@@ -245,7 +250,9 @@ impl proto::kv_server::Kv for KvService {
             |ctx, req| async move {
                 check_data_request(&req.keyspace, &req.key)?;
                 validate_value(&req.value)?;
-                self.node.check_cp_keyspace(&req.keyspace, "put")?;
+                if self.is_ap(&req.keyspace)? {
+                    return self.ap_put(&ctx, req).await;
+                }
                 let command = Command::Put {
                     keyspace: req.keyspace.clone(),
                     key: req.key.clone(),
@@ -256,7 +263,11 @@ impl proto::kv_server::Kv for KvService {
                     .await?
                 {
                     Err(answer) => Ok(answer),
-                    Ok(Outcome::Put { revision, had_previous }) => Ok(proto::PutResponse { revision, had_previous }),
+                    Ok(Outcome::Put { revision, had_previous }) => Ok(proto::PutResponse {
+                        revision,
+                        had_previous,
+                        version: None,
+                    }),
                     Ok(other) => Err(unexpected(other)),
                 }
             },
@@ -271,7 +282,9 @@ impl proto::kv_server::Kv for KvService {
             |r| r.keyspace.clone(),
             |ctx, req| async move {
                 check_data_request(&req.keyspace, &req.key)?;
-                self.node.check_cp_keyspace(&req.keyspace, "delete")?;
+                if self.is_ap(&req.keyspace)? {
+                    return self.ap_delete(&ctx, req).await;
+                }
                 let command = Command::Delete {
                     keyspace: req.keyspace.clone(),
                     key: req.key.clone(),
@@ -286,7 +299,11 @@ impl proto::kv_server::Kv for KvService {
                     .await?
                 {
                     Err(answer) => Ok(answer),
-                    Ok(Outcome::Deleted { deleted, revision }) => Ok(proto::DeleteResponse { deleted, revision }),
+                    Ok(Outcome::Deleted { deleted, revision }) => Ok(proto::DeleteResponse {
+                        deleted,
+                        revision,
+                        version: None,
+                    }),
                     Ok(other) => Err(unexpected(other)),
                 }
             },
@@ -306,7 +323,7 @@ impl proto::kv_server::Kv for KvService {
                 check_data_request(&req.keyspace, &req.key)?;
                 validate_value(&req.expected)?;
                 validate_value(&req.new_value)?;
-                self.node.check_cp_keyspace(&req.keyspace, "compare-and-swap")?;
+                self.refuse_ap(&req.keyspace, "compare-and-swap")?;
                 let expected = (!req.expect_absent).then(|| req.expected.clone());
                 let command = Command::Cas {
                     keyspace: req.keyspace.clone(),
@@ -345,7 +362,7 @@ impl proto::kv_server::Kv for KvService {
             |r| r.keyspace.clone(),
             |ctx, req| async move {
                 let command = txn_command(&req)?;
-                self.node.check_cp_keyspace(&req.keyspace, "a transaction")?;
+                self.refuse_ap(&req.keyspace, "a transaction")?;
                 match self
                     .propose(&ctx, command, req, |c, r| async move { KvClient::new(c).txn(r).await })
                     .await?

@@ -3,6 +3,8 @@
 //! by keyspace mode, and map errors to statuses in one place ([`crate::error`]).
 
 pub mod admin;
+pub mod ap_kv;
+pub mod fault;
 pub mod forward;
 pub mod http;
 pub mod kv;
@@ -141,7 +143,7 @@ pub async fn serve_grpc(
         .add_service(proto::cluster_server::ClusterServer::new(admin::ClusterService::new(
             node.clone(),
         )))
-        .add_service(proto::fault_server::FaultServer::new(admin::FaultService::new(
+        .add_service(proto::fault_server::FaultServer::new(fault::FaultService::new(
             node.clone(),
         )))
         .add_service(sized!(proto::peer_server::PeerServer::new(peer::PeerService::new(

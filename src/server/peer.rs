@@ -86,6 +86,40 @@ impl proto::peer_server::Peer for PeerService {
         }))
     }
 
+    async fn ap(&self, request: Request<proto::ApMessage>) -> Result<Response<proto::ApMessage>, Status> {
+        let ctx = RequestCtx::of(&request);
+        let message = request.into_inner();
+        if !self.node.fault.allows(message.from, self.node.id) {
+            tokio::time::sleep(ctx.remaining()).await;
+            return Err(Status::unavailable("dropped by fault injection"));
+        }
+        let ap_request: crate::ap::replica::Request =
+            decode(&message.payload).map_err(|e| Status::invalid_argument(format!("bad AP message: {e}")))?;
+        let response = self.node.ap.handle(message.from, ap_request).await?;
+        Ok(Response::new(proto::ApMessage {
+            from: self.node.id,
+            payload: encode(&response).into(),
+        }))
+    }
+
+    async fn set_clock_offset(
+        &self,
+        request: Request<proto::ClockRequest>,
+    ) -> Result<Response<proto::NodeFaultState>, Status> {
+        if !self.node.fault.enabled() {
+            return Err(crate::error::Error::Refused("fault injection is off on this node".into()).into());
+        }
+        self.node.ap.set_clock_offset_ms(request.into_inner().offset_ms);
+        Ok(Response::new(super::fault::local_state(&self.node)))
+    }
+
+    async fn get_fault_state(
+        &self,
+        _request: Request<proto::FaultStatusRequest>,
+    ) -> Result<Response<proto::NodeFaultState>, Status> {
+        Ok(Response::new(super::fault::local_state(&self.node)))
+    }
+
     async fn set_partition(
         &self,
         request: Request<proto::SetPartitionRequest>,
@@ -102,6 +136,9 @@ impl proto::peer_server::Peer for PeerService {
             "fault injection: partition set by a peer (empty = healed)"
         );
         self.node.fault.set(groups)?;
+        if request.reset_clock {
+            self.node.ap.set_clock_offset_ms(0);
+        }
         Ok(Response::new(proto::SetPartitionResponse { node_id: self.node.id }))
     }
 }
