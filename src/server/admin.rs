@@ -125,13 +125,14 @@ impl proto::keyspaces_server::Keyspaces for KeyspacesService {
         validate_name(&req.name)?;
         let name = req.name.clone();
         let call = |c, r| async move { KeyspacesClient::new(c).describe(r).await };
-        if let Some(answer) = self.linearize(&ctx, req, call).await? {
-            return Ok(Response::new(answer));
-        }
-        let def = self
-            .node
-            .local_keyspace(&name)?
-            .ok_or_else(|| Error::UnknownKeyspace(name.clone()))?;
+        let forwarded = self.linearize(&ctx, req, call).await?;
+        // The definition is linearizable; the key count is always this node's own replica's.
+        let Some(def) = self.node.local_keyspace(&name)? else {
+            return match forwarded {
+                Some(answer) => Ok(Response::new(answer)),
+                None => Err(Error::UnknownKeyspace(name).into()),
+            };
+        };
         let keys = match def.mode {
             Mode::Cp => self.node.reader.count(&name),
             Mode::Ap => self.node.ap.store.count(&name)?,
