@@ -17,7 +17,9 @@ const CONVERGE_WITHIN: Duration = Duration::from_secs(20);
 const LIVENESS_SETTLE: Duration = Duration::from_millis(1500);
 
 /// An ap write's version as a sortable tuple (physical ms, logical, node).
-fn version_of(out: &Output) -> (u64, u64, u64) {
+type WriteVersion = (u64, u64, u64);
+
+fn version_of(out: &Output) -> WriteVersion {
     let v = &out.json_obj()["version"];
     let field = |name: &str| {
         v.get(name)
@@ -103,7 +105,7 @@ fn ap_both_sides_stay_available_and_converge_to_the_lww_winner() {
         (cluster.client_at(2), "left"),
         (cluster.client_at(3), "right"),
     ];
-    let mut acknowledged: BTreeMap<String, Vec<((u64, u64, u64), String)>> = BTreeMap::new();
+    let mut acknowledged: BTreeMap<String, Vec<(WriteVersion, String)>> = BTreeMap::new();
     let (mut attempts, mut ok) = (0, 0);
     for i in 0..30 {
         let (client, side) = &sides[i % 3];
