@@ -89,13 +89,23 @@ fn options() -> ReplicaOptions {
 }
 
 fn replica(id: u64, ids: &[u64], store: ApStore, net: &Arc<SimNet>) -> Arc<Replica<SimTransport>> {
+    replica_with(id, ids, store, net, options())
+}
+
+fn replica_with(
+    id: u64,
+    ids: &[u64],
+    store: ApStore,
+    net: &Arc<SimNet>,
+    options: ReplicaOptions,
+) -> Arc<Replica<SimTransport>> {
     let start = tokio::time::Instant::now();
     let wall = Arc::new(move || 1_700_000_000_000 + start.elapsed().as_millis() as u64);
     let transport = SimTransport {
         from: id,
         net: net.clone(),
     };
-    Arc::new(Replica::new(id, ids.to_vec(), store, transport, wall, options()).expect("valid options"))
+    Arc::new(Replica::new(id, ids.to_vec(), store, transport, wall, options).expect("valid options"))
 }
 
 /// Runs one seeded scenario; returns a description of the divergence, if any.
@@ -275,4 +285,91 @@ fn sim_without_repair_diverges() {
         diverged,
         "a write made during a partition reached the cut-off node without any repair"
     );
+}
+
+/// Tombstones are collected only once every replica holds them, and then everywhere.
+#[test]
+fn sim_tombstones_are_collected_only_when_every_replica_has_them() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .start_paused(true)
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let net = Arc::new(SimNet {
+            nodes: RwLock::new(BTreeMap::new()),
+            partition: RwLock::new(Vec::new()),
+            down: RwLock::new(BTreeSet::new()),
+            rng: Mutex::new(StdRng::seed_from_u64(7)),
+            drop_percent: RwLock::new(0),
+        });
+        let ids = [1, 2, 3];
+        let eager = ReplicaOptions {
+            hint_lifetime_ms: 0,
+            tombstone_gc_after_ms: 1,
+            ..options()
+        };
+        let mut stores = BTreeMap::new();
+        for id in ids {
+            let db = sled::Config::new().temporary(true).open().unwrap();
+            let store = ApStore::open(&crate::storage::Flusher::new(db)).unwrap();
+            stores.insert(id, store.clone());
+            net.nodes
+                .write()
+                .unwrap()
+                .insert(id, replica_with(id, &ids, store, &net, eager.clone()));
+        }
+        let node = |id: u64| net.nodes.read().unwrap()[&id].clone();
+        let far = std::time::Instant::now() + Duration::from_secs(3600);
+        let keyspaces = vec![KEYSPACE.to_string()];
+        node(1)
+            .write(KEYSPACE, b"x", Some(b"1".to_vec()), 3, |_| true, far)
+            .await
+            .unwrap();
+        *net.partition.write().unwrap() = vec![[1, 2].into(), [3].into()];
+        node(1).write(KEYSPACE, b"x", None, 2, |p| p != 3, far).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        for id in [1, 2] {
+            node(id).anti_entropy_round(node(id).peers(), &keyspaces).await;
+            assert_eq!(
+                node(id).collect_tombstones(KEYSPACE).unwrap(),
+                0,
+                "node {id} collected before node 3 had it"
+            );
+        }
+        assert!(
+            stores[&3]
+                .get(KEYSPACE, b"x")
+                .unwrap()
+                .is_some_and(|v| !v.is_tombstone()),
+            "node 3 missed the delete"
+        );
+        net.partition.write().unwrap().clear();
+        for _ in 0..2 {
+            for id in ids {
+                node(id).anti_entropy_round(node(id).peers(), &keyspaces).await;
+            }
+        }
+        let collected: usize = ids
+            .iter()
+            .map(|id| node(*id).collect_tombstones(KEYSPACE).unwrap())
+            .sum();
+        assert!(
+            collected >= 1,
+            "once every replica holds the tombstone, it is collected"
+        );
+        for _ in 0..3 {
+            for id in ids {
+                node(id).anti_entropy_round(node(id).peers(), &keyspaces).await;
+                node(id).collect_tombstones(KEYSPACE).unwrap();
+            }
+        }
+        for id in ids {
+            assert_eq!(
+                stores[&id].get(KEYSPACE, b"x").unwrap(),
+                None,
+                "node {id} still holds x (or got it back)"
+            );
+        }
+    });
 }

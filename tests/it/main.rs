@@ -8,4 +8,5 @@ mod ap;
 mod bad_input;
 mod durability;
 mod harness;
+mod ops;
 mod tour;
