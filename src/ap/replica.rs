@@ -36,6 +36,9 @@ use super::store::{ApStore, Entry, Hint};
 use super::version::{merge, Version, Versioned};
 use crate::error::Error;
 
+/// Buckets exchanged in one anti-entropy fetch: about 40 keys each at 10,000 keys per keyspace.
+const FETCH_BUCKETS_MAX: usize = 16;
+
 /// A request from one replica to another.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum Request {
@@ -62,6 +65,15 @@ pub enum Response {
     Digest(Vec<u64>),
     Fetched(Vec<Entry>),
     Read(Option<Versioned>),
+}
+
+/// What one anti-entropy exchange found and did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Exchange {
+    /// Buckets whose digests differed (0: the two replicas held the same keyspace).
+    pub differing_buckets: usize,
+    /// Keys this replica changed by merging the peer's entries.
+    pub repaired_here: usize,
 }
 
 /// A message that got no answer: lost, refused, or the peer is down.
@@ -370,8 +382,8 @@ impl<T: Transport> Replica<T> {
         }
     }
 
-    /// One anti-entropy exchange of `keyspace` with `peer`; returns keys repaired here.
-    pub async fn anti_entropy(&self, peer: u64, keyspace: &str) -> Result<usize, Unreachable> {
+    /// One anti-entropy exchange of `keyspace` with `peer`.
+    pub async fn anti_entropy(&self, peer: u64, keyspace: &str) -> Result<Exchange, Unreachable> {
         let timeout = Duration::from_millis(self.options.push_timeout_ms);
         let internal = |e: Error| Unreachable(e.to_string());
         let ours = self.store.digest(keyspace).map_err(internal)?;
@@ -385,21 +397,29 @@ impl<T: Transport> Replica<T> {
         self.note_sync(peer, keyspace, &ours, &Digest(theirs.clone()));
         let differing = ours.differing(&Digest(theirs));
         if differing.is_empty() {
-            return Ok(0);
+            return Ok(Exchange::default());
         }
-        let buckets: BTreeSet<usize> = differing.iter().copied().collect();
-        let entries = self.store.entries(keyspace, Some(&buckets)).map_err(internal)?;
-        let request = Request::Fetch {
-            keyspace: keyspace.to_string(),
-            buckets: differing.iter().map(|b| *b as u32).collect(),
-            entries,
-        };
-        let Response::Fetched(theirs) = self.transport.call(peer, request, timeout).await? else {
-            return Err(Unreachable("unexpected answer to a fetch".into()));
-        };
-        let repaired = self.merge_all(&theirs).await.map_err(internal)?;
-        self.stats.keys_repaired.fetch_add(repaired as u64, Ordering::Relaxed);
-        Ok(repaired)
+        let mut repaired = 0;
+        // A few buckets per exchange, so one message stays small however far replicas drifted.
+        for chunk in differing.chunks(FETCH_BUCKETS_MAX) {
+            let buckets: BTreeSet<usize> = chunk.iter().copied().collect();
+            let entries = self.store.entries(keyspace, Some(&buckets)).map_err(internal)?;
+            let request = Request::Fetch {
+                keyspace: keyspace.to_string(),
+                buckets: chunk.iter().map(|b| *b as u32).collect(),
+                entries,
+            };
+            let Response::Fetched(theirs) = self.transport.call(peer, request, timeout).await? else {
+                return Err(Unreachable("unexpected answer to a fetch".into()));
+            };
+            let changed = self.merge_all(&theirs).await.map_err(internal)?;
+            self.stats.keys_repaired.fetch_add(changed as u64, Ordering::Relaxed);
+            repaired += changed;
+        }
+        Ok(Exchange {
+            differing_buckets: differing.len(),
+            repaired_here: repaired,
+        })
     }
 
     /// One anti-entropy round over `keyspaces` with the given peers; true when all were in sync.
@@ -408,7 +428,9 @@ impl<T: Transport> Replica<T> {
         for peer in peers {
             for keyspace in keyspaces {
                 match self.anti_entropy(*peer, keyspace).await {
-                    Ok(0) => {}
+                    Ok(Exchange {
+                        differing_buckets: 0, ..
+                    }) => {}
                     Ok(_) => in_sync = false,
                     Err(Unreachable(e)) => {
                         tracing::debug!(peer, keyspace, "anti-entropy failed: {e}");
