@@ -131,6 +131,10 @@ const ROUNDS_PER_TOMBSTONE_COLLECTION: u64 = 30;
 /// The AP repair loop: delivers hints to peers that are back, runs anti-entropy with random
 /// peers, collects tombstones now and then, and measures how long replicas stayed apart.
 async fn run_ap_repair(node: Arc<Node>) {
+    if cfg!(feature = "no-anti-entropy") {
+        tracing::warn!("built with the no-anti-entropy negative control: ap replicas are never repaired");
+        return;
+    }
     use rand::seq::SliceRandom;
     let interval = std::time::Duration::from_millis(node.ap.options.anti_entropy_interval_ms);
     let mut diverged_since: Option<Instant> = None;
