@@ -16,6 +16,15 @@ pub const KEYSPACE_NAME_BYTES_MAX: usize = 63;
 /// Most items one scan page returns; a client pages through larger ranges with `start_after`.
 pub const SCAN_PAGE_ITEMS_MAX: usize = 1000;
 
+/// The page size a scan request gets: what it asked for, at most [`SCAN_PAGE_ITEMS_MAX`];
+/// 0 asks for a full page.
+pub fn scan_page_items(requested: u32) -> usize {
+    match requested as usize {
+        0 => SCAN_PAGE_ITEMS_MAX,
+        n => n.min(SCAN_PAGE_ITEMS_MAX),
+    }
+}
+
 /// Most compares plus operations in one transaction, so one entry cannot grow without bound.
 pub const TXN_OPS_MAX: usize = 128;
 

@@ -8,7 +8,7 @@ use super::RequestCtx;
 use crate::ap::version::{Version, Versioned};
 use crate::error::Error;
 use crate::keyspace::{validate_value, Mode};
-use crate::limits::SCAN_PAGE_ITEMS_MAX;
+use crate::limits::scan_page_items;
 use crate::proto::{self, Consistency};
 
 /// The refusal of an operation an ap keyspace cannot offer.
@@ -87,10 +87,7 @@ impl KvService {
             }
             Consistency::Default | Consistency::Serializable => {}
         }
-        let limit = match req.limit as usize {
-            0 => SCAN_PAGE_ITEMS_MAX,
-            n => n.min(SCAN_PAGE_ITEMS_MAX),
-        };
+        let limit = scan_page_items(req.limit);
         let (items, more) = self
             .node
             .ap

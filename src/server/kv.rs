@@ -14,7 +14,7 @@ use crate::cp::command::{Compare, CompareOp, CompareTarget, StoredValue, TxnOp};
 use crate::cp::{Command, Outcome};
 use crate::error::Error;
 use crate::keyspace::{validate_key, validate_name, validate_value, Mode};
-use crate::limits::{SCAN_PAGE_ITEMS_MAX, TXN_OPS_MAX};
+use crate::limits::{scan_page_items, TXN_OPS_MAX};
 use crate::node::{outcome_error, Node, Route};
 use crate::observe::metrics::record_request;
 use crate::proto::{self, kv_client::KvClient, Consistency};
@@ -148,10 +148,7 @@ impl KvService {
 
     fn local_scan(&self, req: &proto::ScanRequest) -> Result<proto::ScanResponse, Error> {
         self.local_cp_keyspace(&req.keyspace, "scan")?;
-        let limit = match req.limit as usize {
-            0 => SCAN_PAGE_ITEMS_MAX,
-            n => n.min(SCAN_PAGE_ITEMS_MAX),
-        };
+        let limit = scan_page_items(req.limit);
         let (items, more) = self
             .node
             .reader
