@@ -73,6 +73,25 @@ pub enum F {
     Write,
     /// Compare-and-set: if the key holds `expected`, replace it with `new`.
     Cas,
+    /// Set workload: add the element in `value` to the set stored at `key`.
+    Add,
+    /// Bank workload: move money between two accounts (`value` is `"from:to:amount"`).
+    Transfer,
+    /// Nemesis event: a fault begins (`process` is [`NEMESIS_PROCESS`], `type` is `info`).
+    Start,
+    /// Nemesis event: a fault ends (`process` is [`NEMESIS_PROCESS`], `type` is `info`).
+    Stop,
+}
+
+/// The `process` of nemesis events ([`F::Start`] / [`F::Stop`]). Far above any client process id
+/// yet exactly representable in JavaScript (below 2^53).
+pub const NEMESIS_PROCESS: u64 = 1_000_000_000;
+
+impl F {
+    /// Whether this is a nemesis event rather than a client operation.
+    pub fn is_nemesis(self) -> bool {
+        matches!(self, F::Start | F::Stop)
+    }
 }
 
 impl fmt::Display for F {
@@ -81,6 +100,10 @@ impl fmt::Display for F {
             F::Read => "read",
             F::Write => "write",
             F::Cas => "cas",
+            F::Add => "add",
+            F::Transfer => "transfer",
+            F::Start => "start",
+            F::Stop => "stop",
         })
     }
 }
@@ -426,7 +449,10 @@ fn malformed<T>(index: u64, reason: impl Into<String>) -> Result<T, HistoryError
 /// * `fail` completions are dropped: the operation definitely did not happen, so it plays no
 ///   part in any execution the checkers consider;
 /// * `info` completions, and invocations still outstanding at the end of the history, produce an
-///   [`Operation`] with [`Output::Unknown`] and `ret = None`.
+///   [`Operation`] with [`Output::Unknown`] and `ret = None`;
+/// * nemesis events ([`F::Start`], [`F::Stop`]) are skipped. Set and bank operations ([`F::Add`],
+///   [`F::Transfer`]) are not register operations and are reported as malformed: filter them out
+///   first (their checkers pair them with [`crate::pairing::pair_events`]).
 ///
 /// The result is sorted by invocation index.
 ///
@@ -448,6 +474,9 @@ pub fn pair(history: &[Op]) -> Result<Vec<Operation>, HistoryError> {
             }
         }
         last_index = Some(op.index);
+        if op.f.is_nemesis() {
+            continue;
+        }
 
         if op.kind == Kind::Invoke {
             if let Some((prev, _)) = outstanding.get(&op.process) {

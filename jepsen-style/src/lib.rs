@@ -1,6 +1,6 @@
 //! Jepsen-style testing support for capkv.
 //!
-//! This crate holds the pieces of a Jepsen-style suite that do not need a running cluster:
+//! This crate holds a Jepsen-style suite for capkv. The pieces that need no cluster:
 //!
 //! * [`history`]: the operation history a test runner records (invocations and their `ok`,
 //!   `fail` or `info` completions), its JSON-lines serialization, and the pairing of invocations
@@ -9,8 +9,21 @@
 //!   independent read/write/compare-and-set registers, with a readable counterexample when it is
 //!   not.
 //!
-//! The runner that drives a cluster, injects faults and records histories is not part of this
-//! crate yet.
+//! and the runner around them:
+//!
+//! * [`nemesis`]: fault schedules and partition shapes (pure, seeded);
+//! * [`workload`]: the register, set and bank clients; [`cluster`]: node processes;
+//!   [`run`]: one test end to end (cluster, clients, nemesis, recovery, final reads, checks);
+//! * [`ap_register`], [`set`], [`bank`]: the other checkers; [`stats`]: phases, availability,
+//!   latency; [`pairing`]: invocations with their completions, and the anomaly record;
+//! * [`report`]: HTML and terminal rendering of results.
+//!
+//! # Nemesis events in the history
+//!
+//! Each fault window adds two events with `process` [`history::NEMESIS_PROCESS`], `type`
+//! `info`, `f` `start` or `stop`, `key` the nemesis name (e.g. `partition-halves`) and `value` a
+//! description of the fault (e.g. `partition {1,2} {3,4,5}`), `node` null. [`history::pair`] and
+//! [`pairing::pair_events`] skip them.
 //!
 //! ```
 //! use jepsen_style::history::Recorder;
@@ -31,5 +44,15 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod ap_register;
+pub mod bank;
+pub mod cluster;
 pub mod history;
 pub mod linearizability;
+pub mod nemesis;
+pub mod pairing;
+pub mod report;
+pub mod run;
+pub mod set;
+pub mod stats;
+pub mod workload;

@@ -1,0 +1,223 @@
+//! The `jepsen-style` binary: `run` one test, `cap-report` a cp and an ap run side by side, and the
+//! hidden `node` subcommand the runner starts its cluster nodes with.
+#![forbid(unsafe_code)]
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use jepsen_style::cluster::NodeBinary;
+use jepsen_style::nemesis::NemesisKind;
+use jepsen_style::run::{self, RunOptions};
+use jepsen_style::workload::Workload;
+
+/// Extra time a run may take beyond its time limit (startup, recovery, final reads, checks).
+const RUN_OVERHEAD: Duration = Duration::from_secs(180);
+
+#[derive(Parser)]
+#[command(
+    name = "jepsen-style",
+    about = "Partition-injection tests for capkv: record histories, check them, report"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ModeArg {
+    Cp,
+    Ap,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum WorkloadArg {
+    Register,
+    Set,
+    Bank,
+}
+
+#[derive(clap::Args, Clone)]
+struct Common {
+    /// partition-halves, partition-majority, isolate-leader, majorities-ring, bridge, kill, pause,
+    /// clock-skew, mixed (partition-oneway is refused by the built-in layer).
+    #[arg(long)]
+    nemesis: String,
+    /// Seconds of client traffic (faults in the first 75%, then healed).
+    #[arg(long, default_value_t = 60)]
+    time_limit: u64,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    #[arg(long, default_value_t = 5)]
+    nodes: usize,
+    #[arg(long, default_value_t = 10)]
+    concurrency: usize,
+    /// Where runs are stored.
+    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/store"))]
+    store: PathBuf,
+    /// Start nodes from this capkv binary instead of this executable.
+    #[arg(long)]
+    capkv_bin: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run one test: start a cluster, drive clients under a nemesis, check, write the report.
+    Run {
+        #[arg(long, value_enum)]
+        mode: ModeArg,
+        #[arg(long, value_enum, default_value = "register")]
+        workload: WorkloadArg,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// The same seeded faults against a cp and an ap register, side by side.
+    CapReport {
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Run one capkv node (used by the runner to start its cluster).
+    #[command(hide = true)]
+    Node(capkv::cli::NodeArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Node(args) => run_node(&args),
+        Command::Run { mode, workload, common } => {
+            let workload = match workload {
+                WorkloadArg::Register => Workload::Register,
+                WorkloadArg::Set => Workload::Set,
+                WorkloadArg::Bank => Workload::Bank,
+            };
+            let mode = match mode {
+                ModeArg::Cp => "cp",
+                ModeArg::Ap => "ap",
+            };
+            with_runtime(|| async move {
+                let opts = options(&common, mode, workload)?;
+                let outcome = bounded(&opts, run::run(&opts)).await?;
+                print!("{}", run::summary(&outcome.results));
+                println!("  report: {}", outcome.dir.join("report.html").display());
+                Ok(outcome.results["valid"] == true)
+            })
+        }
+        Command::CapReport { common } => with_runtime(|| cap_report(common)),
+    }
+}
+
+fn options(common: &Common, mode: &'static str, workload: Workload) -> Result<RunOptions, String> {
+    let binary = match &common.capkv_bin {
+        Some(p) => NodeBinary::Capkv(p.clone()),
+        None => NodeBinary::OwnExe(std::env::current_exe().map_err(|e| format!("cannot find this executable: {e}"))?),
+    };
+    let opts = RunOptions {
+        mode,
+        workload,
+        nemesis: NemesisKind::parse(&common.nemesis)?,
+        time_limit_s: common.time_limit,
+        seed: common.seed,
+        nodes: common.nodes,
+        concurrency: common.concurrency,
+        store: common.store.clone(),
+        binary,
+    };
+    opts.validate()?;
+    Ok(opts)
+}
+
+/// Runs `fut` with the run's own time bound, and stops on Ctrl-C.
+async fn bounded<T>(opts: &RunOptions, fut: impl std::future::Future<Output = Result<T, String>>) -> Result<T, String> {
+    let limit = Duration::from_secs(opts.time_limit_s) + RUN_OVERHEAD;
+    tokio::select! {
+        r = tokio::time::timeout(limit, fut) => r.map_err(|_| format!("the run exceeded its bound of {} s", limit.as_secs()))?,
+        _ = tokio::signal::ctrl_c() => Err("interrupted".into()),
+    }
+}
+
+async fn cap_report(common: Common) -> Result<bool, String> {
+    let cp_opts = options(&common, "cp", Workload::Register)?;
+    let ap_opts = options(&common, "ap", Workload::Register)?;
+    let cp = bounded(&cp_opts, run::run(&cp_opts)).await?;
+    print!("{}", run::summary(&cp.results));
+    let ap = bounded(&ap_opts, run::run(&ap_opts)).await?;
+    print!("{}", run::summary(&ap.results));
+    println!(
+        "{}",
+        jepsen_style::report::render_cap_terminal(&cp.results, &ap.results)
+    );
+    let dir = common
+        .store
+        .join("cap-report")
+        .join(run::utc(std::time::SystemTime::now()).replace(':', ""));
+    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let html = jepsen_style::report::render_cap_html(&cp.results, &ap.results);
+    let path = dir.join("cap-report.html");
+    std::fs::write(&path, html).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    for (name, r) in [("cp-results.json", &cp.results), ("ap-results.json", &ap.results)] {
+        let text = serde_json::to_string_pretty(r).expect("JSON values serialize");
+        std::fs::write(dir.join(name), text).map_err(|e| format!("cannot write {name}: {e}"))?;
+    }
+    println!("cap report: {}", path.display());
+    Ok(cp.results["valid"] == true && ap.results["valid"] == true)
+}
+
+/// Builds a runtime, runs `f`, and drops the runtime (cancelling every task, which stops every
+/// node the run started) before the exit code is returned.
+fn with_runtime<F, Fut>(f: F) -> ExitCode
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = Result<bool, String>>,
+{
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("the tokio runtime starts");
+    let result = runtime.block_on(f());
+    drop(runtime);
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("jepsen-style: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run_node(args: &capkv::cli::NodeArgs) -> ExitCode {
+    // Die with the runner: the runner starts nodes from long-lived runtime threads.
+    let _ = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL);
+    if nix::unistd::getppid() == nix::unistd::Pid::from_raw(1) {
+        return ExitCode::from(3);
+    }
+    let options = match capkv::cli::node_options(args) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("jepsen-style node: {e}");
+            return ExitCode::from(5);
+        }
+    };
+    let _guard = match capkv::observe::logging::init_node(&options.data_dir, args.log_format, &args.log_level) {
+        Ok(g) => g,
+        Err(e) => {
+            eprintln!("jepsen-style node: {e}");
+            return ExitCode::from(5);
+        }
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("the tokio runtime starts");
+    match runtime.block_on(capkv::daemon::run(options)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("jepsen-style node: {e}");
+            ExitCode::from(5)
+        }
+    }
+}
