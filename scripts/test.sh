@@ -109,6 +109,9 @@ for target in "${other_targets[@]+"${other_targets[@]}"}"; do
     run_tests "integration tests: ${target}" cargo test -p "${target%%:*}" --test "${target#*:}"
 done
 
+# Short Jepsen-style runs (built-in fault layer) and one negative control that must be caught.
+run_tests "jepsen-style short runs (scripts/jepsen-ci.sh)" bash scripts/jepsen-ci.sh
+
 # The multi-process suite runs last: it is the slowest and needs the machine to itself.
 run_tests "multi-process integration tests (tests/it, one at a time)" \
     cargo test --workspace --test it -- --test-threads=1
