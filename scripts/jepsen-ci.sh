@@ -9,7 +9,9 @@
 #    served from the local state machine, no ReadIndex) runs cp register under partition-halves;
 #    it must exit non-zero AND report a `linearizability` anomaly. The script fails if the broken
 #    build is NOT caught.
-# 3. Rebuilds the normal feature set, so the tree is left consistent.
+# 3. Negative control: the runner built with `--features no-anti-entropy` (no hints, no
+#    anti-entropy) runs ap register under partition-halves; it must report a `divergence`.
+# 4. Rebuilds the normal feature set, so the tree is left consistent.
 #
 # Every run uses the built-in fault layer (capkv's own fault filter). Runs are stored under
 # JEPSEN_CI_STORE (default: a fresh temp dir), printed at the end.
@@ -55,6 +57,21 @@ if [ "$NEG_EXIT" -ne 0 ] && [ -n "$NEG_RESULTS" ] && grep -q '"kind": "lineariza
 else
     echo "FAILED: the unsafe-local-reads build was NOT caught (exit $NEG_EXIT, results: ${NEG_RESULTS:-none})"
     FAILED+=("negative-control")
+fi
+
+printf '\n==================== negative control: no-anti-entropy ====================\n'
+NEG2="$STORE/negative-no-anti-entropy"
+set +e
+timeout "$RUN_TIMEOUT" cargo run -q -p jepsen-style --features no-anti-entropy -- run --mode ap \
+    --workload register --nemesis partition-halves --time-limit "$SECS" --seed "$SEED" --store "$NEG2"
+NEG2_EXIT=$?
+set -e
+NEG2_RESULTS="$(find "$NEG2" -name results.json 2>/dev/null | head -n 1)"
+if [ "$NEG2_EXIT" -ne 0 ] && [ -n "$NEG2_RESULTS" ] && grep -q '"kind": "divergence"' "$NEG2_RESULTS"; then
+    echo "ok: the build without anti-entropy was caught (exit $NEG2_EXIT, divergence in $NEG2_RESULTS)"
+else
+    echo "FAILED: the no-anti-entropy build was NOT caught (exit $NEG2_EXIT, results: ${NEG2_RESULTS:-none})"
+    FAILED+=("negative-control-no-anti-entropy")
 fi
 
 printf '\n==================== rebuilding the normal feature set ====================\n'
