@@ -12,8 +12,11 @@
 # 3. Negative control: the runner built with `--features no-anti-entropy` (no hints, no
 #    anti-entropy) runs ap register under partition-halves; it must report a `divergence`.
 # 4. Rebuilds the normal feature set, so the tree is left consistent.
+# 5. As root: one netns-layer run (nodes in network namespaces on a bridge, partitions as iptables
+#    rules), cp register under partition-halves, which must exit 0; iptables is installed first
+#    when missing. Not root: skipped, with the reason printed.
 #
-# Every run uses the built-in fault layer (capkv's own fault filter). Runs are stored under
+# Runs 1-4 use the built-in fault layer (capkv's own fault filter). Runs are stored under
 # JEPSEN_CI_STORE (default: a fresh temp dir), printed at the end.
 set -euo pipefail
 
@@ -39,16 +42,16 @@ run() { # name, args...
 }
 
 cargo build -q -p jepsen-style
-run cp-register-partition-halves --mode cp --workload register --nemesis partition-halves
-run cp-register-kill --mode cp --workload register --nemesis kill
-run ap-register-partition-halves --mode ap --workload register --nemesis partition-halves
-run cp-bank-mixed --mode cp --workload bank --nemesis mixed
+run cp-register-partition-halves --mode cp --workload register --nemesis partition-halves --layer built-in
+run cp-register-kill --mode cp --workload register --nemesis kill --layer built-in
+run ap-register-partition-halves --mode ap --workload register --nemesis partition-halves --layer built-in
+run cp-bank-mixed --mode cp --workload bank --nemesis mixed --layer built-in
 
 printf '\n==================== negative control: unsafe-local-reads ====================\n'
 NEG="$STORE/negative-unsafe-local-reads"
 set +e
 timeout "$RUN_TIMEOUT" cargo run -q -p jepsen-style --features unsafe-local-reads -- run --mode cp \
-    --workload register --nemesis partition-halves --time-limit "$SECS" --seed "$SEED" --store "$NEG"
+    --workload register --nemesis partition-halves --layer built-in --time-limit "$SECS" --seed "$SEED" --store "$NEG"
 NEG_EXIT=$?
 set -e
 NEG_RESULTS="$(find "$NEG" -name results.json 2>/dev/null | head -n 1)"
@@ -63,7 +66,7 @@ printf '\n==================== negative control: no-anti-entropy ===============
 NEG2="$STORE/negative-no-anti-entropy"
 set +e
 timeout "$RUN_TIMEOUT" cargo run -q -p jepsen-style --features no-anti-entropy -- run --mode ap \
-    --workload register --nemesis partition-halves --time-limit "$SECS" --seed "$SEED" --store "$NEG2"
+    --workload register --nemesis partition-halves --layer built-in --time-limit "$SECS" --seed "$SEED" --store "$NEG2"
 NEG2_EXIT=$?
 set -e
 NEG2_RESULTS="$(find "$NEG2" -name results.json 2>/dev/null | head -n 1)"
@@ -76,6 +79,17 @@ fi
 
 printf '\n==================== rebuilding the normal feature set ====================\n'
 cargo build -q -p jepsen-style
+
+printf '\n==================== netns layer ====================\n'
+if [ "$(id -u)" -ne 0 ]; then
+    echo "skipped: the netns layer needs root (network namespaces, a bridge and iptables rules); running as uid $(id -u)"
+else
+    if ! command -v iptables >/dev/null 2>&1; then
+        echo "installing iptables (needed by the netns layer)"
+        apt-get update -qq && apt-get install -y -qq iptables
+    fi
+    run netns-cp-register-partition-halves --mode cp --workload register --nemesis partition-halves --layer netns
+fi
 
 echo "runs stored in $STORE"
 if [ "${#FAILED[@]}" -ne 0 ]; then

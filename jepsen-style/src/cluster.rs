@@ -6,6 +6,11 @@
 //! directory and its stdout/stderr in `n<id>/stdout.log`. Dropping the [`Cluster`] SIGCONTs and
 //! SIGKILLs every node it still runs, so cleanup also happens on panic and early returns.
 //!
+//! On the netns layer ([`crate::netns`]) each node runs in its own namespace through
+//! `ip netns exec`, which execs the node (checked through `/proc/<pid>/exe` before the pid is
+//! used for signals), listens on its namespace address with fixed ports, and the cluster owns the
+//! [`Net`]: dropping the cluster kills the nodes first and then removes the namespaces and bridge.
+//!
 //! Caveats: free ports are found by binding port 0 and releasing it, so another process may take
 //! one in between (the node then fails to start and the run reports it). An external binary gets
 //! no death signal: if the runner is SIGKILLed, its nodes live on.
@@ -19,6 +24,9 @@ use std::sync::Mutex;
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
+
+use crate::layer::Layer;
+use crate::netns::{self, Net};
 
 /// How the nodes are started.
 #[derive(Clone, Debug)]
@@ -49,6 +57,8 @@ pub struct Cluster {
     pub nodes: Vec<NodeSpec>,
     peers: String,
     children: Mutex<BTreeMap<u64, Child>>,
+    /// The namespaces and bridge (netns layer); dropped after the nodes are killed.
+    net: Option<Net>,
 }
 
 fn free_addr() -> Result<SocketAddr, String> {
@@ -57,16 +67,29 @@ fn free_addr() -> Result<SocketAddr, String> {
 }
 
 impl Cluster {
-    /// Allocates ports and directories for `n` nodes under `dir` and starts them.
-    pub fn start(dir: &Path, n: usize, binary: NodeBinary) -> Result<Self, String> {
+    /// Allocates addresses and directories for `n` nodes under `dir` and starts them: on
+    /// loopback (built-in layer) or each in its own network namespace (netns layer).
+    pub fn start(dir: &Path, n: usize, binary: NodeBinary, layer: Layer) -> Result<Self, String> {
+        let ids: Vec<u64> = (1..=n as u64).collect();
+        let net = match layer {
+            Layer::BuiltIn => None,
+            Layer::Netns => Some(Net::setup(&ids)?),
+        };
         let mut nodes = Vec::new();
-        for id in 1..=n as u64 {
+        for &id in &ids {
             let data_dir = dir.join(format!("n{id}"));
             fs::create_dir_all(&data_dir).map_err(|e| format!("cannot create {}: {e}", data_dir.display()))?;
+            let (grpc, http) = match &net {
+                None => (free_addr()?, free_addr()?),
+                Some(net) => (
+                    SocketAddr::new(net.ip(id).into(), netns::GRPC_PORT),
+                    SocketAddr::new(net.ip(id).into(), netns::HTTP_PORT),
+                ),
+            };
             nodes.push(NodeSpec {
                 id,
-                grpc: free_addr()?,
-                http: free_addr()?,
+                grpc,
+                http,
                 data_dir,
             });
         }
@@ -80,11 +103,17 @@ impl Cluster {
             nodes,
             peers,
             children: Mutex::new(BTreeMap::new()),
+            net,
         };
         for id in cluster.ids() {
             cluster.spawn(id)?;
         }
         Ok(cluster)
+    }
+
+    /// The namespaces and bridge, on the netns layer.
+    pub fn net(&self) -> Option<&Net> {
+        self.net.as_ref()
     }
 
     /// Node ids.
@@ -117,7 +146,15 @@ impl Cluster {
             .open(&log_path)
             .map_err(|e| format!("cannot open {}: {e}", log_path.display()))?;
         let log_err = log.try_clone().map_err(|e| e.to_string())?;
-        let child = Command::new(program)
+        let mut command = match &self.net {
+            None => Command::new(program),
+            Some(net) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", &net.ns(id)]).arg(program);
+                c
+            }
+        };
+        let mut child = command
             .arg(first)
             .args(["--id", &id.to_string()])
             .args(["--listen", &spec.grpc.to_string()])
@@ -132,6 +169,13 @@ impl Cluster {
             .stderr(log_err)
             .spawn()
             .map_err(|e| format!("cannot start node {id} from {}: {e}", program.display()))?;
+        if self.net.is_some() {
+            if let Err(e) = wait_for_exec(&mut child, program) {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!("node {id}: {e}"));
+            }
+        }
         self.children.lock().expect("child table lock").insert(id, child);
         Ok(())
     }
@@ -178,6 +222,31 @@ impl Cluster {
             let _ = child.wait();
         }
     }
+}
+
+/// Waits until the child started through `ip netns exec` has exec'd `program`, so its pid is
+/// the node's own (signals then reach the node, not a wrapper).
+fn wait_for_exec(child: &mut Child, program: &Path) -> Result<(), String> {
+    let want = fs::canonicalize(program).unwrap_or_else(|_| program.to_path_buf());
+    let exe = PathBuf::from(format!("/proc/{}/exe", child.id()));
+    let start = std::time::Instant::now();
+    while start.elapsed() < std::time::Duration::from_secs(5) {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(format!("`ip netns exec` exited ({status}) before the node started"));
+        }
+        if let Ok(target) = fs::read_link(&exe) {
+            // A rebuilt binary shows as "<path> (deleted)".
+            if target.to_string_lossy().starts_with(&*want.to_string_lossy()) {
+                return Ok(());
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    Err(format!(
+        "pid {} did not become {} within 5 s (still `ip netns exec`?)",
+        child.id(),
+        want.display()
+    ))
 }
 
 impl Drop for Cluster {

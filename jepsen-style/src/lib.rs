@@ -11,7 +11,8 @@
 //!
 //! and the runner around them:
 //!
-//! * [`nemesis`]: fault schedules and partition shapes (pure, seeded);
+//! * [`nemesis`]: fault schedules and partition shapes (pure, seeded); [`layer`] and [`netns`]:
+//!   the two fault layers (capkv's built-in filter; namespaces, a bridge and iptables);
 //! * [`workload`]: the register, set and bank clients; [`cluster`]: node processes;
 //!   [`run`]: one test end to end (cluster, clients, nemesis, recovery, final reads, checks);
 //! * [`ap_register`], [`set`], [`bank`]: the other checkers; [`stats`]: phases, availability,
@@ -48,8 +49,10 @@ pub mod ap_register;
 pub mod bank;
 pub mod cluster;
 pub mod history;
+pub mod layer;
 pub mod linearizability;
 pub mod nemesis;
+pub mod netns;
 pub mod pairing;
 pub mod report;
 pub mod run;

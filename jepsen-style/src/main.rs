@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use jepsen_style::cluster::NodeBinary;
+use jepsen_style::layer::{self, LayerChoice};
 use jepsen_style::nemesis::NemesisKind;
 use jepsen_style::run::{self, RunOptions};
 use jepsen_style::workload::Workload;
@@ -38,12 +39,26 @@ enum WorkloadArg {
     Bank,
 }
 
+#[derive(Clone, Copy, ValueEnum)]
+enum LayerArg {
+    /// capkv's built-in fault filter.
+    BuiltIn,
+    /// Network namespaces on a bridge, partitions as iptables rules (root, ip, iptables).
+    Netns,
+    /// netns when available, else built-in.
+    Auto,
+}
+
 #[derive(clap::Args, Clone)]
 struct Common {
     /// partition-halves, partition-majority, isolate-leader, majorities-ring, bridge, kill, pause,
-    /// clock-skew, mixed (partition-oneway is refused by the built-in layer).
+    /// clock-skew, mixed, partition-oneway (netns layer only).
     #[arg(long)]
     nemesis: String,
+    /// Fault layer for partitions: built-in, netns, or auto (netns when root with ip and iptables
+    /// and namespaces work, else built-in).
+    #[arg(long, value_enum, default_value = "auto")]
+    layer: LayerArg,
     /// Seconds of client traffic (faults in the first 75%, then healed).
     #[arg(long, default_value_t = 60)]
     time_limit: u64,
@@ -113,6 +128,12 @@ fn options(common: &Common, mode: &'static str, workload: Workload) -> Result<Ru
         Some(p) => NodeBinary::Capkv(p.clone()),
         None => NodeBinary::OwnExe(std::env::current_exe().map_err(|e| format!("cannot find this executable: {e}"))?),
     };
+    let choice = match common.layer {
+        LayerArg::BuiltIn => LayerChoice::BuiltIn,
+        LayerArg::Netns => LayerChoice::Netns,
+        LayerArg::Auto => LayerChoice::Auto,
+    };
+    let (layer, layer_reason) = layer::resolve(choice)?;
     let opts = RunOptions {
         mode,
         workload,
@@ -123,6 +144,8 @@ fn options(common: &Common, mode: &'static str, workload: Workload) -> Result<Ru
         concurrency: common.concurrency,
         store: common.store.clone(),
         binary,
+        layer,
+        layer_reason,
     };
     opts.validate()?;
     Ok(opts)

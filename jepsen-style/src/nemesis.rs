@@ -12,14 +12,16 @@
 //!   lists of groups with capkv's meaning: two nodes talk when some group holds both, so
 //!   overlapping groups build bridges and rings.
 //!
-//! The runner applies a [`Fault`] through a *layer*. Only the built-in layer exists: capkv's own
-//! fault-injection filter (`capkv fault partition|heal|clock`), plus signals for kill and pause.
+//! The runner applies a [`Fault`] through a *layer* ([`crate::layer`]): capkv's own fault-injection
+//! filter (`capkv fault partition|heal|clock`), or network namespaces with iptables rules
+//! ([`crate::netns`]); kill and pause are signals and clock skew is capkv's fault API on both.
 //!
 //! # Caveats
 //!
-//! * `partition-oneway` is refused: capkv's filter is symmetric (a group either talks both ways
-//!   or not at all), and faking a one-way cut with a symmetric one would mislabel the result. It
-//!   arrives with the netns/iptables layer.
+//! * `partition-oneway` is refused on the built-in layer: capkv's filter is symmetric (a group
+//!   either talks both ways or not at all), and faking a one-way cut with a symmetric one would
+//!   mislabel the result. The netns layer runs it. `mixed` never draws it, so a seed gives the
+//!   same schedule on both layers.
 //! * Shapes that depend on the leader use the leader the runner observed just before the window;
 //!   if leadership moves at that instant the shape targets the previous leader.
 //! * `mixed` draws one fault per window; faults never overlap, so a window's effect is always
@@ -29,6 +31,8 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
+
+use crate::layer::Layer;
 
 /// Quiet time before the first fault (shortened for short runs, see [`schedule`]).
 pub const QUIET_MS: u64 = 5_000;
@@ -62,7 +66,7 @@ pub enum NemesisKind {
     MajoritiesRing,
     /// Two halves that only talk through one bridge node.
     Bridge,
-    /// One-way partitions: refused by the built-in layer.
+    /// One-way partitions (halves; traffic from one half to the other is dropped): netns layer only.
     PartitionOneway,
     /// SIGKILL a node; restart it on the same data dir when the window closes.
     Kill,
@@ -113,13 +117,21 @@ impl NemesisKind {
         })
     }
 
+    /// Why `layer` cannot run this nemesis for `mode` (`"cp"`/`"ap"`), if it cannot.
+    pub fn refusal_on(self, mode: &str, layer: Layer) -> Option<String> {
+        match (self, layer) {
+            (NemesisKind::PartitionOneway, Layer::Netns) => None,
+            _ => self.refusal(mode),
+        }
+    }
+
     /// Why the built-in layer cannot run this nemesis for `mode` (`"cp"`/`"ap"`), if it cannot.
     pub fn refusal(self, mode: &str) -> Option<String> {
         match self {
             NemesisKind::PartitionOneway => Some(
                 "partition-oneway is not available: capkv's built-in fault filter is symmetric (two nodes either \
                  talk both ways or not at all), and a symmetric cut would only pretend to be one-way; it needs the \
-                 netns/iptables layer, which is not implemented yet"
+                 netns/iptables layer: run it with --layer netns (root, ip and iptables)"
                     .into(),
             ),
             NemesisKind::ClockSkew if mode == "cp" => Some(
@@ -206,6 +218,17 @@ pub enum Fault {
         /// The victim.
         node: u64,
     },
+    /// One-way partition: packets from `from` to `to` are dropped, the other direction flows.
+    PartitionOneway {
+        /// The sending side whose packets are lost.
+        from: Vec<u64>,
+        /// The receiving side.
+        to: Vec<u64>,
+        /// The larger side (for availability by side).
+        majority: Vec<u64>,
+        /// The smaller side.
+        minority: Vec<u64>,
+    },
     /// Shift this node's clock.
     ClockSkew {
         /// The victim.
@@ -224,6 +247,9 @@ impl Fault {
                 let groups: Vec<String> = groups.iter().map(|g| format!("{{{}}}", show(g))).collect();
                 format!("partition {}", groups.join(" "))
             }
+            Fault::PartitionOneway { from, to, .. } => {
+                format!("one-way partition {{{}}} -> {{{}}} dropped", show(from), show(to))
+            }
             Fault::Kill { node } => format!("kill -9 node {node}, restart at stop"),
             Fault::Pause { node } => format!("SIGSTOP node {node}, SIGCONT at stop"),
             Fault::ClockSkew { node, offset_ms } => format!("clock of node {node} shifted by {offset_ms:+} ms"),
@@ -233,7 +259,9 @@ impl Fault {
     /// The nodes on the majority and minority side (both empty for non-partition faults).
     pub fn sides(&self) -> (Vec<u64>, Vec<u64>) {
         match self {
-            Fault::Partition { majority, minority, .. } => (majority.clone(), minority.clone()),
+            Fault::Partition { majority, minority, .. } | Fault::PartitionOneway { majority, minority, .. } => {
+                (majority.clone(), minority.clone())
+            }
             _ => (Vec::new(), Vec::new()),
         }
     }
@@ -274,7 +302,8 @@ pub fn sides_of(nodes: &[u64], groups: &[Vec<u64>]) -> (Vec<u64>, Vec<u64>) {
     (sorted(majority), sorted(minority))
 }
 
-fn partition(nodes: &[u64], groups: Vec<Vec<u64>>) -> Fault {
+/// The partition with these groups, its sides computed.
+pub fn partition(nodes: &[u64], groups: Vec<Vec<u64>>) -> Fault {
     let groups: Vec<Vec<u64>> = groups.into_iter().map(sorted).collect();
     let (majority, minority) = sides_of(nodes, &groups);
     Fault::Partition {
@@ -342,6 +371,26 @@ pub fn bridge(nodes: &[u64], seed: u64) -> Fault {
     partition(nodes, vec![left, rest.to_vec()])
 }
 
+/// Two halves at random; the seed picks which half's packets to the other are dropped. The
+/// larger half counts as the majority side.
+pub fn partition_oneway(nodes: &[u64], seed: u64) -> Fault {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let v = shuffled(nodes, &mut rng);
+    let (small, large) = v.split_at(nodes.len() / 2);
+    let (small, large) = (sorted(small.to_vec()), sorted(large.to_vec()));
+    let (from, to) = if rng.gen() {
+        (small.clone(), large.clone())
+    } else {
+        (large.clone(), small.clone())
+    };
+    Fault::PartitionOneway {
+        from,
+        to,
+        majority: large,
+        minority: small,
+    }
+}
+
 /// A victim: the leader or another node, by the seed.
 fn victim(nodes: &[u64], rng: &mut StdRng, leader: Option<u64>) -> u64 {
     let pick_leader: bool = rng.gen();
@@ -351,7 +400,7 @@ fn victim(nodes: &[u64], rng: &mut StdRng, leader: Option<u64>) -> u64 {
     }
 }
 
-/// The concrete fault of a window. `kind` must not be `Mixed` or `PartitionOneway`.
+/// The concrete fault of a window. `kind` must not be `Mixed`.
 pub fn plan(kind: NemesisKind, nodes: &[u64], seed: u64, leader: Option<u64>) -> Fault {
     assert!(!nodes.is_empty(), "a fault needs nodes");
     let mut rng = StdRng::seed_from_u64(seed);
@@ -373,8 +422,9 @@ pub fn plan(kind: NemesisKind, nodes: &[u64], seed: u64, leader: Option<u64>) ->
             let offset_ms = if rng.gen() { magnitude } else { -magnitude };
             Fault::ClockSkew { node, offset_ms }
         }
-        NemesisKind::PartitionOneway | NemesisKind::Mixed => {
-            panic!("plan() got {kind:?}: the runner must refuse or expand it first")
+        NemesisKind::PartitionOneway => partition_oneway(nodes, seed),
+        NemesisKind::Mixed => {
+            panic!("plan() got {kind:?}: the runner must expand it first")
         }
     }
 }
@@ -415,6 +465,37 @@ mod tests {
         assert!(!NemesisKind::mixable("cp").contains(&NemesisKind::ClockSkew));
         assert!(NemesisKind::mixable("ap").contains(&NemesisKind::ClockSkew));
         assert!(!NemesisKind::mixable("ap").contains(&NemesisKind::PartitionOneway));
+        assert!(NemesisKind::PartitionOneway.refusal_on("cp", Layer::BuiltIn).is_some());
+        assert!(NemesisKind::PartitionOneway.refusal_on("cp", Layer::Netns).is_none());
+        assert!(NemesisKind::ClockSkew.refusal_on("cp", Layer::Netns).is_some());
+    }
+
+    #[test]
+    fn oneway_splits_halves_in_a_seeded_direction() {
+        let (mut small_sends, mut large_sends) = (0, 0);
+        for seed in 0..40 {
+            let f = partition_oneway(&FIVE, seed);
+            assert_eq!(f, partition_oneway(&FIVE, seed));
+            let Fault::PartitionOneway {
+                from,
+                to,
+                majority,
+                minority,
+            } = &f
+            else {
+                panic!("{f:?}")
+            };
+            assert_eq!((majority.len(), minority.len()), (3, 2));
+            assert_eq!(from.len() + to.len(), 5);
+            assert!(from.iter().all(|n| !to.contains(n)));
+            if from.len() == 2 {
+                small_sends += 1
+            } else {
+                large_sends += 1
+            }
+            assert!(f.detail().starts_with("one-way partition {"), "{}", f.detail());
+        }
+        assert!(small_sends > 5 && large_sends > 5, "{small_sends} / {large_sends}");
     }
 
     #[test]

@@ -13,7 +13,10 @@
 //!    linearizability check covers them), local for ap.
 //! 5. Check, write `history.jsonl`, `results.json`, `report.html`.
 //!
-//! The layer is always `built-in`: capkv's own fault filter plus signals.
+//! Partitions go through the run's layer ([`crate::layer`]): capkv's own fault filter
+//! (`built-in`) or iptables rules in per-node network namespaces (`netns`); kill and pause are
+//! signals and clock skew is capkv's fault API on both. `results.json` records the layer and why
+//! it was chosen (`layer`, `layer_reason`).
 //!
 //! Caveats: the runner bounds itself ([`RECOVERY_TIMEOUT`], [`CONVERGENCE_TIMEOUT`]) rather than
 //! waiting forever; an ap run that does not converge in time is reported as diverged. Leadership
@@ -33,6 +36,7 @@ use serde_json::{json, Value as Json};
 use crate::ap_register::{self, FinalRead};
 use crate::cluster::{Cluster, NodeBinary};
 use crate::history::{self, Kind, Op, Value, F, NEMESIS_PROCESS};
+use crate::layer::Layer;
 use crate::linearizability::{self, Validity};
 use crate::nemesis::{self, Fault, NemesisKind, Window};
 use crate::pairing::Anomaly;
@@ -78,6 +82,10 @@ pub struct RunOptions {
     pub store: PathBuf,
     /// How nodes are started.
     pub binary: NodeBinary,
+    /// The fault layer (resolved; see [`crate::layer::resolve`]).
+    pub layer: Layer,
+    /// Why this layer (recorded in `results.json`).
+    pub layer_reason: String,
 }
 
 impl RunOptions {
@@ -88,7 +96,7 @@ impl RunOptions {
 
     /// Checks the combination before anything starts.
     pub fn validate(&self) -> Result<(), String> {
-        if let Some(why) = self.nemesis.refusal(self.mode) {
+        if let Some(why) = self.nemesis.refusal_on(self.mode, self.layer) {
             return Err(why);
         }
         if self.workload == Workload::Bank && self.mode != "cp" {
@@ -283,6 +291,11 @@ async fn setup(opts: &RunOptions, admin: &Client, probes: &Probes) -> Result<(),
 
 async fn apply(fault: &Fault, cluster: &Cluster, admin: &Client) -> Result<(), String> {
     match fault {
+        Fault::Partition { .. } | Fault::PartitionOneway { .. } if cluster.net().is_some() => {
+            let net = cluster.net().expect("checked");
+            tokio::task::block_in_place(|| net.partition(fault))
+        }
+        Fault::PartitionOneway { .. } => Err("a one-way partition needs the netns layer".into()),
         Fault::Partition { groups, .. } => retry("partition", ADMIN_TIMEOUT, || admin.fault_partition(groups.clone()))
             .await
             .map(|_| ()),
@@ -298,7 +311,13 @@ async fn apply(fault: &Fault, cluster: &Cluster, admin: &Client) -> Result<(), S
 
 async fn undo(fault: &Fault, cluster: &Cluster, admin: &Client) -> Result<(), String> {
     match fault {
-        Fault::Partition { .. } => retry("heal", ADMIN_TIMEOUT, || admin.fault_heal()).await.map(|_| ()),
+        Fault::Partition { .. } | Fault::PartitionOneway { .. } if cluster.net().is_some() => {
+            let net = cluster.net().expect("checked");
+            tokio::task::block_in_place(|| net.heal())
+        }
+        Fault::Partition { .. } | Fault::PartitionOneway { .. } => {
+            retry("heal", ADMIN_TIMEOUT, || admin.fault_heal()).await.map(|_| ())
+        }
         Fault::Kill { node } => cluster.spawn(*node),
         Fault::Pause { node } => cluster.resume(*node),
         Fault::ClockSkew { node, .. } => retry("clock reset", ADMIN_TIMEOUT, || admin.fault_clock(*node, 0))
@@ -372,6 +391,9 @@ async fn final_heal(cluster: &Cluster, admin: &Client, shared: &Shared) -> Resul
         } else {
             cluster.spawn(id)?;
         }
+    }
+    if let Some(net) = cluster.net() {
+        tokio::task::block_in_place(|| net.heal())?;
     }
     retry("final heal", Duration::from_secs(20), || admin.fault_heal()).await?;
     Ok(shared.now_ns())
@@ -536,13 +558,31 @@ pub async fn run(opts: &RunOptions) -> Result<RunOutcome, String> {
     let dir = opts.store.join(opts.test_name()).join(utc(started_at).replace(':', ""));
     std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     println!(
-        "{}: seed {}, {} nodes, layer built-in, in {}",
+        "{}: seed {}, {} nodes, layer {} ({}), in {}",
         opts.test_name(),
         opts.seed,
         opts.nodes,
+        opts.layer.name(),
+        opts.layer_reason,
         dir.display()
     );
-    let cluster = Arc::new(Cluster::start(&dir, opts.nodes, opts.binary.clone())?);
+    let cluster = Arc::new(Cluster::start(&dir, opts.nodes, opts.binary.clone(), opts.layer)?);
+    if let Some(net) = cluster.net() {
+        if !net.leftovers.is_empty() {
+            println!("removed leftovers of an earlier run: {}", net.leftovers.join(", "));
+        }
+        println!(
+            "netns: bridge {} ({}), nodes {}",
+            net.bridge(),
+            net.bridge_ip(),
+            cluster
+                .ids()
+                .iter()
+                .map(|&id| format!("{}={}", net.ns(id), cluster.endpoint(id)))
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
+    }
     let endpoints: Vec<String> = cluster.ids().iter().map(|&id| cluster.endpoint(id)).collect();
     let admin = Arc::new(Client::new(endpoints, ADMIN_TIMEOUT).map_err(|e| e.to_string())?);
     let probes = Arc::new(Probes::new(&cluster, Duration::from_millis(500))?);
@@ -815,7 +855,7 @@ fn check_and_summarize(opts: &RunOptions, shared: &Shared, ops: &[Op], facts: &F
     };
     let mut results = json!({
         "test": opts.test_name(), "mode": opts.mode, "workload": opts.workload.name(), "nemesis": opts.nemesis.name(),
-        "layer": "built-in", "nodes": opts.nodes, "seed": opts.seed, "time_limit_s": opts.time_limit_s,
+        "layer": opts.layer.name(), "layer_reason": opts.layer_reason, "nodes": opts.nodes, "seed": opts.seed, "time_limit_s": opts.time_limit_s,
         "concurrency": opts.concurrency, "git_revision": git_revision(), "started_at": utc(started_at),
         "duration_s": (started_at.elapsed().map(|d| d.as_secs_f64()).unwrap_or(0.0) * 10.0).round() / 10.0,
         "valid": verdict == Validity::Valid, "verdict": verdict_str,
