@@ -351,9 +351,11 @@ async fn run_nemesis(
         tokio::time::sleep_until((shared.t0 + Duration::from_millis(window.start_ms)).into()).await;
         let leader = probes.leader().await;
         let fault = nemesis::plan(window.kind, &probes.ids, window.seed, leader);
+        apply(&fault, &cluster, &admin).await?;
+        // The window opens once every node has the fault: operations invoked before that ran on
+        // a whole network and must not count against availability during faults.
         let start_ns = shared.now_ns();
         nemesis_event(&shared, F::Start, window.kind.name(), &fault.detail());
-        apply(&fault, &cluster, &admin).await?;
         tokio::time::sleep_until((shared.t0 + Duration::from_millis(window.stop_ms)).into()).await;
         undo(&fault, &cluster, &admin).await?;
         let stop_ns = shared.now_ns();
