@@ -35,6 +35,9 @@ pub struct ApStore {
     flusher: crate::storage::Flusher,
     data: sled::Tree,
     hints: sled::Tree,
+    /// Hints queued per peer, counted from disk once and kept in step after that, so the bound
+    /// check on every hinted write does not scan the queue.
+    hint_counts: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<u64, usize>>>,
 }
 
 fn storage(e: impl std::fmt::Display) -> Error {
@@ -62,6 +65,7 @@ impl ApStore {
             flusher: flusher.clone(),
             data: db.open_tree("ap_data").map_err(storage)?,
             hints: db.open_tree("ap_hints").map_err(storage)?,
+            hint_counts: Default::default(),
         })
     }
 
@@ -182,12 +186,15 @@ impl ApStore {
 
     /// Stores a hint for `peer`; false when the peer's queue is full (the hint is dropped).
     pub fn add_hint(&self, peer: u64, hint: &Hint, per_peer_max: usize) -> Result<bool, Error> {
-        if self.hint_count(peer) >= per_peer_max {
-            return Ok(false);
-        }
-        let seq = self.flusher.db().generate_id().map_err(storage)?;
-        self.hints.insert(hint_key(peer, seq), encode(hint)).map_err(storage)?;
-        Ok(true)
+        self.with_hint_count(peer, |count| {
+            if *count >= per_peer_max {
+                return Ok(false);
+            }
+            let seq = self.flusher.db().generate_id().map_err(storage)?;
+            self.hints.insert(hint_key(peer, seq), encode(hint)).map_err(storage)?;
+            *count += 1;
+            Ok(true)
+        })
     }
 
     /// Up to `limit` hints for `peer`, oldest first, with their sequence numbers.
@@ -206,10 +213,76 @@ impl ApStore {
         for seq in seqs {
             batch.remove(&hint_key(peer, *seq));
         }
-        self.hints.apply_batch(batch).map_err(storage)
+        self.with_hint_count(peer, |count| {
+            self.hints.apply_batch(batch).map_err(storage)?;
+            *count = count.saturating_sub(seqs.len());
+            Ok(())
+        })
     }
 
     pub fn hint_count(&self, peer: u64) -> usize {
-        self.hints.scan_prefix(peer.to_be_bytes()).count()
+        self.with_hint_count(peer, |count| *count)
+    }
+
+    /// Runs `f` on the peer's hint count (counted from disk on first use), under its lock.
+    fn with_hint_count<R>(&self, peer: u64, f: impl FnOnce(&mut usize) -> R) -> R {
+        let mut counts = self.hint_counts.lock().expect("hint count lock is never poisoned");
+        let count = counts
+            .entry(peer)
+            .or_insert_with(|| self.hints.scan_prefix(peer.to_be_bytes()).count());
+        f(count)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ap::hlc::Timestamp;
+    use crate::ap::version::Version;
+
+    fn hint(n: u64) -> Hint {
+        let versioned = Versioned {
+            version: Version {
+                hlc: Timestamp {
+                    physical_ms: n,
+                    logical: 0,
+                },
+                node: 1,
+            },
+            value: None,
+        };
+        Hint {
+            entry: Entry {
+                keyspace: "carts".into(),
+                key: n.to_be_bytes().to_vec(),
+                versioned,
+            },
+            created_ms: n,
+        }
+    }
+
+    #[test]
+    fn hint_queues_are_bounded_per_peer_and_counted_across_reopen() {
+        let db = sled::Config::new().temporary(true).open().unwrap();
+        let store = ApStore::open(&crate::storage::Flusher::new(db.clone())).unwrap();
+        for n in 0..3 {
+            assert!(store.add_hint(2, &hint(n), 3).unwrap(), "hint {n} fits");
+        }
+        assert!(
+            !store.add_hint(2, &hint(9), 3).unwrap(),
+            "the fourth hint is over the bound"
+        );
+        assert!(store.add_hint(3, &hint(0), 3).unwrap(), "each peer has its own queue");
+        let queued = store.hints(2, 2).unwrap();
+        store
+            .remove_hints(2, &queued.iter().map(|(seq, _)| *seq).collect::<Vec<_>>())
+            .unwrap();
+        assert_eq!(store.hint_count(2), 1);
+        let reopened = ApStore::open(&crate::storage::Flusher::new(db)).unwrap();
+        assert_eq!(
+            (reopened.hint_count(2), reopened.hint_count(3)),
+            (1, 1),
+            "counts come back from disk"
+        );
     }
 }
