@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 use crate::ap::replica::ReplicaOptions;
 use crate::client::{Client, DEFAULT_ENDPOINTS};
 use crate::cluster;
-use crate::cp::raft_node::RaftOptions;
+use crate::cp::raft::RaftOptions;
 use crate::error::Error;
 use crate::fault::parse_group;
 use crate::keyspace::Mode;

@@ -307,7 +307,7 @@ fn print_endpoints(records: &[NodeRecord], args: &UpArgs) {
 
 /// Runs until Ctrl-C or SIGTERM; reports a node that exits on its own.
 async fn supervise(children: &mut [(u64, Child)]) {
-    let signal = crate::daemon::shutdown_signal();
+    let signal = crate::node::run::shutdown_signal();
     tokio::pin!(signal);
     let mut reported = std::collections::BTreeSet::new();
     loop {

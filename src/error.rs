@@ -5,10 +5,15 @@
 //! `3` definitely not applied (retry is safe), `4` outcome unknown (the write may have happened),
 //! `5` the request itself is wrong or the node is broken (retry will not help), `1` the
 //! operation ran and the answer is no.
+//!
+//! Lower layers convert into [`Error`] with `From` (`?` works on sled, codec and mode-parsing
+//! errors), and a failure of this node's own disk is always [`Error::Storage`], never mistaken
+//! for a network problem.
 
 use tonic::{Code, Status};
 
-use crate::keyspace::Mode;
+use crate::mode::{Mode, UnknownMode};
+use crate::storage::codec::CodecError;
 
 /// Metadata key that carries the error kind, so the client can tell our refusals apart from
 /// transport failures that share a gRPC code.
@@ -33,7 +38,7 @@ pub enum Error {
         op: String,
         keyspace: String,
         mode: Mode,
-        needs: String,
+        needs: Mode,
     },
     /// The node refuses for a reason of its own configuration (e.g. fault injection off).
     #[error("{0}")]
@@ -44,6 +49,9 @@ pub enum Error {
     /// The request was sent but no answer came in time: it may or may not have been applied.
     #[error("outcome unknown: {0}")]
     OutcomeUnknown(String),
+    /// This node's own storage failed (disk error, corrupt record). Not a network problem.
+    #[error("storage error: {0}")]
+    Storage(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -51,7 +59,7 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
-    /// The CLI exit code for this error (see DESIGN.md §1.2).
+    /// The CLI exit code for this error (the table is in README, "Exit codes").
     pub fn exit_code(&self) -> i32 {
         match self {
             Error::AlreadyExists(_) => 1,
@@ -61,7 +69,7 @@ impl Error {
             | Error::ModeRefuses { .. }
             | Error::Refused(_) => 3,
             Error::OutcomeUnknown(_) => 4,
-            Error::InvalidInput(_) | Error::Internal(_) => 5,
+            Error::InvalidInput(_) | Error::Storage(_) | Error::Internal(_) => 5,
         }
     }
 
@@ -80,6 +88,7 @@ impl Error {
             Error::Refused(_) => "refused",
             Error::AlreadyExists(_) => "already_exists",
             Error::OutcomeUnknown(_) => "outcome_unknown",
+            Error::Storage(_) => "storage",
             Error::Internal(_) => "internal",
         }
     }
@@ -92,7 +101,7 @@ impl Error {
             Error::ModeRefuses { .. } | Error::Refused(_) => Code::FailedPrecondition,
             Error::AlreadyExists(_) => Code::AlreadyExists,
             Error::OutcomeUnknown(_) => Code::DeadlineExceeded,
-            Error::Internal(_) => Code::Internal,
+            Error::Storage(_) | Error::Internal(_) => Code::Internal,
         }
     }
 
@@ -109,6 +118,7 @@ impl Error {
             Some("unknown_keyspace") | Some("mode_refuses") | Some("refused") => Error::Refused(message),
             Some("already_exists") => Error::AlreadyExists(message),
             Some("outcome_unknown") => Error::OutcomeUnknown(strip("outcome unknown: ")),
+            Some("storage") => Error::Storage(strip("storage error: ")),
             Some(_) => Error::Internal(strip("internal error: ")),
             None => Self::from_foreign_status(status),
         }
@@ -128,6 +138,26 @@ impl Error {
             )),
             _ => Error::Internal(format!("{}: {message}", status.code())),
         }
+    }
+}
+
+impl From<sled::Error> for Error {
+    fn from(err: sled::Error) -> Error {
+        Error::Storage(format!("the database failed: {err}"))
+    }
+}
+
+impl From<CodecError> for Error {
+    /// A record read back from this node's own disk that does not decode is corrupt storage;
+    /// bytes that came from the network are mapped to `InvalidInput` where they are decoded.
+    fn from(err: CodecError) -> Error {
+        Error::Storage(err.to_string())
+    }
+}
+
+impl From<UnknownMode> for Error {
+    fn from(err: UnknownMode) -> Error {
+        Error::InvalidInput(err.to_string())
     }
 }
 

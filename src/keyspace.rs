@@ -7,50 +7,11 @@
 //!
 //! Caveats: keyspaces cannot be dropped or renamed yet, and a mode cannot be changed.
 
-use std::fmt;
-use std::str::FromStr;
-
 use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
 use crate::limits::{KEYSPACE_NAME_BYTES_MAX, KEY_BYTES_MAX, VALUE_BYTES_MAX};
-
-/// Which side of the CAP trade-off a keyspace takes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub enum Mode {
-    /// Consistent under partitions: Raft, linearizable, the minority refuses.
-    Cp,
-    /// Available under partitions: every node accepts writes, replicas converge by LWW.
-    Ap,
-}
-
-impl Mode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Mode::Cp => "cp",
-            Mode::Ap => "ap",
-        }
-    }
-}
-
-impl fmt::Display for Mode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for Mode {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Self, Error> {
-        match s {
-            "cp" => Ok(Mode::Cp),
-            "ap" => Ok(Mode::Ap),
-            other => Err(Error::InvalidInput(format!(
-                "mode '{other}' is not known; use 'cp' (Raft, linearizable) or 'ap' (always writable, last-writer-wins)"
-            ))),
-        }
-    }
-}
+pub use crate::mode::Mode;
 
 /// A keyspace definition as stored in the replicated metadata.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -138,14 +99,6 @@ mod tests {
         assert!(validate_value(b"").is_ok());
         assert!(validate_value(&vec![0; VALUE_BYTES_MAX]).is_ok());
         assert!(validate_value(&vec![0; VALUE_BYTES_MAX + 1]).is_err());
-    }
-
-    #[test]
-    fn modes_parse_and_print() {
-        assert_eq!("cp".parse::<Mode>().unwrap(), Mode::Cp);
-        assert_eq!("ap".parse::<Mode>().unwrap(), Mode::Ap);
-        assert!("CP".parse::<Mode>().is_err());
-        assert_eq!(Mode::Ap.to_string(), "ap");
     }
 
     proptest! {

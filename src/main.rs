@@ -47,7 +47,7 @@ fn run_node(args: &cli::NodeArgs) -> i32 {
         Ok(g) => g,
         Err(e) => return cli::finish(cli::Output::Table, Err(Error::InvalidInput(e))),
     };
-    let result = runtime(2).block_on(capkv::daemon::run(options));
+    let result = runtime(2).block_on(capkv::node::run::run(options));
     if let Err(e) = &result {
         tracing::error!("node failed: {e}");
     }

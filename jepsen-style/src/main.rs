@@ -236,7 +236,7 @@ fn run_node(args: &capkv::cli::NodeArgs) -> ExitCode {
         .enable_all()
         .build()
         .expect("the tokio runtime starts");
-    match runtime.block_on(capkv::daemon::run(options)) {
+    match runtime.block_on(capkv::node::run::run(options)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("jepsen-style node: {e}");

@@ -27,6 +27,8 @@
 
 pub mod digest;
 pub mod hlc;
+pub mod kv;
+pub mod path;
 pub mod replica;
 pub mod store;
 pub mod transport;

@@ -24,7 +24,7 @@ impl GrpcTransport {
         let channels = peers
             .iter()
             .filter(|(id, _)| **id != self_id)
-            .filter_map(|(id, addr)| crate::cp::network::peer_channel(addr).ok().map(|c| (*id, c)))
+            .filter_map(|(id, addr)| crate::net::peer_channel(addr).ok().map(|c| (*id, c)))
             .collect();
         Self {
             self_id,
@@ -55,7 +55,7 @@ impl Transport for GrpcTransport {
         });
         message.set_timeout(timeout);
         match tokio::time::timeout(timeout, client.ap(message)).await {
-            Ok(Ok(answer)) => decode(&answer.into_inner().payload).map_err(Unreachable),
+            Ok(Ok(answer)) => decode(&answer.into_inner().payload).map_err(|e| Unreachable(e.to_string())),
             Ok(Err(status)) => Err(Unreachable(status.message().to_string())),
             Err(_) => Err(Unreachable(format!(
                 "node {to} did not answer within {} ms",

@@ -2,17 +2,23 @@
 //!
 //! DESIGN
 //!
-//! A cp request becomes a [`command::Command`] in the Raft log. The leader appends it, replicates
-//! it to a majority (each of which flushes it to disk before answering), then applies it to the
-//! state machine and answers the client with the [`command::Outcome`]. Linearizable reads go
-//! through `ensure_linearizable()` (ReadIndex: the leader confirms with a majority that it still
-//! leads, then waits until the state machine has applied up to its commit index), then read the
-//! local state machine. A follower forwards cp requests to the leader.
+//! A cp request reaches [`kv`] (data) or [`keyspaces`] (metadata) through the public services.
+//! [`route`] decides where it runs: here when this node leads and a majority acknowledged it
+//! lately (check-quorum), at the leader when one is known and reachable ([`forward`], once), or
+//! nowhere ("no quorum") when no leader shows up within about one election. A write becomes a
+//! [`command::Command`] in the Raft log ([`propose`]); the leader replicates it over
+//! [`network`] to a majority, each of which makes it durable in its [`log_store`] before
+//! answering; then every node applies it with the pure [`apply`] function to its
+//! [`state_machine`], and the proposer gets the command's own typed answer. Linearizable reads
+//! pass `ensure_linearizable()` (ReadIndex: the leader confirms with a majority that it still
+//! leads, then waits until it has applied everything committed) and then read the local state
+//! machine. [`raft`] starts the group and bootstraps a fresh cluster; the [`watchdog`] keeps
+//! elections live and stands in for pre-vote. [`path::Cp`] is the handle the services hold.
 //!
 //! GUARANTEES
 //!
 //! - Writes, CAS, transactions and default reads are linearizable.
-//! - A write is acknowledged only after a majority has it on disk.
+//! - A write is acknowledged only after a majority has it in its log on disk.
 //! - A node without a majority refuses (no quorum) instead of serving stale data. A leader that
 //!   loses its majority notices it (check-quorum, from `millis_since_quorum_ack`) and refuses new
 //!   writes; writes it had already proposed answer "outcome unknown".
@@ -21,23 +27,36 @@
 //!
 //! - One Raft group for everything: throughput is bounded by one leader. Peer messages carry a
 //!   group id so multi-raft can come later.
-//! - openraft 0.9 has no pre-vote: a node that was partitioned comes back with a higher term and
-//!   forces one extra election (about one election timeout of unavailability after a heal).
+//! - openraft 0.9 has no pre-vote; the watchdog's stand-in keeps a node that hears no majority
+//!   from campaigning, but a node may still campaign in the moment between a heal and its first
+//!   successful ping.
 //! - Membership is static (`--peers`); adding and removing members at run time comes later.
 
+pub mod apply;
 pub mod command;
+pub mod forward;
+pub mod keys;
+pub mod keyspaces;
+pub mod kv;
+pub mod log_store;
 pub mod network;
-pub mod raft_node;
+pub mod path;
+pub mod propose;
+pub mod raft;
+pub mod route;
+pub mod state_machine;
+pub mod watchdog;
+
+#[cfg(test)]
+mod suite_test;
 
 use std::io::Cursor;
-
-pub use command::{Command, Outcome};
 
 openraft::declare_raft_types!(
     /// The openraft type configuration of capkv's Raft group.
     pub TypeConfig:
-        D = Command,
-        R = Outcome,
+        D = command::Command,
+        R = command::Applied,
         NodeId = u64,
         Node = openraft::BasicNode,
         Entry = openraft::Entry<TypeConfig>,

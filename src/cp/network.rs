@@ -17,30 +17,18 @@ use openraft::raft::{
 use openraft::BasicNode;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use super::{NodeId, TypeConfig, GROUP_ID};
 use crate::fault::FaultFilter;
 use crate::limits::GRPC_MESSAGE_BYTES_MAX;
+use crate::net::peer_channel;
 use crate::proto::peer_client::PeerClient;
 use crate::proto::RaftMessage;
 use crate::storage::codec::{decode, encode};
 
-/// How long a fresh connection to a peer may take before the peer counts as unreachable.
-pub const PEER_CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
-
 /// Backoff after a peer was unreachable; short, so replication resumes soon after a heal.
 const UNREACHABLE_BACKOFF: Duration = Duration::from_millis(200);
-
-/// Opens a lazily connecting channel to a peer's gRPC address.
-pub fn peer_channel(addr: &str) -> Result<Channel, String> {
-    let endpoint =
-        Endpoint::from_shared(format!("http://{addr}")).map_err(|e| format!("bad peer address {addr}: {e}"))?;
-    Ok(endpoint
-        .connect_timeout(PEER_CONNECT_TIMEOUT)
-        .tcp_nodelay(true)
-        .connect_lazy())
-}
 
 /// Creates one connection per peer; channels are shared across the replication streams.
 #[derive(Clone)]
@@ -68,7 +56,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             let mut channels = self.channels.lock().expect("channel map lock is never poisoned");
             match channels.get(&target) {
                 Some(c) => Ok(c.clone()),
-                None => peer_channel(&node.addr).inspect(|c| {
+                None => peer_channel(&node.addr).map_err(|e| e.to_string()).inspect(|c| {
                     channels.insert(target, c.clone());
                 }),
             }

@@ -48,15 +48,16 @@ pub struct PeerReport {
 /// Liveness of every peer as this node sees it.
 pub fn peer_liveness(node: &Node) -> Vec<PeerReport> {
     let now = std::time::Instant::now();
-    let liveness = node.liveness.lock().expect("liveness lock is never poisoned");
-    liveness
-        .peers()
-        .map(|id| PeerReport {
-            id,
-            state: liveness.state(id, now).as_str(),
-            last_heard_ms: liveness.silence(id, now).map(|d| d.as_millis() as u64),
-        })
-        .collect()
+    node.reach().with_liveness(|liveness| {
+        liveness
+            .peers()
+            .map(|id| PeerReport {
+                id,
+                state: liveness.state(id, now).as_str(),
+                last_heard_ms: liveness.silence(id, now).map(|d| d.as_millis() as u64),
+            })
+            .collect()
+    })
 }
 
 impl HealthReport {
@@ -76,45 +77,25 @@ pub fn role(state: ServerState) -> &'static str {
 }
 
 fn storage_check(node: &Node) -> Check {
-    let probe = node.db.open_tree("health").and_then(|t| {
-        let stamp = node.started.elapsed().as_nanos().to_be_bytes();
-        t.insert("probe", &stamp[..])?;
-        t.get("probe")
-    });
-    match probe {
-        Ok(Some(_)) => Check {
+    match node.probe_storage() {
+        Ok(()) => Check {
             ok: true,
             detail: "read and write work".into(),
         },
-        Ok(None) => Check {
-            ok: false,
-            detail: "a written probe could not be read back".into(),
-        },
         Err(e) => Check {
             ok: false,
-            detail: format!("storage error: {e}"),
+            detail: e.to_string(),
         },
     }
 }
 
 /// The commit index as far as this node knows it (persisted by the log store).
 pub fn commit_index(node: &Node) -> u64 {
-    let m = node.metrics();
+    let m = node.cp().metrics();
     // A leader's commit index is at least what it has applied; followers learn it from the leader.
-    m.last_applied.map_or(0, |l| l.index).max(read_committed(node))
-}
-
-fn read_committed(node: &Node) -> u64 {
-    node.db
-        .open_tree("raft_meta")
-        .ok()
-        .and_then(|t| t.get("committed").ok().flatten())
-        .and_then(|b| {
-            crate::storage::codec::decode::<Option<openraft::LogId<u64>>>(&b)
-                .ok()
-                .flatten()
-        })
+    m.last_applied
         .map_or(0, |l| l.index)
+        .max(node.cp().persisted_commit_index())
 }
 
 fn memory_rss_bytes() -> Option<u64> {
@@ -124,7 +105,7 @@ fn memory_rss_bytes() -> Option<u64> {
 }
 
 pub fn report(node: &Node) -> HealthReport {
-    let m = node.metrics();
+    let m = node.cp().metrics();
     let storage = storage_check(node);
     let applied = m.last_applied.map_or(0, |l| l.index);
     let last_log = m.last_log_index.unwrap_or(0);
@@ -133,11 +114,11 @@ pub fn report(node: &Node) -> HealthReport {
             ok: false,
             detail: format!("no leader known in term {}", m.current_term),
         },
-        Some(leader) if leader != node.id && node.leader_silence(leader).is_some() => Check {
+        Some(leader) if leader != node.id() && node.cp().leader_silence(leader).is_some() => Check {
             ok: false,
             detail: format!("the leader, node {leader}, has not been heard from lately: it is unreachable"),
         },
-        Some(leader) if leader == node.id && node.check_quorum(&m).is_err() => Check {
+        Some(leader) if leader == node.id() && node.cp().check_quorum(&m).is_err() => Check {
             ok: false,
             detail: "this node leads but no majority has acknowledged it lately".into(),
         },
@@ -158,17 +139,17 @@ pub fn report(node: &Node) -> HealthReport {
     };
     HealthReport {
         status,
-        node_id: node.id,
+        node_id: node.id(),
         role: role(m.state).to_string(),
         term: m.current_term,
         leader_id: m.current_leader,
         storage,
         raft,
         memory_rss_bytes: memory_rss_bytes(),
-        storage_bytes: node.db.size_on_disk().unwrap_or(0),
-        fault_injection: node.fault.enabled(),
+        storage_bytes: node.storage_bytes(),
+        fault_injection: node.fault().enabled(),
         partition: node
-            .fault
+            .fault()
             .groups()
             .into_iter()
             .map(|g| g.into_iter().collect())
@@ -179,17 +160,12 @@ pub fn report(node: &Node) -> HealthReport {
 
 /// The node's own view, for `capkv cluster status`.
 pub fn status(node: &Node) -> proto::StatusResponse {
-    let m = node.metrics();
+    let m = node.cp().metrics();
     let health = report(node);
     proto::StatusResponse {
-        node_id: node.id,
-        address: node
-            .options
-            .peers
-            .get(&node.id)
-            .cloned()
-            .unwrap_or_else(|| node.options.listen.to_string()),
-        http_address: node.options.http.to_string(),
+        node_id: node.id(),
+        address: node.address(),
+        http_address: node.options().http.to_string(),
         role: role(m.state).to_string(),
         term: m.current_term,
         leader_id: m.current_leader.unwrap_or(0),
@@ -204,7 +180,7 @@ pub fn status(node: &Node) -> proto::StatusResponse {
             .map(|(id, address)| proto::Member { id, address })
             .collect(),
         millis_since_quorum_ack: m.millis_since_quorum_ack.map_or(-1, |ms| ms as i64),
-        fault_injection: node.fault.enabled(),
+        fault_injection: node.fault().enabled(),
         version: env!("CARGO_PKG_VERSION").to_string(),
         peers: peer_liveness(node)
             .into_iter()

@@ -43,6 +43,7 @@ pub fn outcome<T>(result: &Result<T, Error>) -> &'static str {
         Err(Error::NoQuorum(_)) | Err(Error::Unreachable(_)) => "no_quorum",
         Err(Error::OutcomeUnknown(_)) => "unknown",
         Err(Error::InvalidInput(_)) => "invalid",
+        Err(Error::Storage(_)) => "error",
         Err(Error::UnknownKeyspace(_)) | Err(Error::ModeRefuses { .. }) | Err(Error::Refused(_)) => "refused",
         Err(Error::AlreadyExists(_)) => "exists",
         Err(Error::Internal(_)) => "error",
@@ -68,27 +69,28 @@ pub fn record_request<T>(
 
 /// Refreshes the Raft and storage gauges from the node's current state.
 pub fn update_gauges(node: &Node) {
-    let m = node.metrics();
+    let m = node.cp().metrics();
     metrics::gauge!("capkv_raft_term").set(m.current_term as f64);
     metrics::gauge!("capkv_raft_leader_id").set(m.current_leader.unwrap_or(0) as f64);
-    metrics::gauge!("capkv_raft_is_leader").set(if m.current_leader == Some(node.id) { 1.0 } else { 0.0 });
+    metrics::gauge!("capkv_raft_is_leader").set(if m.current_leader == Some(node.id()) { 1.0 } else { 0.0 });
     metrics::gauge!("capkv_raft_last_log_index").set(m.last_log_index.unwrap_or(0) as f64);
     metrics::gauge!("capkv_raft_applied_index").set(m.last_applied.map_or(0, |l| l.index) as f64);
     metrics::gauge!("capkv_raft_commit_index").set(super::health::commit_index(node) as f64);
     metrics::gauge!("capkv_raft_snapshot_index").set(m.snapshot.map_or(0, |l| l.index) as f64);
     metrics::gauge!("capkv_raft_purged_index").set(m.purged.map_or(0, |l| l.index) as f64);
-    metrics::gauge!("capkv_raft_log_entries").set(node.log.len() as f64);
+    metrics::gauge!("capkv_raft_log_entries").set(node.cp().log_entries() as f64);
     if let Some(ms) = m.millis_since_quorum_ack {
         metrics::gauge!("capkv_raft_millis_since_quorum_ack").set(ms as f64);
     }
-    metrics::gauge!("capkv_storage_size_bytes").set(node.db.size_on_disk().unwrap_or(0) as f64);
-    metrics::gauge!("capkv_uptime_seconds").set(node.started.elapsed().as_secs_f64());
+    metrics::gauge!("capkv_storage_size_bytes").set(node.storage_bytes() as f64);
+    metrics::gauge!("capkv_uptime_seconds").set(node.uptime().as_secs_f64());
     update_ap_metrics(node);
 }
 
 fn update_ap_metrics(node: &Node) {
     use std::sync::atomic::Ordering::Relaxed;
-    let stats = &node.ap.stats;
+    let replica = node.ap().replica();
+    let stats = &replica.stats;
     let counters = [
         ("capkv_ap_pushes_applied_total", &stats.pushes_applied),
         ("capkv_ap_keys_repaired_total", &stats.keys_repaired),
@@ -103,12 +105,12 @@ fn update_ap_metrics(node: &Node) {
     for (name, value) in counters {
         metrics::counter!(name).absolute(value.load(Relaxed));
     }
-    for peer in node.ap.peers() {
-        let queued = node.ap.store.hint_count(*peer) as f64;
+    for peer in replica.peers() {
+        let queued = replica.store.hint_count(*peer) as f64;
         metrics::gauge!("capkv_ap_hint_queue_length", "peer" => peer.to_string()).set(queued);
     }
-    metrics::gauge!("capkv_ap_clock_offset_ms").set(node.ap.clock_offset_ms() as f64);
-    metrics::gauge!("capkv_ap_hlc_max_ahead_ms").set(node.ap.clock().max_ahead_ms() as f64);
+    metrics::gauge!("capkv_ap_clock_offset_ms").set(node.ap().replica().clock_offset_ms() as f64);
+    metrics::gauge!("capkv_ap_hlc_max_ahead_ms").set(replica.clock().max_ahead_ms() as f64);
     let last_in_sync_ms = stats.last_in_sync_ms.load(Relaxed);
     if last_in_sync_ms > 0 {
         metrics::gauge!("capkv_ap_last_in_sync_timestamp_seconds").set(last_in_sync_ms as f64 / 1000.0);

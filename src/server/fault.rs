@@ -37,11 +37,11 @@ fn wire(groups: &[BTreeSet<u64>]) -> Vec<proto::Group> {
 /// This node's own fault state.
 pub fn local_state(node: &Node) -> proto::NodeFaultState {
     proto::NodeFaultState {
-        node_id: node.id,
+        node_id: node.id(),
         reached: true,
-        groups: wire(&node.fault.groups()),
+        groups: wire(&node.fault().groups()),
         error: String::new(),
-        clock_offset_ms: node.ap.clock_offset_ms(),
+        clock_offset_ms: node.ap().replica().clock_offset_ms(),
     }
 }
 
@@ -57,9 +57,9 @@ where
         error,
         ..Default::default()
     };
-    let channel = match crate::cp::network::peer_channel(&addr) {
+    let channel = match crate::net::peer_channel(&addr) {
         Ok(c) => c,
-        Err(e) => return unreached(e),
+        Err(e) => return unreached(e.to_string()),
     };
     match tokio::time::timeout(CONTROL_TIMEOUT, call(PeerClient::new(channel))).await {
         Ok(Ok(state)) => state.into_inner(),
@@ -77,7 +77,7 @@ impl FaultService {
         self.node
             .members()
             .into_iter()
-            .filter(|(id, _)| *id != self.node.id)
+            .filter(|(id, _)| *id != self.node.id())
             .collect()
     }
 
@@ -87,9 +87,9 @@ impl FaultService {
         groups: Vec<BTreeSet<u64>>,
         reset_clock: bool,
     ) -> Result<proto::FaultStatusResponse, Error> {
-        self.node.fault.set(groups.clone())?;
+        self.node.fault().set(groups.clone())?;
         if reset_clock {
-            self.node.ap.set_clock_offset_ms(0);
+            self.node.ap().replica().set_clock_offset_ms(0);
         }
         tracing::warn!(?groups, reset_clock, "fault injection: partition set (empty = healed)");
         let tasks: Vec<_> = self
@@ -97,7 +97,7 @@ impl FaultService {
             .into_iter()
             .map(|(id, addr)| {
                 let request = proto::SetPartitionRequest {
-                    from: self.node.id,
+                    from: self.node.id(),
                     groups: wire(&groups),
                     reset_clock,
                 };
@@ -123,8 +123,8 @@ impl FaultService {
         }
         nodes.sort_by_key(|n| n.node_id);
         Ok(proto::FaultStatusResponse {
-            enabled: self.node.fault.enabled(),
-            groups: wire(&self.node.fault.groups()),
+            enabled: self.node.fault().enabled(),
+            groups: wire(&self.node.fault().groups()),
             nodes,
         })
     }
@@ -142,7 +142,7 @@ impl proto::fault_server::Fault for FaultService {
             .into_iter()
             .map(|g| g.nodes.into_iter().collect())
             .collect();
-        validate_partition(&groups, &self.node.member_ids())?;
+        validate_partition(&groups, &self.node.cp().member_ids())?;
         Ok(Response::new(self.set_everywhere(groups, false).await?))
     }
 
@@ -187,14 +187,14 @@ impl proto::fault_server::Fault for FaultService {
                 Error::InvalidInput(format!("node {} is not a member of this cluster", request.node_id)).into(),
             );
         };
-        if !self.node.fault.enabled() {
+        if !self.node.fault().enabled() {
             return Err(Error::Refused(
                 "fault injection is off on this node; start nodes with --fault-injection".into(),
             )
             .into());
         }
-        if request.node_id == self.node.id {
-            self.node.ap.set_clock_offset_ms(request.offset_ms);
+        if request.node_id == self.node.id() {
+            self.node.ap().replica().set_clock_offset_ms(request.offset_ms);
         } else {
             let state = control(request.node_id, addr, move |mut c| async move {
                 c.set_clock_offset(request).await

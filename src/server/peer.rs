@@ -6,10 +6,10 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tonic::{Request, Response, Status};
 
-use super::RequestCtx;
 use crate::cp::GROUP_ID;
 use crate::node::Node;
 use crate::proto::{self, RaftMessage};
+use crate::request::Ctx;
 use crate::storage::codec::{decode, encode};
 
 pub struct PeerService {
@@ -23,7 +23,7 @@ impl PeerService {
 
     /// Checks group and fault filter, then decodes the openraft request.
     async fn accept<T: DeserializeOwned>(&self, request: Request<RaftMessage>) -> Result<T, Status> {
-        let ctx = RequestCtx::of(&request);
+        let ctx = Ctx::of(&request);
         let message = request.into_inner();
         if message.group_id != GROUP_ID {
             return Err(Status::invalid_argument(format!(
@@ -31,7 +31,7 @@ impl PeerService {
                 message.group_id
             )));
         }
-        if !self.node.fault.allows(message.from, self.node.id) {
+        if !self.node.fault().allows(message.from, self.node.id()) {
             // Silence: hold the request until the sender gives up, and never handle it.
             tokio::time::sleep(ctx.remaining()).await;
             return Err(Status::unavailable("dropped by fault injection"));
@@ -42,7 +42,7 @@ impl PeerService {
     fn answer<T: Serialize>(&self, result: &T) -> Result<Response<RaftMessage>, Status> {
         Ok(Response::new(RaftMessage {
             group_id: GROUP_ID,
-            from: self.node.id,
+            from: self.node.id(),
             payload: encode(result).into(),
         }))
     }
@@ -52,52 +52,48 @@ impl PeerService {
 impl proto::peer_server::Peer for PeerService {
     async fn append_entries(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
         let rpc = self.accept(request).await?;
-        let result = self.node.raft.append_entries(rpc).await;
+        let result = self.node.cp().raft().append_entries(rpc).await;
         self.answer(&result)
     }
 
     async fn vote(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
         let rpc = self.accept(request).await?;
-        let result = self.node.raft.vote(rpc).await;
+        let result = self.node.cp().raft().vote(rpc).await;
         self.answer(&result)
     }
 
     async fn install_snapshot(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
         let rpc = self.accept(request).await?;
-        let result = self.node.raft.install_snapshot(rpc).await;
+        let result = self.node.cp().raft().install_snapshot(rpc).await;
         self.answer(&result)
     }
 
     async fn ping(&self, request: Request<proto::PingRequest>) -> Result<Response<proto::PingResponse>, Status> {
-        let ctx = RequestCtx::of(&request);
+        let ctx = Ctx::of(&request);
         let from = request.into_inner().from;
-        if !self.node.fault.allows(from, self.node.id) {
+        if !self.node.fault().allows(from, self.node.id()) {
             tokio::time::sleep(ctx.remaining()).await;
             return Err(Status::unavailable("dropped by fault injection"));
         }
-        self.node
-            .liveness
-            .lock()
-            .expect("liveness lock is never poisoned")
-            .heard_from(from, std::time::Instant::now());
+        self.node.reach().heard_from(from);
         Ok(Response::new(proto::PingResponse {
-            node_id: self.node.id,
-            term: self.node.metrics().current_term,
+            node_id: self.node.id(),
+            term: self.node.cp().metrics().current_term,
         }))
     }
 
     async fn ap(&self, request: Request<proto::ApMessage>) -> Result<Response<proto::ApMessage>, Status> {
-        let ctx = RequestCtx::of(&request);
+        let ctx = Ctx::of(&request);
         let message = request.into_inner();
-        if !self.node.fault.allows(message.from, self.node.id) {
+        if !self.node.fault().allows(message.from, self.node.id()) {
             tokio::time::sleep(ctx.remaining()).await;
             return Err(Status::unavailable("dropped by fault injection"));
         }
         let ap_request: crate::ap::replica::Request =
             decode(&message.payload).map_err(|e| Status::invalid_argument(format!("bad AP message: {e}")))?;
-        let response = self.node.ap.handle(message.from, ap_request).await?;
+        let response = self.node.ap().replica().handle(message.from, ap_request).await?;
         Ok(Response::new(proto::ApMessage {
-            from: self.node.id,
+            from: self.node.id(),
             payload: encode(&response).into(),
         }))
     }
@@ -106,10 +102,13 @@ impl proto::peer_server::Peer for PeerService {
         &self,
         request: Request<proto::ClockRequest>,
     ) -> Result<Response<proto::NodeFaultState>, Status> {
-        if !self.node.fault.enabled() {
+        if !self.node.fault().enabled() {
             return Err(crate::error::Error::Refused("fault injection is off on this node".into()).into());
         }
-        self.node.ap.set_clock_offset_ms(request.into_inner().offset_ms);
+        self.node
+            .ap()
+            .replica()
+            .set_clock_offset_ms(request.into_inner().offset_ms);
         Ok(Response::new(super::fault::local_state(&self.node)))
     }
 
@@ -135,10 +134,12 @@ impl proto::peer_server::Peer for PeerService {
             ?groups,
             "fault injection: partition set by a peer (empty = healed)"
         );
-        self.node.fault.set(groups)?;
+        self.node.fault().set(groups)?;
         if request.reset_clock {
-            self.node.ap.set_clock_offset_ms(0);
+            self.node.ap().replica().set_clock_offset_ms(0);
         }
-        Ok(Response::new(proto::SetPartitionResponse { node_id: self.node.id }))
+        Ok(Response::new(proto::SetPartitionResponse {
+            node_id: self.node.id(),
+        }))
     }
 }

@@ -11,12 +11,21 @@ pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
         .expect("bincode encodes every capkv type into a Vec")
 }
 
+/// A record that does not decode: corrupt on disk, or malformed on the wire.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum CodecError {
+    #[error("a record does not decode: {0}")]
+    Malformed(String),
+    #[error("a record has {0} trailing bytes")]
+    TrailingBytes(usize),
+}
+
 /// Decodes a value, rejecting trailing bytes.
-pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
+pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
     let (value, read) = bincode::serde::decode_from_slice(bytes, bincode::config::standard())
-        .map_err(|e| format!("cannot decode a stored record: {e}"))?;
+        .map_err(|e| CodecError::Malformed(e.to_string()))?;
     if read != bytes.len() {
-        return Err(format!("a stored record has {} trailing bytes", bytes.len() - read));
+        return Err(CodecError::TrailingBytes(bytes.len() - read));
     }
     Ok(value)
 }
@@ -24,13 +33,13 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cp::command::{Command, StoredValue};
+    use crate::cp::command::{Command, Put, StoredValue};
     use proptest::prelude::*;
 
     proptest! {
         #[test]
         fn commands_round_trip(keyspace in "[a-z]{1,8}", key in prop::collection::vec(any::<u8>(), 1..64), value in prop::collection::vec(any::<u8>(), 0..256)) {
-            let command = Command::Put { keyspace, key, value };
+            let command = Command::Put(Put { keyspace, key, value });
             prop_assert_eq!(decode::<Command>(&encode(&command)).unwrap(), command);
         }
 

@@ -1,39 +1,21 @@
-//! Durable storage of a node: one sled database with named trees.
+//! The storage engine under both paths: one sled database per node, opened with an explicit
+//! cache size, and the group-commit [`Flusher`] every durable write goes through.
 //!
-//! | tree        | holds                                                            |
-//! |-------------|------------------------------------------------------------------|
-//! | `raft_log`  | Raft log entries, keyed by big-endian index                      |
-//! | `raft_meta` | vote, committed log id, last purged log id                       |
-//! | `sm`        | the CP state machine: applied log id, membership, keyspaces, data |
-//! | `snapshot`  | the latest snapshot (metadata and bytes)                         |
-//!
-//! DURABILITY
-//!
-//! - `append` flushes before it reports the entries written; `save_vote`, `truncate` and `purge`
-//!   flush before they return. One flush covers a whole batch of entries.
-//! - The state machine writes the applied log id and membership in the same atomic batch as the
-//!   data, so after a crash it is never ahead of or behind its own data; the durable log replays
-//!   whatever the state machine lost.
+//! Each path keeps its own trees in this database: the CP path its Raft log, Raft metadata,
+//! state machine and snapshot (`cp/log_store.rs`, `cp/state_machine.rs`), the AP path its data
+//! and hints (`ap/store.rs`). [`codec`] is the one encoding of records on disk and on the wire.
 //!
 //! CAVEATS
 //!
-//! - sled is used directly by the stores; another engine means new `LogStore` and
-//!   `StateMachineStore` implementations of openraft's traits (the boundary is those traits).
-//! - A snapshot is an in-memory copy of the whole state machine: fine for the data sizes capkv
-//!   targets (it is a teaching and testing store), not for data larger than memory.
+//! - sled is used directly by the stores; another engine means new store implementations (the
+//!   boundary is openraft's storage traits on the CP side and `ApStore` on the AP side).
 
 pub mod codec;
-pub mod keys;
-pub mod log_store;
-pub mod state_machine;
 
 use std::path::Path;
 
 use crate::error::Error;
 use crate::limits::SLED_CACHE_BYTES;
-
-pub use log_store::LogStore;
-pub use state_machine::{SmReader, StateMachineStore};
 
 /// Opens (or creates) the node's database under `dir`.
 pub fn open(dir: &Path) -> Result<sled::Db, Error> {
@@ -117,6 +99,3 @@ impl Flusher {
         result
     }
 }
-
-#[cfg(test)]
-mod suite_test;

@@ -15,11 +15,14 @@ use openraft::{
     EntryPayload, LogId, RaftSnapshotBuilder, SnapshotMeta, StorageError, StorageIOError, StoredMembership,
 };
 
-use super::codec::{decode, encode};
+use super::apply::{apply, State};
+use super::command::{Answer, Applied, StoredValue};
 use super::keys;
-use crate::cp::command::{self, Outcome, State, StoredValue};
-use crate::cp::{NodeId, TypeConfig};
+use super::{NodeId, TypeConfig};
+use crate::error::Error;
 use crate::keyspace::KeyspaceDef;
+use crate::storage::codec::{decode, encode};
+use crate::storage::Flusher;
 
 type StorageResult<T> = Result<T, StorageError<NodeId>>;
 type Membership = StoredMembership<NodeId, openraft::BasicNode>;
@@ -46,14 +49,14 @@ struct StoredSnapshot {
 }
 
 pub struct StateMachineStore {
-    flusher: super::Flusher,
+    flusher: Flusher,
     sm: sled::Tree,
     snapshots: sled::Tree,
     snapshot_seq: u64,
 }
 
 impl StateMachineStore {
-    pub fn open(flusher: &super::Flusher) -> Result<Self, sled::Error> {
+    pub fn open(flusher: &Flusher) -> Result<Self, sled::Error> {
         let db = flusher.db();
         Ok(Self {
             flusher: flusher.clone(),
@@ -80,12 +83,12 @@ impl StateMachineStore {
     }
 }
 
-fn read_applied(sm: &sled::Tree) -> Result<(Option<LogId<NodeId>>, Membership), String> {
-    let applied = match sm.get(keys::APPLIED).map_err(|e| e.to_string())? {
+fn read_applied(sm: &sled::Tree) -> Result<(Option<LogId<NodeId>>, Membership), Error> {
+    let applied = match sm.get(keys::APPLIED)? {
         Some(bytes) => decode(&bytes)?,
         None => None,
     };
-    let membership = match sm.get(keys::MEMBERSHIP).map_err(|e| e.to_string())? {
+    let membership = match sm.get(keys::MEMBERSHIP)? {
         Some(bytes) => decode(&bytes)?,
         None => Membership::default(),
     };
@@ -149,7 +152,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         self.read_applied()
     }
 
-    async fn apply<I>(&mut self, entries: I) -> StorageResult<Vec<Outcome>>
+    async fn apply<I>(&mut self, entries: I) -> StorageResult<Vec<Applied>>
     where
         I: IntoIterator<Item = openraft::Entry<TypeConfig>> + Send,
         I::IntoIter: Send,
@@ -164,11 +167,11 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         for entry in entries {
             last_applied = Some(entry.log_id);
             let outcome = match entry.payload {
-                EntryPayload::Blank => Outcome::Done,
-                EntryPayload::Normal(ref cmd) => command::apply(cmd, entry.log_id.index, &mut overlay),
+                EntryPayload::Blank => Ok(Answer::Done),
+                EntryPayload::Normal(ref cmd) => apply(cmd, entry.log_id.index, &mut overlay),
                 EntryPayload::Membership(m) => {
                     membership = Some(Membership::new(Some(entry.log_id), m));
-                    Outcome::Done
+                    Ok(Answer::Done)
                 }
             };
             outcomes.push(outcome);
@@ -246,7 +249,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
 pub struct SnapshotBuilder {
     data: Vec<(Vec<u8>, Vec<u8>)>,
     store: sled::Tree,
-    flusher: super::Flusher,
+    flusher: Flusher,
     seq: u64,
 }
 
@@ -303,22 +306,22 @@ pub struct SmReader {
 }
 
 impl SmReader {
-    pub fn keyspace(&self, name: &str) -> Result<Option<KeyspaceDef>, String> {
-        match self.sm.get(keys::keyspace(name)).map_err(|e| e.to_string())? {
+    pub fn keyspace(&self, name: &str) -> Result<Option<KeyspaceDef>, Error> {
+        match self.sm.get(keys::keyspace(name))? {
             Some(bytes) => Ok(Some(decode(&bytes)?)),
             None => Ok(None),
         }
     }
 
-    pub fn keyspaces(&self) -> Result<Vec<KeyspaceDef>, String> {
+    pub fn keyspaces(&self) -> Result<Vec<KeyspaceDef>, Error> {
         self.sm
             .scan_prefix(keys::keyspaces_prefix())
-            .map(|kv| decode(&kv.map_err(|e| e.to_string())?.1))
+            .map(|kv| Ok(decode(&kv?.1)?))
             .collect()
     }
 
-    pub fn get(&self, keyspace: &str, key: &[u8]) -> Result<Option<StoredValue>, String> {
-        match self.sm.get(keys::data(keyspace, key)).map_err(|e| e.to_string())? {
+    pub fn get(&self, keyspace: &str, key: &[u8]) -> Result<Option<StoredValue>, Error> {
+        match self.sm.get(keys::data(keyspace, key))? {
             Some(bytes) => Ok(Some(decode(&bytes)?)),
             None => Ok(None),
         }
@@ -326,7 +329,7 @@ impl SmReader {
 
     /// Up to `limit` keys of `keyspace` with `prefix`, strictly after `start_after` when given.
     /// Returns the items and whether more keys match.
-    pub fn scan(&self, keyspace: &str, prefix: &[u8], start_after: &[u8], limit: usize) -> Result<ScanPage, String> {
+    pub fn scan(&self, keyspace: &str, prefix: &[u8], start_after: &[u8], limit: usize) -> Result<ScanPage, Error> {
         let range_prefix = keys::data_prefix(keyspace, prefix);
         let start = if start_after.is_empty() {
             std::ops::Bound::Included(range_prefix.clone())
@@ -335,7 +338,7 @@ impl SmReader {
         };
         let mut items = Vec::new();
         for kv in self.sm.range::<Vec<u8>, _>((start, std::ops::Bound::Unbounded)) {
-            let (key, value) = kv.map_err(|e| e.to_string())?;
+            let (key, value) = kv?;
             if !key.starts_with(&range_prefix) {
                 break;
             }
@@ -353,7 +356,7 @@ impl SmReader {
     }
 
     /// The applied log id and membership of the local replica.
-    pub fn applied(&self) -> Result<(Option<LogId<NodeId>>, Membership), String> {
+    pub fn applied(&self) -> Result<(Option<LogId<NodeId>>, Membership), Error> {
         read_applied(&self.sm)
     }
 }

@@ -1,27 +1,24 @@
-//! Starting the Raft group of a node: options, bootstrap, and the election watchdog.
+//! Starting the Raft group of a node: its timing options, its storage, and bootstrap.
 //!
 //! BOOTSTRAP: the cluster is defined by `--peers`. When the node with the lowest id starts with
 //! an empty log it initializes the group with every peer as a voter; the others wait to hear
 //! from a leader. A node with data rejoins from its own log and vote.
 //!
-//! WATCHDOG: openraft 0.9 draws its random election timeout once per instance, so two survivors
-//! can keep splitting their votes. The watchdog notices a node that has known no leader for a
-//! random while and triggers an election, with fresh randomness each time.
+//! Caveats: the member list is fixed at bootstrap (no membership changes at run time yet).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
-use openraft::{BasicNode, Config, ServerState, SnapshotPolicy};
-use rand::Rng;
+use openraft::{BasicNode, Config, SnapshotPolicy};
 
+use super::log_store::LogStore;
 use super::network::Network;
+use super::state_machine::{SmReader, StateMachineStore};
 use super::{NodeId, Raft};
 use crate::error::Error;
 use crate::fault::FaultFilter;
 use crate::limits::{RAFT_PAYLOAD_ENTRIES_MAX, SNAPSHOT_CHUNK_BYTES, SNAPSHOT_EVERY_ENTRIES};
-use crate::liveness::Liveness;
-use crate::storage::{LogStore, SmReader, StateMachineStore};
+use crate::storage::Flusher;
 
 /// Entries kept in the log below the latest snapshot, so a briefly lagging follower catches up
 /// from the log; one further behind gets the snapshot.
@@ -102,16 +99,16 @@ pub struct Started {
     pub log: LogStore,
 }
 
+/// Opens the log and the state machine on `flusher`'s database and starts openraft.
 pub async fn start(
     id: NodeId,
     options: &RaftOptions,
-    flusher: &crate::storage::Flusher,
+    flusher: &Flusher,
     fault: Arc<FaultFilter>,
 ) -> Result<Started, Error> {
     let config = Arc::new(options.config()?);
-    let storage_err = |e: sled::Error| Error::Internal(format!("cannot open storage trees: {e}"));
-    let log = LogStore::open(flusher).map_err(storage_err)?;
-    let sm = StateMachineStore::open(flusher).map_err(storage_err)?;
+    let log = LogStore::open(flusher)?;
+    let sm = StateMachineStore::open(flusher)?;
     let reader = sm.reader();
     let raft = Raft::new(id, config, Network::new(id, fault), log.clone(), sm)
         .await
@@ -139,48 +136,6 @@ pub async fn bootstrap_if_fresh(raft: &Raft, id: NodeId, peers: &BTreeMap<NodeId
         Err(openraft::error::RaftError::APIError(openraft::error::InitializeError::NotAllowed(_))) => Ok(()),
         Err(e) => Err(Error::Internal(format!("cannot initialize the cluster: {e}"))),
     }
-}
-
-/// Triggers an election when this node has known no leader for a random while.
-pub async fn run_election_watchdog(raft: Raft, options: RaftOptions, liveness: Arc<std::sync::Mutex<Liveness>>) {
-    let mut leaderless_since: Option<Instant> = None;
-    let mut patience = random_patience(&options);
-    loop {
-        tokio::time::sleep(Duration::from_millis(options.heartbeat_interval_ms)).await;
-        let metrics = raft.metrics().borrow().clone();
-        if metrics.running_state.is_err() {
-            return;
-        }
-        let initialized = metrics.membership_config.membership().voter_ids().next().is_some();
-        let hears_majority = liveness
-            .lock()
-            .expect("liveness lock is never poisoned")
-            .hears_majority(Instant::now());
-        // Like pre-vote: a node that hears no majority does not campaign (and inflate its term).
-        raft.runtime_config().elect(hears_majority);
-        let leaderless =
-            initialized && hears_majority && metrics.current_leader.is_none() && metrics.state != ServerState::Leader;
-        if !leaderless {
-            leaderless_since = None;
-            continue;
-        }
-        let since = *leaderless_since.get_or_insert_with(Instant::now);
-        if since.elapsed() >= patience {
-            tracing::info!(
-                term = metrics.current_term,
-                "no leader for {:?}: triggering an election",
-                since.elapsed()
-            );
-            let _ = raft.trigger().elect().await;
-            leaderless_since = None;
-            patience = random_patience(&options);
-        }
-    }
-}
-
-fn random_patience(options: &RaftOptions) -> Duration {
-    let ms = rand::thread_rng().gen_range(options.election_timeout_ms_min..=options.election_timeout_ms_max * 2);
-    Duration::from_millis(ms)
 }
 
 #[cfg(test)]

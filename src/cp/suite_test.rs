@@ -3,16 +3,18 @@
 use openraft::testing::{StoreBuilder, Suite};
 use openraft::StorageError;
 
-use super::{LogStore, StateMachineStore};
-use crate::cp::{NodeId, TypeConfig};
+use super::log_store::LogStore;
+use super::state_machine::StateMachineStore;
+use super::{NodeId, TypeConfig};
+use crate::storage::Flusher;
 
 struct SledStoreBuilder;
 
 impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, tempfile::TempDir> for SledStoreBuilder {
     async fn build(&self) -> Result<(tempfile::TempDir, LogStore, StateMachineStore), StorageError<NodeId>> {
         let dir = tempfile::tempdir().expect("a temp dir can be created");
-        let db = super::open(dir.path()).expect("a fresh database opens");
-        let flusher = super::Flusher::new(db);
+        let db = crate::storage::open(dir.path()).expect("a fresh database opens");
+        let flusher = Flusher::new(db);
         let log = LogStore::open(&flusher).expect("log trees open");
         let sm = StateMachineStore::open(&flusher).expect("state machine trees open");
         Ok((dir, log, sm))

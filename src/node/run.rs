@@ -1,17 +1,19 @@
-//! Running `capkv node`: open storage, start Raft and the servers, bootstrap, and stop cleanly
-//! on SIGTERM or Ctrl-C (servers first, then Raft, then a final flush).
+//! `capkv node`: bind the ports, open the node, serve, run the background tasks, and stop
+//! cleanly on SIGTERM or Ctrl-C (servers first, then Raft, then a final flush).
+//!
+//! Ports are bound before the data dir is touched, so a taken port fails fast and changes
+//! nothing.
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use tokio::sync::watch;
 
-use crate::cp::raft_node;
+use super::{Node, NodeOptions};
 use crate::error::Error;
-use crate::liveness::{PING_INTERVAL, PING_TIMEOUT};
-use crate::node::{Node, NodeOptions};
+use crate::liveness::prober;
+use crate::net::peer_channel;
 use crate::observe::metrics;
-use crate::proto;
 use crate::server;
 
 pub async fn run(options: NodeOptions) -> Result<(), Error> {
@@ -21,7 +23,7 @@ pub async fn run(options: NodeOptions) -> Result<(), Error> {
     let grpc_listener = server::bind(options.listen, "--listen").await?;
     let http_listener = server::bind(options.http, "--http").await?;
     let node = Node::open(options.clone()).await?;
-    tracing::info!(id = node.id, listen = %options.listen, http = %options.http, data_dir = %options.data_dir.display(),
+    tracing::info!(id = node.id(), listen = %options.listen, http = %options.http, data_dir = %options.data_dir.display(),
         fault_injection = options.fault_injection, "node starting");
 
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -39,44 +41,44 @@ pub async fn run(options: NodeOptions) -> Result<(), Error> {
         stopped(stop_rx.clone()),
     ));
     let background = [
-        tokio::spawn(raft_node::run_election_watchdog(
-            node.raft.clone(),
-            options.raft.clone(),
-            node.liveness.clone(),
-        )),
-        tokio::spawn(run_liveness_prober(node.clone())),
+        node.cp().spawn_watchdog(),
+        tokio::spawn(prober::run(node.reach().clone(), peer_channels(&node))),
         tokio::spawn(run_ap_repair(node.clone())),
         tokio::spawn(metrics::run_gauge_updater(node.clone())),
     ];
-    raft_node::bootstrap_if_fresh(&node.raft, node.id, &options.peers).await?;
+    node.cp().bootstrap_if_fresh().await?;
 
     let result = tokio::select! {
         _ = shutdown_signal() => Ok(()),
         r = grpc_task_ended(grpc) => r,
     };
-    tracing::info!(id = node.id, "node stopping");
+    tracing::info!(id = node.id(), "node stopping");
     let _ = stop_tx.send(true);
     let _ = http.await;
     for task in background {
         task.abort();
     }
-    stop(&node).await;
+    node.cp().shutdown().await;
+    if let Err(e) = node.flush().await {
+        tracing::error!("{e}");
+    }
     result
+}
+
+/// One channel per peer for liveness pings.
+fn peer_channels(node: &Node) -> Vec<(u64, tonic::transport::Channel)> {
+    node.options()
+        .peers
+        .iter()
+        .filter(|(id, _)| **id != node.id())
+        .filter_map(|(id, addr)| peer_channel(addr).ok().map(|c| (*id, c)))
+        .collect()
 }
 
 async fn grpc_task_ended(task: tokio::task::JoinHandle<Result<(), Error>>) -> Result<(), Error> {
     match task.await {
         Ok(r) => r,
         Err(e) => Err(Error::Internal(format!("the gRPC server task failed: {e}"))),
-    }
-}
-
-async fn stop(node: &Arc<Node>) {
-    if let Err(e) = node.raft.shutdown().await {
-        tracing::warn!("Raft did not shut down cleanly: {e}");
-    }
-    if let Err(e) = node.flusher.flush().await {
-        tracing::error!("the final flush failed: {e}");
     }
 }
 
@@ -88,38 +90,6 @@ pub async fn shutdown_signal() {
     tokio::select! {
         _ = term.recv() => {},
         _ = int.recv() => {},
-    }
-}
-
-/// Pings every reachable peer each [`PING_INTERVAL`] and records who answered.
-async fn run_liveness_prober(node: Arc<Node>) {
-    let channels: Vec<(u64, tonic::transport::Channel)> = node
-        .options
-        .peers
-        .iter()
-        .filter(|(id, _)| **id != node.id)
-        .filter_map(|(id, addr)| crate::cp::network::peer_channel(addr).ok().map(|c| (*id, c)))
-        .collect();
-    loop {
-        tokio::time::sleep(PING_INTERVAL).await;
-        for (peer, channel) in &channels {
-            if !node.fault.allows(node.id, *peer) {
-                continue; // the ping would be lost on the way
-            }
-            tokio::spawn(ping(node.clone(), *peer, channel.clone()));
-        }
-    }
-}
-
-async fn ping(node: Arc<Node>, peer: u64, channel: tonic::transport::Channel) {
-    let mut request = tonic::Request::new(proto::PingRequest { from: node.id });
-    request.set_timeout(PING_TIMEOUT);
-    let mut client = proto::peer_client::PeerClient::new(channel);
-    if let Ok(Ok(_)) = tokio::time::timeout(PING_TIMEOUT, client.ping(request)).await {
-        node.liveness
-            .lock()
-            .expect("liveness lock is never poisoned")
-            .heard_from(peer, Instant::now());
     }
 }
 
@@ -136,14 +106,15 @@ async fn run_ap_repair(node: Arc<Node>) {
         return;
     }
     use rand::seq::SliceRandom;
-    let interval = std::time::Duration::from_millis(node.ap.options.anti_entropy_interval_ms);
+    let replica = node.ap().replica().clone();
+    let interval = std::time::Duration::from_millis(replica.options.anti_entropy_interval_ms);
     let mut diverged_since: Option<Instant> = None;
     for round in 1u64.. {
         tokio::time::sleep(interval).await;
-        let keyspaces: Vec<String> = match node.reader.keyspaces() {
+        let keyspaces: Vec<String> = match node.cp().local_keyspaces() {
             Ok(defs) => defs
                 .into_iter()
-                .filter(|d| d.mode == crate::keyspace::Mode::Ap)
+                .filter(|d| d.mode == crate::mode::Mode::Ap)
                 .map(|d| d.name)
                 .collect(),
             Err(e) => {
@@ -151,15 +122,14 @@ async fn run_ap_repair(node: Arc<Node>) {
                 continue;
             }
         };
-        let alive: Vec<u64> = node
-            .ap
+        let alive: Vec<u64> = replica
             .peers()
             .iter()
             .copied()
-            .filter(|p| node.ap_reachable(*p))
+            .filter(|p| node.ap().reachable(*p))
             .collect();
         for peer in &alive {
-            while let Ok(HINT_BATCH) = node.ap.deliver_hints(*peer, HINT_BATCH).await {}
+            while let Ok(HINT_BATCH) = replica.deliver_hints(*peer, HINT_BATCH).await {}
         }
         if keyspaces.is_empty() {
             continue;
@@ -167,11 +137,11 @@ async fn run_ap_repair(node: Arc<Node>) {
         let chosen: Vec<u64> = {
             let mut rng = rand::thread_rng();
             alive
-                .choose_multiple(&mut rng, node.ap.options.anti_entropy_fanout)
+                .choose_multiple(&mut rng, replica.options.anti_entropy_fanout)
                 .copied()
                 .collect()
         };
-        let in_sync = node.ap.anti_entropy_round(&chosen, &keyspaces).await && alive.len() == node.ap.peers().len();
+        let in_sync = replica.anti_entropy_round(&chosen, &keyspaces).await && alive.len() == replica.peers().len();
         match (in_sync, diverged_since) {
             (false, None) => diverged_since = Some(Instant::now()),
             (true, Some(since)) => {
@@ -182,7 +152,7 @@ async fn run_ap_repair(node: Arc<Node>) {
         }
         if round % ROUNDS_PER_TOMBSTONE_COLLECTION == 0 {
             for keyspace in &keyspaces {
-                if let Err(e) = node.ap.collect_tombstones(keyspace) {
+                if let Err(e) = replica.collect_tombstones(keyspace) {
                     tracing::warn!(keyspace, "tombstone collection failed: {e}");
                 }
             }

@@ -8,13 +8,19 @@
 //! no majority keeps its election timer off, so a node cut off by a partition does not inflate
 //! its term and force a needless election when the partition heals.
 //!
-//! [`Liveness`] is pure: time comes in as a parameter. The prober at the edge does the IO.
+//! [`Liveness`] is pure: time comes in as a parameter. The [`prober`] at the edge does the IO,
+//! and [`Reach`] combines this view with the fault filter for the request paths.
 //!
 //! Caveats: one missed ping is not a verdict, but a peer that answers pings and drops Raft
 //! traffic (or the reverse) is judged by pings alone.
 
+pub mod prober;
+mod reach;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
+
+pub use reach::Reach;
 
 /// How often a node pings each peer.
 pub const PING_INTERVAL: Duration = Duration::from_millis(200);

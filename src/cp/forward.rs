@@ -9,9 +9,9 @@ use std::future::Future;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
-use super::{RequestCtx, FORWARDED_FROM_HEADER};
+use super::NodeId;
 use crate::error::Error;
-use crate::node::Node;
+use crate::request::{Ctx, FORWARDED_FROM_HEADER};
 
 /// Whether the forwarded operation changes state (and so may have happened when it times out).
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -20,10 +20,11 @@ pub enum Effect {
     Write,
 }
 
+/// Sends `message` from node `self_id` to the leader with what is left of the request's time.
 pub async fn forward<Req, Resp, F, Fut>(
-    node: &Node,
-    ctx: &RequestCtx,
-    leader: u64,
+    self_id: NodeId,
+    ctx: &Ctx,
+    leader: NodeId,
     channel: Channel,
     message: Req,
     effect: Effect,
@@ -36,18 +37,18 @@ where
     let mut request = Request::new(message);
     request.metadata_mut().insert(
         FORWARDED_FROM_HEADER,
-        node.id.to_string().parse().expect("a number is a valid header value"),
+        self_id.to_string().parse().expect("a number is a valid header value"),
     );
     let remaining = ctx.remaining();
     request.set_timeout(remaining);
     let failed = |why: String| match effect {
         Effect::Write => Error::OutcomeUnknown(format!(
             "node {} forwarded the write to the leader, node {leader}, and {why}; it may or may not have been applied",
-            node.id
+            self_id
         )),
         Effect::Read => Error::NoQuorum(format!(
             "node {} forwarded the read to the leader, node {leader}, and {why}",
-            node.id
+            self_id
         )),
     };
     match tokio::time::timeout(remaining, call(channel, request)).await {

@@ -13,8 +13,9 @@ use std::ops::{Bound, RangeBounds};
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{Entry, LogId, RaftLogReader, StorageError, StorageIOError, Vote};
 
-use super::codec::{decode, encode};
-use crate::cp::{NodeId, TypeConfig};
+use super::{NodeId, TypeConfig};
+use crate::storage::codec::{decode, encode};
+use crate::storage::Flusher;
 
 const VOTE: &[u8] = b"vote";
 const COMMITTED: &[u8] = b"committed";
@@ -22,7 +23,7 @@ const LAST_PURGED: &[u8] = b"last_purged";
 
 #[derive(Clone)]
 pub struct LogStore {
-    flusher: super::Flusher,
+    flusher: Flusher,
     log: sled::Tree,
     meta: sled::Tree,
 }
@@ -42,7 +43,7 @@ fn index_key(index: u64) -> [u8; 8] {
 }
 
 impl LogStore {
-    pub fn open(flusher: &super::Flusher) -> Result<Self, sled::Error> {
+    pub fn open(flusher: &Flusher) -> Result<Self, sled::Error> {
         let db = flusher.db();
         Ok(Self {
             flusher: flusher.clone(),
@@ -69,6 +70,15 @@ impl LogStore {
 
     pub fn is_empty(&self) -> bool {
         self.log.is_empty()
+    }
+
+    /// The commit index last persisted by `save_committed` (0 when none or unreadable).
+    pub fn committed_index(&self) -> u64 {
+        self.read_meta::<Option<LogId<NodeId>>>(COMMITTED)
+            .ok()
+            .flatten()
+            .flatten()
+            .map_or(0, |l| l.index)
     }
 }
 

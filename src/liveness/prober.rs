@@ -1,0 +1,32 @@
+//! The IO edge of liveness: pings every peer a few times a second and records who answered.
+//!
+//! A ping goes through the fault filter like every peer message: a partitioned peer is not
+//! pinged at all (the ping would be lost), so it turns suspect and then down.
+
+use std::time::Duration;
+
+use tonic::transport::Channel;
+
+use super::{Reach, PING_INTERVAL, PING_TIMEOUT};
+use crate::proto::{self, peer_client::PeerClient};
+
+/// Pings each peer every [`PING_INTERVAL`] until the task is aborted.
+pub async fn run(reach: Reach, peers: Vec<(u64, Channel)>) {
+    loop {
+        tokio::time::sleep(PING_INTERVAL).await;
+        for (peer, channel) in &peers {
+            if reach.can_send(*peer) {
+                tokio::spawn(ping(reach.clone(), *peer, channel.clone()));
+            }
+        }
+    }
+}
+
+async fn ping(reach: Reach, peer: u64, channel: Channel) {
+    let mut request = tonic::Request::new(proto::PingRequest { from: reach.id() });
+    request.set_timeout(PING_TIMEOUT);
+    let mut client = PeerClient::new(channel);
+    if let Ok(Ok(_)) = tokio::time::timeout(PING_TIMEOUT + Duration::from_millis(10), client.ping(request)).await {
+        reach.heard_from(peer);
+    }
+}

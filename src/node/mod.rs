@@ -1,0 +1,144 @@
+//! A capkv node: its storage, its two paths, and the state the services share.
+//!
+//! [`Node::open`] opens the node's database, starts the CP path (the Raft group, [`Cp`]) and
+//! the AP path (the LWW replica, [`Ap`]) on it, and builds the node's view of its peers
+//! ([`Reach`]: liveness plus the fault filter) that both paths consult. [`run`] is `capkv node`:
+//! it binds the ports, serves the gRPC and HTTP APIs, starts the background tasks (liveness
+//! pings, the election watchdog, AP repair, metrics), and stops everything in order.
+//!
+//! Caveats: one database per node holds both paths' trees; they share one group-commit flusher.
+
+pub mod options;
+pub mod run;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+pub use options::{parse_peers, NodeOptions};
+
+use crate::ap::path::Ap;
+use crate::cp::path::Cp;
+use crate::cp::NodeId;
+use crate::error::Error;
+use crate::fault::FaultFilter;
+use crate::keyspace::KeyspaceDef;
+use crate::liveness::{Liveness, Reach};
+use crate::storage::Flusher;
+
+/// A running node's shared state, used by every service.
+pub struct Node {
+    id: NodeId,
+    options: NodeOptions,
+    db: sled::Db,
+    flusher: Flusher,
+    reach: Reach,
+    cp: Cp,
+    ap: Ap,
+    started: Instant,
+}
+
+impl Node {
+    pub async fn open(options: NodeOptions) -> Result<Arc<Node>, Error> {
+        options.validate()?;
+        let db = crate::storage::open(&options.data_dir)?;
+        let flusher = Flusher::new(db.clone());
+        let fault = Arc::new(FaultFilter::new(options.fault_injection));
+        let liveness = Liveness::new(options.id, options.peers.keys().copied());
+        let reach = Reach::new(options.id, liveness, fault);
+        let cp = Cp::start(
+            options.id,
+            options.raft.clone(),
+            &flusher,
+            reach.clone(),
+            options.peers.clone(),
+        )
+        .await?;
+        let ap = Ap::open(options.id, &options.peers, &flusher, reach.clone(), options.ap.clone())?;
+        Ok(Arc::new(Node {
+            id: options.id,
+            db,
+            flusher,
+            reach,
+            cp,
+            ap,
+            started: Instant::now(),
+            options,
+        }))
+    }
+
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+
+    pub fn options(&self) -> &NodeOptions {
+        &self.options
+    }
+
+    /// The CP path: Raft, routing, the state machine.
+    pub fn cp(&self) -> &Cp {
+        &self.cp
+    }
+
+    /// The AP path: the LWW replica.
+    pub fn ap(&self) -> &Ap {
+        &self.ap
+    }
+
+    /// Which peers this node hears from and may send to.
+    pub fn reach(&self) -> &Reach {
+        &self.reach
+    }
+
+    pub fn fault(&self) -> &Arc<FaultFilter> {
+        self.reach.fault()
+    }
+
+    /// How long the node has been running.
+    pub fn uptime(&self) -> std::time::Duration {
+        self.started.elapsed()
+    }
+
+    /// Member ids and addresses (the replicated membership, or `--peers` before it exists).
+    pub fn members(&self) -> BTreeMap<NodeId, String> {
+        self.cp.members()
+    }
+
+    /// This node's gRPC address as the cluster knows it.
+    pub fn address(&self) -> String {
+        self.options
+            .peers
+            .get(&self.id)
+            .cloned()
+            .unwrap_or_else(|| self.options.listen.to_string())
+    }
+
+    /// The keyspace definition from this node's replica of the metadata (may lag the leader).
+    pub fn local_keyspace(&self, name: &str) -> Result<Option<KeyspaceDef>, Error> {
+        self.cp.local_keyspace(name)
+    }
+
+    /// Bytes the node's database takes on disk.
+    pub fn storage_bytes(&self) -> u64 {
+        self.db.size_on_disk().unwrap_or(0)
+    }
+
+    /// Writes and reads back a probe record: does this node's storage work?
+    pub fn probe_storage(&self) -> Result<(), Error> {
+        let tree = self.db.open_tree("health")?;
+        let stamp = self.started.elapsed().as_nanos().to_be_bytes();
+        tree.insert("probe", &stamp[..])?;
+        match tree.get("probe")? {
+            Some(_) => Ok(()),
+            None => Err(Error::Storage("a written probe could not be read back".into())),
+        }
+    }
+
+    /// Makes everything written so far durable (used at shutdown).
+    pub async fn flush(&self) -> Result<(), Error> {
+        self.flusher
+            .flush()
+            .await
+            .map_err(|e| Error::Storage(format!("the final flush failed: {e}")))
+    }
+}

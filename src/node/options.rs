@@ -1,0 +1,97 @@
+//! Everything `capkv node` is started with, checked as a whole before anything starts.
+//!
+//! Only the binary reads flags (see `cli/`); this module holds the options as plain data with a
+//! [`NodeOptions::validate`] that checks the relations between them.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use crate::ap::replica::ReplicaOptions;
+use crate::cp::raft::RaftOptions;
+use crate::cp::NodeId;
+use crate::error::Error;
+
+/// Everything `capkv node` is started with.
+#[derive(Clone, Debug)]
+pub struct NodeOptions {
+    pub id: NodeId,
+    pub listen: SocketAddr,
+    pub http: SocketAddr,
+    pub data_dir: PathBuf,
+    /// Every member's gRPC address, this node included.
+    pub peers: BTreeMap<NodeId, String>,
+    pub fault_injection: bool,
+    pub raft: RaftOptions,
+    pub ap: ReplicaOptions,
+}
+
+impl NodeOptions {
+    pub fn validate(&self) -> Result<(), Error> {
+        if self.id == 0 {
+            return Err(Error::InvalidInput("node ids start at 1; --id 0 is not allowed".into()));
+        }
+        if !self.peers.contains_key(&self.id) {
+            return Err(Error::InvalidInput(format!(
+                "--peers must include this node (--id {}), e.g. --peers 1=127.0.0.1:7001,2=127.0.0.1:7002,3=127.0.0.1:7003",
+                self.id
+            )));
+        }
+        if self.listen == self.http {
+            return Err(Error::InvalidInput(format!(
+                "--listen and --http are both {}; give them different ports",
+                self.listen
+            )));
+        }
+        self.raft.validate()?;
+        self.ap.validate()
+    }
+}
+
+/// Parses `--peers 1=host:port,2=host:port`.
+pub fn parse_peers(text: &str) -> Result<BTreeMap<NodeId, String>, Error> {
+    let mut peers = BTreeMap::new();
+    for part in text.split(',').filter(|p| !p.trim().is_empty()) {
+        let bad = || {
+            Error::InvalidInput(format!(
+                "'{part}' in --peers is not ID=HOST:PORT (e.g. 1=127.0.0.1:7001)"
+            ))
+        };
+        let (id, addr) = part.trim().split_once('=').ok_or_else(bad)?;
+        let id: NodeId = id.parse().map_err(|_| bad())?;
+        if id == 0 || addr.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok()).is_none() {
+            return Err(bad());
+        }
+        if peers.insert(id, addr.to_string()).is_some() {
+            return Err(Error::InvalidInput(format!("node {id} appears twice in --peers")));
+        }
+    }
+    if peers.is_empty() {
+        return Err(Error::InvalidInput(
+            "--peers is empty; list every member as ID=HOST:PORT".into(),
+        ));
+    }
+    Ok(peers)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peers_parse() {
+        let p = parse_peers("1=127.0.0.1:7001,2=127.0.0.1:7002").unwrap();
+        assert_eq!(p.len(), 2);
+        assert_eq!(p[&2], "127.0.0.1:7002");
+        for bad in [
+            "",
+            "1=host",
+            "x=127.0.0.1:1",
+            "0=127.0.0.1:1",
+            "1=a:1,1=b:2",
+            "1:127.0.0.1:7001",
+        ] {
+            assert!(parse_peers(bad).is_err(), "{bad} should be refused");
+        }
+    }
+}
