@@ -17,7 +17,7 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};
 
 use crate::error::Error;
-use crate::limits::GRPC_MESSAGE_BYTES_MAX;
+use crate::limits::{REQUEST_BYTES_MAX, RESPONSE_BYTES_MAX};
 use crate::proto::{
     self, cluster_client::ClusterClient, fault_client::FaultClient, keyspaces_client::KeyspacesClient,
     kv_client::KvClient,
@@ -119,10 +119,16 @@ impl Client {
     /// Runs `call` against the endpoints in turn until one gives a final answer.
     async fn call<Req, Resp, F, Fut>(&self, effect: Effect, message: Req, call: F) -> Result<Resp, Error>
     where
-        Req: Clone,
+        Req: Clone + prost::Message,
         F: Fn(Channel, Request<Req>) -> Fut,
         Fut: std::future::Future<Output = Result<Response<Resp>, Status>>,
     {
+        let bytes = message.encoded_len();
+        if bytes > REQUEST_BYTES_MAX {
+            return Err(Error::InvalidInput(format!(
+                "the request is {bytes} bytes, over the limit of {REQUEST_BYTES_MAX} bytes a node accepts; nothing was sent"
+            )));
+        }
         let deadline = Instant::now() + self.timeout;
         let start = self.preferred.load(Ordering::Relaxed);
         let mut last_error = None;
@@ -337,8 +343,8 @@ impl Client {
 
 fn kv(channel: Channel) -> KvClient<Channel> {
     KvClient::new(channel)
-        .max_decoding_message_size(GRPC_MESSAGE_BYTES_MAX)
-        .max_encoding_message_size(GRPC_MESSAGE_BYTES_MAX)
+        .max_decoding_message_size(RESPONSE_BYTES_MAX)
+        .max_encoding_message_size(REQUEST_BYTES_MAX)
 }
 
 /// The innermost cause of a transport error, which is the readable part.

@@ -14,6 +14,7 @@ pub const VALUE_BYTES_MAX: usize = 1024 * 1024;
 pub const KEYSPACE_NAME_BYTES_MAX: usize = 63;
 
 /// Most items one scan page returns; a client pages through larger ranges with `start_after`.
+/// A page also ends at [`SCAN_PAGE_BYTES_MAX`].
 pub const SCAN_PAGE_ITEMS_MAX: usize = 1000;
 
 /// The page size a scan request gets: what it asked for, at most [`SCAN_PAGE_ITEMS_MAX`];
@@ -25,12 +26,65 @@ pub fn scan_page_items(requested: u32) -> usize {
     }
 }
 
+/// What is left of one scan page: items and bytes. The first item always fits, so a page
+/// makes progress whatever the value sizes.
+#[derive(Clone, Copy, Debug)]
+pub struct PageBudget {
+    items_left: usize,
+    bytes_left: usize,
+    taken: usize,
+}
+
+impl PageBudget {
+    /// A page of at most `items` items (see [`scan_page_items`]) and [`SCAN_PAGE_BYTES_MAX`].
+    pub fn new(items: usize) -> Self {
+        Self {
+            items_left: items,
+            bytes_left: SCAN_PAGE_BYTES_MAX,
+            taken: 0,
+        }
+    }
+
+    /// Takes one item of `bytes` into the page; false when the page is full without it.
+    pub fn take(&mut self, bytes: usize) -> bool {
+        if self.items_left == 0 || (self.taken > 0 && bytes > self.bytes_left) {
+            return false;
+        }
+        self.items_left -= 1;
+        self.bytes_left = self.bytes_left.saturating_sub(bytes);
+        self.taken += 1;
+        true
+    }
+}
+
 /// Most compares plus operations in one transaction, so one entry cannot grow without bound.
 pub const TXN_OPS_MAX: usize = 128;
 
-/// gRPC message limit on both ends. tonic's default of 4 MiB is too small for snapshot chunks
-/// and batched log entries carrying 1 MiB values.
-pub const GRPC_MESSAGE_BYTES_MAX: usize = 64 * 1024 * 1024;
+/// Largest request the public API decodes: a put of a 1 MiB value with its key, or a
+/// transaction up to [`TXN_BYTES_MAX`], with room for framing. Anything larger is refused before
+/// it is decoded (etcd's `--max-request-bytes` default is 1.5 MiB).
+pub const REQUEST_BYTES_MAX: usize = 2 * 1024 * 1024;
+
+/// Most key and value bytes one transaction carries (compares and operations together), so
+/// every valid transaction fits [`REQUEST_BYTES_MAX`] and one Raft entry stays small.
+pub const TXN_BYTES_MAX: usize = REQUEST_BYTES_MAX - 64 * 1024;
+
+/// Largest response the public API encodes, and what clients (and nodes forwarding a request
+/// to the leader) accept: a transaction of [`TXN_OPS_MAX`] gets of 1 MiB values with their keys.
+pub const RESPONSE_BYTES_MAX: usize = 160 * 1024 * 1024;
+
+/// Bytes of keys and values in one scan page (at least one item always fits), so a page of
+/// large values stays far below [`RESPONSE_BYTES_MAX`]; the client pages through the rest.
+pub const SCAN_PAGE_BYTES_MAX: usize = 4 * 1024 * 1024;
+
+/// Largest message between nodes (peer API, both directions): a Raft batch of at most
+/// [`RAFT_MESSAGE_BYTES_MAX`], snapshot chunks, AP pushes and repair batches, with headroom.
+pub const PEER_MESSAGE_BYTES_MAX: usize = 32 * 1024 * 1024;
+
+/// Encoded bytes of entries in one AppendEntries message: a batch over it is split (openraft
+/// retries with fewer entries). openraft gives an AppendEntries one heartbeat interval, so a
+/// message must be sent, decoded and made durable on the follower well within that.
+pub const RAFT_MESSAGE_BYTES_MAX: usize = 4 * 1024 * 1024;
 
 /// sled's page cache per node. sled defaults to 1 GiB per database; a node must idle under
 /// 100 MiB resident, and three of them must fit on a small laptop.
@@ -55,3 +109,25 @@ pub const SERVER_DEADLINE_SHARE_PERCENT: u64 = 80;
 
 /// Most concurrent requests a node serves per connection.
 pub const GRPC_CONCURRENCY_PER_CONNECTION_MAX: usize = 256;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pages_end_at_items_or_bytes_but_always_take_one() {
+        let mut page = PageBudget::new(3);
+        assert!(page.take(1) && page.take(1) && page.take(1));
+        assert!(!page.take(1), "three items fill a page of three");
+        let mut page = PageBudget::new(1000);
+        let mib = 1024 * 1024;
+        let taken = (0..100).take_while(|_| page.take(mib)).count();
+        assert_eq!(taken, SCAN_PAGE_BYTES_MAX / mib, "1 MiB values fill a page by bytes");
+        let mut page = PageBudget::new(10);
+        assert!(
+            page.take(SCAN_PAGE_BYTES_MAX * 2),
+            "one oversized item still makes progress"
+        );
+        assert!(!page.take(1));
+    }
+}

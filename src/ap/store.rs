@@ -101,7 +101,8 @@ impl ApStore {
         self.flusher.flush().await.map_err(storage)
     }
 
-    /// Up to `limit` live (non-tombstone) keys with `prefix`, after `start_after`.
+    /// Up to `limit` live (non-tombstone) keys with `prefix`, after `start_after`, and at most a
+    /// page of bytes ([`crate::limits::PageBudget`]).
     pub fn scan(&self, keyspace: &str, prefix: &[u8], start_after: &[u8], limit: usize) -> Result<Page, Error> {
         let range_prefix = data_key(keyspace, prefix);
         let start = if start_after.is_empty() {
@@ -111,6 +112,7 @@ impl ApStore {
         };
         let skip = keyspace.len() + 1;
         let mut items = Vec::new();
+        let mut page = crate::limits::PageBudget::new(limit);
         for kv in self.data.range::<Vec<u8>, _>((start, std::ops::Bound::Unbounded)) {
             let (key, value) = kv.map_err(storage)?;
             if !key.starts_with(&range_prefix) {
@@ -120,7 +122,7 @@ impl ApStore {
             if versioned.is_tombstone() {
                 continue;
             }
-            if items.len() == limit {
+            if !page.take(key.len() + value.len()) {
                 return Ok((items, true));
             }
             items.push((key[skip..].to_vec(), versioned));

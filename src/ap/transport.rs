@@ -9,8 +9,7 @@ use tonic::transport::Channel;
 
 use super::replica::{Request, Response, Transport, Unreachable};
 use crate::fault::FaultFilter;
-use crate::limits::GRPC_MESSAGE_BYTES_MAX;
-use crate::proto::{peer_client::PeerClient, ApMessage};
+use crate::proto::ApMessage;
 use crate::storage::codec::{decode, encode};
 
 pub struct GrpcTransport {
@@ -46,9 +45,7 @@ impl Transport for GrpcTransport {
             .get(&to)
             .cloned()
             .ok_or_else(|| Unreachable(format!("node {to} is not a peer")))?;
-        let mut client = PeerClient::new(channel)
-            .max_decoding_message_size(GRPC_MESSAGE_BYTES_MAX)
-            .max_encoding_message_size(GRPC_MESSAGE_BYTES_MAX);
+        let mut client = crate::net::peer_client(channel);
         let mut message = tonic::Request::new(ApMessage {
             from: self.self_id,
             payload: encode(&request).into(),

@@ -17,7 +17,8 @@ use super::route::Route;
 use crate::error::Error;
 use crate::keyspace::KeyspaceDef;
 use crate::mode::Mode;
-use crate::proto::{self, keyspaces_client::KeyspacesClient, Consistency};
+use crate::net::keyspaces_client;
+use crate::proto::{self, Consistency};
 use crate::request::Ctx;
 
 impl Cp {
@@ -30,7 +31,7 @@ impl Cp {
     ) -> Result<proto::KeyspaceInfo, Error> {
         let answer = match self.route(ctx.deadline, ctx.forwarded_from).await? {
             Route::Forward { leader, channel } => {
-                let call = |c, r| async move { KeyspacesClient::new(c).create(r).await };
+                let call = |c, r| async move { keyspaces_client(c).create(r).await };
                 return forward(self.id, ctx, leader, channel, req, Effect::Write, call).await;
             }
             Route::Local => self.propose(create, ctx.deadline).await?,

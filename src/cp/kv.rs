@@ -20,7 +20,8 @@ use crate::error::Error;
 use crate::kv::KvPath;
 use crate::limits::scan_page_items;
 use crate::mode::Mode;
-use crate::proto::{self, kv_client::KvClient, Consistency};
+use crate::net::kv_client;
+use crate::proto::{self, Consistency};
 use crate::request::Ctx;
 
 /// Where an operation ran: here (with the proposal's answer) or at the leader (its response).
@@ -116,7 +117,7 @@ impl Cp {
 impl KvPath for Cp {
     async fn get(&self, ctx: &Ctx, req: proto::GetRequest) -> Result<proto::GetResponse, Error> {
         let (keyspace, key) = (req.keyspace.clone(), req.key.clone());
-        let call = |c, r| async move { KvClient::new(c).get(r).await };
+        let call = |c, r| async move { kv_client(c).get(r).await };
         match self.linearize_or_forward(ctx, req.consistency(), req, call).await? {
             Some(answer) => Ok(answer),
             None => self.local_get(&keyspace, &key),
@@ -129,7 +130,7 @@ impl KvPath for Cp {
             key: req.key.clone(),
             value: req.value.clone(),
         };
-        let call = |c, r| async move { KvClient::new(c).put(r).await };
+        let call = |c, r| async move { kv_client(c).put(r).await };
         Ok(match self.propose_or_forward(ctx, proposal, req, call).await? {
             Ran::Leader(answer) => answer,
             Ran::Here(put) => proto::PutResponse {
@@ -145,7 +146,7 @@ impl KvPath for Cp {
             keyspace: req.keyspace.clone(),
             key: req.key.clone(),
         };
-        let call = |c, r| async move { KvClient::new(c).delete(r).await };
+        let call = |c, r| async move { kv_client(c).delete(r).await };
         Ok(match self.propose_or_forward(ctx, proposal, req, call).await? {
             Ran::Leader(answer) => answer,
             Ran::Here(delete) => proto::DeleteResponse {
@@ -158,7 +159,7 @@ impl KvPath for Cp {
 
     async fn scan(&self, ctx: &Ctx, req: proto::ScanRequest) -> Result<proto::ScanResponse, Error> {
         let local = req.clone();
-        let call = |c, r| async move { KvClient::new(c).scan(r).await };
+        let call = |c, r| async move { kv_client(c).scan(r).await };
         match self.linearize_or_forward(ctx, req.consistency(), req, call).await? {
             Some(answer) => Ok(answer),
             None => self.local_scan(&local),
@@ -172,7 +173,7 @@ impl KvPath for Cp {
             expected: (!req.expect_absent).then(|| req.expected.clone()),
             new_value: req.new_value.clone(),
         };
-        let call = |c, r| async move { KvClient::new(c).compare_and_swap(r).await };
+        let call = |c, r| async move { kv_client(c).compare_and_swap(r).await };
         Ok(match self.propose_or_forward(ctx, proposal, req, call).await? {
             Ran::Leader(answer) => answer,
             Ran::Here(cas) => proto::CasResponse {
@@ -186,7 +187,7 @@ impl KvPath for Cp {
 
     async fn txn(&self, ctx: &Ctx, req: proto::TxnRequest) -> Result<proto::TxnResponse, Error> {
         let proposal = txn_proposal(&req)?;
-        let call = |c, r| async move { KvClient::new(c).txn(r).await };
+        let call = |c, r| async move { kv_client(c).txn(r).await };
         Ok(match self.propose_or_forward(ctx, proposal, req, call).await? {
             Ran::Leader(answer) => answer,
             Ran::Here(txn) => proto::TxnResponse {

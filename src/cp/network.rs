@@ -3,12 +3,22 @@
 //! Each openraft RPC is serialized with bincode into a `RaftMessage` that also names the group
 //! and the sender (so the receiver can apply the fault filter too). The answer carries the
 //! receiver's `Result`, so remote Raft errors come back typed.
+//!
+//! Message sizes: an AppendEntries batch is capped by count (openraft's `max_payload_entries`)
+//! and here by bytes ([`RAFT_MESSAGE_BYTES_MAX`]): a batch over it, or one the transport refuses
+//! as too large, is answered with openraft's `PayloadTooLarge`, so openraft retries with fewer
+//! entries instead of resending the same batch forever. A batch that does not complete within
+//! the soft deadline of openraft's AppendEntries timeout (one heartbeat interval) is split the
+//! same way. Snapshot chunks are sized by openraft's
+//! `snapshot_max_chunk_size`, far below the peer message limit.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
+use openraft::error::{
+    InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError, Unreachable,
+};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
@@ -16,14 +26,13 @@ use openraft::raft::{
 };
 use openraft::BasicNode;
 use serde::de::DeserializeOwned;
-use serde::Serialize;
 use tonic::transport::Channel;
+use tonic::Code;
 
 use super::{NodeId, TypeConfig, GROUP_ID};
 use crate::fault::FaultFilter;
-use crate::limits::GRPC_MESSAGE_BYTES_MAX;
-use crate::net::peer_channel;
-use crate::proto::peer_client::PeerClient;
+use crate::limits::RAFT_MESSAGE_BYTES_MAX;
+use crate::net::{peer_channel, peer_client};
 use crate::proto::RaftMessage;
 use crate::storage::codec::{decode, encode};
 
@@ -77,7 +86,7 @@ pub struct PeerConnection {
     channel: Result<Channel, String>,
 }
 
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 enum Rpc {
     AppendEntries,
     Vote,
@@ -85,14 +94,14 @@ enum Rpc {
 }
 
 impl PeerConnection {
-    async fn call<Req, Resp, E>(
+    /// Sends one encoded openraft request and decodes the peer's typed answer.
+    async fn call<Resp, E>(
         &self,
         rpc: Rpc,
-        req: &Req,
+        payload: Vec<u8>,
         ttl: Duration,
     ) -> Result<Resp, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>>
     where
-        Req: Serialize,
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
@@ -107,13 +116,11 @@ impl PeerConnection {
             .channel
             .clone()
             .map_err(|e| RPCError::Unreachable(Unreachable::new(&std::io::Error::other(e))))?;
-        let mut client = PeerClient::new(channel)
-            .max_decoding_message_size(GRPC_MESSAGE_BYTES_MAX)
-            .max_encoding_message_size(GRPC_MESSAGE_BYTES_MAX);
+        let mut client = peer_client(channel);
         let message = RaftMessage {
             group_id: GROUP_ID,
             from: self.self_id,
-            payload: encode(req).into(),
+            payload: payload.into(),
         };
         let mut request = tonic::Request::new(message);
         request.set_timeout(ttl);
@@ -126,6 +133,10 @@ impl PeerConnection {
         };
         let response = match tokio::time::timeout(ttl, call).await {
             Ok(Ok(response)) => response.into_inner(),
+            Ok(Err(status)) if rpc == Rpc::AppendEntries && too_large(&status) => {
+                // openraft keeps this hint for a while and sends one entry per message meanwhile.
+                return Err(RPCError::PayloadTooLarge(PayloadTooLarge::new_entries_hint(1)));
+            }
             Ok(Err(status)) => {
                 return Err(RPCError::Unreachable(Unreachable::new(&std::io::Error::other(
                     status.message().to_string(),
@@ -143,13 +154,55 @@ impl PeerConnection {
     }
 }
 
+/// Did the transport (either end) refuse the message for its size?
+fn too_large(status: &tonic::Status) -> bool {
+    matches!(status.code(), Code::ResourceExhausted | Code::OutOfRange)
+}
+
+/// How many of `entries`, from the first, fit in [`RAFT_MESSAGE_BYTES_MAX`] (at least one: a
+/// single entry is bounded by the request limits and always fits the peer message limit).
+fn entries_that_fit(entries: &[openraft::Entry<TypeConfig>]) -> u64 {
+    let mut bytes = 0;
+    let fit = entries
+        .iter()
+        .take_while(|entry| {
+            bytes += encode(*entry).len();
+            bytes <= RAFT_MESSAGE_BYTES_MAX
+        })
+        .count();
+    fit.max(1) as u64
+}
+
 impl RaftNetwork<TypeConfig> for PeerConnection {
     async fn append_entries(
         &mut self,
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
-        self.call(Rpc::AppendEntries, &rpc, option.hard_ttl()).await
+        let payload = encode(&rpc);
+        if payload.len() > RAFT_MESSAGE_BYTES_MAX && rpc.entries.len() > 1 {
+            // Too many bytes for one message: openraft retries with as many entries as fit.
+            let fit = entries_that_fit(&rpc.entries);
+            metrics::counter!("capkv_raft_batches_split_total").increment(1);
+            return Err(RPCError::PayloadTooLarge(PayloadTooLarge::new_entries_hint(fit)));
+        }
+        let entries = rpc.entries.len() as u64;
+        let call = self.call(Rpc::AppendEntries, payload, option.hard_ttl());
+        match tokio::time::timeout(option.soft_ttl(), call).await {
+            Ok(result) => result,
+            // openraft gives an AppendEntries one heartbeat interval. A batch that cannot be
+            // sent and stored in that time would time out again on every retry, so ask for a
+            // smaller one; the follower may have stored this one (appends are idempotent).
+            Err(_) if entries > 1 => {
+                metrics::counter!("capkv_raft_batches_split_total").increment(1);
+                Err(RPCError::PayloadTooLarge(PayloadTooLarge::new_entries_hint(
+                    entries / 2,
+                )))
+            }
+            Err(_) => Err(RPCError::Unreachable(Unreachable::new(&std::io::Error::other(
+                "peer did not answer in time",
+            )))),
+        }
     }
 
     async fn install_snapshot(
@@ -158,7 +211,7 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         option: RPCOption,
     ) -> Result<InstallSnapshotResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>>
     {
-        self.call(Rpc::InstallSnapshot, &rpc, option.hard_ttl()).await
+        self.call(Rpc::InstallSnapshot, encode(&rpc), option.hard_ttl()).await
     }
 
     async fn vote(
@@ -166,7 +219,7 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         rpc: VoteRequest<NodeId>,
         option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
-        self.call(Rpc::Vote, &rpc, option.hard_ttl()).await
+        self.call(Rpc::Vote, encode(&rpc), option.hard_ttl()).await
     }
 
     fn backoff(&self) -> openraft::network::Backoff {

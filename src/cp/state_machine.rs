@@ -21,6 +21,7 @@ use super::keys;
 use super::{NodeId, TypeConfig};
 use crate::error::Error;
 use crate::keyspace::KeyspaceDef;
+use crate::limits::PageBudget;
 use crate::storage::codec::{decode, encode};
 use crate::storage::Flusher;
 
@@ -327,8 +328,9 @@ impl SmReader {
         }
     }
 
-    /// Up to `limit` keys of `keyspace` with `prefix`, strictly after `start_after` when given.
-    /// Returns the items and whether more keys match.
+    /// Up to `limit` keys of `keyspace` with `prefix`, strictly after `start_after` when given,
+    /// and at most a page of bytes (see [`PageBudget`]). Returns the items and whether more
+    /// keys match.
     pub fn scan(&self, keyspace: &str, prefix: &[u8], start_after: &[u8], limit: usize) -> Result<ScanPage, Error> {
         let range_prefix = keys::data_prefix(keyspace, prefix);
         let start = if start_after.is_empty() {
@@ -337,12 +339,13 @@ impl SmReader {
             std::ops::Bound::Excluded(keys::data(keyspace, start_after))
         };
         let mut items = Vec::new();
+        let mut page = PageBudget::new(limit);
         for kv in self.sm.range::<Vec<u8>, _>((start, std::ops::Bound::Unbounded)) {
             let (key, value) = kv?;
             if !key.starts_with(&range_prefix) {
                 break;
             }
-            if items.len() == limit {
+            if !page.take(key.len() + value.len()) {
                 return Ok((items, true));
             }
             items.push((keys::user_key(keyspace, &key).to_vec(), decode(&value)?));

@@ -24,6 +24,10 @@ pub async fn serve_http(
         .route("/health", get(render_health))
         .route("/ready", get(render_ready))
         .with_state(node);
+    // TCP_NODELAY on every accepted socket, so small answers are not held back by Nagle.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await

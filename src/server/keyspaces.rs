@@ -12,9 +12,10 @@ use crate::cp::keyspaces::keyspace_info;
 use crate::error::Error;
 use crate::keyspace::validate_name;
 use crate::mode::Mode;
+use crate::net::keyspaces_client;
 use crate::node::Node;
 use crate::observe::metrics::record_request;
-use crate::proto::{self, keyspaces_client::KeyspacesClient};
+use crate::proto;
 use crate::request::Ctx;
 
 pub struct KeyspacesService {
@@ -41,7 +42,7 @@ impl KeyspacesService {
     }
 
     async fn list(&self, ctx: &Ctx, req: proto::ListKeyspacesRequest) -> Result<proto::ListKeyspacesResponse, Error> {
-        let call = |c, r| async move { KeyspacesClient::new(c).list(r).await };
+        let call = |c, r| async move { keyspaces_client(c).list(r).await };
         if let Some(answer) = self.node.cp().linearize_metadata(ctx, req, call).await? {
             return Ok(answer);
         }
@@ -54,7 +55,7 @@ impl KeyspacesService {
     async fn describe(&self, ctx: &Ctx, req: proto::DescribeKeyspaceRequest) -> Result<proto::KeyspaceInfo, Error> {
         validate_name(&req.name)?;
         let name = req.name.clone();
-        let call = |c, r| async move { KeyspacesClient::new(c).describe(r).await };
+        let call = |c, r| async move { keyspaces_client(c).describe(r).await };
         let forwarded = self.node.cp().linearize_metadata(ctx, req, call).await?;
         // The definition is linearizable; the key count is always this node's own replica's.
         let Some(def) = self.node.local_keyspace(&name)? else {

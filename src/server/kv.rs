@@ -16,7 +16,7 @@ use tonic::{Request, Response, Status};
 use crate::error::Error;
 use crate::keyspace::{validate_key, validate_name, validate_value};
 use crate::kv::KvPath;
-use crate::limits::{KEY_BYTES_MAX, TXN_OPS_MAX};
+use crate::limits::{KEY_BYTES_MAX, TXN_BYTES_MAX, TXN_OPS_MAX};
 use crate::mode::Mode;
 use crate::node::Node;
 use crate::observe::metrics::record_request;
@@ -225,24 +225,32 @@ fn txn_request(req: &proto::TxnRequest) -> Result<(), Error> {
             "the transaction has {total} compares and operations; the limit is {TXN_OPS_MAX}"
         )));
     }
+    let mut bytes = 0;
     for compare in &req.compares {
         validate_key(&compare.key)?;
         validate_value(&compare.value)?;
+        bytes += compare.key.len() + compare.value.len();
     }
     for op in req.success.iter().chain(&req.failure) {
-        match &op.op {
+        bytes += match &op.op {
             Some(Op::Put(p)) => {
                 validate_key(&p.key)?;
                 validate_value(&p.value)?;
+                p.key.len() + p.value.len()
             }
-            Some(Op::Delete(d)) => validate_key(&d.key)?,
-            Some(Op::Get(g)) => validate_key(&g.key)?,
+            Some(Op::Delete(d)) => validate_key(&d.key).map(|_| d.key.len())?,
+            Some(Op::Get(g)) => validate_key(&g.key).map(|_| g.key.len())?,
             None => {
                 return Err(Error::InvalidInput(
                     "a transaction operation is empty; set put, delete or get".into(),
                 ))
             }
-        }
+        };
+    }
+    if bytes > TXN_BYTES_MAX {
+        return Err(Error::InvalidInput(format!(
+            "the transaction carries {bytes} bytes of keys and values; the limit is {TXN_BYTES_MAX} bytes"
+        )));
     }
     Ok(())
 }

@@ -13,11 +13,13 @@ use std::future::Future;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 use tonic::transport::Server;
 
 use crate::error::Error;
-use crate::limits::{GRPC_CONCURRENCY_PER_CONNECTION_MAX, GRPC_MESSAGE_BYTES_MAX};
+use crate::limits::{
+    GRPC_CONCURRENCY_PER_CONNECTION_MAX, PEER_MESSAGE_BYTES_MAX, REQUEST_BYTES_MAX, RESPONSE_BYTES_MAX,
+};
 use crate::node::Node;
 use crate::proto;
 use crate::request::Ctx;
@@ -67,35 +69,40 @@ pub async fn serve_grpc(
     let reflection_v1alpha = reflection()
         .build_v1alpha()
         .map_err(|e| Error::Internal(format!("cannot build reflection: {e}")))?;
-    macro_rules! sized {
+    // Public services decode at most the largest legal request; peers exchange larger batches.
+    macro_rules! public {
         ($server:expr) => {
             $server
-                .max_decoding_message_size(GRPC_MESSAGE_BYTES_MAX)
-                .max_encoding_message_size(GRPC_MESSAGE_BYTES_MAX)
+                .max_decoding_message_size(REQUEST_BYTES_MAX)
+                .max_encoding_message_size(RESPONSE_BYTES_MAX)
         };
     }
+    // Small responses must not wait for the client's delayed ACK (Nagle): every accepted
+    // socket gets TCP_NODELAY. (`Server::tcp_nodelay` only reaches sockets the server binds.)
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     Server::builder()
         .concurrency_limit_per_connection(GRPC_CONCURRENCY_PER_CONNECTION_MAX)
-        .tcp_nodelay(true)
-        .add_service(sized!(proto::kv_server::KvServer::new(kv::KvService::new(
+        .add_service(public!(proto::kv_server::KvServer::new(kv::KvService::new(
             node.clone()
         ))))
-        .add_service(sized!(proto::keyspaces_server::KeyspacesServer::new(
+        .add_service(public!(proto::keyspaces_server::KeyspacesServer::new(
             keyspaces::KeyspacesService::new(node.clone())
         )))
-        .add_service(proto::cluster_server::ClusterServer::new(cluster::ClusterService::new(
-            node.clone(),
+        .add_service(public!(proto::cluster_server::ClusterServer::new(
+            cluster::ClusterService::new(node.clone())
         )))
-        .add_service(proto::fault_server::FaultServer::new(fault::FaultService::new(
-            node.clone(),
+        .add_service(public!(proto::fault_server::FaultServer::new(
+            fault::FaultService::new(node.clone())
         )))
-        .add_service(sized!(proto::peer_server::PeerServer::new(peer::PeerService::new(
-            node.clone()
-        ))))
+        .add_service(
+            proto::peer_server::PeerServer::new(peer::PeerService::new(node.clone()))
+                .max_decoding_message_size(PEER_MESSAGE_BYTES_MAX)
+                .max_encoding_message_size(PEER_MESSAGE_BYTES_MAX),
+        )
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(incoming, shutdown)
         .await
         .map_err(|e| Error::Internal(format!("the gRPC server failed: {e}")))
 }

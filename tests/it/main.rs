@@ -8,5 +8,6 @@ mod ap;
 mod bad_input;
 mod durability;
 mod harness;
+mod limits;
 mod ops;
 mod tour;
