@@ -29,6 +29,7 @@
 #![forbid(unsafe_code)]
 
 pub mod ap;
+pub mod bench;
 pub mod cli;
 pub mod client;
 pub mod cluster;
