@@ -20,6 +20,7 @@
 //! a side-by-side run). Failed requests are counted by exit class and left out of the latency
 //! percentiles, but they count against `--slo`.
 
+pub mod capkv;
 pub mod slo;
 mod workload;
 
@@ -104,6 +105,11 @@ pub struct Progress {
 /// What a run measured. Field names are stable: `capkv bench -o json` prints this.
 #[derive(Clone, Debug, Serialize)]
 pub struct Report {
+    /// What was loaded; filled in by the caller (e.g. [`capkv::bench`]).
+    pub keyspace: String,
+    pub mode: String,
+    pub consistency: String,
+    pub connections: usize,
     pub op: Op,
     pub concurrency: usize,
     pub duration_s: f64,
@@ -255,6 +261,10 @@ pub async fn run<T: Target>(
     let ms = |us: u64| us as f64 / 1e3;
     let at = |q: f64| if latencies.is_empty() { 0.0 } else { ms(latencies.value_at_quantile(q)) };
     Report {
+        keyspace: String::new(),
+        mode: String::new(),
+        consistency: String::new(),
+        connections: targets.len(),
         op: workload.op,
         concurrency,
         duration_s: elapsed,
