@@ -39,7 +39,9 @@ pub async fn bench(options: &Options) -> Result<Report, Error> {
         return Err(Error::InvalidInput("--connections must be at least 1".into()));
     }
     if options.endpoints.is_empty() {
-        return Err(Error::InvalidInput("no endpoints given; pass --endpoints HOST:PORT[,HOST:PORT...]".into()));
+        return Err(Error::InvalidInput(
+            "no endpoints given; pass --endpoints HOST:PORT[,HOST:PORT...]".into(),
+        ));
     }
     let probe = Client::new(options.endpoints.clone(), options.timeout)?;
     let mode = match probe.describe_keyspace(&options.keyspace).await?.mode() {

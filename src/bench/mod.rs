@@ -230,7 +230,9 @@ pub async fn run<T: Target>(
                 match worker.step(&*target).await {
                     Ok(Answer::Done) => {
                         let us = (sent.elapsed().as_micros() as u64).clamp(1, LATENCY_MAX_US);
-                        latencies.record(us).expect("latency is clamped into the histogram's range");
+                        latencies
+                            .record(us)
+                            .expect("latency is clamped into the histogram's range");
                         progress.ops.fetch_add(1, Ordering::Relaxed);
                     }
                     Ok(Answer::No(why)) => {
@@ -259,7 +261,13 @@ pub async fn run<T: Target>(
     }
     let elapsed = started.elapsed().as_secs_f64();
     let ms = |us: u64| us as f64 / 1e3;
-    let at = |q: f64| if latencies.is_empty() { 0.0 } else { ms(latencies.value_at_quantile(q)) };
+    let at = |q: f64| {
+        if latencies.is_empty() {
+            0.0
+        } else {
+            ms(latencies.value_at_quantile(q))
+        }
+    };
     Report {
         keyspace: String::new(),
         mode: String::new(),
@@ -274,7 +282,11 @@ pub async fn run<T: Target>(
         linearizable_reads: workload.linearizable,
         ops: latencies.len(),
         ops_per_s: latencies.len() as f64 / elapsed.max(1e-9),
-        mean_ms: if latencies.is_empty() { 0.0 } else { latencies.mean() / 1e3 },
+        mean_ms: if latencies.is_empty() {
+            0.0
+        } else {
+            latencies.mean() / 1e3
+        },
         p50_ms: at(0.50),
         p90_ms: at(0.90),
         p99_ms: at(0.99),

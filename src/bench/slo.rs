@@ -38,7 +38,9 @@ impl FromStr for Slo {
             .parse()
             .map_err(|_| format!("'{percentile}' is not a percentage; {usage}"))?;
         if !(percentile > 0.0 && percentile <= 100.0) {
-            return Err(format!("the percentage in '{text}' must be above 0 and at most 100; {usage}"));
+            return Err(format!(
+                "the percentage in '{text}' must be above 0 and at most 100; {usage}"
+            ));
         }
         Ok(Slo { latency, percentile })
     }
@@ -71,8 +73,16 @@ impl Slo {
         let bound_us = self.latency.as_micros().min(u64::MAX as u128) as u64;
         let total = ok.len() + failed;
         let within = ok.count_between(0, bound_us);
-        let within_percent = if total == 0 { 0.0 } else { within as f64 * 100.0 / total as f64 };
-        let head = format!("{} ms for {}% of requests", fmt_ms(self.latency.as_secs_f64() * 1e3), self.percentile);
+        let within_percent = if total == 0 {
+            0.0
+        } else {
+            within as f64 * 100.0 / total as f64
+        };
+        let head = format!(
+            "{} ms for {}% of requests",
+            fmt_ms(self.latency.as_secs_f64() * 1e3),
+            self.percentile
+        );
         if total == 0 {
             return Verdict {
                 target: self.to_string(),
@@ -86,7 +96,13 @@ impl Slo {
         let rank = ((self.percentile / 100.0) * total as f64).ceil().max(1.0) as u64;
         let met = within >= rank;
         let (missed_by_ms, detail) = if met {
-            (None, format!("met ({within_percent:.3}% within {} ms)", fmt_ms(self.latency.as_secs_f64() * 1e3)))
+            (
+                None,
+                format!(
+                    "met ({within_percent:.3}% within {} ms)",
+                    fmt_ms(self.latency.as_secs_f64() * 1e3)
+                ),
+            )
         } else if rank > ok.len() {
             (
                 None,
@@ -158,7 +174,11 @@ mod tests {
         l.push(50_000);
         let v = slo.judge(&histogram(&l), 0);
         assert!(v.met, "{v:?}");
-        assert!(v.sentence.contains("10.00 ms for 99% of requests: met"), "{}", v.sentence);
+        assert!(
+            v.sentence.contains("10.00 ms for 99% of requests: met"),
+            "{}",
+            v.sentence
+        );
     }
 
     #[test]

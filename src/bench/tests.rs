@@ -80,7 +80,16 @@ async fn a_put_run_measures_ops_and_ordered_percentiles() {
     assert!(r.ops_per_s > 0.0);
     assert!(fake.data.lock().unwrap().values().all(|v| v.len() == 32));
     let json = serde_json::to_value(&r).unwrap();
-    for field in ["ops_per_s", "p50_ms", "p90_ms", "p99_ms", "p999_ms", "max_ms", "errors", "slo"] {
+    for field in [
+        "ops_per_s",
+        "p50_ms",
+        "p90_ms",
+        "p99_ms",
+        "p999_ms",
+        "max_ms",
+        "errors",
+        "slo",
+    ] {
         assert!(json.get(field).is_some(), "missing {field} in {json}");
     }
     assert_eq!(json["op"], "put");
