@@ -92,7 +92,7 @@ impl Flusher {
             .map_err(std::io::Error::other)?
             .map(|_| ())
             .map_err(std::io::Error::other);
-        metrics::histogram!("capkv_fsync_seconds").record(started.elapsed().as_secs_f64());
+        metrics::histogram!("capkv_sled_flush_seconds").record(started.elapsed().as_secs_f64());
         if result.is_ok() {
             self.state.durable.fetch_max(covers, SeqCst);
         }
