@@ -48,6 +48,7 @@
 pub mod ap_register;
 pub mod bank;
 pub mod cluster;
+pub mod fault;
 pub mod history;
 pub mod layer;
 pub mod linearizability;

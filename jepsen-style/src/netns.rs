@@ -30,7 +30,7 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::nemesis::Fault;
+use crate::fault::Fault;
 
 /// The iptables chain holding a run's partition rules inside each namespace.
 pub const CHAIN: &str = "CAPKV-JEPSEN";

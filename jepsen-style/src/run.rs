@@ -35,10 +35,11 @@ use serde_json::{json, Value as Json};
 
 use crate::ap_register::{self, FinalRead};
 use crate::cluster::{Cluster, NodeBinary};
+use crate::fault::Fault;
 use crate::history::{self, Kind, Op, Value, F, NEMESIS_PROCESS};
 use crate::layer::Layer;
 use crate::linearizability::{self, Validity};
-use crate::nemesis::{self, Fault, NemesisKind, Window};
+use crate::nemesis::{self, NemesisKind, Window};
 use crate::pairing::Anomaly;
 use crate::stats::{self, FaultWindow, FINAL_PROCESS_BASE};
 use crate::workload::{self, ClientTask, Shared, Workload, KEYSPACE};

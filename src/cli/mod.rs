@@ -11,6 +11,9 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use comfy_table::{presets::UTF8_BORDERS_ONLY, Table};
 use serde_json::{json, Value};
 
+mod bench;
+mod cluster_status;
+
 use crate::ap::replica::ReplicaOptions;
 use crate::client::{Client, DEFAULT_ENDPOINTS};
 use crate::cluster;
@@ -113,44 +116,7 @@ pub enum Command {
     #[command(subcommand)]
     Fault(FaultCommand),
     /// Closed-loop benchmark against a running cluster: throughput, latency percentiles, SLO verdict.
-    Bench(BenchArgs),
-}
-
-#[derive(Args, Debug)]
-pub struct BenchArgs {
-    /// The keyspace to load (cp or ap); it must exist.
-    #[arg(long)]
-    pub keyspace: String,
-    /// put, get, mixed (reads with probability --read-ratio) or cas.
-    #[arg(long, default_value = "put")]
-    pub op: crate::bench::Op,
-    /// Requests in flight at once (one per worker, closed loop).
-    #[arg(long, default_value_t = 16)]
-    pub concurrency: usize,
-    /// Client connections the workers share, spread over the endpoints.
-    #[arg(long, default_value_t = 4)]
-    pub connections: usize,
-    /// How long to measure (e.g. 10s, 1m).
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
-    pub duration: Duration,
-    /// Distinct keys, chosen uniformly at random.
-    #[arg(long, default_value_t = 10_000)]
-    pub keys: u64,
-    /// Bytes per written value (at most 1 MiB).
-    #[arg(long, default_value_t = 256)]
-    pub value_size: usize,
-    /// mixed only: share of requests that are reads, 0 to 1.
-    #[arg(long, default_value_t = 0.5)]
-    pub read_ratio: f64,
-    /// Reads: the keyspace default when omitted (cp linearizable, ap the local replica).
-    #[arg(long, value_enum)]
-    pub consistency: Option<ConsistencyArg>,
-    /// Latency objective LATENCY@PERCENT, e.g. 300ms@99.9; a missed objective exits 1.
-    #[arg(long)]
-    pub slo: Option<crate::bench::Slo>,
-    /// Seed of the key and value choices.
-    #[arg(long, default_value_t = 1)]
-    pub seed: u64,
+    Bench(bench::BenchArgs),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -381,8 +347,8 @@ pub async fn run_client(cli: &Cli) -> Result<Report, Error> {
         } => cas(&client, keyspace, key, expect.as_deref(), new_value, hex).await,
         Command::Keyspace(k) => keyspace_command(&client, k).await,
         Command::Fault(f) => fault_command(&client, f).await,
-        Command::Bench(args) => bench_command(cli, args).await,
-        Command::Cluster(ClusterCommand::Status) => cluster::status(&client).await,
+        Command::Bench(args) => bench::run(cli, args).await,
+        Command::Cluster(ClusterCommand::Status) => cluster_status::status(&client).await,
         Command::Node(_) | Command::Cluster(_) => {
             unreachable!("server commands do not run as client commands")
         }
@@ -666,80 +632,6 @@ pub fn node_options(args: &NodeArgs) -> Result<NodeOptions, Error> {
 }
 
 /// Prints a report or an error and returns the exit code.
-async fn bench_command(cli: &Cli, args: &BenchArgs) -> Result<Report, Error> {
-    if args.value_size > crate::limits::VALUE_BYTES_MAX {
-        return Err(Error::InvalidInput(format!(
-            "--value-size {} is over the value limit of {} bytes",
-            args.value_size,
-            crate::limits::VALUE_BYTES_MAX
-        )));
-    }
-    let options = crate::bench::capkv::Options {
-        endpoints: cli
-            .endpoints
-            .split(',')
-            .map(str::trim)
-            .filter(|e| !e.is_empty())
-            .map(String::from)
-            .collect(),
-        timeout: cli.timeout,
-        keyspace: args.keyspace.clone(),
-        workload: crate::bench::Workload {
-            op: args.op,
-            keys: args.keys,
-            value_size: args.value_size,
-            read_ratio: args.read_ratio,
-            linearizable: true,
-            seed: args.seed,
-        },
-        consistency: args.consistency.map(|c| consistency(Some(c))),
-        concurrency: args.concurrency,
-        connections: args.connections,
-        duration: args.duration,
-        slo: args.slo,
-        progress: cli.output == Output::Table && std::io::IsTerminal::is_terminal(&std::io::stderr()),
-    };
-    let r = crate::bench::capkv::bench(&options).await?;
-    let mut t = table(&[
-        "keyspace",
-        "op",
-        "concurrency",
-        "ops/s",
-        "p50 ms",
-        "p90 ms",
-        "p99 ms",
-        "p99.9 ms",
-        "max ms",
-        "failed",
-    ]);
-    t.add_row(vec![
-        format!("{} ({}, {})", r.keyspace, r.mode, r.consistency),
-        r.op.to_string(),
-        r.concurrency.to_string(),
-        format!("{:.0}", r.ops_per_s),
-        format!("{:.2}", r.p50_ms),
-        format!("{:.2}", r.p90_ms),
-        format!("{:.2}", r.p99_ms),
-        format!("{:.2}", r.p999_ms),
-        format!("{:.2}", r.max_ms),
-        r.errors.total.to_string(),
-    ]);
-    let mut text = t.to_string();
-    for (class, n) in &r.errors.by_class {
-        text.push_str(&format!("\nfailed ({class}): {n}, e.g. {}", r.errors.examples[class]));
-    }
-    if let Some(v) = &r.slo {
-        text.push_str(&format!("\nSLO {}", v.sentence));
-    }
-    let no = r
-        .slo
-        .as_ref()
-        .filter(|v| !v.met)
-        .map(|v| format!("SLO missed: {}", v.sentence));
-    let json = serde_json::to_value(&r).map_err(|e| Error::Internal(format!("cannot encode the report: {e}")))?;
-    Ok(Report { json, text, no })
-}
-
 pub fn finish(output: Output, result: Result<Report, Error>) -> i32 {
     match result {
         Ok(report) => {
