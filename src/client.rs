@@ -36,6 +36,15 @@ enum Effect {
     Write,
 }
 
+/// Splits a comma-separated `HOST:PORT` list, ignoring blanks (checked by [`Client::new`]).
+pub fn parse_endpoints(list: &str) -> Vec<String> {
+    list.split(',')
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
+        .map(String::from)
+        .collect()
+}
+
 pub struct Client {
     endpoints: Vec<String>,
     timeout: Duration,
@@ -65,14 +74,7 @@ impl Client {
 
     /// Parses a comma-separated endpoint list.
     pub fn from_list(list: &str, timeout: Duration) -> Result<Self, Error> {
-        Self::new(
-            list.split(',')
-                .map(str::trim)
-                .filter(|e| !e.is_empty())
-                .map(String::from)
-                .collect(),
-            timeout,
-        )
+        Self::new(parse_endpoints(list), timeout)
     }
 
     pub fn endpoints(&self) -> &[String] {

@@ -79,10 +79,43 @@ fn parse_grpc_timeout(text: &str) -> Option<Duration> {
     Some(timeout.min(REQUEST_TIMEOUT_MAX))
 }
 
+/// Parses durations such as `5s`, `500ms`, `2m`, or a bare number of seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let n: f64 = number
+        .parse()
+        .map_err(|_| format!("'{text}' is not a duration; write e.g. 5s or 500ms"))?;
+    let seconds = match unit {
+        "" | "s" => n,
+        "ms" => n / 1000.0,
+        "m" => n * 60.0,
+        _ => return Err(format!("unknown unit '{unit}' in '{text}'; use ms, s or m")),
+    };
+    if seconds <= 0.0 || !seconds.is_finite() {
+        return Err(format!("'{text}' must be a positive duration"));
+    }
+    Ok(Duration::from_secs_f64(seconds))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("5s").unwrap(), Duration::from_secs(5));
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("2").unwrap(), Duration::from_secs(2));
+        assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
+        for bad in ["", "x", "5h", "0s", "-1s"] {
+            assert!(parse_duration(bad).is_err(), "{bad} should be refused");
+        }
+    }
 
     #[test]
     fn grpc_timeouts_parse() {

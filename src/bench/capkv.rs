@@ -116,7 +116,6 @@ pub async fn bench(options: &Options) -> Result<Report, Error> {
     report.keyspace = options.keyspace.clone();
     report.mode = mode.to_string();
     report.consistency = consistency_name(consistency).to_string();
-    report.connections = connections;
     Ok(report)
 }
 

@@ -10,7 +10,7 @@ use std::time::Duration;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
-use crate::cli::parse_duration;
+use crate::request::parse_duration;
 
 /// A latency bound that a share of requests must meet.
 #[derive(Clone, Copy, Debug, PartialEq)]

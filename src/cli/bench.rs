@@ -53,13 +53,7 @@ pub async fn run(cli: &Cli, args: &BenchArgs) -> Result<Report, Error> {
         )));
     }
     let options = crate::bench::capkv::Options {
-        endpoints: cli
-            .endpoints
-            .split(',')
-            .map(str::trim)
-            .filter(|e| !e.is_empty())
-            .map(String::from)
-            .collect(),
+        endpoints: crate::client::parse_endpoints(&cli.endpoints),
         timeout: cli.timeout,
         keyspace: args.keyspace.clone(),
         workload: crate::bench::Workload {

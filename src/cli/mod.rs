@@ -24,6 +24,7 @@ use crate::keyspace::Mode;
 use crate::node::{parse_peers, NodeOptions};
 use crate::observe::logging::LogFormat;
 use crate::proto;
+pub use crate::request::parse_duration;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -219,28 +220,6 @@ pub enum FaultCommand {
 
 fn parse_mode(text: &str) -> Result<Mode, String> {
     text.parse::<Mode>().map_err(|e| e.to_string())
-}
-
-/// Parses durations such as `5s`, `500ms`, `2m`, or a bare number of seconds.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let n: f64 = number
-        .parse()
-        .map_err(|_| format!("'{text}' is not a duration; write e.g. 5s or 500ms"))?;
-    let seconds = match unit {
-        "" | "s" => n,
-        "ms" => n / 1000.0,
-        "m" => n * 60.0,
-        _ => return Err(format!("unknown unit '{unit}' in '{text}'; use ms, s or m")),
-    };
-    if seconds <= 0.0 || !seconds.is_finite() {
-        return Err(format!("'{text}' must be a positive duration"));
-    }
-    Ok(Duration::from_secs_f64(seconds))
 }
 
 /// What a command prints and how it exits.
@@ -662,17 +641,6 @@ pub fn finish(output: Output, result: Result<Report, Error>) -> i32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn durations_parse() {
-        assert_eq!(parse_duration("5s").unwrap(), Duration::from_secs(5));
-        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
-        assert_eq!(parse_duration("2").unwrap(), Duration::from_secs(2));
-        assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
-        for bad in ["", "x", "5h", "0s", "-1s"] {
-            assert!(parse_duration(bad).is_err(), "{bad} should be refused");
-        }
-    }
 
     #[test]
     fn values_render_safely() {
