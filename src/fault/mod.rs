@@ -12,8 +12,12 @@
 //! The filter's own control messages (set and heal) are never filtered, so `fault heal` always
 //! gets through.
 //!
+//! Clock skew, the other fault a node can be given, lives in [`clock`].
+//!
 //! Caveats: partitions are symmetric; one-way partitions come with the Jepsen-style nemeses.
 //! Clients talking to a node are never filtered: the filter models the network between nodes.
+
+pub mod clock;
 
 use std::collections::BTreeSet;
 use std::sync::RwLock;
