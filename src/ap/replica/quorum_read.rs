@@ -1,0 +1,83 @@
+//! Quorum reads with read repair: ask every reachable peer, need a majority of answers
+//! (this replica included), return the newest version, and push it to every replica that
+//! answered with something older.
+//!
+//! CAVEATS: a quorum read is not linearizable: a write acknowledged with `acks = 1` may not
+//! have reached the majority that answers. Repair of a remote replica is best effort (a lost
+//! push is left to anti-entropy).
+
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use super::super::store::Entry;
+use super::super::version::{merge, Versioned};
+use super::{Replica, Request, Response, Transport};
+use crate::error::Error;
+
+impl<T: Transport> Replica<T> {
+    /// Reads from a majority and returns the newest version, repairing stale replicas.
+    pub async fn read_quorum(
+        &self,
+        keyspace: &str,
+        key: &[u8],
+        reachable: impl Fn(u64) -> bool,
+        deadline: Instant,
+    ) -> Result<Option<Versioned>, Error> {
+        let replicas = self.peers.len() + 1;
+        let majority = replicas / 2 + 1;
+        let live: Vec<u64> = self.peers.iter().copied().filter(|p| reachable(*p)).collect();
+        if live.len() + 1 < majority {
+            return Err(Error::NoQuorum(format!(
+                "a quorum read needs {majority} replicas but node {} reaches only {}",
+                self.id,
+                live.len() + 1
+            )));
+        }
+        let timeout = deadline.saturating_duration_since(Instant::now());
+        let request = Request::Read {
+            keyspace: keyspace.to_string(),
+            key: key.to_vec(),
+        };
+        let calls = live.iter().map(|p| {
+            let request = request.clone();
+            async move { (*p, self.transport.call(*p, request, timeout).await) }
+        });
+        let answers = futures::future::join_all(calls).await;
+        let mut versions: Vec<(u64, Option<Versioned>)> = vec![(self.id, self.store.get(keyspace, key)?)];
+        for (peer, answer) in answers {
+            if let Ok(Response::Read(v)) = answer {
+                versions.push((peer, v));
+            }
+        }
+        if versions.len() < majority {
+            return Err(Error::NoQuorum(format!(
+                "a quorum read needs {majority} replicas but only {} answered node {} in time",
+                versions.len(),
+                self.id
+            )));
+        }
+        let newest = versions.iter().filter_map(|(_, v)| v.clone()).reduce(merge);
+        if let Some(newest) = &newest {
+            let entry = Entry {
+                keyspace: keyspace.to_string(),
+                key: key.to_vec(),
+                versioned: newest.clone(),
+            };
+            for (replica, version) in &versions {
+                if version.as_ref() == Some(newest) {
+                    continue;
+                }
+                self.stats.read_repairs.fetch_add(1, Ordering::Relaxed);
+                if *replica == self.id {
+                    self.merge_all(std::slice::from_ref(&entry)).await?;
+                } else {
+                    let _ = self
+                        .transport
+                        .call(*replica, Request::Push(vec![entry.clone()]), timeout)
+                        .await;
+                }
+            }
+        }
+        Ok(newest)
+    }
+}

@@ -1,0 +1,105 @@
+//! The coordinator's side of a write: stamp, store, flush, push to every peer, count acks.
+//!
+//! The write is on this node's disk before any peer hears of it, so an acknowledged write
+//! survives the coordinator's crash. Peers that liveness says are unreachable get a hint at
+//! once; the others get a push each (concurrently), and a peer that does not answer the push
+//! gets a hint instead ([`super::hints`]). With `acks = N` the caller waits for N replicas
+//! (this one included).
+//!
+//! CAVEATS: acks count replicas that *stored* the write, not that a quorum read will see it
+//! first; "outcome unknown" means the write is stored here and will still spread.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::super::store::Entry;
+use super::super::version::{Version, Versioned};
+use super::{Replica, Request, Response, Transport};
+use crate::error::Error;
+
+impl<T: Transport> Replica<T> {
+    /// Coordinates a put (`Some(value)`) or delete (`None`) with `acks` replicas confirming.
+    pub async fn write(
+        self: &Arc<Self>,
+        keyspace: &str,
+        key: &[u8],
+        value: Option<Vec<u8>>,
+        acks: usize,
+        reachable: impl Fn(u64) -> bool,
+        deadline: Instant,
+    ) -> Result<Versioned, Error> {
+        let replicas = self.peers.len() + 1;
+        if acks == 0 || acks > replicas {
+            return Err(Error::InvalidInput(format!(
+                "--acks {acks} is out of range: it must be between 1 and the number of replicas ({replicas})"
+            )));
+        }
+        let live: Vec<u64> = self.peers.iter().copied().filter(|p| reachable(*p)).collect();
+        if live.len() + 1 < acks {
+            return Err(Error::NoQuorum(format!(
+                "the write asks for {acks} replicas but node {} reaches only {}; nothing was written",
+                self.id,
+                live.len() + 1
+            )));
+        }
+        let versioned = Versioned {
+            version: Version {
+                hlc: self.tick(),
+                node: self.id,
+            },
+            value,
+        };
+        let entry = Entry {
+            keyspace: keyspace.to_string(),
+            key: key.to_vec(),
+            versioned: versioned.clone(),
+        };
+        self.store.merge(&entry)?;
+        self.store.flush().await?;
+        let (tx, mut rx) = tokio::sync::mpsc::channel(self.peers.len().max(1));
+        for peer in self.peers.iter().copied() {
+            if !live.contains(&peer) {
+                self.hint(peer, &entry)?;
+                continue;
+            }
+            let (this, entry, tx) = (self.clone(), entry.clone(), tx.clone());
+            tokio::spawn(async move {
+                let stored = this.push_or_hint(peer, entry).await;
+                let _ = tx.send(stored).await;
+            });
+        }
+        drop(tx);
+        let mut confirmed = 1;
+        while confirmed < acks {
+            match tokio::time::timeout_at(deadline.into(), rx.recv()).await {
+                Ok(Some(true)) => confirmed += 1,
+                Ok(Some(false)) => {}
+                Ok(None) | Err(_) => {
+                    return Err(Error::OutcomeUnknown(format!(
+                        "node {} stored the write but only {confirmed} of the {acks} replicas asked for confirmed it in time; it will still spread",
+                        self.id
+                    )))
+                }
+            }
+        }
+        Ok(versioned)
+    }
+
+    /// Pushes one write to a peer; stores a hint when the peer does not answer.
+    async fn push_or_hint(&self, peer: u64, entry: Entry) -> bool {
+        let timeout = Duration::from_millis(self.options.push_timeout_ms);
+        match self
+            .transport
+            .call(peer, Request::Push(vec![entry.clone()]), timeout)
+            .await
+        {
+            Ok(Response::Pushed) => true,
+            _ => {
+                if let Err(e) = self.hint(peer, &entry) {
+                    tracing::error!(peer, "cannot store a hint: {e}");
+                }
+                false
+            }
+        }
+    }
+}
