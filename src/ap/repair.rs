@@ -22,8 +22,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rand::seq::SliceRandom;
 use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 
 use super::replica::{Replica, Transport};
@@ -86,8 +86,8 @@ impl<T: Transport> Repair<T> {
             .choose_multiple(rng, replica.options.anti_entropy_fanout)
             .copied()
             .collect();
-        report.in_sync = replica.anti_entropy_round(&report.peers_compared, keyspaces).await
-            && alive.len() == replica.peers().len();
+        report.in_sync =
+            replica.anti_entropy_round(&report.peers_compared, keyspaces).await && alive.len() == replica.peers().len();
         match (report.in_sync, self.diverged_since) {
             (false, None) => self.diverged_since = Some(Instant::now()),
             (true, Some(since)) => {

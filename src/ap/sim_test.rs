@@ -105,7 +105,9 @@ fn replica_with(
         from: id,
         net: net.clone(),
     };
-    Arc::new(Replica::new(id, ids.to_vec(), store, transport, wall, options).expect("valid options"))
+    Arc::new(
+        Replica::new(id, ids.to_vec(), store, transport, wall, Default::default(), options).expect("valid options"),
+    )
 }
 
 /// Runs one seeded scenario; returns a description of the divergence, if any.

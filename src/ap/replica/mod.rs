@@ -42,12 +42,13 @@ mod tombstones;
 mod write;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 
 use super::hlc::{Hlc, Timestamp};
 use super::store::ApStore;
 use crate::error::Error;
+use crate::fault::ClockSkew;
 
 pub use anti_entropy::{Exchange, FETCH_BUCKETS_MAX};
 pub use protocol::{Request, Response, Transport, Unreachable};
@@ -124,8 +125,9 @@ pub struct Replica<T: Transport> {
     pub store: ApStore,
     transport: T,
     clock: Mutex<Hlc>,
-    offset_ms: AtomicI64,
     wall: WallClock,
+    /// Injected clock skew (fault injection), added to `wall`.
+    skew: Arc<ClockSkew>,
     pub options: ReplicaOptions,
     pub stats: Stats,
     /// For (peer, keyspace, bucket): our bucket digest when the peer was last seen equal.
@@ -139,6 +141,7 @@ impl<T: Transport> Replica<T> {
         store: ApStore,
         transport: T,
         wall: WallClock,
+        skew: Arc<ClockSkew>,
         options: ReplicaOptions,
     ) -> Result<Self, Error> {
         options.validate()?;
@@ -150,8 +153,8 @@ impl<T: Transport> Replica<T> {
             store,
             transport,
             clock: Mutex::new(clock),
-            offset_ms: AtomicI64::new(0),
             wall,
+            skew,
             options,
             stats: Stats::default(),
             in_sync: Mutex::new(HashMap::new()),
@@ -162,18 +165,14 @@ impl<T: Transport> Replica<T> {
         &self.peers
     }
 
-    /// The node's wall clock in ms, including any injected offset.
+    /// The node's wall clock in ms, including any injected skew.
     pub fn wall_ms(&self) -> u64 {
-        ((self.wall)() as i64 + self.offset_ms.load(Ordering::Relaxed)).max(0) as u64
+        self.skew.apply((self.wall)())
     }
 
-    /// Shifts this node's clock (clock-skew fault injection); 0 restores it.
-    pub fn set_clock_offset_ms(&self, offset_ms: i64) {
-        self.offset_ms.store(offset_ms, Ordering::Relaxed);
-    }
-
+    /// The injected clock offset (set through [`crate::fault::FaultFilter::set_clock_offset`]).
     pub fn clock_offset_ms(&self) -> i64 {
-        self.offset_ms.load(Ordering::Relaxed)
+        self.skew.offset_ms()
     }
 
     pub fn clock(&self) -> Hlc {
