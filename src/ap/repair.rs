@@ -26,7 +26,7 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 
-use super::replica::{Replica, Transport};
+use super::replica::{PeerError, Replica, Transport};
 use crate::error::Error;
 
 /// Hints sent to a peer in one message.
@@ -114,7 +114,10 @@ impl<T: Transport> Repair<T> {
                     }
                 }
                 Err(e) => {
-                    tracing::debug!(peer, "hint delivery stopped: {e:?}");
+                    match e {
+                        PeerError::Local(_) => tracing::error!("hint delivery stopped: {e}"),
+                        _ => tracing::debug!("hint delivery stopped: {e}"),
+                    }
                     return delivered;
                 }
             }

@@ -14,8 +14,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use super::super::digest::Digest;
-use super::{Replica, Request, Response, Transport, Unreachable};
-use crate::error::Error;
+use super::{PeerError, Replica, Request, Response, Transport};
 
 /// Buckets exchanged in one anti-entropy fetch: about 40 keys each at 10,000 keys per keyspace.
 pub const FETCH_BUCKETS_MAX: usize = 16;
@@ -42,16 +41,15 @@ impl<T: Transport> Replica<T> {
     }
 
     /// One anti-entropy exchange of `keyspace` with `peer`.
-    pub async fn anti_entropy(&self, peer: u64, keyspace: &str) -> Result<Exchange, Unreachable> {
-        let timeout = Duration::from_millis(self.options.push_timeout_ms);
-        let internal = |e: Error| Unreachable(e.to_string());
-        let ours = self.store.digest(keyspace).map_err(internal)?;
+    pub async fn anti_entropy(&self, peer: u64, keyspace: &str) -> Result<Exchange, PeerError> {
+        let ours = self.store.digest(keyspace)?;
         let request = Request::Digest {
             keyspace: keyspace.to_string(),
             digest: ours.0.clone(),
         };
-        let Response::Digest(theirs) = self.transport.call(peer, request, timeout).await? else {
-            return Err(Unreachable("unexpected answer to a digest".into()));
+        let theirs = match self.call(peer, request).await? {
+            Response::Digest(theirs) => theirs,
+            other => return Err(PeerError::unexpected(peer, "digest", &other)),
         };
         self.note_sync(peer, keyspace, &ours, &Digest(theirs.clone()));
         let differing = ours.differing(&Digest(theirs));
@@ -62,16 +60,17 @@ impl<T: Transport> Replica<T> {
         // A few buckets per exchange, so one message stays small however far replicas drifted.
         for chunk in differing.chunks(FETCH_BUCKETS_MAX) {
             let buckets: BTreeSet<usize> = chunk.iter().copied().collect();
-            let entries = self.store.entries(keyspace, Some(&buckets)).map_err(internal)?;
+            let entries = self.store.entries(keyspace, Some(&buckets))?;
             let request = Request::Fetch {
                 keyspace: keyspace.to_string(),
                 buckets: chunk.iter().map(|b| *b as u32).collect(),
                 entries,
             };
-            let Response::Fetched(theirs) = self.transport.call(peer, request, timeout).await? else {
-                return Err(Unreachable("unexpected answer to a fetch".into()));
+            let theirs = match self.call(peer, request).await? {
+                Response::Fetched(theirs) => theirs,
+                other => return Err(PeerError::unexpected(peer, "fetch", &other)),
             };
-            let changed = self.merge_all(&theirs).await.map_err(internal)?;
+            let changed = self.merge_all(&theirs).await?;
             self.stats.keys_repaired.fetch_add(changed as u64, Ordering::Relaxed);
             repaired += changed;
         }
@@ -79,6 +78,12 @@ impl<T: Transport> Replica<T> {
             differing_buckets: differing.len(),
             repaired_here: repaired,
         })
+    }
+
+    /// One call to `peer` with the push timeout.
+    async fn call(&self, peer: u64, request: Request) -> Result<Response, PeerError> {
+        let timeout = Duration::from_millis(self.options.push_timeout_ms);
+        (self.transport.call(peer, request, timeout).await).map_err(PeerError::unreachable(peer))
     }
 
     /// One anti-entropy round over `keyspaces` with the given peers; true when all were in sync.
@@ -91,8 +96,12 @@ impl<T: Transport> Replica<T> {
                         differing_buckets: 0, ..
                     }) => {}
                     Ok(_) => in_sync = false,
-                    Err(Unreachable(e)) => {
-                        tracing::debug!(peer, keyspace, "anti-entropy failed: {e}");
+                    Err(e) => {
+                        match &e {
+                            PeerError::Unreachable { .. } => tracing::debug!(keyspace, "anti-entropy failed: {e}"),
+                            PeerError::UnexpectedAnswer { .. } => tracing::warn!(keyspace, "anti-entropy failed: {e}"),
+                            PeerError::Local(_) => tracing::error!(keyspace, "anti-entropy failed: {e}"),
+                        }
                         in_sync = false;
                     }
                 }

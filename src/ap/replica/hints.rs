@@ -14,7 +14,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use super::super::store::{Entry, Hint};
-use super::{Replica, Request, Response, Transport, Unreachable};
+use super::{PeerError, Replica, Request, Response, Transport};
 use crate::error::Error;
 
 impl<T: Transport> Replica<T> {
@@ -36,9 +36,8 @@ impl<T: Transport> Replica<T> {
     }
 
     /// Delivers stored hints to `peer`; returns how many were delivered.
-    pub async fn deliver_hints(&self, peer: u64, batch: usize) -> Result<usize, Unreachable> {
-        let internal = |e: Error| Unreachable(e.to_string());
-        let hints = self.store.hints(peer, batch).map_err(internal)?;
+    pub async fn deliver_hints(&self, peer: u64, batch: usize) -> Result<usize, PeerError> {
+        let hints = self.store.hints(peer, batch)?;
         if hints.is_empty() {
             return Ok(0);
         }
@@ -51,25 +50,25 @@ impl<T: Transport> Replica<T> {
                 .hints_dropped_expired
                 .fetch_add(expired.len() as u64, Ordering::Relaxed);
             self.store
-                .remove_hints(peer, &expired.iter().map(|(s, _)| *s).collect::<Vec<_>>())
-                .map_err(internal)?;
+                .remove_hints(peer, &expired.iter().map(|(s, _)| *s).collect::<Vec<_>>())?;
         }
         if fresh.is_empty() {
             return Ok(0);
         }
         let entries = fresh.iter().map(|(_, h)| h.entry.clone()).collect();
         let timeout = Duration::from_millis(self.options.push_timeout_ms);
-        match self.transport.call(peer, Request::Push(entries), timeout).await? {
+        let answer =
+            (self.transport.call(peer, Request::Push(entries), timeout).await).map_err(PeerError::unreachable(peer))?;
+        match answer {
             Response::Pushed => {
                 self.store
-                    .remove_hints(peer, &fresh.iter().map(|(s, _)| *s).collect::<Vec<_>>())
-                    .map_err(internal)?;
+                    .remove_hints(peer, &fresh.iter().map(|(s, _)| *s).collect::<Vec<_>>())?;
                 self.stats
                     .hints_delivered
                     .fetch_add(fresh.len() as u64, Ordering::Relaxed);
                 Ok(fresh.len())
             }
-            _ => Err(Unreachable("unexpected answer to a push".into())),
+            other => Err(PeerError::unexpected(peer, "push", &other)),
         }
     }
 }

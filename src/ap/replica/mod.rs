@@ -51,7 +51,7 @@ use crate::error::Error;
 use crate::fault::ClockSkew;
 
 pub use anti_entropy::{Exchange, FETCH_BUCKETS_MAX};
-pub use protocol::{Request, Response, Transport, Unreachable};
+pub use protocol::{PeerError, Request, Response, Transport, Unreachable};
 
 /// Tunables of the AP path, checked by [`ReplicaOptions::validate`].
 #[derive(Clone, Debug)]

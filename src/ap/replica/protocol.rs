@@ -9,6 +9,11 @@
 //! The transport is injected: gRPC between real nodes, an in-memory network in the seeded
 //! simulation and the unit tests.
 //!
+//! A replica that drives an exchange (anti-entropy, hint delivery) reports a [`PeerError`], which
+//! keeps three failures apart: the peer gave no answer ([`Unreachable`]), the peer answered with
+//! the wrong message (a protocol bug), or this node's own store failed (never mistaken for the
+//! network).
+//!
 //! CAVEATS: a [`Unreachable`] means only "no usable answer": the request may still have been
 //! applied by the peer. That is harmless here because every request is idempotent.
 
@@ -19,6 +24,7 @@ use serde::{Deserialize, Serialize};
 
 use super::super::store::Entry;
 use super::super::version::Versioned;
+use crate::error::Error;
 
 /// A request from one replica to another.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -48,9 +54,54 @@ pub enum Response {
     Read(Option<Versioned>),
 }
 
+impl Response {
+    /// The message's name, for errors.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Response::Pushed => "pushed",
+            Response::Digest(_) => "digest",
+            Response::Fetched(_) => "fetched",
+            Response::Read(_) => "read",
+        }
+    }
+}
+
 /// A message that got no answer: lost, refused, or the peer is down.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{0}")]
 pub struct Unreachable(pub String);
+
+/// Why an exchange this replica drove with a peer failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum PeerError {
+    /// No usable answer; the next round tries again.
+    #[error("node {peer} is unreachable: {reason}")]
+    Unreachable { peer: u64, reason: Unreachable },
+    /// The peer answered with the wrong message: the two nodes do not speak the same protocol.
+    #[error("node {peer} answered a {asked} request with a {answered} message; are both nodes running the same capkv release?")]
+    UnexpectedAnswer {
+        peer: u64,
+        asked: &'static str,
+        answered: &'static str,
+    },
+    /// This node's own store failed; not a network problem.
+    #[error(transparent)]
+    Local(#[from] Error),
+}
+
+impl PeerError {
+    pub fn unreachable(peer: u64) -> impl FnOnce(Unreachable) -> PeerError {
+        move |reason| PeerError::Unreachable { peer, reason }
+    }
+
+    pub fn unexpected(peer: u64, asked: &'static str, answer: &Response) -> PeerError {
+        PeerError::UnexpectedAnswer {
+            peer,
+            asked,
+            answered: answer.name(),
+        }
+    }
+}
 
 /// How replicas reach each other.
 pub trait Transport: Send + Sync + 'static {
