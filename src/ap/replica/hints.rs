@@ -72,3 +72,80 @@ impl<T: Transport> Replica<T> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering::Relaxed;
+
+    use super::super::testkit::{run, short_horizons, Kit};
+    use super::super::{PeerError, ReplicaOptions};
+
+    #[test]
+    fn hints_queue_for_an_unreachable_peer_and_drain_when_it_returns() {
+        run(async {
+            let kit = Kit::new(3, Default::default());
+            kit.down(3);
+            kit.put(1, "bob", "book").await;
+            kit.put(1, "ann", "pen").await;
+            let one = kit.node(1);
+            assert_eq!(one.store.hint_count(3), 2);
+            assert_eq!(one.stats.hints_stored.load(Relaxed), 2);
+            assert_eq!(kit.value(3, "bob"), None);
+
+            let err = one.deliver_hints(3, 10).await.unwrap_err();
+            assert!(matches!(err, PeerError::Unreachable { peer: 3, .. }), "{err:?}");
+            assert_eq!(one.store.hint_count(3), 2, "a failed delivery keeps the hints");
+
+            kit.up(3);
+            assert_eq!(one.deliver_hints(3, 1).await.unwrap(), 1, "one batch of one");
+            assert_eq!(one.deliver_hints(3, 10).await.unwrap(), 1);
+            assert_eq!(one.deliver_hints(3, 10).await.unwrap(), 0, "the queue is drained");
+            assert_eq!(kit.value(3, "bob").as_deref(), Some("book"));
+            assert_eq!(kit.value(3, "ann").as_deref(), Some("pen"));
+            assert_eq!(
+                (one.store.hint_count(3), one.stats.hints_delivered.load(Relaxed)),
+                (0, 2)
+            );
+        });
+    }
+
+    #[test]
+    fn the_hint_queue_is_bounded_per_peer_and_drops_are_counted() {
+        run(async {
+            let bounded = ReplicaOptions {
+                hints_per_peer_max: 2,
+                ..Default::default()
+            };
+            let kit = Kit::new(3, bounded);
+            kit.down(2);
+            kit.down(3);
+            for i in 0..3 {
+                kit.put(1, &format!("k{i}"), "v").await;
+            }
+            let one = kit.node(1);
+            assert_eq!((one.store.hint_count(2), one.store.hint_count(3)), (2, 2));
+            assert_eq!(one.stats.hints_stored.load(Relaxed), 4);
+            assert_eq!(
+                one.stats.hints_dropped_full.load(Relaxed),
+                2,
+                "one per peer over the bound"
+            );
+        });
+    }
+
+    #[test]
+    fn hints_past_their_lifetime_are_dropped_not_delivered() {
+        run(async {
+            let kit = Kit::new(2, short_horizons());
+            kit.down(2);
+            kit.put(1, "bob", "book").await;
+            kit.advance(short_horizons().hint_lifetime_ms + 1);
+            kit.up(2);
+            let one = kit.node(1);
+            assert_eq!(one.deliver_hints(2, 10).await.unwrap(), 0);
+            assert_eq!(kit.value(2, "bob"), None, "left to anti-entropy");
+            assert_eq!(one.store.hint_count(2), 0);
+            assert_eq!(one.stats.hints_dropped_expired.load(Relaxed), 1);
+        });
+    }
+}

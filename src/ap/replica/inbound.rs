@@ -4,13 +4,18 @@
 //! Merging a peer's entries also advances this node's HLC past their timestamps, so a write made
 //! here afterwards is ordered after what it has seen.
 //!
+//! A message another release or a bug could get wrong is checked before anything is merged: a
+//! digest must have [`BUCKETS`] buckets, a fetch may name only existing buckets, and the entries
+//! it carries must belong to the keyspace and buckets it names. A rejected message changes
+//! nothing and is answered with an `InvalidInput` error that says what was wrong.
+//!
 //! CAVEATS: the sender's identity (`from`) is trusted; the fault filter checks it before a
 //! message reaches this module.
 
 use std::collections::BTreeSet;
 use std::sync::atomic::Ordering;
 
-use super::super::digest::Digest;
+use super::super::digest::{bucket_of, Digest, BUCKETS};
 use super::super::store::Entry;
 use super::{Replica, Request, Response, Transport};
 use crate::error::Error;
@@ -25,6 +30,7 @@ impl<T: Transport> Replica<T> {
                 Ok(Response::Pushed)
             }
             Request::Digest { keyspace, digest } => {
+                check_digest(from, &keyspace, &digest)?;
                 let ours = self.store.digest(&keyspace)?;
                 self.note_sync(from, &keyspace, &ours, &Digest(digest));
                 Ok(Response::Digest(ours.0))
@@ -34,9 +40,9 @@ impl<T: Transport> Replica<T> {
                 buckets,
                 entries,
             } => {
+                let buckets = check_fetch(from, &keyspace, &buckets, &entries)?;
                 let changed = self.merge_all(&entries).await?;
                 self.stats.keys_repaired.fetch_add(changed as u64, Ordering::Relaxed);
-                let buckets: BTreeSet<usize> = buckets.into_iter().map(|b| b as usize).collect();
                 Ok(Response::Fetched(self.store.entries(&keyspace, Some(&buckets))?))
             }
             Request::Read { keyspace, key } => Ok(Response::Read(self.store.get(&keyspace, &key)?)),
@@ -57,4 +63,41 @@ impl<T: Transport> Replica<T> {
         }
         Ok(changed)
     }
+}
+
+/// A digest must cover exactly the buckets this node uses.
+fn check_digest(from: u64, keyspace: &str, digest: &[u64]) -> Result<(), Error> {
+    if digest.len() != BUCKETS {
+        return Err(Error::InvalidInput(format!(
+            "node {from} sent a digest of keyspace '{keyspace}' with {} buckets, but this node uses {BUCKETS}; are both nodes running the same capkv release?",
+            digest.len()
+        )));
+    }
+    Ok(())
+}
+
+/// A fetch names existing buckets and carries only entries of that keyspace and those buckets.
+fn check_fetch(from: u64, keyspace: &str, buckets: &[u32], entries: &[Entry]) -> Result<BTreeSet<usize>, Error> {
+    let bad = |what: String| {
+        Err(Error::InvalidInput(format!(
+            "node {from} sent a bad fetch of keyspace '{keyspace}': {what}"
+        )))
+    };
+    let buckets: BTreeSet<usize> = buckets.iter().map(|b| *b as usize).collect();
+    if let Some(b) = buckets.iter().find(|b| **b >= BUCKETS) {
+        return bad(format!("bucket {b} does not exist (there are {BUCKETS})"));
+    }
+    for entry in entries {
+        if entry.keyspace != keyspace {
+            return bad(format!("it carries an entry of keyspace '{}'", entry.keyspace));
+        }
+        if !buckets.contains(&bucket_of(&entry.key)) {
+            return bad(format!(
+                "it carries key {:?}, which is in bucket {}, not one of the buckets it names",
+                String::from_utf8_lossy(&entry.key),
+                bucket_of(&entry.key)
+            ));
+        }
+    }
+    Ok(buckets)
 }

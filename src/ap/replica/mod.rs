@@ -41,6 +41,9 @@ mod quorum_read;
 mod tombstones;
 mod write;
 
+#[cfg(test)]
+pub(crate) mod testkit;
+
 use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};

@@ -103,3 +103,79 @@ impl<T: Transport> Replica<T> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::testkit::{run, Kit};
+    use crate::error::Error;
+
+    #[test]
+    fn a_write_reaches_every_replica_and_waits_for_its_acks() {
+        run(async {
+            let kit = Kit::new(3, Default::default());
+            let written = kit.write(1, "bob", Some("book"), 3).await.unwrap();
+            assert_eq!(written.version.node, 1);
+            for id in 1..=3 {
+                assert_eq!(kit.value(id, "bob").as_deref(), Some("book"), "node {id}");
+            }
+            assert_eq!(kit.node(1).store.hint_count(2) + kit.node(1).store.hint_count(3), 0);
+        });
+    }
+
+    #[test]
+    fn too_few_reachable_replicas_refuse_up_front_and_write_nothing() {
+        run(async {
+            let kit = Kit::new(3, Default::default());
+            kit.down(3);
+            let err = kit.write(1, "bob", Some("book"), 3).await.unwrap_err();
+            assert!(matches!(err, Error::NoQuorum(_)), "{err:?}");
+            assert!(err.to_string().contains("reaches only 2"), "{err}");
+            assert_eq!(kit.stored(1, "bob"), None, "nothing was written");
+            kit.write(1, "bob", Some("book"), 2)
+                .await
+                .expect("two reachable replicas are enough for --acks 2");
+        });
+    }
+
+    #[test]
+    fn acks_outside_one_to_replicas_are_invalid() {
+        run(async {
+            let kit = Kit::new(3, Default::default());
+            for acks in [0, 4] {
+                let err = kit.write(1, "bob", Some("book"), acks).await.unwrap_err();
+                assert!(matches!(err, Error::InvalidInput(_)), "acks {acks}: {err:?}");
+                assert!(err.to_string().contains("between 1 and the number of replicas (3)"));
+            }
+        });
+    }
+
+    #[test]
+    fn a_replica_that_misses_the_push_is_hinted_and_the_outcome_is_unknown() {
+        run(async {
+            let kit = Kit::new(3, Default::default());
+            kit.down(3);
+            let node = kit.node(1);
+            // Liveness still believes node 3 is up, so the write is attempted and the push fails.
+            let err = node
+                .write(
+                    super::super::testkit::KEYSPACE,
+                    b"bob",
+                    Some(b"book".to_vec()),
+                    3,
+                    |_| true,
+                    super::super::testkit::far(),
+                )
+                .await
+                .unwrap_err();
+            assert!(matches!(err, Error::OutcomeUnknown(_)), "{err:?}");
+            assert!(err.to_string().contains("only 2 of the 3"), "{err}");
+            assert_eq!(
+                kit.value(1, "bob").as_deref(),
+                Some("book"),
+                "the coordinator stored it"
+            );
+            assert_eq!(kit.value(2, "bob").as_deref(), Some("book"));
+            assert_eq!(node.store.hint_count(3), 1, "node 3 gets it later");
+        });
+    }
+}
