@@ -114,3 +114,118 @@ impl<T: Transport> Replica<T> {
         in_sync
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering::Relaxed;
+
+    use super::super::testkit::{run, Kit, KEYSPACE};
+    use super::super::{PeerError, Response};
+    use super::Exchange;
+
+    /// Two replicas, each holding a write the other missed (their hints are never delivered).
+    async fn diverged() -> Kit {
+        let kit = Kit::new(2, Default::default());
+        kit.down(2);
+        kit.put(1, "from-one", "a").await;
+        kit.up(2);
+        kit.down(1);
+        kit.put(2, "from-two", "b").await;
+        kit.up(1);
+        kit
+    }
+
+    #[test]
+    fn one_exchange_repairs_a_divergent_key_both_ways() {
+        run(async {
+            let kit = diverged().await;
+            let exchange = kit.node(1).anti_entropy(2, KEYSPACE).await.unwrap();
+            assert!(exchange.differing_buckets >= 1, "{exchange:?}");
+            assert_eq!(exchange.repaired_here, 1, "node 1 took node 2's key");
+            for id in [1, 2] {
+                assert_eq!(kit.value(id, "from-one").as_deref(), Some("a"), "node {id}");
+                assert_eq!(kit.value(id, "from-two").as_deref(), Some("b"), "node {id}");
+            }
+            assert_eq!(
+                kit.node(2).stats.keys_repaired.load(Relaxed),
+                1,
+                "node 2 took node 1's key"
+            );
+            let again = kit.node(2).anti_entropy(1, KEYSPACE).await.unwrap();
+            assert_eq!(again, Exchange::default(), "in sync: only digests travel");
+        });
+    }
+
+    #[test]
+    fn last_writer_wins_picks_the_newer_hlc_whichever_side_starts() {
+        run(async {
+            for starter in [1, 2] {
+                let kit = Kit::new(2, Default::default());
+                kit.down(2);
+                let older = kit.put(1, "bob", "old").await;
+                kit.advance(10);
+                kit.up(2);
+                kit.down(1);
+                let newer = kit.put(2, "bob", "new").await;
+                kit.up(1);
+                assert!(newer.version > older.version);
+                let other = 3 - starter;
+                kit.node(starter).anti_entropy(other, KEYSPACE).await.unwrap();
+                for id in [1, 2] {
+                    assert_eq!(
+                        kit.value(id, "bob").as_deref(),
+                        Some("new"),
+                        "starter {starter}, node {id}"
+                    );
+                }
+            }
+        });
+    }
+
+    #[test]
+    fn a_round_reports_sync_only_when_every_peer_agrees() {
+        run(async {
+            let kit = diverged().await;
+            let one = kit.node(1);
+            let keyspaces = vec![KEYSPACE.to_string()];
+            assert!(
+                !one.anti_entropy_round(&[2], &keyspaces).await,
+                "the first round repairs"
+            );
+            assert_eq!(one.stats.last_in_sync_ms.load(Relaxed), 0);
+            assert!(one.anti_entropy_round(&[2], &keyspaces).await);
+            assert_eq!(one.stats.last_in_sync_ms.load(Relaxed), one.wall_ms());
+            kit.down(2);
+            assert!(
+                !one.anti_entropy_round(&[2], &keyspaces).await,
+                "a silent peer is not in sync"
+            );
+            assert_eq!(one.stats.anti_entropy_rounds.load(Relaxed), 3);
+        });
+    }
+
+    #[test]
+    fn a_silent_peer_and_a_wrong_answer_are_different_errors() {
+        run(async {
+            let kit = Kit::new(2, Default::default());
+            kit.down(2);
+            let err = kit.node(1).anti_entropy(2, KEYSPACE).await.unwrap_err();
+            assert!(matches!(err, PeerError::Unreachable { peer: 2, .. }), "{err:?}");
+            kit.up(2);
+            kit.forge(2, Response::Pushed);
+            let err = kit.node(1).anti_entropy(2, KEYSPACE).await.unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    PeerError::UnexpectedAnswer {
+                        peer: 2,
+                        asked: "digest",
+                        answered: "pushed"
+                    }
+                ),
+                "{err:?}"
+            );
+            assert!(err.to_string().contains("same capkv release"), "{err}");
+        });
+    }
+}

@@ -81,3 +81,56 @@ impl<T: Transport> Replica<T> {
         Ok(newest)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering::Relaxed;
+
+    use super::super::testkit::{far, run, Kit, KEYSPACE};
+    use crate::error::Error;
+
+    #[test]
+    fn a_quorum_read_returns_the_newest_of_a_majority_and_repairs_stale_replicas() {
+        run(async {
+            let kit = Kit::new(3, Default::default());
+            kit.write(1, "bob", Some("old"), 3).await.unwrap();
+            kit.down(2);
+            kit.down(3);
+            kit.advance(5);
+            let newest = kit.put(1, "bob", "new").await;
+            kit.up(2);
+            kit.up(3);
+            assert_eq!(kit.value(2, "bob").as_deref(), Some("old"));
+            let two = kit.node(2);
+            let read = two.read_quorum(KEYSPACE, b"bob", kit.reachable(), far()).await.unwrap();
+            assert_eq!(read, Some(newest));
+            for id in 1..=3 {
+                assert_eq!(kit.value(id, "bob").as_deref(), Some("new"), "node {id} repaired");
+            }
+            assert_eq!(two.stats.read_repairs.load(Relaxed), 2, "itself and node 3");
+        });
+    }
+
+    #[test]
+    fn a_quorum_read_needs_a_majority_reachable_and_answering() {
+        run(async {
+            let kit = Kit::new(3, Default::default());
+            let one = kit.node(1);
+            let err = one.read_quorum(KEYSPACE, b"bob", |_| false, far()).await.unwrap_err();
+            assert!(
+                matches!(err, Error::NoQuorum(_)) && err.to_string().contains("reaches only 1"),
+                "{err}"
+            );
+            kit.down(2);
+            kit.down(3);
+            // Liveness still says they are up; they do not answer.
+            let err = one.read_quorum(KEYSPACE, b"bob", |_| true, far()).await.unwrap_err();
+            assert!(
+                matches!(err, Error::NoQuorum(_)) && err.to_string().contains("only 1 answered"),
+                "{err}"
+            );
+            kit.up(3);
+            assert_eq!(one.read_quorum(KEYSPACE, b"bob", |_| true, far()).await.unwrap(), None);
+        });
+    }
+}
