@@ -165,3 +165,66 @@ pub async fn run<T: Transport>(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use rand::rngs::StdRng;
+    use rand::SeedableRng;
+
+    use super::super::replica::testkit::{run, short_horizons, Kit, KEYSPACE};
+    use super::*;
+
+    #[test]
+    fn rounds_deliver_hints_repair_measure_convergence_and_collect_tombstones() {
+        run(async {
+            let kit = Kit::new(3, short_horizons());
+            let keyspaces = vec![KEYSPACE.to_string()];
+            let mut rng = StdRng::seed_from_u64(7);
+            let mut repair = Repair::new(kit.node(1));
+            kit.write(1, "x", Some("1"), 3).await.unwrap();
+            kit.down(3);
+            kit.write(1, "x", None, 2).await.unwrap();
+
+            let first = repair.round(&keyspaces, kit.reachable(), &mut rng).await;
+            assert_eq!(first.peers_compared, vec![2]);
+            assert!(!first.in_sync, "node 3 is unreachable");
+            assert_eq!(first.converged_after, None);
+
+            kit.up(3);
+            let second = repair.round(&keyspaces, kit.reachable(), &mut rng).await;
+            assert_eq!(second.hints_delivered, 1, "node 3's hint of the delete");
+            assert_eq!(kit.stored(3, "x"), Some(None));
+            assert!(second.in_sync, "{second:?}");
+            assert!(second.converged_after.is_some(), "the divergence ended");
+
+            kit.advance(short_horizons().tombstone_gc_after_ms + 1);
+            for round in 3..ROUNDS_PER_TOMBSTONE_COLLECTION {
+                let report = repair.round(&keyspaces, kit.reachable(), &mut rng).await;
+                assert_eq!(
+                    report.tombstones_collected, 0,
+                    "round {round} is not a collection round"
+                );
+            }
+            let collection = repair.round(&keyspaces, kit.reachable(), &mut rng).await;
+            assert_eq!(collection.tombstones_collected, 1);
+            assert_eq!(kit.stored(1, "x"), None);
+        });
+    }
+
+    #[test]
+    fn a_round_drains_a_backlog_longer_than_one_batch() {
+        run(async {
+            let kit = Kit::new(2, Default::default());
+            kit.down(2);
+            for i in 0..HINT_BATCH + 1 {
+                kit.put(1, &format!("k{i}"), "v").await;
+            }
+            kit.up(2);
+            let mut repair = Repair::new(kit.node(1));
+            let report = repair.round(&[], kit.reachable(), &mut StdRng::seed_from_u64(1)).await;
+            assert_eq!(report.hints_delivered, HINT_BATCH + 1);
+            assert_eq!(kit.node(1).store.hint_count(2), 0);
+            assert!(report.peers_compared.is_empty(), "no keyspaces, no anti-entropy");
+        });
+    }
+}

@@ -101,3 +101,132 @@ fn check_fetch(from: u64, keyspace: &str, buckets: &[u32], entries: &[Entry]) ->
     }
     Ok(buckets)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::super::super::digest::{bucket_of, BUCKETS};
+    use super::super::super::hlc::Timestamp;
+    use super::super::super::store::Entry;
+    use super::super::super::version::{Version, Versioned};
+    use super::super::testkit::{run, Kit, EPOCH_MS, KEYSPACE};
+    use super::super::{Request, Response};
+    use crate::error::Error;
+
+    fn entry(keyspace: &str, key: &str, physical_ms: u64) -> Entry {
+        Entry {
+            keyspace: keyspace.into(),
+            key: key.as_bytes().to_vec(),
+            versioned: Versioned {
+                version: Version {
+                    hlc: Timestamp {
+                        physical_ms,
+                        logical: 0,
+                    },
+                    node: 9,
+                },
+                value: Some(b"v".to_vec()),
+            },
+        }
+    }
+
+    fn invalid(result: Result<Response, Error>, expected: &str) {
+        match result {
+            Err(Error::InvalidInput(message)) => assert!(message.contains(expected), "{message}"),
+            other => panic!("expected InvalidInput containing {expected:?}, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_push_is_merged_and_moves_the_clock_past_it() {
+        run(async {
+            let kit = Kit::new(2, Default::default());
+            let one = kit.node(1);
+            let ahead = entry(KEYSPACE, "bob", EPOCH_MS + 60_000);
+            let answer = one.handle(2, Request::Push(vec![ahead.clone()])).await.unwrap();
+            assert!(matches!(answer, Response::Pushed));
+            let answer = one.handle(2, Request::Push(vec![ahead.clone()])).await.unwrap();
+            assert!(matches!(answer, Response::Pushed), "a duplicate push is harmless");
+            assert_eq!(kit.value(1, "bob").as_deref(), Some("v"));
+            let later = kit.put(1, "bob", "mine").await;
+            assert!(
+                later.version.hlc > ahead.versioned.version.hlc,
+                "the clock moved past the push"
+            );
+            assert_eq!(kit.value(1, "bob").as_deref(), Some("mine"));
+            let read = one
+                .handle(
+                    2,
+                    Request::Read {
+                        keyspace: KEYSPACE.into(),
+                        key: b"bob".to_vec(),
+                    },
+                )
+                .await
+                .unwrap();
+            assert!(matches!(read, Response::Read(Some(v)) if v == later));
+        });
+    }
+
+    #[test]
+    fn a_digest_of_the_wrong_size_is_rejected() {
+        run(async {
+            let kit = Kit::new(2, Default::default());
+            let request = Request::Digest {
+                keyspace: KEYSPACE.into(),
+                digest: vec![0; 3],
+            };
+            invalid(
+                kit.node(1).handle(2, request).await,
+                "with 3 buckets, but this node uses 256",
+            );
+            let request = Request::Digest {
+                keyspace: KEYSPACE.into(),
+                digest: vec![0; BUCKETS],
+            };
+            assert!(matches!(kit.node(1).handle(2, request).await, Ok(Response::Digest(d)) if d.len() == BUCKETS));
+        });
+    }
+
+    #[test]
+    fn a_bad_fetch_is_rejected_and_changes_nothing() {
+        run(async {
+            let kit = Kit::new(2, Default::default());
+            let one = kit.node(1);
+            let fetch = |buckets: Vec<u32>, entries: Vec<Entry>| Request::Fetch {
+                keyspace: KEYSPACE.into(),
+                buckets,
+                entries,
+            };
+            invalid(
+                one.handle(2, fetch(vec![BUCKETS as u32], vec![])).await,
+                "bucket 256 does not exist",
+            );
+            let bucket = bucket_of(b"bob") as u32;
+            let foreign = entry("other", "bob", EPOCH_MS);
+            invalid(
+                one.handle(2, fetch(vec![bucket], vec![foreign])).await,
+                "entry of keyspace 'other'",
+            );
+            let other_bucket = (0..BUCKETS as u32).find(|b| *b != bucket).unwrap();
+            let stray = entry(KEYSPACE, "bob", EPOCH_MS);
+            invalid(
+                one.handle(2, fetch(vec![other_bucket], vec![stray.clone()])).await,
+                "not one of the buckets it names",
+            );
+            assert_eq!(kit.stored(1, "bob"), None, "a rejected fetch merges nothing");
+
+            let answer = one.handle(2, fetch(vec![bucket], vec![stray])).await.unwrap();
+            assert!(matches!(answer, Response::Fetched(ref e) if e.len() == 1), "{answer:?}");
+            let keys: BTreeSet<_> = one
+                .store
+                .entries(KEYSPACE, None)
+                .unwrap()
+                .into_iter()
+                .map(|e| e.key)
+                .collect();
+            assert_eq!(keys, BTreeSet::from([b"bob".to_vec()]));
+        });
+    }
+}
