@@ -1,7 +1,7 @@
 //! The AP replication protocol of one node, one concern per file:
 //!
 //! - [`protocol`]: the four peer messages and the [`Transport`] that carries them;
-//! - [`write`]: a coordinated write (stamp, store, push, count acks);
+//! - [`write`](mod@write): a coordinated write (stamp, store, push, count acks);
 //! - [`hints`]: hinted handoff for peers a write could not reach;
 //! - [`anti_entropy`]: digest exchange and bucket repair;
 //! - [`quorum_read`]: majority reads with read repair;
@@ -33,13 +33,13 @@
 //! the keyspace locally; hints older than their lifetime are dropped (counted) and left to
 //! anti-entropy.
 
-mod anti_entropy;
-mod hints;
-mod inbound;
-mod protocol;
-mod quorum_read;
-mod tombstones;
-mod write;
+pub mod anti_entropy;
+pub mod hints;
+pub mod inbound;
+pub mod protocol;
+pub mod quorum_read;
+pub mod tombstones;
+pub mod write;
 
 #[cfg(test)]
 pub(crate) mod testkit;
