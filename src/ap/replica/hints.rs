@@ -77,8 +77,9 @@ impl<T: Transport> Replica<T> {
 mod tests {
     use std::sync::atomic::Ordering::Relaxed;
 
-    use super::super::testkit::{run, short_horizons, Kit};
+    use super::super::testkit::{run, short_horizons, Kit, KEYSPACE};
     use super::super::{PeerError, ReplicaOptions};
+    use crate::error::Error;
 
     #[test]
     fn hints_queue_for_an_unreachable_peer_and_drain_when_it_returns() {
@@ -146,6 +147,24 @@ mod tests {
             assert_eq!(kit.value(2, "bob"), None, "left to anti-entropy");
             assert_eq!(one.store.hint_count(2), 0);
             assert_eq!(one.stats.hints_dropped_expired.load(Relaxed), 1);
+        });
+    }
+
+    #[test]
+    fn a_corrupt_hint_queue_is_a_storage_error_not_an_unreachable_peer() {
+        run(async {
+            let kit = Kit::new(2, Default::default());
+            kit.down(2);
+            kit.put(1, "bob", "book").await;
+            kit.up(2);
+            kit.node(1).store.corrupt_hints(2);
+            let err = kit.node(1).deliver_hints(2, 10).await.unwrap_err();
+            assert!(matches!(err, PeerError::Local(Error::Storage(_))), "{err:?}");
+            assert!(!err.to_string().contains("unreachable"), "{err}");
+
+            kit.node(2).store.corrupt_value(KEYSPACE, b"anything");
+            let err = kit.node(2).anti_entropy(1, KEYSPACE).await.unwrap_err();
+            assert!(matches!(err, PeerError::Local(Error::Storage(_))), "{err:?}");
         });
     }
 }
