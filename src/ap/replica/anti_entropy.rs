@@ -11,7 +11,6 @@
 
 use std::collections::BTreeSet;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
 
 use super::super::digest::Digest;
 use super::{PeerError, Replica, Request, Response, Transport};
@@ -47,7 +46,7 @@ impl<T: Transport> Replica<T> {
             keyspace: keyspace.to_string(),
             digest: ours.0.clone(),
         };
-        let theirs = match self.call(peer, request).await? {
+        let theirs = match self.call_peer(peer, request).await? {
             Response::Digest(theirs) => theirs,
             other => return Err(PeerError::unexpected(peer, "digest", &other)),
         };
@@ -66,7 +65,7 @@ impl<T: Transport> Replica<T> {
                 buckets: chunk.iter().map(|b| *b as u32).collect(),
                 entries,
             };
-            let theirs = match self.call(peer, request).await? {
+            let theirs = match self.call_peer(peer, request).await? {
                 Response::Fetched(theirs) => theirs,
                 other => return Err(PeerError::unexpected(peer, "fetch", &other)),
             };
@@ -78,12 +77,6 @@ impl<T: Transport> Replica<T> {
             differing_buckets: differing.len(),
             repaired_here: repaired,
         })
-    }
-
-    /// One call to `peer` with the push timeout.
-    async fn call(&self, peer: u64, request: Request) -> Result<Response, PeerError> {
-        let timeout = Duration::from_millis(self.options.push_timeout_ms);
-        (self.transport.call(peer, request, timeout).await).map_err(PeerError::unreachable(peer))
     }
 
     /// One anti-entropy round over `keyspaces` with the given peers; true when all were in sync.

@@ -11,7 +11,6 @@
 //! and the caller (the repair loop) decides when to call it.
 
 use std::sync::atomic::Ordering;
-use std::time::Duration;
 
 use super::super::store::{Entry, Hint};
 use super::{PeerError, Replica, Request, Response, Transport};
@@ -56,10 +55,7 @@ impl<T: Transport> Replica<T> {
             return Ok(0);
         }
         let entries = fresh.iter().map(|(_, h)| h.entry.clone()).collect();
-        let timeout = Duration::from_millis(self.options.push_timeout_ms);
-        let answer =
-            (self.transport.call(peer, Request::Push(entries), timeout).await).map_err(PeerError::unreachable(peer))?;
-        match answer {
+        match self.call_peer(peer, Request::Push(entries)).await? {
             Response::Pushed => {
                 self.store
                     .remove_hints(peer, &fresh.iter().map(|(s, _)| *s).collect::<Vec<_>>())?;

@@ -47,6 +47,7 @@ pub(crate) mod testkit;
 use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use super::hlc::{Hlc, Timestamp};
 use super::store::ApStore;
@@ -176,6 +177,12 @@ impl<T: Transport> Replica<T> {
     /// The injected clock offset (set through [`crate::fault::FaultFilter::set_clock_offset`]).
     pub fn clock_offset_ms(&self) -> i64 {
         self.skew.offset_ms()
+    }
+
+    /// One request to `peer` with the push timeout; no answer is [`PeerError::Unreachable`].
+    async fn call_peer(&self, peer: u64, request: Request) -> Result<Response, PeerError> {
+        let timeout = Duration::from_millis(self.options.push_timeout_ms);
+        (self.transport.call(peer, request, timeout).await).map_err(PeerError::unreachable(peer))
     }
 
     pub fn clock(&self) -> Hlc {
