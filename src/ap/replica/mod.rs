@@ -12,8 +12,9 @@
 //! options and counters. The periodic driver (when to deliver hints, run anti-entropy, collect
 //! tombstones) is [`crate::ap::repair`].
 //!
-//! The transport and the clock are injected ([`Transport`], the `wall` function), so the same
-//! code runs between real nodes over gRPC and between in-memory nodes in seeded tests.
+//! The transport and the clock are injected ([`Transport`], the `wall` function, and the node's
+//! [`ClockSkew`] from fault injection), so the same code runs between real nodes over gRPC and
+//! between in-memory nodes in tests (the test kit and the seeded simulation).
 //!
 //! WRITE PATH: the coordinator stamps the write with its HLC, merges it into its own store,
 //! flushes, and then pushes it to every peer. A peer that liveness says is unreachable, or that
@@ -200,5 +201,40 @@ impl<T: Transport> Replica<T> {
             .lock()
             .expect("clock lock is never poisoned")
             .observe(t, wall);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testkit::{run, Kit, EPOCH_MS, KEYSPACE};
+
+    #[test]
+    fn an_injected_clock_skew_stamps_writes_and_decides_last_writer_wins() {
+        run(async {
+            let kit = Kit::new(2, Default::default());
+            kit.skew(2).set(60_000);
+            assert_eq!(
+                (kit.node(2).wall_ms(), kit.node(2).clock_offset_ms()),
+                (EPOCH_MS + 60_000, 60_000)
+            );
+            kit.down(1);
+            let skewed = kit.put(2, "bob", "from the future").await;
+            assert_eq!(skewed.version.hlc.physical_ms, EPOCH_MS + 60_000);
+            kit.up(1);
+            kit.down(2);
+            kit.advance(10);
+            kit.put(1, "bob", "really later").await;
+            kit.up(2);
+            kit.node(1).anti_entropy(2, KEYSPACE).await.unwrap();
+            for id in [1, 2] {
+                assert_eq!(kit.value(id, "bob").as_deref(), Some("from the future"), "node {id}");
+            }
+            kit.skew(2).set(0);
+            assert_eq!(
+                kit.node(2).wall_ms(),
+                EPOCH_MS + 10,
+                "healing the fault restores the wall clock"
+            );
+        });
     }
 }

@@ -18,6 +18,7 @@ use super::super::store::ApStore;
 use super::super::version::Versioned;
 use super::{Replica, ReplicaOptions, Request, Response, Transport, Unreachable};
 use crate::error::Error;
+use crate::fault::ClockSkew;
 
 pub const KEYSPACE: &str = "carts";
 
@@ -60,6 +61,7 @@ impl Transport for KitTransport {
 pub struct Kit {
     net: Arc<Net>,
     wall_ms: Arc<AtomicU64>,
+    skews: BTreeMap<u64, Arc<ClockSkew>>,
 }
 
 /// A store on a temporary sled database, removed when dropped.
@@ -82,9 +84,10 @@ pub fn short_horizons() -> ReplicaOptions {
 
 impl Kit {
     pub fn new(n: u64, options: ReplicaOptions) -> Kit {
-        let kit = Kit {
+        let mut kit = Kit {
             net: Arc::new(Net::default()),
             wall_ms: Arc::new(AtomicU64::new(EPOCH_MS)),
+            skews: BTreeMap::new(),
         };
         let ids: Vec<u64> = (1..=n).collect();
         for id in &ids {
@@ -102,7 +105,7 @@ impl Kit {
                 temp_store(),
                 transport,
                 wall,
-                Default::default(),
+                kit.skews.entry(*id).or_default().clone(),
                 options.clone(),
             )
             .expect("valid options");
@@ -113,6 +116,11 @@ impl Kit {
 
     pub fn node(&self, id: u64) -> Arc<Replica<KitTransport>> {
         self.net.nodes.read().unwrap()[&id].clone()
+    }
+
+    /// The clock skew fault of node `id` (what `capkv fault clock` sets).
+    pub fn skew(&self, id: u64) -> &ClockSkew {
+        &self.skews[&id]
     }
 
     /// Takes a node off the network: messages to and from it fail.
