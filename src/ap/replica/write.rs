@@ -12,6 +12,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use tokio::sync::mpsc;
+
 use super::super::store::Entry;
 use super::super::version::{Version, Versioned};
 use super::{Replica, Request, Response, Transport};
@@ -28,6 +30,15 @@ impl<T: Transport> Replica<T> {
         reachable: impl Fn(u64) -> bool,
         deadline: Instant,
     ) -> Result<Versioned, Error> {
+        let live = self.reachable_for(acks, reachable)?;
+        let entry = self.stamp_and_store(keyspace, key, value).await?;
+        let confirmations = self.replicate(&entry, &live)?;
+        self.await_acks(confirmations, acks, deadline).await?;
+        Ok(entry.versioned)
+    }
+
+    /// The peers reachable now, or a refusal when they and this node are fewer than `acks`.
+    fn reachable_for(&self, acks: usize, reachable: impl Fn(u64) -> bool) -> Result<Vec<u64>, Error> {
         let replicas = self.peers.len() + 1;
         if acks == 0 || acks > replicas {
             return Err(Error::InvalidInput(format!(
@@ -42,24 +53,34 @@ impl<T: Transport> Replica<T> {
                 live.len() + 1
             )));
         }
-        let versioned = Versioned {
-            version: Version {
-                hlc: self.tick(),
-                node: self.id,
-            },
-            value,
-        };
+        Ok(live)
+    }
+
+    /// Stamps the write with this node's HLC and makes it durable here.
+    async fn stamp_and_store(&self, keyspace: &str, key: &[u8], value: Option<Vec<u8>>) -> Result<Entry, Error> {
         let entry = Entry {
             keyspace: keyspace.to_string(),
             key: key.to_vec(),
-            versioned: versioned.clone(),
+            versioned: Versioned {
+                version: Version {
+                    hlc: self.tick(),
+                    node: self.id,
+                },
+                value,
+            },
         };
         self.store.merge(&entry)?;
         self.store.flush().await?;
-        let (tx, mut rx) = tokio::sync::mpsc::channel(self.peers.len().max(1));
+        Ok(entry)
+    }
+
+    /// Hints the write for unreachable peers and pushes it to the `live` ones; each push reports
+    /// on the returned channel whether that peer stored it.
+    fn replicate(self: &Arc<Self>, entry: &Entry, live: &[u64]) -> Result<mpsc::Receiver<bool>, Error> {
+        let (tx, rx) = mpsc::channel(self.peers.len().max(1));
         for peer in self.peers.iter().copied() {
             if !live.contains(&peer) {
-                self.hint(peer, &entry)?;
+                self.hint(peer, entry)?;
                 continue;
             }
             let (this, entry, tx) = (self.clone(), entry.clone(), tx.clone());
@@ -68,10 +89,19 @@ impl<T: Transport> Replica<T> {
                 let _ = tx.send(stored).await;
             });
         }
-        drop(tx);
+        Ok(rx)
+    }
+
+    /// Waits until `acks` replicas (this one included) stored the write, or the deadline.
+    async fn await_acks(
+        &self,
+        mut confirmations: mpsc::Receiver<bool>,
+        acks: usize,
+        deadline: Instant,
+    ) -> Result<(), Error> {
         let mut confirmed = 1;
         while confirmed < acks {
-            match tokio::time::timeout_at(deadline.into(), rx.recv()).await {
+            match tokio::time::timeout_at(deadline.into(), confirmations.recv()).await {
                 Ok(Some(true)) => confirmed += 1,
                 Ok(Some(false)) => {}
                 Ok(None) | Err(_) => {
@@ -82,7 +112,7 @@ impl<T: Transport> Replica<T> {
                 }
             }
         }
-        Ok(versioned)
+        Ok(())
     }
 
     /// Pushes one write to a peer; stores a hint when the peer does not answer.
