@@ -7,7 +7,7 @@
 //! push is left to anti-entropy).
 
 use std::sync::atomic::Ordering;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::super::store::Entry;
 use super::super::version::{merge, Versioned};
@@ -34,21 +34,7 @@ impl<T: Transport> Replica<T> {
             )));
         }
         let timeout = deadline.saturating_duration_since(Instant::now());
-        let request = Request::Read {
-            keyspace: keyspace.to_string(),
-            key: key.to_vec(),
-        };
-        let calls = live.iter().map(|p| {
-            let request = request.clone();
-            async move { (*p, self.transport.call(*p, request, timeout).await) }
-        });
-        let answers = futures::future::join_all(calls).await;
-        let mut versions: Vec<(u64, Option<Versioned>)> = vec![(self.id, self.store.get(keyspace, key)?)];
-        for (peer, answer) in answers {
-            if let Ok(Response::Read(v)) = answer {
-                versions.push((peer, v));
-            }
-        }
+        let versions = self.versions(keyspace, key, &live, timeout).await?;
         if versions.len() < majority {
             return Err(Error::NoQuorum(format!(
                 "a quorum read needs {majority} replicas but only {} answered node {} in time",
@@ -63,22 +49,59 @@ impl<T: Transport> Replica<T> {
                 key: key.to_vec(),
                 versioned: newest.clone(),
             };
-            for (replica, version) in &versions {
-                if version.as_ref() == Some(newest) {
-                    continue;
-                }
-                self.stats.read_repairs.fetch_add(1, Ordering::Relaxed);
-                if *replica == self.id {
-                    self.merge_all(std::slice::from_ref(&entry)).await?;
-                } else {
-                    let _ = self
-                        .transport
-                        .call(*replica, Request::Push(vec![entry.clone()]), timeout)
-                        .await;
-                }
-            }
+            self.repair_stale(&entry, &versions, timeout).await?;
         }
         Ok(newest)
+    }
+
+    /// This replica's version of the key and those of the peers in `live` that answer in time.
+    async fn versions(
+        &self,
+        keyspace: &str,
+        key: &[u8],
+        live: &[u64],
+        timeout: Duration,
+    ) -> Result<Vec<(u64, Option<Versioned>)>, Error> {
+        let request = Request::Read {
+            keyspace: keyspace.to_string(),
+            key: key.to_vec(),
+        };
+        let calls = live.iter().map(|p| {
+            let request = request.clone();
+            async move { (*p, self.transport.call(*p, request, timeout).await) }
+        });
+        let answers = futures::future::join_all(calls).await;
+        let mut versions = vec![(self.id, self.store.get(keyspace, key)?)];
+        for (peer, answer) in answers {
+            if let Ok(Response::Read(v)) = answer {
+                versions.push((peer, v));
+            }
+        }
+        Ok(versions)
+    }
+
+    /// Gives `newest` to every replica that answered with something else (best effort remotely).
+    async fn repair_stale(
+        &self,
+        newest: &Entry,
+        versions: &[(u64, Option<Versioned>)],
+        timeout: Duration,
+    ) -> Result<(), Error> {
+        for (replica, version) in versions {
+            if version.as_ref() == Some(&newest.versioned) {
+                continue;
+            }
+            self.stats.read_repairs.fetch_add(1, Ordering::Relaxed);
+            if *replica == self.id {
+                self.merge_all(std::slice::from_ref(newest)).await?;
+            } else {
+                let _ = self
+                    .transport
+                    .call(*replica, Request::Push(vec![newest.clone()]), timeout)
+                    .await;
+            }
+        }
+        Ok(())
     }
 }
 
