@@ -5,6 +5,7 @@
 //! nothing.
 
 use std::sync::Arc;
+
 use tokio::sync::watch;
 
 use super::{Node, NodeOptions};
