@@ -207,6 +207,41 @@ impl<T: Transport> Replica<T> {
 #[cfg(test)]
 mod tests {
     use super::testkit::{run, Kit, EPOCH_MS, KEYSPACE};
+    use super::ReplicaOptions;
+
+    #[test]
+    fn options_refuse_tombstones_that_do_not_outlive_hints() {
+        assert!(ReplicaOptions::default().validate().is_ok());
+        let cases = [
+            (
+                ReplicaOptions {
+                    anti_entropy_interval_ms: 9,
+                    ..Default::default()
+                },
+                "at least 10 ms",
+            ),
+            (
+                ReplicaOptions {
+                    anti_entropy_fanout: 0,
+                    ..Default::default()
+                },
+                "at least 1",
+            ),
+            (
+                ReplicaOptions {
+                    hint_lifetime_ms: 5_000,
+                    tombstone_gc_after_ms: 5_000,
+                    ..Default::default()
+                },
+                "must outlive hints",
+            ),
+        ];
+        for (options, expected) in cases {
+            let err = options.validate().unwrap_err();
+            assert_eq!(err.exit_code(), 5, "{err}");
+            assert!(err.to_string().contains(expected), "{err}");
+        }
+    }
 
     #[test]
     fn an_injected_clock_skew_stamps_writes_and_decides_last_writer_wins() {
