@@ -6,7 +6,7 @@
 //! Every node holds every key of every ap keyspace. A write is stamped by the node that receives
 //! it ([`hlc`]), stored durably, acknowledged, and pushed to the peers; peers that cannot be
 //! reached get hints, delivered when they return; anti-entropy rounds compare bucket digests
-//! ([`digest`]) and repair whatever push and hints missed ([`replica`]). Merge is last-writer-wins
+//! ([`digest`]) and repair whatever push and hints missed ([`replica`], driven by [`repair`]). Merge is last-writer-wins
 //! on (timestamp, node id) ([`version`]). AP operations never wait on Raft: the keyspace's mode is
 //! read from the node's local copy of the metadata.
 //!
@@ -29,6 +29,7 @@ pub mod digest;
 pub mod hlc;
 pub mod kv;
 pub mod path;
+pub mod repair;
 pub mod replica;
 pub mod store;
 pub mod transport;

@@ -34,7 +34,8 @@ impl Ap {
         let store = ApStore::open(flusher)?;
         let transport = GrpcTransport::new(id, peers, reach.fault().clone());
         let peer_ids = peers.keys().copied().collect();
-        let replica = Replica::new(id, peer_ids, store, transport, Arc::new(wall_clock_ms), options)?;
+        let skew = reach.fault().clock().clone();
+        let replica = Replica::new(id, peer_ids, store, transport, Arc::new(wall_clock_ms), skew, options)?;
         Ok(Ap {
             replica: Arc::new(replica),
             reach,

@@ -4,6 +4,9 @@
 //!
 //! A failing seed is printed; replay it with `CAPKV_SIM_SEED=<seed> cargo test sim_`.
 //! `CAPKV_SIM_SEEDS=<n>` runs more seeds than the default.
+//!
+//! The deterministic unit tests of each mechanism use the test kit in `replica::testkit`
+//! (same replica code, no randomness); this file is where faults are random.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, RwLock};
@@ -12,6 +15,7 @@ use std::time::Duration;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
+use super::replica::testkit::temp_store;
 use super::replica::{Replica, ReplicaOptions, Request, Response, Transport, Unreachable};
 use super::store::ApStore;
 use super::version::{merge, Versioned};
@@ -105,7 +109,9 @@ fn replica_with(
         from: id,
         net: net.clone(),
     };
-    Arc::new(Replica::new(id, ids.to_vec(), store, transport, wall, options).expect("valid options"))
+    Arc::new(
+        Replica::new(id, ids.to_vec(), store, transport, wall, Default::default(), options).expect("valid options"),
+    )
 }
 
 /// Runs one seeded scenario; returns a description of the divergence, if any.
@@ -122,8 +128,7 @@ async fn scenario(seed: u64) -> Result<(), String> {
     });
     let mut stores = BTreeMap::new();
     for id in &ids {
-        let db = sled::Config::new().temporary(true).open().map_err(|e| e.to_string())?;
-        let store = ApStore::open(&crate::storage::Flusher::new(db)).map_err(|e| e.to_string())?;
+        let store = temp_store();
         stores.insert(*id, store.clone());
         net.nodes.write().unwrap().insert(*id, replica(*id, &ids, store, &net));
     }
@@ -268,8 +273,7 @@ fn sim_without_repair_diverges() {
         let ids = [1, 2, 3];
         let mut stores = BTreeMap::new();
         for id in ids {
-            let db = sled::Config::new().temporary(true).open().unwrap();
-            let store = ApStore::open(&crate::storage::Flusher::new(db)).unwrap();
+            let store = temp_store();
             stores.insert(id, store.clone());
             net.nodes.write().unwrap().insert(id, replica(id, &ids, store, &net));
         }
@@ -311,8 +315,7 @@ fn sim_tombstones_are_collected_only_when_every_replica_has_them() {
         };
         let mut stores = BTreeMap::new();
         for id in ids {
-            let db = sled::Config::new().temporary(true).open().unwrap();
-            let store = ApStore::open(&crate::storage::Flusher::new(db)).unwrap();
+            let store = temp_store();
             stores.insert(id, store.clone());
             net.nodes
                 .write()

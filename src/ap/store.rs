@@ -4,6 +4,10 @@
 //! merge (compare-and-swap on the key), so concurrent writers and replicators never lose the
 //! newer version. `ap_hints` holds writes for peers that could not be reached, keyed by
 //! (peer, sequence), bounded per peer.
+//!
+//! Every failure here is this node's own disk or a corrupt record, and surfaces as
+//! [`Error::Storage`] through `?` (sled and codec errors convert with `From`), never as a
+//! network error.
 
 use std::collections::BTreeSet;
 
@@ -40,10 +44,6 @@ pub struct ApStore {
     hint_counts: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<u64, usize>>>,
 }
 
-fn storage(e: impl std::fmt::Display) -> Error {
-    Error::Internal(format!("AP storage failed: {e}"))
-}
-
 fn data_key(keyspace: &str, key: &[u8]) -> Vec<u8> {
     [keyspace.as_bytes(), b"\0", key].concat()
 }
@@ -63,15 +63,15 @@ impl ApStore {
         let db = flusher.db();
         Ok(Self {
             flusher: flusher.clone(),
-            data: db.open_tree("ap_data").map_err(storage)?,
-            hints: db.open_tree("ap_hints").map_err(storage)?,
+            data: db.open_tree("ap_data")?,
+            hints: db.open_tree("ap_hints")?,
             hint_counts: Default::default(),
         })
     }
 
     pub fn get(&self, keyspace: &str, key: &[u8]) -> Result<Option<Versioned>, Error> {
-        match self.data.get(data_key(keyspace, key)).map_err(storage)? {
-            Some(bytes) => Ok(Some(decode(&bytes).map_err(storage)?)),
+        match self.data.get(data_key(keyspace, key))? {
+            Some(bytes) => Ok(Some(decode(&bytes)?)),
             None => Ok(None),
         }
     }
@@ -80,16 +80,12 @@ impl ApStore {
     pub fn merge(&self, entry: &Entry) -> Result<bool, Error> {
         let key = data_key(&entry.keyspace, &entry.key);
         loop {
-            let current = self.data.get(&key).map_err(storage)?;
-            let stored: Option<Versioned> = current.as_ref().map(|b| decode(b)).transpose().map_err(storage)?;
+            let current = self.data.get(&key)?;
+            let stored: Option<Versioned> = current.as_ref().map(|b| decode(b)).transpose()?;
             let Some(winner) = merge_into(stored.as_ref(), &entry.versioned) else {
                 return Ok(false);
             };
-            match self
-                .data
-                .compare_and_swap(&key, current, Some(encode(&winner)))
-                .map_err(storage)?
-            {
+            match self.data.compare_and_swap(&key, current, Some(encode(&winner)))? {
                 Ok(()) => return Ok(true),
                 Err(_) => continue, // raced with another merge of this key: merge again
             }
@@ -98,7 +94,10 @@ impl ApStore {
 
     /// Flushes to disk; AP writes are acknowledged only after this.
     pub async fn flush(&self) -> Result<(), Error> {
-        self.flusher.flush().await.map_err(storage)
+        self.flusher
+            .flush()
+            .await
+            .map_err(|e| Error::Storage(format!("flushing the AP store to disk failed: {e}")))
     }
 
     /// Up to `limit` live (non-tombstone) keys with `prefix`, after `start_after`, and at most a
@@ -114,11 +113,11 @@ impl ApStore {
         let mut items = Vec::new();
         let mut page = crate::limits::PageBudget::new(limit);
         for kv in self.data.range::<Vec<u8>, _>((start, std::ops::Bound::Unbounded)) {
-            let (key, value) = kv.map_err(storage)?;
+            let (key, value) = kv?;
             if !key.starts_with(&range_prefix) {
                 break;
             }
-            let versioned: Versioned = decode(&value).map_err(storage)?;
+            let versioned: Versioned = decode(&value)?;
             if versioned.is_tombstone() {
                 continue;
             }
@@ -135,7 +134,7 @@ impl ApStore {
         let prefix = data_key(keyspace, b"");
         let mut out = Vec::new();
         for kv in self.data.scan_prefix(&prefix) {
-            let (key, value) = kv.map_err(storage)?;
+            let (key, value) = kv?;
             let user_key = &key[prefix.len()..];
             if buckets.is_some_and(|b| !b.contains(&bucket_of(user_key))) {
                 continue;
@@ -143,7 +142,7 @@ impl ApStore {
             out.push(Entry {
                 keyspace: keyspace.to_string(),
                 key: user_key.to_vec(),
-                versioned: decode(&value).map_err(storage)?,
+                versioned: decode(&value)?,
             });
         }
         Ok(out)
@@ -170,8 +169,7 @@ impl ApStore {
         let expected = encode(&entry.versioned);
         Ok(self
             .data
-            .compare_and_swap(&key, Some(expected), None::<Vec<u8>>)
-            .map_err(storage)?
+            .compare_and_swap(&key, Some(expected), None::<Vec<u8>>)?
             .is_ok())
     }
 
@@ -179,8 +177,8 @@ impl ApStore {
     pub fn max_timestamp(&self) -> Result<Timestamp, Error> {
         let mut max = Timestamp::default();
         for kv in self.data.iter() {
-            let (_, value) = kv.map_err(storage)?;
-            let v: Versioned = decode(&value).map_err(storage)?;
+            let (_, value) = kv?;
+            let v: Versioned = decode(&value)?;
             max = max.max(v.version.hlc);
         }
         Ok(max)
@@ -192,8 +190,8 @@ impl ApStore {
             if *count >= per_peer_max {
                 return Ok(false);
             }
-            let seq = self.flusher.db().generate_id().map_err(storage)?;
-            self.hints.insert(hint_key(peer, seq), encode(hint)).map_err(storage)?;
+            let seq = self.flusher.db().generate_id()?;
+            self.hints.insert(hint_key(peer, seq), encode(hint))?;
             *count += 1;
             Ok(true)
         })
@@ -203,9 +201,9 @@ impl ApStore {
     pub fn hints(&self, peer: u64, limit: usize) -> Result<Vec<(u64, Hint)>, Error> {
         let mut out = Vec::new();
         for kv in self.hints.scan_prefix(peer.to_be_bytes()).take(limit) {
-            let (key, value) = kv.map_err(storage)?;
+            let (key, value) = kv?;
             let seq = u64::from_be_bytes(key[8..16].try_into().expect("hint keys are 16 bytes"));
-            out.push((seq, decode(&value).map_err(storage)?));
+            out.push((seq, decode(&value)?));
         }
         Ok(out)
     }
@@ -216,7 +214,7 @@ impl ApStore {
             batch.remove(&hint_key(peer, *seq));
         }
         self.with_hint_count(peer, |count| {
-            self.hints.apply_batch(batch).map_err(storage)?;
+            self.hints.apply_batch(batch)?;
             *count = count.saturating_sub(seqs.len());
             Ok(())
         })
@@ -233,6 +231,25 @@ impl ApStore {
             .entry(peer)
             .or_insert_with(|| self.hints.scan_prefix(peer.to_be_bytes()).count());
         f(count)
+    }
+}
+
+/// Damage on purpose, so tests can show that a bad disk is reported as a storage error.
+#[cfg(test)]
+impl ApStore {
+    /// Overwrites every hint queued for `peer` with bytes that do not decode.
+    pub(crate) fn corrupt_hints(&self, peer: u64) {
+        for kv in self.hints.scan_prefix(peer.to_be_bytes()) {
+            let (key, _) = kv.expect("the hint tree reads");
+            self.hints.insert(key, &b"\xff"[..]).expect("the hint tree writes");
+        }
+    }
+
+    /// Overwrites the stored version of `key` with bytes that do not decode.
+    pub(crate) fn corrupt_value(&self, keyspace: &str, key: &[u8]) {
+        self.data
+            .insert(data_key(keyspace, key), &b"\xff"[..])
+            .expect("the data tree writes");
     }
 }
 

@@ -53,7 +53,10 @@ impl Transport for GrpcTransport {
         message.set_timeout(timeout);
         match tokio::time::timeout(timeout, client.ap(message)).await {
             Ok(Ok(answer)) => decode(&answer.into_inner().payload).map_err(|e| Unreachable(e.to_string())),
-            Ok(Err(status)) => Err(Unreachable(status.message().to_string())),
+            Ok(Err(status)) => Err(Unreachable(format!(
+                "node {to} answered with an error: {}",
+                status.message()
+            ))),
             Err(_) => Err(Unreachable(format!(
                 "node {to} did not answer within {} ms",
                 timeout.as_millis()

@@ -12,19 +12,26 @@
 //! The filter's own control messages (set and heal) are never filtered, so `fault heal` always
 //! gets through.
 //!
+//! Clock skew, the other fault a node can be given, lives in [`clock`]; the filter carries the
+//! node's [`ClockSkew`] so that both faults are set, read and healed in one place.
+//!
 //! Caveats: partitions are symmetric; one-way partitions come with the Jepsen-style nemeses.
 //! Clients talking to a node are never filtered: the filter models the network between nodes.
 
+pub mod clock;
+
 use std::collections::BTreeSet;
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 
 use crate::error::Error;
+pub use clock::ClockSkew;
 
-/// The current partition of the cluster as one node sees it.
+/// The faults injected into one node: the partition as it sees it, and its clock skew.
 #[derive(Debug)]
 pub struct FaultFilter {
     enabled: bool,
     groups: RwLock<Vec<BTreeSet<u64>>>,
+    clock: Arc<ClockSkew>,
 }
 
 impl FaultFilter {
@@ -32,6 +39,7 @@ impl FaultFilter {
         Self {
             enabled,
             groups: RwLock::new(Vec::new()),
+            clock: Arc::new(ClockSkew::default()),
         }
     }
 
@@ -56,6 +64,22 @@ impl FaultFilter {
             ));
         }
         *self.groups.write().expect("fault filter lock is never poisoned") = groups;
+        Ok(())
+    }
+
+    /// This node's clock skew, which the AP replica's clock reads.
+    pub fn clock(&self) -> &Arc<ClockSkew> {
+        &self.clock
+    }
+
+    /// Shifts this node's clock by `offset_ms` (0 restores it); refused when fault injection is off.
+    pub fn set_clock_offset(&self, offset_ms: i64) -> Result<(), Error> {
+        if !self.enabled {
+            return Err(Error::Refused(
+                "fault injection is off on this node; start nodes with --fault-injection (cluster up does)".into(),
+            ));
+        }
+        self.clock.set(offset_ms);
         Ok(())
     }
 
@@ -130,6 +154,18 @@ mod tests {
         let f = FaultFilter::new(false);
         assert_eq!(f.set(vec![set(&[1])]).unwrap_err().exit_code(), 3);
         assert!(f.allows(1, 2));
+        assert_eq!(f.set_clock_offset(500).unwrap_err().exit_code(), 3);
+        assert_eq!(f.clock().offset_ms(), 0, "a refused offset changes nothing");
+    }
+
+    #[test]
+    fn clock_offset_is_shared_with_whoever_holds_the_clock() {
+        let f = FaultFilter::new(true);
+        let clock = f.clock().clone();
+        f.set_clock_offset(-250).unwrap();
+        assert_eq!(clock.apply(1_000), 750);
+        f.set_clock_offset(0).unwrap();
+        assert_eq!(clock.apply(1_000), 1_000);
     }
 
     #[test]

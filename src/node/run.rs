@@ -5,13 +5,14 @@
 //! nothing.
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use tokio::sync::watch;
 
 use super::{Node, NodeOptions};
+use crate::ap::repair;
 use crate::error::Error;
 use crate::liveness::prober;
+use crate::mode::Mode;
 use crate::net::peer_channel;
 use crate::observe::metrics;
 use crate::server;
@@ -43,7 +44,7 @@ pub async fn run(options: NodeOptions) -> Result<(), Error> {
     let background = [
         node.cp().spawn_watchdog(),
         tokio::spawn(prober::run(node.reach().clone(), peer_channels(&node))),
-        tokio::spawn(run_ap_repair(node.clone())),
+        spawn_ap_repair(&node),
         tokio::spawn(metrics::run_gauge_updater(node.clone())),
     ];
     node.cp().bootstrap_if_fresh().await?;
@@ -93,69 +94,21 @@ pub async fn shutdown_signal() {
     }
 }
 
-/// Hints sent to a peer in one message.
-const HINT_BATCH: usize = 500;
-/// Anti-entropy rounds between two tombstone collections.
-const ROUNDS_PER_TOMBSTONE_COLLECTION: u64 = 30;
-
-/// The AP repair loop: delivers hints to peers that are back, runs anti-entropy with random
-/// peers, collects tombstones now and then, and measures how long replicas stayed apart.
-async fn run_ap_repair(node: Arc<Node>) {
-    if cfg!(feature = "no-anti-entropy") {
-        tracing::warn!("built with the no-anti-entropy negative control: ap replicas are never repaired");
-        return;
-    }
-    use rand::seq::SliceRandom;
-    let replica = node.ap().replica().clone();
-    let interval = std::time::Duration::from_millis(replica.options.anti_entropy_interval_ms);
-    let mut diverged_since: Option<Instant> = None;
-    for round in 1u64.. {
-        tokio::time::sleep(interval).await;
-        let keyspaces: Vec<String> = match node.cp().local_keyspaces() {
-            Ok(defs) => defs
+/// Starts the AP repair loop (hints, anti-entropy, tombstones) over this node's ap keyspaces.
+fn spawn_ap_repair(node: &Arc<Node>) -> tokio::task::JoinHandle<()> {
+    let keyspaces = {
+        let node = node.clone();
+        move || -> Result<Vec<String>, Error> {
+            Ok(node
+                .cp()
+                .local_keyspaces()?
                 .into_iter()
-                .filter(|d| d.mode == crate::mode::Mode::Ap)
+                .filter(|d| d.mode == Mode::Ap)
                 .map(|d| d.name)
-                .collect(),
-            Err(e) => {
-                tracing::error!("cannot read the keyspace list: {e}");
-                continue;
-            }
-        };
-        let alive: Vec<u64> = replica
-            .peers()
-            .iter()
-            .copied()
-            .filter(|p| node.ap().reachable(*p))
-            .collect();
-        for peer in &alive {
-            while let Ok(HINT_BATCH) = replica.deliver_hints(*peer, HINT_BATCH).await {}
+                .collect())
         }
-        if keyspaces.is_empty() {
-            continue;
-        }
-        let chosen: Vec<u64> = {
-            let mut rng = rand::thread_rng();
-            alive
-                .choose_multiple(&mut rng, replica.options.anti_entropy_fanout)
-                .copied()
-                .collect()
-        };
-        let in_sync = replica.anti_entropy_round(&chosen, &keyspaces).await && alive.len() == replica.peers().len();
-        match (in_sync, diverged_since) {
-            (false, None) => diverged_since = Some(Instant::now()),
-            (true, Some(since)) => {
-                ::metrics::gauge!("capkv_ap_last_convergence_seconds").set(since.elapsed().as_secs_f64());
-                diverged_since = None;
-            }
-            _ => {}
-        }
-        if round % ROUNDS_PER_TOMBSTONE_COLLECTION == 0 {
-            for keyspace in &keyspaces {
-                if let Err(e) = replica.collect_tombstones(keyspace) {
-                    tracing::warn!(keyspace, "tombstone collection failed: {e}");
-                }
-            }
-        }
-    }
+    };
+    let reach = node.reach().clone();
+    let replica = node.ap().replica().clone();
+    tokio::spawn(repair::run(replica, keyspaces, move |peer| reach.reachable(peer)))
 }

@@ -41,7 +41,7 @@ pub fn local_state(node: &Node) -> proto::NodeFaultState {
         reached: true,
         groups: wire(&node.fault().groups()),
         error: String::new(),
-        clock_offset_ms: node.ap().replica().clock_offset_ms(),
+        clock_offset_ms: node.fault().clock().offset_ms(),
     }
 }
 
@@ -89,7 +89,7 @@ impl FaultService {
     ) -> Result<proto::FaultStatusResponse, Error> {
         self.node.fault().set(groups.clone())?;
         if reset_clock {
-            self.node.ap().replica().set_clock_offset_ms(0);
+            self.node.fault().set_clock_offset(0)?;
         }
         tracing::warn!(?groups, reset_clock, "fault injection: partition set (empty = healed)");
         let tasks: Vec<_> = self
@@ -194,7 +194,7 @@ impl proto::fault_server::Fault for FaultService {
             .into());
         }
         if request.node_id == self.node.id() {
-            self.node.ap().replica().set_clock_offset_ms(request.offset_ms);
+            self.node.fault().set_clock_offset(request.offset_ms)?;
         } else {
             let state = control(request.node_id, addr, move |mut c| async move {
                 c.set_clock_offset(request).await

@@ -102,13 +102,7 @@ impl proto::peer_server::Peer for PeerService {
         &self,
         request: Request<proto::ClockRequest>,
     ) -> Result<Response<proto::NodeFaultState>, Status> {
-        if !self.node.fault().enabled() {
-            return Err(crate::error::Error::Refused("fault injection is off on this node".into()).into());
-        }
-        self.node
-            .ap()
-            .replica()
-            .set_clock_offset_ms(request.into_inner().offset_ms);
+        self.node.fault().set_clock_offset(request.into_inner().offset_ms)?;
         Ok(Response::new(super::fault::local_state(&self.node)))
     }
 
@@ -136,7 +130,7 @@ impl proto::peer_server::Peer for PeerService {
         );
         self.node.fault().set(groups)?;
         if request.reset_clock {
-            self.node.ap().replica().set_clock_offset_ms(0);
+            self.node.fault().set_clock_offset(0)?;
         }
         Ok(Response::new(proto::SetPartitionResponse {
             node_id: self.node.id(),

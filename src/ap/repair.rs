@@ -1,0 +1,230 @@
+//! The AP repair loop: the periodic driver of hinted handoff, anti-entropy and tombstone
+//! collection.
+//!
+//! Every [`super::replica::ReplicaOptions::anti_entropy_interval_ms`] one [`Repair::round`]:
+//!
+//! 1. delivers the queued hints of every reachable peer, [`HINT_BATCH`] per message, until a
+//!    peer's queue is drained or a delivery fails;
+//! 2. runs one anti-entropy exchange per ap keyspace with up to `anti_entropy_fanout` reachable
+//!    peers, chosen at random;
+//! 3. every [`ROUNDS_PER_TOMBSTONE_COLLECTION`] rounds, collects the tombstones every replica holds.
+//!
+//! It also measures how long replicas stayed apart: from the first round that found a difference
+//! (or an unreachable peer) to the next round that found every peer reachable and in sync.
+//!
+//! The mechanisms live in [`super::replica`]; this module only decides when they run, and takes
+//! the keyspace list, reachability and randomness as parameters so a round can be unit-tested.
+//!
+//! CAVEATS: hint delivery and anti-entropy run one after another in the same task, so a long
+//! hint backlog delays the next anti-entropy exchange; a round's peers are random, so a single
+//! round proves nothing about peers it did not pick.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+
+use super::replica::{PeerError, Replica, Transport};
+use crate::error::Error;
+
+/// Hints sent to a peer in one message.
+pub const HINT_BATCH: usize = 500;
+/// Anti-entropy rounds between two tombstone collections.
+pub const ROUNDS_PER_TOMBSTONE_COLLECTION: u64 = 30;
+
+/// What one repair round did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RoundReport {
+    /// Hints delivered to peers this round.
+    pub hints_delivered: usize,
+    /// Peers anti-entropy ran with.
+    pub peers_compared: Vec<u64>,
+    /// Every peer was reachable and every compared peer held the same keyspaces.
+    pub in_sync: bool,
+    /// Set on the round that ended a divergence: how long the replicas had been apart.
+    pub converged_after: Option<Duration>,
+    /// Tombstones collected (only on collection rounds).
+    pub tombstones_collected: usize,
+}
+
+/// The state of the repair loop of one replica.
+pub struct Repair<T: Transport> {
+    replica: Arc<Replica<T>>,
+    rounds: u64,
+    diverged_since: Option<Instant>,
+}
+
+impl<T: Transport> Repair<T> {
+    pub fn new(replica: Arc<Replica<T>>) -> Self {
+        Self {
+            replica,
+            rounds: 0,
+            diverged_since: None,
+        }
+    }
+
+    /// One repair round over `keyspaces`, with the peers `reachable` says may be reached.
+    pub async fn round(
+        &mut self,
+        keyspaces: &[String],
+        reachable: impl Fn(u64) -> bool,
+        rng: &mut impl Rng,
+    ) -> RoundReport {
+        self.rounds += 1;
+        let replica = &self.replica;
+        let alive: Vec<u64> = replica.peers().iter().copied().filter(|p| reachable(*p)).collect();
+        let mut report = RoundReport::default();
+        for peer in &alive {
+            report.hints_delivered += self.deliver_all_hints(*peer).await;
+        }
+        if keyspaces.is_empty() {
+            return report;
+        }
+        report.peers_compared = alive
+            .choose_multiple(rng, replica.options.anti_entropy_fanout)
+            .copied()
+            .collect();
+        report.in_sync =
+            replica.anti_entropy_round(&report.peers_compared, keyspaces).await && alive.len() == replica.peers().len();
+        match (report.in_sync, self.diverged_since) {
+            (false, None) => self.diverged_since = Some(Instant::now()),
+            (true, Some(since)) => {
+                report.converged_after = Some(since.elapsed());
+                self.diverged_since = None;
+            }
+            _ => {}
+        }
+        if self.rounds % ROUNDS_PER_TOMBSTONE_COLLECTION == 0 {
+            report.tombstones_collected = self.collect_tombstones(keyspaces);
+        }
+        report
+    }
+
+    /// Delivers `peer`'s hints batch by batch until its queue is drained or delivery fails.
+    async fn deliver_all_hints(&self, peer: u64) -> usize {
+        let mut delivered = 0;
+        loop {
+            match self.replica.deliver_hints(peer, HINT_BATCH).await {
+                Ok(n) => {
+                    delivered += n;
+                    if n < HINT_BATCH {
+                        return delivered;
+                    }
+                }
+                Err(e) => {
+                    match e {
+                        PeerError::Local(_) => tracing::error!("hint delivery stopped: {e}"),
+                        _ => tracing::debug!("hint delivery stopped: {e}"),
+                    }
+                    return delivered;
+                }
+            }
+        }
+    }
+
+    fn collect_tombstones(&self, keyspaces: &[String]) -> usize {
+        let mut collected = 0;
+        for keyspace in keyspaces {
+            match self.replica.collect_tombstones(keyspace) {
+                Ok(n) => collected += n,
+                Err(e) => tracing::warn!(keyspace, "tombstone collection failed: {e}"),
+            }
+        }
+        collected
+    }
+}
+
+/// Runs repair rounds forever, one per anti-entropy interval. `keyspaces` lists the ap keyspaces
+/// now (read each round, so new keyspaces join); `reachable` is the node's liveness view.
+pub async fn run<T: Transport>(
+    replica: Arc<Replica<T>>,
+    keyspaces: impl Fn() -> Result<Vec<String>, Error>,
+    reachable: impl Fn(u64) -> bool,
+) {
+    if cfg!(feature = "no-anti-entropy") {
+        tracing::warn!("built with the no-anti-entropy negative control: ap replicas are never repaired");
+        return;
+    }
+    let interval = Duration::from_millis(replica.options.anti_entropy_interval_ms);
+    let mut repair = Repair::new(replica);
+    let mut rng = StdRng::from_entropy();
+    loop {
+        tokio::time::sleep(interval).await;
+        let keyspaces = match keyspaces() {
+            Ok(names) => names,
+            Err(e) => {
+                tracing::error!("cannot read the keyspace list: {e}");
+                continue;
+            }
+        };
+        let report = repair.round(&keyspaces, &reachable, &mut rng).await;
+        if let Some(apart) = report.converged_after {
+            ::metrics::gauge!("capkv_ap_last_convergence_seconds").set(apart.as_secs_f64());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rand::rngs::StdRng;
+    use rand::SeedableRng;
+
+    use super::super::replica::testkit::{run, short_horizons, Kit, KEYSPACE};
+    use super::*;
+
+    #[test]
+    fn rounds_deliver_hints_repair_measure_convergence_and_collect_tombstones() {
+        run(async {
+            let kit = Kit::new(3, short_horizons());
+            let keyspaces = vec![KEYSPACE.to_string()];
+            let mut rng = StdRng::seed_from_u64(7);
+            let mut repair = Repair::new(kit.node(1));
+            kit.write(1, "x", Some("1"), 3).await.unwrap();
+            kit.down(3);
+            kit.write(1, "x", None, 2).await.unwrap();
+
+            let first = repair.round(&keyspaces, kit.reachable(), &mut rng).await;
+            assert_eq!(first.peers_compared, vec![2]);
+            assert!(!first.in_sync, "node 3 is unreachable");
+            assert_eq!(first.converged_after, None);
+
+            kit.up(3);
+            let second = repair.round(&keyspaces, kit.reachable(), &mut rng).await;
+            assert_eq!(second.hints_delivered, 1, "node 3's hint of the delete");
+            assert_eq!(kit.stored(3, "x"), Some(None));
+            assert!(second.in_sync, "{second:?}");
+            assert!(second.converged_after.is_some(), "the divergence ended");
+
+            kit.advance(short_horizons().tombstone_gc_after_ms + 1);
+            for round in 3..ROUNDS_PER_TOMBSTONE_COLLECTION {
+                let report = repair.round(&keyspaces, kit.reachable(), &mut rng).await;
+                assert_eq!(
+                    report.tombstones_collected, 0,
+                    "round {round} is not a collection round"
+                );
+            }
+            let collection = repair.round(&keyspaces, kit.reachable(), &mut rng).await;
+            assert_eq!(collection.tombstones_collected, 1);
+            assert_eq!(kit.stored(1, "x"), None);
+        });
+    }
+
+    #[test]
+    fn a_round_drains_a_backlog_longer_than_one_batch() {
+        run(async {
+            let kit = Kit::new(2, Default::default());
+            kit.down(2);
+            for i in 0..HINT_BATCH + 1 {
+                kit.put(1, &format!("k{i}"), "v").await;
+            }
+            kit.up(2);
+            let mut repair = Repair::new(kit.node(1));
+            let report = repair.round(&[], kit.reachable(), &mut StdRng::seed_from_u64(1)).await;
+            assert_eq!(report.hints_delivered, HINT_BATCH + 1);
+            assert_eq!(kit.node(1).store.hint_count(2), 0);
+            assert!(report.peers_compared.is_empty(), "no keyspaces, no anti-entropy");
+        });
+    }
+}

@@ -1,0 +1,166 @@
+//! Hinted handoff: writes kept for a peer that could not be reached, delivered when it is back.
+//!
+//! A hint is persisted in the AP store's hint queue for that peer, with the wall time it was
+//! made. Each peer's queue is bounded ([`super::ReplicaOptions::hints_per_peer_max`]); a write
+//! over the bound is not hinted (counted in `hints_dropped_full`) and left to anti-entropy.
+//! Delivery sends the oldest hints in one push; hints older than the hint lifetime are dropped
+//! instead (counted in `hints_dropped_expired`), so a hint can never outlive the tombstone
+//! horizon and resurrect a collected delete.
+//!
+//! CAVEATS: the bound counts hints, not bytes; delivery is in queue order, one batch per call,
+//! and the caller (the repair loop) decides when to call it.
+
+use std::sync::atomic::Ordering;
+
+use super::super::store::{Entry, Hint};
+use super::{PeerError, Replica, Request, Response, Transport};
+use crate::error::Error;
+
+impl<T: Transport> Replica<T> {
+    /// Queues `entry` for `peer`, unless the peer's queue is full (then counts the drop).
+    pub(super) fn hint(&self, peer: u64, entry: &Entry) -> Result<(), Error> {
+        if cfg!(feature = "no-anti-entropy") {
+            return Ok(()); // negative control: a write a peer missed stays missed
+        }
+        let hint = Hint {
+            entry: entry.clone(),
+            created_ms: self.wall_ms(),
+        };
+        if self.store.add_hint(peer, &hint, self.options.hints_per_peer_max)? {
+            self.stats.hints_stored.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.stats.hints_dropped_full.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// Delivers stored hints to `peer`; returns how many were delivered.
+    pub async fn deliver_hints(&self, peer: u64, batch: usize) -> Result<usize, PeerError> {
+        let hints = self.store.hints(peer, batch)?;
+        if hints.is_empty() {
+            return Ok(0);
+        }
+        let now = self.wall_ms();
+        let (fresh, expired): (Vec<_>, Vec<_>) = hints
+            .into_iter()
+            .partition(|(_, h)| now.saturating_sub(h.created_ms) <= self.options.hint_lifetime_ms);
+        if !expired.is_empty() {
+            self.stats
+                .hints_dropped_expired
+                .fetch_add(expired.len() as u64, Ordering::Relaxed);
+            self.store
+                .remove_hints(peer, &expired.iter().map(|(s, _)| *s).collect::<Vec<_>>())?;
+        }
+        if fresh.is_empty() {
+            return Ok(0);
+        }
+        let entries = fresh.iter().map(|(_, h)| h.entry.clone()).collect();
+        match self.call_peer(peer, Request::Push(entries)).await? {
+            Response::Pushed => {
+                self.store
+                    .remove_hints(peer, &fresh.iter().map(|(s, _)| *s).collect::<Vec<_>>())?;
+                self.stats
+                    .hints_delivered
+                    .fetch_add(fresh.len() as u64, Ordering::Relaxed);
+                Ok(fresh.len())
+            }
+            other => Err(PeerError::unexpected(peer, "push", &other)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering::Relaxed;
+
+    use super::super::testkit::{run, short_horizons, Kit, KEYSPACE};
+    use super::super::{PeerError, ReplicaOptions};
+    use crate::error::Error;
+
+    #[test]
+    fn hints_queue_for_an_unreachable_peer_and_drain_when_it_returns() {
+        run(async {
+            let kit = Kit::new(3, Default::default());
+            kit.down(3);
+            kit.put(1, "bob", "book").await;
+            kit.put(1, "ann", "pen").await;
+            let one = kit.node(1);
+            assert_eq!(one.store.hint_count(3), 2);
+            assert_eq!(one.stats.hints_stored.load(Relaxed), 2);
+            assert_eq!(kit.value(3, "bob"), None);
+
+            let err = one.deliver_hints(3, 10).await.unwrap_err();
+            assert!(matches!(err, PeerError::Unreachable { peer: 3, .. }), "{err:?}");
+            assert_eq!(one.store.hint_count(3), 2, "a failed delivery keeps the hints");
+
+            kit.up(3);
+            assert_eq!(one.deliver_hints(3, 1).await.unwrap(), 1, "one batch of one");
+            assert_eq!(one.deliver_hints(3, 10).await.unwrap(), 1);
+            assert_eq!(one.deliver_hints(3, 10).await.unwrap(), 0, "the queue is drained");
+            assert_eq!(kit.value(3, "bob").as_deref(), Some("book"));
+            assert_eq!(kit.value(3, "ann").as_deref(), Some("pen"));
+            assert_eq!(
+                (one.store.hint_count(3), one.stats.hints_delivered.load(Relaxed)),
+                (0, 2)
+            );
+        });
+    }
+
+    #[test]
+    fn the_hint_queue_is_bounded_per_peer_and_drops_are_counted() {
+        run(async {
+            let bounded = ReplicaOptions {
+                hints_per_peer_max: 2,
+                ..Default::default()
+            };
+            let kit = Kit::new(3, bounded);
+            kit.down(2);
+            kit.down(3);
+            for i in 0..3 {
+                kit.put(1, &format!("k{i}"), "v").await;
+            }
+            let one = kit.node(1);
+            assert_eq!((one.store.hint_count(2), one.store.hint_count(3)), (2, 2));
+            assert_eq!(one.stats.hints_stored.load(Relaxed), 4);
+            assert_eq!(
+                one.stats.hints_dropped_full.load(Relaxed),
+                2,
+                "one per peer over the bound"
+            );
+        });
+    }
+
+    #[test]
+    fn hints_past_their_lifetime_are_dropped_not_delivered() {
+        run(async {
+            let kit = Kit::new(2, short_horizons());
+            kit.down(2);
+            kit.put(1, "bob", "book").await;
+            kit.advance(short_horizons().hint_lifetime_ms + 1);
+            kit.up(2);
+            let one = kit.node(1);
+            assert_eq!(one.deliver_hints(2, 10).await.unwrap(), 0);
+            assert_eq!(kit.value(2, "bob"), None, "left to anti-entropy");
+            assert_eq!(one.store.hint_count(2), 0);
+            assert_eq!(one.stats.hints_dropped_expired.load(Relaxed), 1);
+        });
+    }
+
+    #[test]
+    fn a_corrupt_hint_queue_is_a_storage_error_not_an_unreachable_peer() {
+        run(async {
+            let kit = Kit::new(2, Default::default());
+            kit.down(2);
+            kit.put(1, "bob", "book").await;
+            kit.up(2);
+            kit.node(1).store.corrupt_hints(2);
+            let err = kit.node(1).deliver_hints(2, 10).await.unwrap_err();
+            assert!(matches!(err, PeerError::Local(Error::Storage(_))), "{err:?}");
+            assert!(!err.to_string().contains("unreachable"), "{err}");
+
+            kit.node(2).store.corrupt_value(KEYSPACE, b"anything");
+            let err = kit.node(2).anti_entropy(1, KEYSPACE).await.unwrap_err();
+            assert!(matches!(err, PeerError::Local(Error::Storage(_))), "{err:?}");
+        });
+    }
+}

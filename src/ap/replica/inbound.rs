@@ -1,0 +1,232 @@
+//! Serving peer messages: what this replica does when another replica calls it.
+//!
+//! Every request ends in a last-writer-wins merge or a read, so handling one twice is harmless.
+//! Merging a peer's entries also advances this node's HLC past their timestamps, so a write made
+//! here afterwards is ordered after what it has seen.
+//!
+//! A message another release or a bug could get wrong is checked before anything is merged: a
+//! digest must have [`BUCKETS`] buckets, a fetch may name only existing buckets, and the entries
+//! it carries must belong to the keyspace and buckets it names. A rejected message changes
+//! nothing and is answered with an `InvalidInput` error that says what was wrong.
+//!
+//! CAVEATS: the sender's identity (`from`) is trusted; the fault filter checks it before a
+//! message reaches this module.
+
+use std::collections::BTreeSet;
+use std::sync::atomic::Ordering;
+
+use super::super::digest::{bucket_of, Digest, BUCKETS};
+use super::super::store::Entry;
+use super::{Replica, Request, Response, Transport};
+use crate::error::Error;
+
+impl<T: Transport> Replica<T> {
+    /// Answers a request from `from`.
+    pub async fn handle(&self, from: u64, request: Request) -> Result<Response, Error> {
+        match request {
+            Request::Push(entries) => {
+                let changed = self.merge_all(&entries).await?;
+                self.stats.pushes_applied.fetch_add(changed as u64, Ordering::Relaxed);
+                Ok(Response::Pushed)
+            }
+            Request::Digest { keyspace, digest } => {
+                check_digest(from, &keyspace, &digest)?;
+                let ours = self.store.digest(&keyspace)?;
+                self.note_sync(from, &keyspace, &ours, &Digest(digest));
+                Ok(Response::Digest(ours.0))
+            }
+            Request::Fetch {
+                keyspace,
+                buckets,
+                entries,
+            } => {
+                let buckets = check_fetch(from, &keyspace, &buckets, &entries)?;
+                let changed = self.merge_all(&entries).await?;
+                self.stats.keys_repaired.fetch_add(changed as u64, Ordering::Relaxed);
+                Ok(Response::Fetched(self.store.entries(&keyspace, Some(&buckets))?))
+            }
+            Request::Read { keyspace, key } => Ok(Response::Read(self.store.get(&keyspace, &key)?)),
+        }
+    }
+
+    /// Merges entries from a peer; returns how many changed the store.
+    pub(super) async fn merge_all(&self, entries: &[Entry]) -> Result<usize, Error> {
+        let mut changed = 0;
+        for entry in entries {
+            self.observe(entry.versioned.version.hlc);
+            if self.store.merge(entry)? {
+                changed += 1;
+            }
+        }
+        if changed > 0 {
+            self.store.flush().await?;
+        }
+        Ok(changed)
+    }
+}
+
+/// A digest must cover exactly the buckets this node uses.
+fn check_digest(from: u64, keyspace: &str, digest: &[u64]) -> Result<(), Error> {
+    if digest.len() != BUCKETS {
+        return Err(Error::InvalidInput(format!(
+            "node {from} sent a digest of keyspace '{keyspace}' with {} buckets, but this node uses {BUCKETS}; are both nodes running the same capkv release?",
+            digest.len()
+        )));
+    }
+    Ok(())
+}
+
+/// A fetch names existing buckets and carries only entries of that keyspace and those buckets.
+fn check_fetch(from: u64, keyspace: &str, buckets: &[u32], entries: &[Entry]) -> Result<BTreeSet<usize>, Error> {
+    let bad = |what: String| {
+        Err(Error::InvalidInput(format!(
+            "node {from} sent a bad fetch of keyspace '{keyspace}': {what}"
+        )))
+    };
+    let buckets: BTreeSet<usize> = buckets.iter().map(|b| *b as usize).collect();
+    if let Some(b) = buckets.iter().find(|b| **b >= BUCKETS) {
+        return bad(format!("bucket {b} does not exist (there are {BUCKETS})"));
+    }
+    for entry in entries {
+        if entry.keyspace != keyspace {
+            return bad(format!("it carries an entry of keyspace '{}'", entry.keyspace));
+        }
+        if !buckets.contains(&bucket_of(&entry.key)) {
+            return bad(format!(
+                "it carries key {:?}, which is in bucket {}, not one of the buckets it names",
+                String::from_utf8_lossy(&entry.key),
+                bucket_of(&entry.key)
+            ));
+        }
+    }
+    Ok(buckets)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::super::super::digest::{bucket_of, BUCKETS};
+    use super::super::super::hlc::Timestamp;
+    use super::super::super::store::Entry;
+    use super::super::super::version::{Version, Versioned};
+    use super::super::testkit::{run, Kit, EPOCH_MS, KEYSPACE};
+    use super::super::{Request, Response};
+    use crate::error::Error;
+
+    fn entry(keyspace: &str, key: &str, physical_ms: u64) -> Entry {
+        Entry {
+            keyspace: keyspace.into(),
+            key: key.as_bytes().to_vec(),
+            versioned: Versioned {
+                version: Version {
+                    hlc: Timestamp {
+                        physical_ms,
+                        logical: 0,
+                    },
+                    node: 9,
+                },
+                value: Some(b"v".to_vec()),
+            },
+        }
+    }
+
+    fn invalid(result: Result<Response, Error>, expected: &str) {
+        match result {
+            Err(Error::InvalidInput(message)) => assert!(message.contains(expected), "{message}"),
+            other => panic!("expected InvalidInput containing {expected:?}, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_push_is_merged_and_moves_the_clock_past_it() {
+        run(async {
+            let kit = Kit::new(2, Default::default());
+            let one = kit.node(1);
+            let ahead = entry(KEYSPACE, "bob", EPOCH_MS + 60_000);
+            let answer = one.handle(2, Request::Push(vec![ahead.clone()])).await.unwrap();
+            assert!(matches!(answer, Response::Pushed));
+            let answer = one.handle(2, Request::Push(vec![ahead.clone()])).await.unwrap();
+            assert!(matches!(answer, Response::Pushed), "a duplicate push is harmless");
+            assert_eq!(kit.value(1, "bob").as_deref(), Some("v"));
+            let later = kit.put(1, "bob", "mine").await;
+            assert!(
+                later.version.hlc > ahead.versioned.version.hlc,
+                "the clock moved past the push"
+            );
+            assert_eq!(kit.value(1, "bob").as_deref(), Some("mine"));
+            let read = one
+                .handle(
+                    2,
+                    Request::Read {
+                        keyspace: KEYSPACE.into(),
+                        key: b"bob".to_vec(),
+                    },
+                )
+                .await
+                .unwrap();
+            assert!(matches!(read, Response::Read(Some(v)) if v == later));
+        });
+    }
+
+    #[test]
+    fn a_digest_of_the_wrong_size_is_rejected() {
+        run(async {
+            let kit = Kit::new(2, Default::default());
+            let request = Request::Digest {
+                keyspace: KEYSPACE.into(),
+                digest: vec![0; 3],
+            };
+            invalid(
+                kit.node(1).handle(2, request).await,
+                "with 3 buckets, but this node uses 256",
+            );
+            let request = Request::Digest {
+                keyspace: KEYSPACE.into(),
+                digest: vec![0; BUCKETS],
+            };
+            assert!(matches!(kit.node(1).handle(2, request).await, Ok(Response::Digest(d)) if d.len() == BUCKETS));
+        });
+    }
+
+    #[test]
+    fn a_bad_fetch_is_rejected_and_changes_nothing() {
+        run(async {
+            let kit = Kit::new(2, Default::default());
+            let one = kit.node(1);
+            let fetch = |buckets: Vec<u32>, entries: Vec<Entry>| Request::Fetch {
+                keyspace: KEYSPACE.into(),
+                buckets,
+                entries,
+            };
+            invalid(
+                one.handle(2, fetch(vec![BUCKETS as u32], vec![])).await,
+                "bucket 256 does not exist",
+            );
+            let bucket = bucket_of(b"bob") as u32;
+            let foreign = entry("other", "bob", EPOCH_MS);
+            invalid(
+                one.handle(2, fetch(vec![bucket], vec![foreign])).await,
+                "entry of keyspace 'other'",
+            );
+            let other_bucket = (0..BUCKETS as u32).find(|b| *b != bucket).unwrap();
+            let stray = entry(KEYSPACE, "bob", EPOCH_MS);
+            invalid(
+                one.handle(2, fetch(vec![other_bucket], vec![stray.clone()])).await,
+                "not one of the buckets it names",
+            );
+            assert_eq!(kit.stored(1, "bob"), None, "a rejected fetch merges nothing");
+
+            let answer = one.handle(2, fetch(vec![bucket], vec![stray])).await.unwrap();
+            assert!(matches!(answer, Response::Fetched(ref e) if e.len() == 1), "{answer:?}");
+            let keys: BTreeSet<_> = one
+                .store
+                .entries(KEYSPACE, None)
+                .unwrap()
+                .into_iter()
+                .map(|e| e.key)
+                .collect();
+            assert_eq!(keys, BTreeSet::from([b"bob".to_vec()]));
+        });
+    }
+}

@@ -1,0 +1,192 @@
+//! An in-process cluster of replicas for unit tests: real replica code and real (temporary)
+//! sled stores, wired by an in-memory transport instead of sockets, with a hand-driven wall clock.
+//!
+//! Unlike the seeded simulation (`ap::sim_test`), nothing here is random and nothing is delayed:
+//! a message to a node that is up is handled at once, a message to a node that is down fails at
+//! once with [`Unreachable`]. Each test sets up exactly the divergence it wants to check:
+//! [`Kit::down`] a node, write while it is down (hints are queued but not delivered until the
+//! test says so), [`Kit::up`] it again, then drive one mechanism and look at the stores.
+//!
+//! CAVEATS: the kit has no timeouts, drops or reordering; those live in the simulation.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use super::super::store::ApStore;
+use super::super::version::Versioned;
+use super::{Replica, ReplicaOptions, Request, Response, Transport, Unreachable};
+use crate::error::Error;
+use crate::fault::ClockSkew;
+
+pub const KEYSPACE: &str = "carts";
+
+/// Where the kit's wall clock starts (a realistic epoch in ms).
+pub const EPOCH_MS: u64 = 1_700_000_000_000;
+
+#[derive(Default)]
+struct Net {
+    nodes: RwLock<BTreeMap<u64, Arc<Replica<KitTransport>>>>,
+    down: RwLock<BTreeSet<u64>>,
+    /// Nodes that answer every request with this message instead of handling it.
+    forged: RwLock<BTreeMap<u64, Response>>,
+}
+
+/// The in-memory transport of one kit node.
+pub struct KitTransport {
+    from: u64,
+    net: Arc<Net>,
+}
+
+impl Transport for KitTransport {
+    async fn call(&self, to: u64, request: Request, _timeout: Duration) -> Result<Response, Unreachable> {
+        let down = self.net.down.read().unwrap().clone();
+        if down.contains(&to) || down.contains(&self.from) {
+            return Err(Unreachable(format!("node {to} is down in the test kit")));
+        }
+        if let Some(forged) = self.net.forged.read().unwrap().get(&to).cloned() {
+            return Ok(forged);
+        }
+        let target = self.net.nodes.read().unwrap().get(&to).cloned();
+        let target = target.ok_or_else(|| Unreachable(format!("node {to} is not in the test kit")))?;
+        target
+            .handle(self.from, request)
+            .await
+            .map_err(|e| Unreachable(format!("node {to} answered with an error: {e}")))
+    }
+}
+
+/// Replicas 1..=n sharing one in-memory network and one wall clock.
+pub struct Kit {
+    net: Arc<Net>,
+    wall_ms: Arc<AtomicU64>,
+    skews: BTreeMap<u64, Arc<ClockSkew>>,
+}
+
+/// A store on a temporary sled database, removed when dropped.
+pub fn temp_store() -> ApStore {
+    let db = sled::Config::new()
+        .temporary(true)
+        .open()
+        .expect("a temporary sled opens");
+    ApStore::open(&crate::storage::Flusher::new(db)).expect("the AP store opens")
+}
+
+/// Options whose hint and tombstone horizons are short enough to cross with [`Kit::advance`].
+pub fn short_horizons() -> ReplicaOptions {
+    ReplicaOptions {
+        hint_lifetime_ms: 1_000,
+        tombstone_gc_after_ms: 2_000,
+        ..Default::default()
+    }
+}
+
+impl Kit {
+    pub fn new(n: u64, options: ReplicaOptions) -> Kit {
+        let mut kit = Kit {
+            net: Arc::new(Net::default()),
+            wall_ms: Arc::new(AtomicU64::new(EPOCH_MS)),
+            skews: BTreeMap::new(),
+        };
+        let ids: Vec<u64> = (1..=n).collect();
+        for id in &ids {
+            let wall = {
+                let wall_ms = kit.wall_ms.clone();
+                Arc::new(move || wall_ms.load(Ordering::SeqCst))
+            };
+            let transport = KitTransport {
+                from: *id,
+                net: kit.net.clone(),
+            };
+            let replica = Replica::new(
+                *id,
+                ids.clone(),
+                temp_store(),
+                transport,
+                wall,
+                kit.skews.entry(*id).or_default().clone(),
+                options.clone(),
+            )
+            .expect("valid options");
+            kit.net.nodes.write().unwrap().insert(*id, Arc::new(replica));
+        }
+        kit
+    }
+
+    pub fn node(&self, id: u64) -> Arc<Replica<KitTransport>> {
+        self.net.nodes.read().unwrap()[&id].clone()
+    }
+
+    /// The clock skew fault of node `id` (what `capkv fault clock` sets).
+    pub fn skew(&self, id: u64) -> &ClockSkew {
+        &self.skews[&id]
+    }
+
+    /// Takes a node off the network: messages to and from it fail.
+    pub fn down(&self, id: u64) {
+        self.net.down.write().unwrap().insert(id);
+    }
+
+    pub fn up(&self, id: u64) {
+        self.net.down.write().unwrap().remove(&id);
+    }
+
+    /// Makes `id` answer every message with `answer` (a peer that speaks another protocol).
+    pub fn forge(&self, id: u64, answer: Response) {
+        self.net.forged.write().unwrap().insert(id, answer);
+    }
+
+    /// Is `id` on the network? (the liveness view handed to writes and quorum reads)
+    pub fn reachable(&self) -> impl Fn(u64) -> bool + '_ {
+        |id| !self.net.down.read().unwrap().contains(&id)
+    }
+
+    /// Moves every node's wall clock forward.
+    pub fn advance(&self, ms: u64) {
+        self.wall_ms.fetch_add(ms, Ordering::SeqCst);
+    }
+
+    /// Writes `value` (None: delete) on `node` with `acks`, treating down nodes as unreachable.
+    pub async fn write(&self, node: u64, key: &str, value: Option<&str>, acks: usize) -> Result<Versioned, Error> {
+        let value = value.map(|v| v.as_bytes().to_vec());
+        self.node(node)
+            .write(KEYSPACE, key.as_bytes(), value, acks, self.reachable(), far())
+            .await
+    }
+
+    pub async fn put(&self, node: u64, key: &str, value: &str) -> Versioned {
+        self.write(node, key, Some(value), 1)
+            .await
+            .expect("a local put succeeds")
+    }
+
+    /// The value `node` holds for `key` (tombstones included, as `Some(None)`).
+    pub fn stored(&self, node: u64, key: &str) -> Option<Option<String>> {
+        let v = self
+            .node(node)
+            .store
+            .get(KEYSPACE, key.as_bytes())
+            .expect("the store reads");
+        v.map(|v| v.value.map(|b| String::from_utf8(b).expect("kit values are text")))
+    }
+
+    /// The live value `node` holds for `key`.
+    pub fn value(&self, node: u64, key: &str) -> Option<String> {
+        self.stored(node, key).flatten()
+    }
+}
+
+/// A deadline no kit test reaches.
+pub fn far() -> Instant {
+    Instant::now() + Duration::from_secs(3600)
+}
+
+/// Runs a test body on a current-thread runtime.
+pub fn run<F: std::future::Future>(body: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a test runtime starts")
+        .block_on(body)
+}
