@@ -14,12 +14,13 @@
 //!   [`kv::KvPath`], with the request's deadline and origin in a [`request::Ctx`]:
 //!   - [`cp`]: the CP path. Routing (here, the leader, or "no quorum"), forwarding, proposals to
 //!     the Raft group (openraft), its log store, state machine, network and watchdog.
-//!   - [`ap`]: the AP path. Hybrid logical clocks, last-writer-wins versions, the replica's
-//!     writes, hints, anti-entropy and quorum reads, and its store.
+//!   - [`ap`]: the AP path. Hybrid logical clocks, last-writer-wins versions, the replica (one
+//!     module per concern: writes, hints, anti-entropy, quorum reads, tombstones, inbound), the
+//!     repair loop ([`ap::repair`]), and its store.
 //! - [`node`]: one running node: opens [`storage`] (sled, group commit), starts both paths, the
 //!   servers and the background tasks, and stops them in order.
 //! - Shared by both paths: [`liveness`] (which peers this node hears, and may reach),
-//!   [`fault`] (the partition filter every peer message passes), [`net`] (peer connections),
+//!   [`fault`] (the partition filter every peer message passes, and the node's clock skew), [`net`] (peer connections),
 //!   [`keyspace`] (definitions and input validation), [`limits`], and [`error`] (errors named
 //!   for what the caller does next, mapped to gRPC statuses and exit codes in one place).
 //! - [`observe`]: metrics, health and logs.
