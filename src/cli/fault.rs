@@ -1,14 +1,22 @@
 //! `fault partition|heal|status|clock`: talk to nodes started with `--fault-injection`.
 
-use clap::Subcommand;
+use clap::{Args, Subcommand};
 use serde::Serialize;
 
 use super::output::View;
-use super::parse_duration;
+use super::{parse_duration, ClientOverrides};
 use crate::client::Client;
 use crate::error::Error;
 use crate::fault::parse_group;
 use crate::proto;
+
+#[derive(Args, Debug)]
+pub struct FaultArgs {
+    #[command(flatten)]
+    pub client: ClientOverrides,
+    #[command(subcommand)]
+    pub command: FaultCommand,
+}
 
 #[derive(Subcommand, Debug)]
 pub enum FaultCommand {

@@ -1,13 +1,22 @@
 //! `keyspace create|list|describe`.
 
-use clap::Subcommand;
+use clap::{Args, Subcommand};
 use serde::Serialize;
 
-use super::output::{table, View};
+use super::output::{table, Report, View};
+use super::ClientOverrides;
 use crate::client::Client;
 use crate::error::Error;
 use crate::keyspace::Mode;
 use crate::proto;
+
+#[derive(Args, Debug)]
+pub struct KeyspaceArgs {
+    #[command(flatten)]
+    pub client: ClientOverrides,
+    #[command(subcommand)]
+    pub command: KeyspaceCommand,
+}
 
 #[derive(Subcommand, Debug)]
 pub enum KeyspaceCommand {
@@ -17,10 +26,10 @@ pub enum KeyspaceCommand {
         #[arg(long, value_parser = parse_mode)]
         mode: Mode,
     },
+    /// List every keyspace.
     List,
-    Describe {
-        name: String,
-    },
+    /// Show one keyspace with its key count.
+    Describe { name: String },
 }
 
 fn parse_mode(text: &str) -> Result<Mode, String> {
@@ -93,8 +102,7 @@ impl View for KeyspaceList {
     }
 }
 
-pub async fn run(client: &Client, command: &KeyspaceCommand, hex: bool) -> Result<super::Report, Error> {
-    use super::Report;
+pub async fn run(client: &Client, command: &KeyspaceCommand, hex: bool) -> Result<Report, Error> {
     Ok(match command {
         KeyspaceCommand::Create { name, mode } => {
             let mut view = KeyspaceView::new(&client.create_keyspace(name, *mode).await?, true);

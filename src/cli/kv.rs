@@ -11,6 +11,7 @@ use serde::Serialize;
 
 use super::input;
 use super::output::{show, table, text_or_none, VersionView, View};
+use super::ClientOverrides;
 use crate::client::Client;
 use crate::error::Error;
 use crate::proto;
@@ -37,6 +38,8 @@ pub fn consistency(arg: Option<ConsistencyArg>) -> proto::Consistency {
 #[derive(Args, Debug)]
 #[command(group(clap::ArgGroup::new("source").required(true).args(["value", "value_file"])))]
 pub struct PutArgs {
+    #[command(flatten)]
+    pub client: ClientOverrides,
     pub keyspace: String,
     pub key: String,
     /// The value; `-` reads it from stdin (use --value-file for a file).
@@ -51,6 +54,8 @@ pub struct PutArgs {
 
 #[derive(Args, Debug)]
 pub struct GetArgs {
+    #[command(flatten)]
+    pub client: ClientOverrides,
     pub keyspace: String,
     pub key: String,
     #[arg(long, value_enum)]
@@ -59,6 +64,8 @@ pub struct GetArgs {
 
 #[derive(Args, Debug)]
 pub struct DeleteArgs {
+    #[command(flatten)]
+    pub client: ClientOverrides,
     pub keyspace: String,
     pub key: String,
     /// ap keyspaces: replicas that must store the tombstone before it is acknowledged.
@@ -68,6 +75,8 @@ pub struct DeleteArgs {
 
 #[derive(Args, Debug)]
 pub struct ScanArgs {
+    #[command(flatten)]
+    pub client: ClientOverrides,
     pub keyspace: String,
     #[arg(long, default_value = "")]
     pub prefix: String,
@@ -81,6 +90,8 @@ pub struct ScanArgs {
 #[derive(Args, Debug)]
 #[command(group(clap::ArgGroup::new("expectation").required(true).args(["expect", "expect_absent"])))]
 pub struct CasArgs {
+    #[command(flatten)]
+    pub client: ClientOverrides,
     pub keyspace: String,
     pub key: String,
     #[arg(long, value_name = "OLD")]
@@ -422,7 +433,7 @@ mod tests {
             serde_json::json!({"keyspace": "bank", "more": false, "items": [
                 {"key": "a", "key_hex": "61", "value": "1", "value_hex": "31", "mod_revision": 7}]})
         );
-        let expected = "┌─────────────────────────┐\n│ KEY   VALUE   REVISION │\n╞═════════════════════════╡\n│ a     1       7        │\n└─────────────────────────┘";
+        let expected = "┌────────────────────────┐\n│ KEY   VALUE   REVISION │\n╞════════════════════════╡\n│ a     1       7        │\n└────────────────────────┘";
         assert_eq!(r.text, expected);
     }
 }
