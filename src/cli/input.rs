@@ -34,6 +34,14 @@ pub fn value(arg: Option<&str>, file: Option<&Path>, hex: bool) -> Result<Vec<u8
     Ok(bytes)
 }
 
+/// A value typed inline (a cas expectation): taken as is, hex-decoded with `--hex`, size-checked.
+/// Unlike [`value`], `-` here is the one-byte value "-", so only one argument reads stdin.
+pub fn inline(text: &str, hex: bool) -> Result<Vec<u8>, Error> {
+    let bytes = decode(text.as_bytes(), hex, "value")?;
+    check_size(&bytes)?;
+    Ok(bytes)
+}
+
 /// Refuses a value over the limit before it is sent.
 pub fn check_size(value: &[u8]) -> Result<(), Error> {
     if value.len() > VALUE_BYTES_MAX {
@@ -59,7 +67,8 @@ fn decode(raw: &[u8], hex: bool, what: &str) -> Result<Vec<u8>, Error> {
 
 fn read_stdin() -> Result<Vec<u8>, Error> {
     let mut buf = Vec::new();
-    // Read one byte past the limit so an oversized value is reported without reading it all.
+    // Read a little past the largest acceptable input (hex text is twice the bytes, plus a
+    // newline) so an oversized value is reported without reading all of it.
     std::io::stdin()
         .take(VALUE_BYTES_MAX as u64 * 2 + 2)
         .read_to_end(&mut buf)
@@ -81,6 +90,12 @@ mod tests {
         assert_eq!(key("ff00", false).unwrap(), b"ff00".to_vec());
         assert!(key("xyz", true).is_err());
         assert_eq!(value(Some("6869"), None, true).unwrap(), b"hi".to_vec());
+        assert_eq!(inline("-", false).unwrap(), b"-".to_vec());
+        assert_eq!(inline("00ff\n", true).unwrap(), vec![0, 0xff]);
+        assert_eq!(
+            inline(&"a".repeat(VALUE_BYTES_MAX + 1), false).unwrap_err().exit_code(),
+            5
+        );
     }
 
     #[test]

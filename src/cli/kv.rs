@@ -94,8 +94,10 @@ pub struct CasArgs {
     pub client: ClientOverrides,
     pub keyspace: String,
     pub key: String,
+    /// The value the key must hold now (typed inline; hex with --hex).
     #[arg(long, value_name = "OLD")]
     pub expect: Option<String>,
+    /// The key must not exist now.
     #[arg(long)]
     pub expect_absent: bool,
     /// The new value; `-` reads it from stdin.
@@ -342,7 +344,7 @@ pub async fn scan(client: &Client, a: &ScanArgs, hex: bool) -> Result<ScanView, 
 pub async fn cas(client: &Client, a: &CasArgs, hex: bool) -> Result<CasView, Error> {
     let key = input::key(&a.key, hex)?;
     let expected = match &a.expect {
-        Some(e) => Some(input::value(Some(e), None, hex)?),
+        Some(e) => Some(input::inline(e, hex)?),
         None => None,
     };
     let new_value = input::value(Some(&a.new_value), None, hex)?;
