@@ -119,3 +119,43 @@ pub async fn run(client: &Client, command: &KeyspaceCommand, hex: bool) -> Resul
         }
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info() -> proto::KeyspaceInfo {
+        proto::KeyspaceInfo {
+            name: "bank".into(),
+            mode: proto::Mode::Cp as i32,
+            created_revision: 3,
+            keys: 2,
+        }
+    }
+
+    #[test]
+    fn create_describe_and_list_render_their_fields() {
+        let mut created = KeyspaceView::new(&info(), true);
+        created.created = true;
+        let r = Report::of(&created, false);
+        assert_eq!(
+            r.json,
+            serde_json::json!({"name": "bank", "mode": "cp", "created_revision": 3, "keys": 2})
+        );
+        assert_eq!(r.text, "created keyspace 'bank' (mode cp)");
+        let described = Report::of(&KeyspaceView::new(&info(), true), false);
+        assert!(described.text.contains("CREATED AT") && described.text.contains("bank"));
+        let list = Report::of(
+            &KeyspaceList {
+                keyspaces: vec![KeyspaceView::new(&info(), false)],
+            },
+            false,
+        );
+        assert_eq!(
+            list.json,
+            serde_json::json!({"keyspaces": [{"name": "bank", "mode": "cp", "created_revision": 3}]})
+        );
+        let empty = Report::of(&KeyspaceList { keyspaces: vec![] }, false);
+        assert_eq!(empty.text, "(no keyspaces)");
+    }
+}
