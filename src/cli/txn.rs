@@ -340,6 +340,20 @@ fn parse_text(text: &str, hex: bool) -> Result<Parsed, String> {
     parse_blocks(&read_blocks(text.as_bytes(), None)?, hex)
 }
 
+impl Parsed {
+    /// Refuses a transaction with nothing in it: almost always empty stdin, not intent.
+    fn non_empty(self) -> Result<Self, Error> {
+        if self.compares.is_empty() && self.success.is_empty() && self.failure.is_empty() {
+            return Err(Error::InvalidInput(
+                "the transaction is empty; give --compare/--success/--failure, or write its three \
+                 blocks on stdin (see `capkv txn --help`)"
+                    .into(),
+            ));
+        }
+        Ok(self)
+    }
+}
+
 /// The transaction from the flags, or from stdin when no flag lists one.
 fn parse_args(a: &TxnArgs, hex: bool) -> Result<Parsed, Error> {
     let usage = |e: String| Error::InvalidInput(format!("{e}; see `capkv txn --help` for the grammar"));
@@ -459,7 +473,7 @@ impl View for TxnView {
 
 /// `capkv txn`: parse, send once, report whether the compares held.
 pub async fn run(client: &Client, a: &TxnArgs, hex: bool) -> Result<TxnView, Error> {
-    let parsed = parse_args(a, hex)?;
+    let parsed = parse_args(a, hex)?.non_empty()?;
     let req = proto::TxnRequest {
         keyspace: a.keyspace.clone(),
         compares: parsed.compares.clone(),
@@ -582,6 +596,10 @@ mod tests {
         assert_eq!(parsed.success, vec![put("a", "1")]);
         // Lines after the third block's closing blank line are not read.
         assert!(parse_text("\n\n\n\nput a 1\n", false).unwrap().failure.is_empty());
+        let empty = parse_text("# nothing\n", false).unwrap().non_empty().unwrap_err();
+        assert_eq!(empty.exit_code(), 5);
+        assert!(empty.to_string().contains("the transaction is empty"), "{empty}");
+        assert!(parse_text("absent(a)\n", false).unwrap().non_empty().is_ok());
         let err = parse_text("val(a) = 1\n\nput a\n", false).unwrap_err();
         assert!(err.starts_with("line 3: "), "{err}");
     }

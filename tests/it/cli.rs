@@ -166,6 +166,15 @@ fn txn_transfers_when_compares_hold_and_writes_nothing_when_not() {
     client.run(&["txn", "carts", "--success", "put k v"]).expect_error(3);
     client.get("carts", "k").expect_code(1);
 
+    // Nothing on stdin and no flags: an empty transaction is refused, not sent.
+    let empty = client.run(&["txn", "bank"]);
+    empty.expect_error(5);
+    assert!(
+        empty.stderr.contains("the transaction is empty"),
+        "{}",
+        empty.describe()
+    );
+
     // A grammar mistake is refused before anything is sent, naming the fix.
     let bad = client.run(&["txn", "bank", "--compare", "val(alice) ~ 1"]);
     bad.expect_error(5);
