@@ -122,7 +122,7 @@ impl View for BenchView {
         text
     }
 
-    fn no(&self) -> Option<String> {
+    fn no(&self, _hex: bool) -> Option<String> {
         self.0
             .slo
             .as_ref()

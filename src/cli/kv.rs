@@ -165,7 +165,7 @@ impl View for GetView {
             String::new()
         }
     }
-    fn no(&self) -> Option<String> {
+    fn no(&self, _hex: bool) -> Option<String> {
         (!self.found).then(|| not_found(&self.key, &self.keyspace))
     }
 }
@@ -191,7 +191,7 @@ impl View for DeleteView {
             String::new()
         }
     }
-    fn no(&self) -> Option<String> {
+    fn no(&self, _hex: bool) -> Option<String> {
         (!self.deleted).then(|| not_found(&self.key, &self.keyspace))
     }
 }
@@ -253,18 +253,18 @@ impl View for CasView {
             String::new()
         }
     }
-    fn no(&self) -> Option<String> {
+    fn no(&self, hex: bool) -> Option<String> {
         if self.succeeded {
             return None;
         }
         let found = match &self.current_raw {
-            Some(v) => format!("holds '{}'", show(v, false)),
+            Some(v) => format!("holds '{}'", show(v, hex)),
             None => "does not exist".to_string(),
         };
         let wanted = self
             .expected
             .as_ref()
-            .map_or("to be absent".to_string(), |e| format!("'{}'", show(e, false)));
+            .map_or("to be absent".to_string(), |e| format!("'{}'", show(e, hex)));
         Some(format!(
             "compare-and-swap failed: key '{}' {found}, expected {wanted}",
             self.key
@@ -413,6 +413,34 @@ mod tests {
         assert!(r.json["value"].is_null() && r.json["value_hex"].is_null());
         assert_eq!(r.text, "");
         assert_eq!(r.no.as_deref(), Some("key 'nobody' was not found in keyspace 'bank'"));
+    }
+
+    #[test]
+    fn a_failed_cas_names_what_was_found_and_expected() {
+        let view = CasView {
+            keyspace: "bank".into(),
+            key: "alice".into(),
+            succeeded: false,
+            current: None,
+            revision: 8,
+            current_raw: Some(vec![0xff]),
+            expected: Some(b"100".to_vec()),
+        };
+        let r = Report::of(&view, false);
+        assert_eq!(
+            r.json,
+            serde_json::json!({"keyspace": "bank", "key": "alice", "succeeded": false, "current": null,
+                "revision": 8})
+        );
+        assert_eq!(
+            r.no.as_deref(),
+            Some("compare-and-swap failed: key 'alice' holds '\\xff', expected '100'")
+        );
+        let hex = Report::of(&view, true);
+        assert_eq!(
+            hex.no.as_deref(),
+            Some("compare-and-swap failed: key 'alice' holds 'ff', expected '313030'")
+        );
     }
 
     #[test]

@@ -12,7 +12,7 @@ pub trait View: Serialize {
     /// The table or plain text shown without `-o json` (may be empty).
     fn text(&self, hex: bool) -> String;
     /// `Some(sentence)` when the operation ran and the answer is no (exit 1, sentence on stderr).
-    fn no(&self) -> Option<String> {
+    fn no(&self, _hex: bool) -> Option<String> {
         None
     }
 }
@@ -31,7 +31,7 @@ impl Report {
         Self {
             json: serde_json::to_value(view).expect("command results serialize to JSON"),
             text: view.text(hex),
-            no: view.no(),
+            no: view.no(hex),
         }
     }
 }

@@ -460,7 +460,7 @@ impl View for TxnView {
         format!("{verdict}\n{t}")
     }
 
-    fn no(&self) -> Option<String> {
+    fn no(&self, _hex: bool) -> Option<String> {
         (!self.succeeded).then(|| {
             format!(
                 "the compares did not hold in keyspace '{}': ran the {} failure operation(s) instead",
