@@ -3,34 +3,33 @@
 
 use clap::Parser;
 
-use capkv::cli::{self, Cli, ClusterCommand, Command};
+use capkv::cli::{self, Cli, ClusterArgs, ClusterCommand, Command, Done, Report};
 use capkv::error::Error;
 
 fn main() {
     let cli = Cli::parse();
+    let output = cli.client_flags().output;
     let code = match &cli.command {
         Command::Node(args) => run_node(args),
-        Command::Cluster(ClusterCommand::Up(args)) => {
-            cli::finish(cli.output, runtime(2).block_on(run_up(args.clone())).map(empty))
-        }
-        Command::Cluster(ClusterCommand::Down { data_dir }) => cli::finish(
-            cli.output,
-            runtime(1).block_on(capkv::cluster::down(data_dir)).map(empty),
-        ),
+        Command::Completion { shell } => cli::print_completion(*shell),
+        Command::Cluster(ClusterArgs {
+            command: ClusterCommand::Up(args),
+            ..
+        }) => cli::finish(output, runtime(2).block_on(run_up(args.clone())).map(done)),
+        Command::Cluster(ClusterArgs {
+            command: ClusterCommand::Down { data_dir },
+            ..
+        }) => cli::finish(output, runtime(1).block_on(capkv::cluster::down(data_dir)).map(done)),
         _ => {
             capkv::observe::logging::init_client();
-            cli::finish(cli.output, runtime(1).block_on(cli::run_client(&cli)))
+            cli::finish(output, runtime(1).block_on(cli::run_client(&cli)))
         }
     };
     std::process::exit(code);
 }
 
-fn empty(_: ()) -> cli::Report {
-    cli::Report {
-        json: serde_json::json!({"ok": true}),
-        text: String::new(),
-        no: None,
-    }
+fn done(_: ()) -> Report {
+    Report::of(&Done { ok: true }, false)
 }
 
 async fn run_up(args: capkv::cluster::UpArgs) -> Result<(), Error> {
@@ -51,7 +50,7 @@ fn run_node(args: &cli::NodeArgs) -> i32 {
     if let Err(e) = &result {
         tracing::error!("node failed: {e}");
     }
-    cli::finish(cli::Output::Table, result.map(empty))
+    cli::finish(cli::Output::Table, result.map(done))
 }
 
 fn runtime(workers: usize) -> tokio::runtime::Runtime {

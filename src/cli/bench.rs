@@ -4,11 +4,17 @@ use std::time::Duration;
 
 use clap::Args;
 
-use super::{consistency, parse_duration, table, Cli, ConsistencyArg, Output, Report};
+use serde::Serialize;
+
+use super::kv::{consistency, ConsistencyArg};
+use super::output::{table, View};
+use super::{parse_duration, ClientFlags, ClientOverrides, Output};
 use crate::error::Error;
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
+    #[command(flatten)]
+    pub client: ClientOverrides,
     /// The keyspace to load (cp or ap); it must exist.
     #[arg(long)]
     pub keyspace: String,
@@ -44,7 +50,12 @@ pub struct BenchArgs {
     pub seed: u64,
 }
 
-pub async fn run(cli: &Cli, args: &BenchArgs) -> Result<Report, Error> {
+/// The benchmark report: serialized as-is, drawn as a one-row table plus error and SLO lines.
+#[derive(Debug, Serialize)]
+#[serde(transparent)]
+pub struct BenchView(pub crate::bench::Report);
+
+pub async fn run(cli: &ClientFlags, args: &BenchArgs) -> Result<BenchView, Error> {
     if args.value_size > crate::limits::VALUE_BYTES_MAX {
         return Err(Error::InvalidInput(format!(
             "--value-size {} is over the value limit of {} bytes",
@@ -71,43 +82,51 @@ pub async fn run(cli: &Cli, args: &BenchArgs) -> Result<Report, Error> {
         slo: args.slo,
         progress: cli.output == Output::Table && std::io::IsTerminal::is_terminal(&std::io::stderr()),
     };
-    let r = crate::bench::capkv::bench(&options).await?;
-    let mut t = table(&[
-        "keyspace",
-        "op",
-        "concurrency",
-        "ops/s",
-        "p50 ms",
-        "p90 ms",
-        "p99 ms",
-        "p99.9 ms",
-        "max ms",
-        "failed",
-    ]);
-    t.add_row(vec![
-        format!("{} ({}, {})", r.keyspace, r.mode, r.consistency),
-        r.op.to_string(),
-        r.concurrency.to_string(),
-        format!("{:.0}", r.ops_per_s),
-        format!("{:.2}", r.p50_ms),
-        format!("{:.2}", r.p90_ms),
-        format!("{:.2}", r.p99_ms),
-        format!("{:.2}", r.p999_ms),
-        format!("{:.2}", r.max_ms),
-        r.errors.total.to_string(),
-    ]);
-    let mut text = t.to_string();
-    for (class, n) in &r.errors.by_class {
-        text.push_str(&format!("\nfailed ({class}): {n}, e.g. {}", r.errors.examples[class]));
+    Ok(BenchView(crate::bench::capkv::bench(&options).await?))
+}
+
+impl View for BenchView {
+    fn text(&self, _hex: bool) -> String {
+        let r = &self.0;
+        let mut t = table(&[
+            "keyspace",
+            "op",
+            "concurrency",
+            "ops/s",
+            "p50 ms",
+            "p90 ms",
+            "p99 ms",
+            "p99.9 ms",
+            "max ms",
+            "failed",
+        ]);
+        t.add_row(vec![
+            format!("{} ({}, {})", r.keyspace, r.mode, r.consistency),
+            r.op.to_string(),
+            r.concurrency.to_string(),
+            format!("{:.0}", r.ops_per_s),
+            format!("{:.2}", r.p50_ms),
+            format!("{:.2}", r.p90_ms),
+            format!("{:.2}", r.p99_ms),
+            format!("{:.2}", r.p999_ms),
+            format!("{:.2}", r.max_ms),
+            r.errors.total.to_string(),
+        ]);
+        let mut text = t.to_string();
+        for (class, n) in &r.errors.by_class {
+            text.push_str(&format!("\nfailed ({class}): {n}, e.g. {}", r.errors.examples[class]));
+        }
+        if let Some(v) = &r.slo {
+            text.push_str(&format!("\nSLO {}", v.sentence));
+        }
+        text
     }
-    if let Some(v) = &r.slo {
-        text.push_str(&format!("\nSLO {}", v.sentence));
+
+    fn no(&self, _hex: bool) -> Option<String> {
+        self.0
+            .slo
+            .as_ref()
+            .filter(|v| !v.met)
+            .map(|v| format!("SLO missed: {}", v.sentence))
     }
-    let no = r
-        .slo
-        .as_ref()
-        .filter(|v| !v.met)
-        .map(|v| format!("SLO missed: {}", v.sentence));
-    let json = serde_json::to_value(&r).map_err(|e| Error::Internal(format!("cannot encode the report: {e}")))?;
-    Ok(Report { json, text, no })
 }

@@ -7,6 +7,7 @@
 mod ap;
 mod bad_input;
 mod bench;
+mod cli;
 mod durability;
 mod harness;
 mod limits;

@@ -1,0 +1,76 @@
+//! `capkv node`: the server's flags, turned into [`NodeOptions`].
+
+use std::path::PathBuf;
+
+use clap::Args;
+
+use crate::ap::replica::ReplicaOptions;
+use crate::cp::raft::RaftOptions;
+use crate::error::Error;
+use crate::node::{parse_peers, NodeOptions};
+use crate::observe::logging::LogFormat;
+
+#[derive(Args, Debug)]
+pub struct NodeArgs {
+    /// This node's id (1, 2, ...), as listed in --peers.
+    #[arg(long)]
+    pub id: u64,
+    /// gRPC address to listen on.
+    #[arg(long)]
+    pub listen: std::net::SocketAddr,
+    /// HTTP address for /metrics, /health and /ready.
+    #[arg(long)]
+    pub http: std::net::SocketAddr,
+    /// Where this node keeps its data and logs.
+    #[arg(long)]
+    pub data_dir: PathBuf,
+    /// Every member as ID=HOST:PORT, comma-separated (this node included).
+    #[arg(long)]
+    pub peers: String,
+    /// Allow `capkv fault` commands to partition this node.
+    #[arg(long)]
+    pub fault_injection: bool,
+    #[arg(long, default_value_t = RaftOptions::default().heartbeat_interval_ms)]
+    pub heartbeat_interval_ms: u64,
+    #[arg(long, default_value_t = RaftOptions::default().election_timeout_ms_min)]
+    pub election_timeout_ms_min: u64,
+    #[arg(long, default_value_t = RaftOptions::default().election_timeout_ms_max)]
+    pub election_timeout_ms_max: u64,
+    /// How often this node compares ap digests with peers.
+    #[arg(long, default_value_t = ReplicaOptions::default().anti_entropy_interval_ms)]
+    pub anti_entropy_interval_ms: u64,
+    /// Peers contacted per anti-entropy round.
+    #[arg(long, default_value_t = ReplicaOptions::default().anti_entropy_fanout)]
+    pub anti_entropy_fanout: usize,
+    /// Hints kept per unreachable peer; beyond it, writes are left to anti-entropy (counted).
+    #[arg(long, default_value_t = ReplicaOptions::default().hints_per_peer_max)]
+    pub hints_per_peer_max: usize,
+    #[arg(long, value_enum, default_value = "pretty")]
+    pub log_format: LogFormat,
+    /// Log level (trace, debug, info, warn, error); RUST_LOG overrides it.
+    #[arg(long, default_value = "info")]
+    pub log_level: String,
+}
+
+/// Builds node options from the command line.
+pub fn node_options(args: &NodeArgs) -> Result<NodeOptions, Error> {
+    Ok(NodeOptions {
+        id: args.id,
+        listen: args.listen,
+        http: args.http,
+        data_dir: args.data_dir.clone(),
+        peers: parse_peers(&args.peers)?,
+        fault_injection: args.fault_injection,
+        raft: RaftOptions {
+            heartbeat_interval_ms: args.heartbeat_interval_ms,
+            election_timeout_ms_min: args.election_timeout_ms_min,
+            election_timeout_ms_max: args.election_timeout_ms_max,
+        },
+        ap: ReplicaOptions {
+            anti_entropy_interval_ms: args.anti_entropy_interval_ms,
+            anti_entropy_fanout: args.anti_entropy_fanout,
+            hints_per_peer_max: args.hints_per_peer_max,
+            ..ReplicaOptions::default()
+        },
+    })
+}
