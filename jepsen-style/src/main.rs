@@ -116,7 +116,7 @@ fn main() -> ExitCode {
                 let outcome = bounded(&opts, run::run(&opts)).await?;
                 print!("{}", run::summary(&outcome.results));
                 println!("  report: {}", outcome.dir.join("report.html").display());
-                Ok(outcome.results["valid"] == true)
+                Ok(outcome.results.valid)
             })
         }
         Command::CapReport { common } => with_runtime(|| cap_report(common)),
@@ -180,11 +180,10 @@ async fn cap_report(common: Common) -> Result<bool, String> {
     let path = dir.join("cap-report.html");
     std::fs::write(&path, html).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
     for (name, r) in [("cp-results.json", &cp.results), ("ap-results.json", &ap.results)] {
-        let text = serde_json::to_string_pretty(r).expect("JSON values serialize");
-        std::fs::write(dir.join(name), text).map_err(|e| format!("cannot write {name}: {e}"))?;
+        std::fs::write(dir.join(name), r.to_json()).map_err(|e| format!("cannot write {name}: {e}"))?;
     }
     println!("cap report: {}", path.display());
-    Ok(cp.results["valid"] == true && ap.results["valid"] == true)
+    Ok(cp.results.valid && ap.results.valid)
 }
 
 /// Builds a runtime, runs `f`, and drops the runtime (cancelling every task, which stops every

@@ -31,7 +31,6 @@ use capkv::proto;
 use capkv::Client;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
-use serde_json::{json, Value as Json};
 
 use crate::ap_register::{self, FinalRead};
 use crate::cluster::{Cluster, NodeBinary};
@@ -40,7 +39,10 @@ use crate::history::{self, Kind, Op, Value, F, NEMESIS_PROCESS};
 use crate::layer::Layer;
 use crate::linearizability::{self, Validity};
 use crate::nemesis::{self, NemesisKind, Window};
-use crate::pairing::Anomaly;
+use crate::results::{
+    round2, Anomaly, ApFigures, BankFigures, CpFigures, Mode, Results, ScheduledFault, SetFigures, StaleReads, FORMAT,
+    PHASES_NOTE,
+};
 use crate::stats::{self, FaultWindow, FINAL_PROCESS_BASE};
 use crate::workload::{self, ClientTask, Shared, Workload, KEYSPACE};
 use crate::{bank, set};
@@ -118,7 +120,7 @@ pub struct RunOutcome {
     /// Its directory.
     pub dir: PathBuf,
     /// `results.json`.
-    pub results: Json,
+    pub results: Results,
     /// The history.
     pub ops: Vec<Op>,
 }
@@ -697,7 +699,7 @@ fn linearizability_anomalies(ops: &[Op]) -> (Validity, Vec<Anomaly>) {
         .filter(|o| matches!(o.f, F::Read | F::Write | F::Cas))
         .cloned()
         .collect();
-    let paired = match history::pair(&register) {
+    let paired = match crate::pairing::operations(&register) {
         Ok(p) => p,
         Err(e) => {
             return (
@@ -738,7 +740,7 @@ fn linearizability_anomalies(ops: &[Op]) -> (Validity, Vec<Anomaly>) {
                 }
                 idx.sort_unstable();
                 idx.dedup();
-                let tail = idx.len().saturating_sub(crate::pairing::ANOMALY_OPS_MAX);
+                let tail = idx.len().saturating_sub(crate::results::ANOMALY_OPS_MAX);
                 anomalies.push(Anomaly::new("linearizability", key, detail, idx.split_off(tail)));
             }
         }
@@ -746,17 +748,27 @@ fn linearizability_anomalies(ops: &[Op]) -> (Validity, Vec<Anomaly>) {
     (verdict.valid, anomalies)
 }
 
-fn check_and_summarize(opts: &RunOptions, shared: &Shared, ops: &[Op], facts: &Facts, started_at: SystemTime) -> Json {
+fn round_secs(d: Option<Duration>) -> Option<f64> {
+    d.map(|d| round2(d.as_secs_f64()))
+}
+
+fn check_and_summarize(
+    opts: &RunOptions,
+    shared: &Shared,
+    ops: &[Op],
+    facts: &Facts,
+    started_at: SystemTime,
+) -> Results {
     let windows = fault_windows(&facts.applied);
     let during = |t: u64| stats::window_at(t, &windows).is_some();
     let mut anomalies: Vec<Anomaly> = Vec::new();
     let mut verdict = Validity::Valid;
-    let (mut cp, mut ap, mut set_json, mut bank_json) = (Json::Null, Json::Null, Json::Null, Json::Null);
-    let mut extra = serde_json::Map::new();
+    let (mut cp, mut ap, mut set_figures, mut bank_figures) = (None, None, None, None);
+    let (mut final_reads_missing_keys, mut stale_read_examples) = (None, None);
     if opts.mode == "cp" {
-        cp = json!({
-            "time_without_leader_s": facts.leaderless_s,
-            "recovery_after_heal_s": facts.recovery.map(|d| (d.as_secs_f64() * 100.0).round() / 100.0),
+        cp = Some(CpFigures {
+            time_without_leader_s: facts.leaderless_s,
+            recovery_after_heal_s: round_secs(facts.recovery),
         });
         if facts.recovery.is_none() {
             verdict = Validity::Invalid;
@@ -774,7 +786,7 @@ fn check_and_summarize(opts: &RunOptions, shared: &Shared, ops: &[Op], facts: &F
             verdict = worst(verdict, v);
             anomalies.extend(a);
             let unread = facts.cp_finals.iter().filter(|(_, r)| r.len() < opts.nodes).count();
-            extra.insert("final_reads_missing_keys".into(), json!(unread));
+            final_reads_missing_keys = Some(unread as u64);
         }
         (Workload::Register, _) => {
             let out = ap_register::check(ops, &shared.versions(), &facts.ap_finals, during);
@@ -790,18 +802,15 @@ fn check_and_summarize(opts: &RunOptions, shared: &Shared, ops: &[Op], facts: &F
                 ));
             }
             anomalies.extend(out.anomalies);
-            extra.insert(
-                "stale_read_examples".into(),
-                serde_json::to_value(&out.stale_examples).unwrap_or_default(),
-            );
-            ap = json!({
-                "convergence_s": facts.convergence.map(|d| (d.as_secs_f64() * 100.0).round() / 100.0),
-                "stale_reads": {
-                    "during": {"reads": out.stale_during.reads, "stale": out.stale_during.stale},
-                    "outside": {"reads": out.stale_outside.reads, "stale": out.stale_outside.stale},
-                },
-                "lww_lost_writes": out.lww_lost_writes,
-                "diverged_keys": out.diverged_keys,
+            stale_read_examples = Some(out.stale_examples);
+            ap = Some(ApFigures {
+                convergence_s: round_secs(facts.convergence),
+                stale_reads: Some(StaleReads {
+                    during: out.stale_during,
+                    outside: out.stale_outside,
+                }),
+                lww_lost_writes: out.lww_lost_writes,
+                diverged_keys: out.diverged_keys,
             });
         }
         (Workload::Set, mode) => {
@@ -824,10 +833,19 @@ fn check_and_summarize(opts: &RunOptions, shared: &Shared, ops: &[Op], facts: &F
                 verdict = Validity::Invalid;
             }
             anomalies.extend(out.anomalies);
-            set_json = json!({"added": out.added, "lost": out.lost, "stale": out.stale, "never_read": out.never_read});
+            set_figures = Some(SetFigures {
+                added: out.added,
+                lost: out.lost,
+                stale: out.stale,
+                never_read: out.never_read,
+            });
             if mode == "ap" {
-                ap = json!({"convergence_s": facts.convergence.map(|d| (d.as_secs_f64() * 100.0).round() / 100.0), "stale_reads": null,
-                            "lww_lost_writes": out.lost, "diverged_keys": u64::from(diverged)});
+                ap = Some(ApFigures {
+                    convergence_s: round_secs(facts.convergence),
+                    stale_reads: None,
+                    lww_lost_writes: out.lost,
+                    diverged_keys: u64::from(diverged),
+                });
             }
         }
         (Workload::Bank, _) => {
@@ -837,42 +855,63 @@ fn check_and_summarize(opts: &RunOptions, shared: &Shared, ops: &[Op], facts: &F
                 verdict = Validity::Invalid;
             }
             anomalies.extend(out.anomalies);
-            bank_json = json!({"reads": out.reads, "bad_totals": out.bad_totals, "negative_balances": out.negative_balances,
-                               "accounts": workload::BANK_ACCOUNTS, "total": total});
+            bank_figures = Some(BankFigures {
+                reads: out.reads,
+                bad_totals: out.bad_totals,
+                negative_balances: out.negative_balances,
+                accounts: workload::BANK_ACCOUNTS,
+                total,
+            });
         }
     }
-    let (ops_json, by_node) = stats::op_counts(ops, &windows);
-    let schedule: Vec<Json> = facts
+    let (op_counts, ops_by_node) = stats::op_counts(ops, &windows);
+    let fault_schedule = facts
         .applied
         .iter()
         .map(|a| {
             let (majority, minority) = a.fault.sides();
-            json!({"nemesis": a.window.kind.name(), "start_s": secs(a.start_ns), "stop_s": secs(a.stop_ns),
-                   "detail": a.fault.detail(), "majority": majority, "minority": minority})
+            ScheduledFault {
+                nemesis: a.window.kind.name().to_owned(),
+                start_s: secs(a.start_ns),
+                stop_s: secs(a.stop_ns),
+                detail: a.fault.detail(),
+                majority,
+                minority,
+            }
         })
         .collect();
-    let verdict_str = match verdict {
-        Validity::Valid => "valid",
-        Validity::Invalid => "invalid",
-        Validity::Unknown => "unknown",
-    };
-    let mut results = json!({
-        "test": opts.test_name(), "mode": opts.mode, "workload": opts.workload.name(), "nemesis": opts.nemesis.name(),
-        "layer": opts.layer.name(), "layer_reason": opts.layer_reason, "nodes": opts.nodes, "seed": opts.seed, "time_limit_s": opts.time_limit_s,
-        "concurrency": opts.concurrency, "git_revision": git_revision(), "started_at": utc(started_at),
-        "duration_s": (started_at.elapsed().map(|d| d.as_secs_f64()).unwrap_or(0.0) * 10.0).round() / 10.0,
-        "valid": verdict == Validity::Valid, "verdict": verdict_str,
-        "anomalies": anomalies, "fault_schedule": schedule, "heal_s": secs(facts.heal_ns),
-        "ops": ops_json, "ops_by_node": by_node,
-        "availability": stats::availability(ops, &windows),
-        "latency_ms": stats::latency(ops, &windows),
-        "cp": cp, "ap": ap, "set": set_json, "bank": bank_json,
-        "phases": "before: before the first fault; during: inside a fault window; after: healed (gaps and tail)",
-    });
-    if let Json::Object(m) = &mut results {
-        m.extend(extra);
+    Results {
+        format: FORMAT.to_owned(),
+        test: opts.test_name(),
+        mode: Mode::parse(opts.mode).expect("validated mode"),
+        workload: opts.workload.name().to_owned(),
+        nemesis: opts.nemesis.name().to_owned(),
+        layer: opts.layer.name().to_owned(),
+        layer_reason: opts.layer_reason.clone(),
+        nodes: opts.nodes,
+        seed: opts.seed,
+        time_limit_s: opts.time_limit_s,
+        concurrency: opts.concurrency,
+        git_revision: git_revision(),
+        started_at: utc(started_at),
+        duration_s: (started_at.elapsed().map(|d| d.as_secs_f64()).unwrap_or(0.0) * 10.0).round() / 10.0,
+        valid: verdict == Validity::Valid,
+        verdict,
+        anomalies,
+        fault_schedule,
+        heal_s: secs(facts.heal_ns),
+        ops: op_counts,
+        ops_by_node,
+        availability: stats::availability(ops, &windows),
+        latency_ms: stats::latency(ops, &windows),
+        cp,
+        ap,
+        set: set_figures,
+        bank: bank_figures,
+        phases: PHASES_NOTE.to_owned(),
+        final_reads_missing_keys,
+        stale_read_examples,
     }
-    results
 }
 
 fn worst(a: Validity, b: Validity) -> Validity {
@@ -883,49 +922,55 @@ fn worst(a: Validity, b: Validity) -> Validity {
     }
 }
 
-fn write_outputs(dir: &Path, results: &Json, ops: &[Op]) -> Result<(), String> {
+fn write_outputs(dir: &Path, results: &Results, ops: &[Op]) -> Result<(), String> {
     let write = |name: &str, text: String| {
         std::fs::write(dir.join(name), text).map_err(|e| format!("cannot write {}: {e}", dir.join(name).display()))
     };
     write("history.jsonl", history::to_jsonl(ops))?;
-    write(
-        "results.json",
-        serde_json::to_string_pretty(results).expect("JSON values serialize"),
-    )?;
+    write("results.json", results.to_json())?;
     write("report.html", crate::report::render_run_html(results, ops))?;
     Ok(())
 }
 
+fn show<T: std::fmt::Display>(x: Option<T>) -> String {
+    x.map_or_else(|| "null".to_owned(), |x| x.to_string())
+}
+
 /// A short human summary of a run's results.
-pub fn summary(results: &Json) -> String {
+pub fn summary(results: &Results) -> String {
     let mut s = format!(
         "{} seed {}: {} ({} anomalies)\n",
-        results["test"].as_str().unwrap_or("?"),
-        results["seed"],
-        results["verdict"].as_str().unwrap_or("?").to_uppercase(),
-        results["anomalies"].as_array().map_or(0, Vec::len)
+        results.test,
+        results.seed,
+        results.verdict.to_string().to_uppercase(),
+        results.anomalies.len()
     );
-    let a = &results["availability"]["during_faults"];
+    let a = &results.availability.during_faults;
     s += &format!(
         "  availability during faults: overall {} %, majority {} %, minority {} %\n",
-        a["overall"], a["majority"], a["minority"]
+        show(a.overall),
+        show(a.majority),
+        show(a.minority)
     );
-    if !results["cp"].is_null() {
+    if let Some(cp) = &results.cp {
         s += &format!(
             "  cp: time without leader {} s, recovery after heal {} s\n",
-            results["cp"]["time_without_leader_s"], results["cp"]["recovery_after_heal_s"]
+            show(cp.time_without_leader_s),
+            show(cp.recovery_after_heal_s)
         );
     }
-    if !results["ap"].is_null() {
-        s += &format!("  ap: {}\n", results["ap"]);
+    let json = |v: Result<String, serde_json::Error>| v.unwrap_or_default();
+    if let Some(ap) = &results.ap {
+        s += &format!("  ap: {}\n", json(serde_json::to_string(ap)));
     }
-    for k in ["set", "bank"] {
-        if !results[k].is_null() {
-            s += &format!("  {k}: {}\n", results[k]);
-        }
+    if let Some(set) = &results.set {
+        s += &format!("  set: {}\n", json(serde_json::to_string(set)));
     }
-    for a in results["anomalies"].as_array().into_iter().flatten().take(5) {
-        s += &format!("  anomaly {} on {}: {}\n", a["kind"], a["key"], a["detail"]);
+    if let Some(bank) = &results.bank {
+        s += &format!("  bank: {}\n", json(serde_json::to_string(bank)));
+    }
+    for a in results.anomalies.iter().take(5) {
+        s += &format!("  anomaly {:?} on {:?}: {:?}\n", a.kind, a.key, a.detail);
     }
     s
 }
