@@ -525,3 +525,123 @@ fn report_cap_html_has_table_bars_and_fault_windows() {
     assert!(html.contains("class=\"verdict unknown\""));
     assert!(html.contains("n/a"));
 }
+
+/// A run stored under `testdata/` by a real short run (`--time-limit 15 --seed 7`, built-in
+/// layer); the cp history is trimmed to its first half second and the nemesis events.
+fn stored(name: &str) -> Results {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("testdata")
+        .join(name)
+        .join("results.json");
+    Results::load(&path).unwrap()
+}
+
+fn stored_history(name: &str) -> Vec<Op> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("testdata")
+        .join(name)
+        .join("history.jsonl");
+    crate::history::parse_jsonl(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+#[test]
+fn stored_run_renders_every_section() {
+    let r = stored("cp-register-partition-halves");
+    assert_eq!(Results::parse(&r.to_json()).unwrap(), r, "a stored run round-trips");
+    let history = stored_history("cp-register-partition-halves");
+    let html = render_run_html(&r, &history);
+    assert!(html.starts_with("<!DOCTYPE html>") && html.ends_with("</html>\n"));
+    assert!(html.contains("class=\"verdict valid\""));
+    for section in [
+        "<h2>Latency</h2>",
+        "<h2>Throughput</h2>",
+        "<h2>Operations per phase</h2>",
+        "<h2>Operations per node</h2>",
+        "<h2>Availability during faults</h2>",
+        "<h2>Latency percentiles (ms)</h2>",
+        "<h2>CP figures</h2>",
+        "<h2>Fault schedule</h2>",
+        "<h2>Anomalies (0)</h2>",
+    ] {
+        assert!(html.contains(section), "missing section {section}");
+    }
+    assert!(!html.contains("<h2>AP figures</h2>"));
+    let plots = svgs(&html);
+    assert_eq!(plots.len(), 2);
+    for svg in &plots {
+        assert_eq!(svg.matches("class=\"fault\"").count(), r.fault_schedule.len());
+    }
+    // Figures straight from the file.
+    for needle in [
+        r.fault_schedule[0].detail.as_str(),
+        r.git_revision.as_str(),
+        &fmt_pct(r.availability.during_faults.minority),
+    ] {
+        assert!(html.contains(&esc(needle)), "missing {needle}");
+    }
+    let ops: usize = history
+        .iter()
+        .filter(|o| o.kind != Kind::Invoke && !o.f.is_nemesis())
+        .count();
+    assert!(
+        html.contains(&format!("{ops} paired operations")),
+        "every completed op is paired"
+    );
+}
+
+#[test]
+fn stored_runs_fill_the_cap_table() {
+    let cp = stored("cp-register-partition-halves");
+    let ap = stored("ap-register-partition-halves");
+    let labels = [
+        "verdict",
+        "workload",
+        "availability during faults",
+        "majority side",
+        "minority side",
+        "writes acked on minority side",
+        "anomalies found by the checker",
+        "acked writes lost to LWW",
+        "stale reads during faults",
+        "stale reads outside faults",
+        "keys diverged after heal",
+        "time without a leader",
+        "recovery after heal",
+        "convergence after heal",
+        "p99 latency during faults, read",
+        "p99 latency during faults, write",
+        "p99 latency during faults, cas",
+        "ops invoked / ok / fail / unknown",
+    ];
+    let t = render_cap_terminal(&cp, &ap);
+    let rows: Vec<&str> = t.lines().filter(|l| l.starts_with('|')).collect();
+    assert_eq!(rows.len(), labels.len() + 1, "a header and one row per figure:\n{t}");
+    for (row, label) in rows[1..].iter().zip(labels) {
+        assert!(
+            row.trim_start_matches("| ").trim_start().starts_with(label),
+            "{row} is not {label}"
+        );
+        // ap registers have no compare-and-set, so that one figure is not reported for ap.
+        if label != "p99 latency during faults, cas" {
+            assert!(!row.contains("n/a"), "a real run reports every figure: {row}");
+        }
+    }
+    let stale = ap.ap.and_then(|a| a.stale_reads).unwrap().during;
+    assert!(t.contains(&format!("({} of {})", stale.stale, stale.reads)));
+    assert!(t.contains("CAP trade-off"), "{t}");
+    assert!(t.lines().all(|l| l.chars().count() <= usize::from(TERMINAL_WIDTH)));
+
+    let html = render_cap_html(&cp, &ap);
+    let table = html
+        .split("<table class=\"num cap\">")
+        .nth(1)
+        .unwrap()
+        .split("</table>")
+        .next()
+        .unwrap();
+    assert_eq!(table.matches("<tr>").count(), labels.len() + 1);
+    for label in labels {
+        assert!(table.contains(&format!("<td>{label}</td>")), "missing row {label}");
+    }
+    assert_eq!(svgs(&html).len(), 4, "two bar charts and a timeline per run");
+}
