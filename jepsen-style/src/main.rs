@@ -1,5 +1,6 @@
-//! The `jepsen-style` binary: `run` one test, `cap-report` a cp and an ap run side by side, and the
-//! hidden `node` subcommand the runner starts its cluster nodes with.
+//! The `jepsen-style` binary: `run` one test, `cap-report` a cp and an ap run side by side,
+//! `report` and `cap-table` to re-render stored runs, and the hidden `node` subcommand the runner
+//! starts its cluster nodes with.
 #![forbid(unsafe_code)]
 
 use std::path::PathBuf;
@@ -10,6 +11,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use jepsen_style::cluster::NodeBinary;
 use jepsen_style::layer::{self, LayerChoice};
 use jepsen_style::nemesis::NemesisKind;
+use jepsen_style::results::{Mode, Results};
 use jepsen_style::run::{self, RunOptions};
 use jepsen_style::workload::Workload;
 
@@ -92,6 +94,18 @@ enum Command {
         #[command(flatten)]
         common: Common,
     },
+    /// Re-render a stored run's report.html from its results.json and history.jsonl.
+    Report {
+        /// The run's directory, e.g. store/cp-register-partition-halves/2026-12-04T144808Z.
+        dir: PathBuf,
+    },
+    /// Print the CAP table of two stored runs (a cp and an ap run under the same faults).
+    CapTable {
+        /// The cp run's directory (holding results.json).
+        cp: PathBuf,
+        /// The ap run's directory.
+        ap: PathBuf,
+    },
     /// Run one capkv node (used by the runner to start its cluster).
     #[command(hide = true)]
     Node(capkv::cli::NodeArgs),
@@ -120,6 +134,49 @@ fn main() -> ExitCode {
             })
         }
         Command::CapReport { common } => with_runtime(|| cap_report(common)),
+        Command::Report { dir } => finish(rerender(&dir)),
+        Command::CapTable { cp, ap } => finish(cap_table(&cp, &ap)),
+    }
+}
+
+/// Rewrites `dir/report.html` from the stored results and history; returns the verdict.
+fn rerender(dir: &std::path::Path) -> Result<bool, String> {
+    let results = Results::load(&dir.join("results.json"))?;
+    let path = dir.join("history.jsonl");
+    let file = std::fs::File::open(&path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    let history = jepsen_style::history::read_jsonl(std::io::BufReader::new(file))
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    let out = dir.join("report.html");
+    std::fs::write(&out, jepsen_style::report::render_run_html(&results, &history))
+        .map_err(|e| format!("cannot write {}: {e}", out.display()))?;
+    print!("{}", run::summary(&results));
+    println!("  report: {}", out.display());
+    Ok(results.valid)
+}
+
+/// Prints the CAP table of two stored runs; returns whether both are valid.
+fn cap_table(cp: &std::path::Path, ap: &std::path::Path) -> Result<bool, String> {
+    let cp = Results::load(&cp.join("results.json"))?;
+    let ap = Results::load(&ap.join("results.json"))?;
+    if cp.mode != Mode::Cp || ap.mode != Mode::Ap {
+        return Err(format!(
+            "expected a cp run then an ap run, got a {} run then a {} run",
+            cp.mode, ap.mode
+        ));
+    }
+    print!("{}", jepsen_style::report::render_cap_terminal(&cp, &ap));
+    Ok(cp.valid && ap.valid)
+}
+
+/// The exit code of a command that needs no runtime.
+fn finish(result: Result<bool, String>) -> ExitCode {
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("jepsen-style: {e}");
+            ExitCode::from(2)
+        }
     }
 }
 
@@ -200,14 +257,7 @@ where
         .expect("the tokio runtime starts");
     let result = runtime.block_on(f());
     drop(runtime);
-    match result {
-        Ok(true) => ExitCode::SUCCESS,
-        Ok(false) => ExitCode::from(1),
-        Err(e) => {
-            eprintln!("jepsen-style: {e}");
-            ExitCode::from(2)
-        }
-    }
+    finish(result)
 }
 
 fn run_node(args: &capkv::cli::NodeArgs) -> ExitCode {
