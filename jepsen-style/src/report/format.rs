@@ -91,6 +91,23 @@ pub(super) fn esc(s: &str) -> String {
     out
 }
 
+/// Shows control and bidirectional-override characters as `\u{..}` escapes, which could hide or
+/// reorder text; HTML escaping is left to the template engine.
+pub(super) fn visible(s: &str) -> String {
+    if !s.chars().any(is_suspicious) {
+        return s.to_owned();
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        if is_suspicious(c) {
+            let _ = write!(out, "\\u{{{:x}}}", c as u32);
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// Makes text safe for a terminal: one line, no control characters.
 pub(super) fn plain(s: &str) -> String {
     let mut out = String::with_capacity(s.len());

@@ -1,12 +1,12 @@
 //! The two HTML pages: one run (plots from its history, then its tables) and the CAP comparison
 //! (table, sentences, bar charts, and each run's timeline and tables).
 
-use std::fmt::Write as _;
+use maud::{html, PreEscaped};
 
 use super::cap::{cap_heading, cap_rows, cap_sentences, ops_during, p99_during};
-use super::format::esc;
+use super::format::visible;
 use super::plots::{bar_chart, latency_plot, throughput_plot, time_extent, timeline_plot, YAxis};
-use super::tables::{page_end, page_start, para, params_rows, run_tables, table, verdict_badge};
+use super::tables::{h2, page, para, params_rows, run_tables, table, verdict_badge, Parts};
 use crate::history::Op;
 use crate::pairing;
 use crate::results::Results;
@@ -21,10 +21,9 @@ pub fn render_run_html(r: &Results, history: &[Op]) -> String {
     let heal = Some(r.heal_s);
     let x_max = time_extent(r, Some(&paired));
 
-    let mut out = String::with_capacity(64 * 1024);
+    let mut out = Parts::new();
     let title = format!("capkv {} — {} {} under {}", r.test, r.mode, r.workload, r.nemesis);
-    page_start(&mut out, &title);
-    let _ = writeln!(out, "<h1>{} {}</h1>", verdict_badge(r), esc(&title));
+    out.push(html! { h1 { (verdict_badge(r)) " " (visible(&title)) } });
     table(&mut out, "params", &["parameter", "value"], &params_rows(r));
     para(
         &mut out,
@@ -39,9 +38,9 @@ pub fn render_run_html(r: &Results, history: &[Op]) -> String {
         ),
     );
 
-    out.push_str("<h2>Latency</h2>\n");
+    h2(&mut out, "Latency");
     let (svg, note) = latency_plot(&paired, x_max, &r.fault_schedule, heal);
-    out.push_str(&svg);
+    out.push(PreEscaped(svg));
     para(
         &mut out,
         "note",
@@ -50,8 +49,8 @@ pub fn render_run_html(r: &Results, history: &[Op]) -> String {
              line is the heal."
         ),
     );
-    out.push_str("<h2>Throughput</h2>\n");
-    out.push_str(&throughput_plot(&paired, x_max, &r.fault_schedule, heal));
+    h2(&mut out, "Throughput");
+    out.push(PreEscaped(throughput_plot(&paired, x_max, &r.fault_schedule, heal)));
     para(
         &mut out,
         "note",
@@ -59,24 +58,19 @@ pub fn render_run_html(r: &Results, history: &[Op]) -> String {
     );
 
     run_tables(&mut out, r, Some((history, &paired)));
-    page_end(&mut out);
-    out
+    page(&title, out)
 }
 
 /// Renders the CAP comparison as one self-contained HTML page: the side-by-side table and its
 /// explanation, bar charts of availability and p99 latency during the faults, and for each mode
 /// its fault timeline and tables. Per-operation plots need a history: see each run's own report.
 pub fn render_cap_html(cp: &Results, ap: &Results) -> String {
-    let mut out = String::with_capacity(64 * 1024);
-    page_start(&mut out, "capkv CAP report");
+    let mut out = Parts::new();
     let heading = cap_heading(cp, ap);
-    let _ = writeln!(
-        out,
-        "<h1>{}</h1><p>cp {} &nbsp; ap {}</p>",
-        esc(&heading[0]),
-        verdict_badge(cp),
-        verdict_badge(ap)
-    );
+    out.push(html! {
+        h1 { (visible(&heading[0])) }
+        p { "cp " (verdict_badge(cp)) " \u{a0} ap " (verdict_badge(ap)) }
+    });
     for w in &heading[1..] {
         para(&mut out, "note", w);
     }
@@ -98,20 +92,20 @@ pub fn render_cap_html(cp: &Results, ap: &Results) -> String {
     );
     para(&mut out, "trade", &cap_sentences(cp, ap).join(" "));
 
-    out.push_str("<h2>During the faults</h2>\n<div class=\"cols\">");
+    h2(&mut out, "During the faults");
     let (c, a) = (&cp.availability.during_faults, &ap.availability.during_faults);
     let groups: Vec<(String, [Option<f64>; 2])> = vec![
         ("overall".to_owned(), [c.overall, a.overall]),
         ("majority".to_owned(), [c.majority, a.majority]),
         ("minority".to_owned(), [c.minority, a.minority]),
     ];
-    out.push_str(&bar_chart(
+    let availability = bar_chart(
         "Availability during faults",
         "ok % of ops",
         &groups,
         YAxis::Linear { max: 100.0, step: 20.0 },
         "%",
-    ));
+    );
     let lat: Vec<(String, [Option<f64>; 2])> = ops_during(cp, ap)
         .into_iter()
         .map(|f| (f.to_string(), [p99_during(cp, f), p99_during(ap, f)]))
@@ -125,15 +119,14 @@ pub fn render_cap_html(cp: &Results, ap: &Results) -> String {
     } else {
         YAxis::Log { lo: 0, hi: 3 }
     };
-    out.push_str(&bar_chart("p99 latency during faults", "ms (log scale)", &lat, y, ""));
-    out.push_str("</div>\n");
+    let latency = bar_chart("p99 latency during faults", "ms (log scale)", &lat, y, "");
+    out.push(html! { div class="cols" { (PreEscaped(availability)) (PreEscaped(latency)) } });
 
     for (name, r) in [("cp", cp), ("ap", ap)] {
-        let _ = writeln!(out, "<h2>The {name} run {}</h2>", verdict_badge(r));
-        out.push_str(&timeline_plot(r, &format!("{name}: fault windows and heal")));
+        out.push(html! { h2 { "The " (name) " run " (verdict_badge(r)) } });
+        out.push(PreEscaped(timeline_plot(r, &format!("{name}: fault windows and heal"))));
         table(&mut out, "params", &["parameter", "value"], &params_rows(r));
         run_tables(&mut out, r, None);
     }
-    page_end(&mut out);
-    out
+    page("capkv CAP report", out)
 }

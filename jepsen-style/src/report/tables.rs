@@ -1,13 +1,16 @@
 //! The page skeleton and the tables of one run, shared by the run page and the CAP page.
 //!
-//! Every cell is plain text and is escaped when the table is written; class names are fixed
-//! strings, never run data.
+//! Pages are built with maud, which HTML-escapes every value it inserts; [`visible`] also shows
+//! control and bidirectional-override characters as `\u{..}` escapes. Class names are fixed
+//! strings, never run data. Only the CSS and the SVG plots are inserted unescaped.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::fmt::Write as _;
+
+use maud::{html, Markup, PreEscaped, DOCTYPE};
 
 use super::format::{
-    esc, fmt_ms, fmt_num, fmt_pct, fmt_secs, node_list, node_rank, opt, outcome_name, ratio_pct, NA, NOT_APPLICABLE,
+    fmt_ms, fmt_num, fmt_pct, fmt_secs, node_list, node_rank, opt, outcome_name, ratio_pct, verdict_class,
+    verdict_word, visible, NA, NOT_APPLICABLE,
 };
 use crate::history::{Kind, Op, Value};
 use crate::pairing::Paired;
@@ -38,38 +41,44 @@ svg .heal-label{font-size:11px;fill:#2b8a3e}svg .window{fill:#c92a2a;fill-opacit
 svg .rate{fill:none;stroke-width:1.5}svg .empty{fill:#868e96;font-size:13px}\
 .cols{display:flex;flex-wrap:wrap;gap:16px}";
 
-pub(super) fn page_start(out: &mut String, title: &str) {
-    let _ = write!(
-        out,
-        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" \
-         content=\"width=device-width, initial-scale=1\"><title>{}</title><style>{CSS}</style></head><body><main>\n",
-        esc(title)
-    );
-}
+/// The parts of a page, in order; [`page`] wraps them in the document.
+pub(super) type Parts = Vec<Markup>;
 
-pub(super) fn page_end(out: &mut String) {
-    out.push_str("</main></body></html>\n");
-}
-
-/// A table of already-plain cells; every cell is escaped here. `class` is a fixed CSS class.
-pub(super) fn table(out: &mut String, class: &str, head: &[&str], rows: &[Vec<String>]) {
-    let _ = write!(out, "<table class=\"{class}\"><thead><tr>");
-    for h in head {
-        let _ = write!(out, "<th>{}</th>", esc(h));
-    }
-    out.push_str("</tr></thead><tbody>\n");
-    for row in rows {
-        out.push_str("<tr>");
-        for cell in row {
-            let _ = write!(out, "<td>{}</td>", esc(cell));
+/// A whole self-contained page: inline CSS, no scripts, nothing external.
+pub(super) fn page(title: &str, parts: Parts) -> String {
+    let doc = html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                meta name="viewport" content="width=device-width, initial-scale=1";
+                title { (visible(title)) }
+                style { (PreEscaped(CSS)) }
+            }
+            body { main { @for part in &parts { (part) "\n" } } }
         }
-        out.push_str("</tr>\n");
-    }
-    out.push_str("</tbody></table>\n");
+    };
+    doc.into_string() + "\n"
 }
 
-pub(super) fn para(out: &mut String, class: &str, text: &str) {
-    let _ = writeln!(out, "<p class=\"{class}\">{}</p>", esc(text));
+/// A table of plain-text cells (maud escapes them). `class` is a fixed CSS class.
+pub(super) fn table(out: &mut Parts, class: &str, head: &[&str], rows: &[Vec<String>]) {
+    out.push(html! {
+        table class=(class) {
+            thead { tr { @for h in head { th { (visible(h)) } } } }
+            tbody { @for row in rows { tr { @for cell in row { td { (visible(cell)) } } } } }
+        }
+    });
+}
+
+/// A paragraph of plain text.
+pub(super) fn para(out: &mut Parts, class: &str, text: &str) {
+    out.push(html! { p class=(class) { (visible(text)) } });
+}
+
+/// A section heading.
+pub(super) fn h2(out: &mut Parts, text: &str) {
+    out.push(html! { h2 { (visible(text)) } });
 }
 
 /// invoked / ok / fail / unknown cells and the ok share.
@@ -106,8 +115,8 @@ pub(super) fn params_rows(r: &Results) -> Vec<Vec<String>> {
     .collect()
 }
 
-fn ops_section(out: &mut String, r: &Results) {
-    out.push_str("<h2>Operations per phase</h2>\n");
+fn ops_section(out: &mut Parts, r: &Results) {
+    h2(out, "Operations per phase");
     let rows: Vec<Vec<String>> = r
         .ops
         .iter()
@@ -127,7 +136,7 @@ fn ops_section(out: &mut String, r: &Results) {
         table(out, "num", &head, &rows);
     }
 
-    out.push_str("<h2>Operations per node</h2>\n");
+    h2(out, "Operations per node");
     let mut nodes: Vec<(&String, &Counts)> = r.ops_by_node.iter().collect();
     if nodes.is_empty() {
         para(out, "note", "No client operations were recorded.");
@@ -162,8 +171,8 @@ fn ops_section(out: &mut String, r: &Results) {
     table(out, "num", &head, &rows);
 }
 
-fn availability_section(out: &mut String, r: &Results) {
-    out.push_str("<h2>Availability during faults</h2>\n");
+fn availability_section(out: &mut Parts, r: &Results) {
+    h2(out, "Availability during faults");
     let a = &r.availability.during_faults;
     let mut rows = vec![
         vec!["overall".to_owned(), fmt_pct(a.overall)],
@@ -176,8 +185,8 @@ fn availability_section(out: &mut String, r: &Results) {
     table(out, "num", &["scope", "ok % of ops invoked during faults"], &rows);
 }
 
-fn latency_section(out: &mut String, r: &Results) {
-    out.push_str("<h2>Latency percentiles (ms)</h2>\n");
+fn latency_section(out: &mut Parts, r: &Results) {
+    h2(out, "Latency percentiles (ms)");
     let rows: Vec<Vec<String>> = r
         .latency_ms
         .iter()
@@ -220,10 +229,10 @@ pub(super) fn stale_cell(c: Option<StaleCount>) -> String {
     }
 }
 
-fn figures_section(out: &mut String, r: &Results) {
+fn figures_section(out: &mut Parts, r: &Results) {
     if r.cp.is_some() || r.mode == Mode::Cp {
         let cp = r.cp.unwrap_or_default();
-        out.push_str("<h2>CP figures</h2>\n");
+        h2(out, "CP figures");
         table(
             out,
             "num",
@@ -237,7 +246,7 @@ fn figures_section(out: &mut String, r: &Results) {
     if r.ap.is_some() || r.mode == Mode::Ap {
         let ap = r.ap;
         let stale = ap.and_then(|a| a.stale_reads);
-        out.push_str("<h2>AP figures</h2>\n");
+        h2(out, "AP figures");
         table(
             out,
             "num",
@@ -264,7 +273,7 @@ fn figures_section(out: &mut String, r: &Results) {
         );
     }
     if let Some(set) = &r.set {
-        out.push_str("<h2>Set workload</h2>\n");
+        h2(out, "Set workload");
         let rows: Vec<Vec<String>> = [
             ("added", set.added),
             ("lost", set.lost),
@@ -277,7 +286,7 @@ fn figures_section(out: &mut String, r: &Results) {
         table(out, "num", &["elements", "count"], &rows);
     }
     if let Some(bank) = &r.bank {
-        out.push_str("<h2>Bank workload</h2>\n");
+        h2(out, "Bank workload");
         let rows: Vec<Vec<String>> = [
             ("reads", bank.reads),
             ("reads with a wrong total", bank.bad_totals),
@@ -290,8 +299,8 @@ fn figures_section(out: &mut String, r: &Results) {
     }
 }
 
-fn schedule_section(out: &mut String, r: &Results) {
-    out.push_str("<h2>Fault schedule</h2>\n");
+fn schedule_section(out: &mut Parts, r: &Results) {
+    h2(out, "Fault schedule");
     if r.fault_schedule.is_empty() {
         para(out, "note", "No faults were recorded for this run.");
     } else {
@@ -419,9 +428,9 @@ fn op_rows(indexes: &[u64], history: &[Op], paired: &Paired) -> Vec<Vec<String>>
     rows
 }
 
-fn anomalies_section(out: &mut String, r: &Results, history: Option<(&[Op], &Paired)>) {
+fn anomalies_section(out: &mut Parts, r: &Results, history: Option<(&[Op], &Paired)>) {
     let list = &r.anomalies;
-    let _ = writeln!(out, "<h2>Anomalies ({})</h2>", list.len());
+    h2(out, &format!("Anomalies ({})", list.len()));
     if list.is_empty() {
         para(out, "note", "None: the checker found no anomaly in this history.");
         return;
@@ -446,13 +455,9 @@ fn anomalies_section(out: &mut String, r: &Results, history: Option<(&[Op], &Pai
         );
     }
     for (i, a) in list.iter().take(MAX_ANOMALIES).enumerate() {
-        let _ = writeln!(
-            out,
-            "<h3 class=\"anomaly\">{}. {} on key <span class=\"k\">{}</span></h3>",
-            i + 1,
-            esc(&a.kind),
-            esc(&format!("{:?}", a.key))
-        );
+        out.push(html! {
+            h3 class="anomaly" { (i + 1) ". " (visible(&a.kind)) " on key " span class="k" { (visible(&format!("{:?}", a.key))) } }
+        });
         para(out, "detail", &a.detail);
         if a.ops.is_empty() {
             continue;
@@ -496,7 +501,7 @@ fn anomalies_section(out: &mut String, r: &Results, history: Option<(&[Op], &Pai
 }
 
 /// All the tables of one run. With a history, anomaly operations are shown as rows.
-pub(super) fn run_tables(out: &mut String, r: &Results, history: Option<(&[Op], &Paired)>) {
+pub(super) fn run_tables(out: &mut Parts, r: &Results, history: Option<(&[Op], &Paired)>) {
     ops_section(out, r);
     availability_section(out, r);
     latency_section(out, r);
@@ -506,12 +511,8 @@ pub(super) fn run_tables(out: &mut String, r: &Results, history: Option<(&[Op], 
 }
 
 /// The verdict as a coloured badge.
-pub(super) fn verdict_badge(r: &Results) -> String {
-    format!(
-        "<span class=\"verdict {}\">{}</span>",
-        super::format::verdict_class(r.verdict),
-        super::format::verdict_word(r.verdict)
-    )
+pub(super) fn verdict_badge(r: &Results) -> Markup {
+    html! { span class={ "verdict " (verdict_class(r.verdict)) } { (verdict_word(r.verdict)) } }
 }
 
 /// A history value for humans: strings quoted with escapes, CAS pairs as `expected → new`.
