@@ -99,12 +99,16 @@ enum Command {
         /// The run's directory, e.g. store/cp-register-partition-halves/2026-12-04T144808Z.
         dir: PathBuf,
     },
-    /// Print the CAP table of two stored runs (a cp and an ap run under the same faults).
+    /// Print the CAP table of two stored runs (a cp and an ap run under the same faults), and
+    /// optionally write the CAP report page.
     CapTable {
         /// The cp run's directory (holding results.json).
         cp: PathBuf,
         /// The ap run's directory.
         ap: PathBuf,
+        /// Also write the CAP report page here.
+        #[arg(long)]
+        html: Option<PathBuf>,
     },
     /// Run one capkv node (used by the runner to start its cluster).
     #[command(hide = true)]
@@ -135,7 +139,7 @@ fn main() -> ExitCode {
         }
         Command::CapReport { common } => with_runtime(|| cap_report(common)),
         Command::Report { dir } => finish(rerender(&dir)),
-        Command::CapTable { cp, ap } => finish(cap_table(&cp, &ap)),
+        Command::CapTable { cp, ap, html } => finish(cap_table(&cp, &ap, html.as_deref())),
     }
 }
 
@@ -155,7 +159,7 @@ fn rerender(dir: &std::path::Path) -> Result<bool, String> {
 }
 
 /// Prints the CAP table of two stored runs; returns whether both are valid.
-fn cap_table(cp: &std::path::Path, ap: &std::path::Path) -> Result<bool, String> {
+fn cap_table(cp: &std::path::Path, ap: &std::path::Path, html: Option<&std::path::Path>) -> Result<bool, String> {
     let cp = Results::load(&cp.join("results.json"))?;
     let ap = Results::load(&ap.join("results.json"))?;
     if cp.mode != Mode::Cp || ap.mode != Mode::Ap {
@@ -165,6 +169,11 @@ fn cap_table(cp: &std::path::Path, ap: &std::path::Path) -> Result<bool, String>
         ));
     }
     print!("{}", jepsen_style::report::render_cap_terminal(&cp, &ap));
+    if let Some(path) = html {
+        std::fs::write(path, jepsen_style::report::render_cap_html(&cp, &ap))
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        println!("cap report: {}", path.display());
+    }
     Ok(cp.valid && ap.valid)
 }
 

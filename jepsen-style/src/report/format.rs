@@ -162,15 +162,6 @@ pub(super) fn outcome_legend(o: Outcome) -> &'static str {
     }
 }
 
-/// The plot colour of an outcome.
-pub(super) fn outcome_colour(o: Outcome) -> &'static str {
-    match o {
-        Outcome::Ok => "#1c7ed6",
-        Outcome::Fail => "#e03131",
-        Outcome::Unknown => "#f08c00",
-    }
-}
-
 /// An optional count, or `n/a`.
 pub(super) fn opt<T: ToString>(x: Option<T>) -> String {
     x.map_or_else(|| NA.to_owned(), |x| x.to_string())

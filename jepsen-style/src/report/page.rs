@@ -5,7 +5,7 @@ use maud::{html, PreEscaped};
 
 use super::cap::{cap_heading, cap_rows, cap_sentences, ops_during, p99_during};
 use super::format::visible;
-use super::plots::{bar_chart, latency_plot, throughput_plot, time_extent, timeline_plot, YAxis};
+use super::plots::{bar_chart, latency_plot, log_decades, throughput_plot, time_extent, timeline_plot, BarAxis};
 use super::tables::{h2, page, para, params_rows, run_tables, table, verdict_badge, Parts};
 use crate::history::Op;
 use crate::pairing;
@@ -103,7 +103,7 @@ pub fn render_cap_html(cp: &Results, ap: &Results) -> String {
         "Availability during faults",
         "ok % of ops",
         &groups,
-        YAxis::Linear { max: 100.0, step: 20.0 },
+        BarAxis::Linear(100.0),
         "%",
     );
     let lat: Vec<(String, [Option<f64>; 2])> = ops_during(cp, ap)
@@ -115,9 +115,10 @@ pub fn render_cap_html(cp: &Results, ap: &Results) -> String {
         .flat_map(|(_, v)| v.iter().flatten())
         .fold((f64::INFINITY, 0.0f64), |(lo, hi), &v| (lo.min(v), hi.max(v)));
     let y = if hi > 0.0 {
-        YAxis::log(lo, hi)
+        let (lo, hi) = log_decades(lo, hi);
+        BarAxis::Log(lo, hi)
     } else {
-        YAxis::Log { lo: 0, hi: 3 }
+        BarAxis::Log(0, 3)
     };
     let latency = bar_chart("p99 latency during faults", "ms (log scale)", &lat, y, "");
     out.push(html! { div class="cols" { (PreEscaped(availability)) (PreEscaped(latency)) } });

@@ -1,17 +1,32 @@
-//! The report's SVG plots: latency and throughput over time with the fault windows shaded, a
-//! fault timeline, and grouped bar charts for the CAP page.
+//! The report's plots, drawn by plotters into SVG: latency and throughput over time with the fault
+//! windows shaded and the heal marked, a fault timeline, and grouped bar charts for the CAP page.
+//!
+//! Colours carry meaning: blue `ok`, red `fail`, amber `info` (unknown outcome); fault windows
+//! are a pale red band ([`FAULT_FILL`]), the heal a dashed green line ([`HEAL`]). In the latency
+//! plot the marker's shape is the operation (circle `read`, triangle `write`, cross `cas`, square
+//! anything else).
 //!
 //! # Caveats
 //!
 //! * Large histories are downsampled for the latency plot: points that overlap on screen are
-//!   merged, then each (outcome, operation) series is thinned evenly, keeping small series whole.
+//!   merged, then each (outcome, operation) series is thinned evenly, keeping small series (the
+//!   `fail` and `info` points, usually) whole. The returned note says how many points are shown.
 //! * Times are what the runner recorded; if the history and the schedule disagree, the shaded
 //!   windows do not line up with the data.
+//! * plotters lays text out with a width estimate (no font files are read), so long labels may
+//!   overlap.
+//! * A plot that plotters fails to draw is replaced by a sentence saying why; the tables below it
+//!   do not depend on it.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
-use std::fmt::Write as _;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::ops::Range;
 
-use super::format::{esc, fmt_num, fmt_secs, node_list, outcome_colour, outcome_legend, outcome_name, NA, OUTCOMES};
+use plotters::coord::ranged1d::ValueFormatter;
+use plotters::coord::types::RangedCoordf64;
+use plotters::coord::Shift;
+use plotters::prelude::*;
+
+use super::format::{fmt_num, outcome_legend, visible, OUTCOMES};
 use crate::history::F;
 use crate::pairing::{Event, Outcome, Paired};
 use crate::results::{Results, ScheduledFault};
@@ -20,6 +35,55 @@ use crate::results::{Results, ScheduledFault};
 const MAX_POINTS: usize = 8000;
 /// Most throughput buckets in one plot.
 const MAX_BUCKETS: usize = 2000;
+/// Size of the time plots, in SVG pixels.
+const W: u32 = 1160;
+const H: u32 = 340;
+/// Size of one bar chart.
+const BAR_H: u32 = 260;
+/// Fill of a fault window (drawn at [`FAULT_ALPHA`]).
+pub(super) const FAULT_FILL: RGBColor = RGBColor(0xfa, 0x52, 0x52);
+const FAULT_ALPHA: f64 = 0.14;
+/// The heal line.
+pub(super) const HEAL: RGBColor = RGBColor(0x2b, 0x8a, 0x3e);
+/// Bars of the cp and the ap run.
+const MODE_COLOURS: [RGBColor; 2] = [RGBColor(0x1c, 0x7e, 0xd6), RGBColor(0xf0, 0x8c, 0x00)];
+const GREY: RGBColor = RGBColor(0x49, 0x50, 0x57);
+/// Shortest latency a log axis shows (1 µs).
+const MIN_MS: f64 = 1e-3;
+
+type PlotResult = Result<(), String>;
+
+/// The plot colour of an outcome.
+pub(super) fn outcome_rgb(o: Outcome) -> RGBColor {
+    match o {
+        Outcome::Ok => RGBColor(0x1c, 0x7e, 0xd6),
+        Outcome::Fail => RGBColor(0xe0, 0x31, 0x31),
+        Outcome::Unknown => RGBColor(0xf0, 0x8c, 0x00),
+    }
+}
+
+fn err(e: impl std::fmt::Display) -> String {
+    e.to_string()
+}
+
+/// Draws with `draw` on a `w` x `h` SVG; a drawing error becomes a sentence in place of the plot.
+fn svg(w: u32, h: u32, draw: impl FnOnce(&DrawingArea<SVGBackend, Shift>) -> PlotResult) -> String {
+    let mut out = String::new();
+    let result = {
+        let root = SVGBackend::with_string(&mut out, (w, h)).into_drawing_area();
+        root.fill(&WHITE)
+            .map_err(err)
+            .and_then(|()| draw(&root))
+            .and_then(|()| root.present().map_err(err))
+    };
+    match result {
+        Ok(()) => out,
+        Err(e) => format!(
+            r#"<p class="note">This plot could not be drawn: {}.</p>"#,
+            super::format::esc(&e)
+        ),
+    }
+}
 
 fn start_s(e: &Event) -> f64 {
     e.invoke.time_ns as f64 / 1e9
@@ -30,7 +94,7 @@ fn end_s(e: &Event) -> f64 {
 }
 
 fn latency_ms(e: &Event) -> f64 {
-    e.latency_ns().unwrap_or(0) as f64 / 1e6
+    (e.latency_ns().unwrap_or(0) as f64 / 1e6).max(MIN_MS)
 }
 
 /// The end of the time axis: the latest completion, fault boundary or heal; without a history,
@@ -57,288 +121,122 @@ pub(super) fn time_extent(r: &Results, paired: Option<&Paired>) -> f64 {
     }
 }
 
-const W: f64 = 1160.0;
-const H: f64 = 340.0;
-const ML: f64 = 70.0;
-const MR: f64 = 18.0;
-const MT: f64 = 38.0;
-const MB: f64 = 46.0;
-
-/// Tick spacing giving about `target` ticks over `range`: 1, 2 or 5 times a power of ten.
-pub(super) fn nice_step(range: f64, target: f64) -> f64 {
-    if range <= 0.0 || !range.is_finite() {
-        return 1.0;
-    }
-    let raw = range / target;
-    let mag = 10f64.powf(raw.log10().floor());
-    let norm = raw / mag;
-    let step = if norm < 1.5 {
-        1.0
-    } else if norm < 3.0 {
-        2.0
-    } else if norm < 7.0 {
-        5.0
-    } else {
-        10.0
-    };
-    step * mag
+fn log_axis(range: Range<f64>) -> LogCoord<f64> {
+    range.log_scale().into()
 }
 
-pub(super) enum YAxis {
-    /// From 0 to `max`, ticks every `step`.
-    Linear { max: f64, step: f64 },
-    /// From 10^lo to 10^hi.
-    Log { lo: i32, hi: i32 },
+/// The decades a log axis spans for latencies in `[lo, hi]` ms: at least one, at most 10^-3 to
+/// 10^10 (anything outside is drawn at the edge).
+pub(super) fn log_decades(lo: f64, hi: f64) -> (i32, i32) {
+    let lo_e = (lo.max(MIN_MS).log10().floor() as i32).clamp(-3, 9);
+    let hi_e = (hi.max(MIN_MS).log10().ceil() as i32).clamp(lo_e + 1, 10);
+    (lo_e, hi_e)
 }
 
-impl YAxis {
-    fn linear(data_max: f64) -> YAxis {
-        let data_max = if data_max > 0.0 && data_max.is_finite() {
-            data_max
-        } else {
-            1.0
-        };
-        let step = nice_step(data_max, 5.0);
-        YAxis::Linear {
-            max: (data_max / step).ceil().max(1.0) * step,
-            step,
-        }
-    }
-
-    pub(super) fn log(min: f64, max: f64) -> YAxis {
-        // 1 µs to 10^10 ms; anything outside is drawn at the edge.
-        let lo = (min.max(1e-3).log10().floor() as i32).clamp(-3, 9);
-        let hi = (max.max(1e-3).log10().ceil() as i32).clamp(lo + 1, 10);
-        YAxis::Log { lo, hi }
-    }
-
-    fn py(&self, v: f64) -> f64 {
-        let frac = match *self {
-            YAxis::Linear { max, .. } => v / max,
-            YAxis::Log { lo, hi } => (v.max(1e-3).log10() - f64::from(lo)) / f64::from(hi - lo),
-        };
-        H - MB - frac.clamp(0.0, 1.0) * (H - MT - MB)
-    }
-
-    /// (value, is_major) for each grid line.
-    fn ticks(&self) -> Vec<(f64, bool)> {
-        match *self {
-            YAxis::Linear { max, step } => {
-                let n = (max / step).round() as usize;
-                (0..=n).map(|i| (i as f64 * step, true)).collect()
-            }
-            YAxis::Log { lo, hi } => {
-                let mut t = Vec::new();
-                for e in lo..=hi {
-                    let base = 10f64.powi(e);
-                    t.push((base, true));
-                    if e < hi {
-                        t.push((2.0 * base, false));
-                        t.push((5.0 * base, false));
-                    }
-                }
-                t
-            }
-        }
-    }
-}
-
-fn px(x_max: f64, t: f64) -> f64 {
-    ML + (t / x_max).clamp(0.0, 1.0) * (W - ML - MR)
-}
-
-#[derive(Clone, Copy)]
-enum Shape {
-    Circle,
-    Square,
-    Triangle,
-    Diamond,
-    Cross,
-    Plus,
-    Line,
-    Swatch,
-}
-
-const SHAPES: [Shape; 6] = [
-    Shape::Circle,
-    Shape::Square,
-    Shape::Triangle,
-    Shape::Diamond,
-    Shape::Cross,
-    Shape::Plus,
-];
-
-/// Appends the path commands of one marker centred on (x, y).
-fn marker(d: &mut String, shape: Shape, x: f64, y: f64) {
-    let _ = match shape {
-        Shape::Circle => write!(d, "M{:.1} {:.1}a3 3 0 1 0 6 0a3 3 0 1 0-6 0", x - 3.0, y),
-        Shape::Square => write!(d, "M{:.1} {:.1}h5v5h-5z", x - 2.5, y - 2.5),
-        Shape::Triangle => write!(d, "M{:.1} {:.1}l3.2 6h-6.4z", x, y - 3.5),
-        Shape::Diamond => write!(d, "M{:.1} {:.1}l3.5 3.5-3.5 3.5-3.5-3.5z", x, y - 3.5),
-        Shape::Cross => write!(d, "M{:.1} {:.1}l6 6m0-6l-6 6", x - 3.0, y - 3.0),
-        Shape::Plus => write!(d, "M{:.1} {:.1}h7m-3.5-3.5v7", x - 3.5, y),
-        Shape::Line => write!(d, "M{:.1} {:.1}h14", x - 7.0, y),
-        Shape::Swatch => write!(d, "M{:.1} {:.1}h9v9h-9z", x - 4.5, y - 4.5),
-    };
-}
-
-struct LegendItem {
-    label: String,
-    colour: &'static str,
-    shape: Shape,
-}
-
-struct Plot<'a> {
-    title: &'a str,
-    y_label: &'a str,
-    x_max: f64,
-    y: YAxis,
-    faults: &'a [ScheduledFault],
+/// Shades every fault window and labels it; marks the heal.
+fn draw_faults<DB: DrawingBackend, Y: Ranged<ValueType = f64>>(
+    chart: &mut ChartContext<DB, Cartesian2d<RangedCoordf64, Y>>,
+    faults: &[ScheduledFault],
     heal: Option<f64>,
-    /// SVG elements drawn inside the plot area (already escaped).
-    body: String,
-    legend: Vec<LegendItem>,
+    y: (f64, f64),
+) -> PlotResult {
+    let fill = FAULT_FILL.mix(FAULT_ALPHA).filled();
+    chart
+        .draw_series(
+            faults
+                .iter()
+                .map(|f| Rectangle::new([(f.start_s, y.0), (f.stop_s, y.1)], fill)),
+        )
+        .map_err(err)?;
+    let label = ("sans-serif", 12).into_font().color(&FAULT_FILL);
+    chart
+        .draw_series(faults.iter().enumerate().map(|(i, f)| {
+            EmptyElement::at((f.start_s, y.1))
+                + Text::new(visible(&f.nemesis), (4, 4 + 13 * (i as i32 % 3)), label.clone())
+        }))
+        .map_err(err)?;
+    if let Some(h) = heal {
+        chart
+            .draw_series(DashedLineSeries::new([(h, y.0), (h, y.1)], 6, 4, HEAL.stroke_width(2)))
+            .map_err(err)?
+            .label(format!("heal {} s", fmt_num(h)))
+            .legend(|(x, y)| PathElement::new([(x, y), (x + 14, y)], HEAL.stroke_width(2)));
+    }
+    Ok(())
 }
 
-/// Renders a plot: frame, grid, ticks, fault windows (one `rect class="fault"` each), heal line,
-/// body and legend.
-fn plot_svg(p: &Plot) -> String {
-    let mut s = String::with_capacity(p.body.len() + 8192);
-    let (x0, x1, y0, y1) = (ML, W - MR, MT, H - MB);
-    let _ = write!(
-        s,
-        r#"<svg class="plot" viewBox="0 0 {W} {H}" width="100%" role="img" aria-label="{}" xmlns="http://www.w3.org/2000/svg">"#,
-        esc(p.title)
-    );
-    let _ = write!(s, r#"<text class="title" x="{x0}" y="16">{}</text>"#, esc(p.title));
-    let _ = write!(
-        s,
-        r#"<rect class="area" x="{x0}" y="{y0}" width="{:.1}" height="{:.1}"/>"#,
-        x1 - x0,
-        y1 - y0
-    );
+/// The outline of operation `f`'s marker around (0, 0), in pixels: circle (an octagon) for
+/// `read`, triangle for `write`, cross for `cas`, square for anything else.
+fn shape(f: F) -> Vec<(i32, i32)> {
+    match f {
+        F::Read => vec![
+            (-1, -3),
+            (1, -3),
+            (3, -1),
+            (3, 1),
+            (1, 3),
+            (-1, 3),
+            (-3, 1),
+            (-3, -1),
+            (-1, -3),
+        ],
+        F::Write => vec![(0, -4), (4, 3), (-4, 3), (0, -4)],
+        F::Cas => vec![(-3, -3), (3, 3), (0, 0), (3, -3), (-3, 3)],
+        _ => vec![(-3, -3), (3, -3), (3, 3), (-3, 3), (-3, -3)],
+    }
+}
 
-    // Fault windows underneath everything else.
-    for f in p.faults {
-        let a = px(p.x_max, f.start_s);
-        let b = px(p.x_max, f.stop_s);
-        let _ = write!(
-            s,
-            r#"<rect class="fault" x="{a:.1}" y="{y0}" width="{:.1}" height="{:.1}"><title>{} {}–{} (majority {}; minority {}) {}</title></rect>"#,
-            (b - a).max(1.0),
-            y1 - y0,
-            esc(&f.nemesis),
-            fmt_secs(Some(f.start_s)),
-            fmt_secs(Some(f.stop_s)),
-            node_list(&f.majority),
-            node_list(&f.minority),
-            esc(&f.detail)
-        );
-    }
-
-    // Grid and y ticks.
-    for (v, major) in p.y.ticks() {
-        let y = p.y.py(v);
-        let class = if major { "grid" } else { "grid minor" };
-        let _ = write!(
-            s,
-            r#"<line class="{class}" x1="{x0}" x2="{x1}" y1="{y:.1}" y2="{y:.1}"/>"#
-        );
-        if major && !p.y_label.is_empty() {
-            let _ = write!(
-                s,
-                r#"<text class="tick" x="{:.1}" y="{:.1}" text-anchor="end">{}</text>"#,
-                x0 - 6.0,
-                y + 4.0,
-                fmt_num(v)
-            );
-        }
-    }
-    // X ticks.
-    let step = nice_step(p.x_max, 12.0);
-    let mut t = 0.0;
-    while t <= p.x_max + step * 1e-9 {
-        let x = px(p.x_max, t);
-        let _ = write!(
-            s,
-            r#"<line class="grid" x1="{x:.1}" x2="{x:.1}" y1="{y0}" y2="{y1}"/><text class="tick" x="{x:.1}" y="{:.1}" text-anchor="middle">{}</text>"#,
-            y1 + 16.0,
-            fmt_num(t)
-        );
-        t += step;
-    }
-    let _ = write!(
-        s,
-        r#"<text class="axis" x="{:.1}" y="{:.1}" text-anchor="middle">time since test start (s)</text>"#,
-        (x0 + x1) / 2.0,
-        H - 8.0
-    );
-    let _ = write!(
-        s,
-        r#"<text class="axis" transform="translate(16 {:.1}) rotate(-90)" text-anchor="middle">{}</text>"#,
-        (y0 + y1) / 2.0,
-        esc(p.y_label)
-    );
-
-    s.push_str(&p.body);
-
-    // Fault labels and the heal on top of the data.
-    for (i, f) in p.faults.iter().enumerate() {
-        let a = px(p.x_max, f.start_s);
-        let _ = write!(
-            s,
-            r#"<text class="fault-label" x="{:.1}" y="{:.1}">{}</text>"#,
-            a + 3.0,
-            y0 + 12.0 + (i % 3) as f64 * 12.0,
-            esc(&f.nemesis)
-        );
-    }
-    if let Some(h) = p.heal {
-        let x = px(p.x_max, h);
-        let _ = write!(
-            s,
-            r#"<line class="heal" x1="{x:.1}" x2="{x:.1}" y1="{y0}" y2="{y1}"/><text class="heal-label" x="{:.1}" y="{:.1}" text-anchor="{}">heal {}</text>"#,
-            if x > x1 - 70.0 { x - 3.0 } else { x + 3.0 },
-            y1 - 6.0,
-            if x > x1 - 70.0 { "end" } else { "start" },
-            fmt_secs(Some(h))
-        );
-    }
-
-    // Legend, right-aligned in the top margin.
-    let width: f64 = p
-        .legend
-        .iter()
-        .map(|l| 26.0 + 6.5 * l.label.chars().count() as f64)
-        .sum();
-    let mut lx = (x1 - width).max(x0 + 260.0);
-    for item in &p.legend {
-        let mut d = String::new();
-        marker(&mut d, item.shape, lx + 7.0, 24.0);
-        let fill = if matches!(item.shape, Shape::Swatch) {
-            item.colour
-        } else {
-            "none"
-        };
-        let _ = write!(
-            s,
-            r#"<path d="{d}" fill="{fill}" stroke="{}" stroke-width="1.5"/><text class="legend" x="{:.1}" y="28">{}</text>"#,
-            item.colour,
-            lx + 18.0,
-            esc(&item.label)
-        );
-        lx += 26.0 + 6.5 * item.label.chars().count() as f64;
-    }
-    s.push_str("</svg>");
-    s
+/// The legend glyph of operation `f`, in backend pixels.
+fn legend_marker(f: F, (x, y): (i32, i32)) -> PathElement<(i32, i32)> {
+    let points = shape(f)
+        .into_iter()
+        .map(|(dx, dy)| (x + 6 + dx, y + dy))
+        .collect::<Vec<_>>();
+    PathElement::new(points, GREY.stroke_width(1))
 }
 
 /// A latency series: (outcome, operation).
 type SeriesKey = (Outcome, F);
 
-/// Points of a series in pixels, and the 2-pixel cells already taken.
-#[derive(Default)]
-struct Series(Vec<(f32, f32)>, HashSet<(u16, u16)>);
+/// Picks the points to draw: merges points on the same 2-pixel cell, then shares
+/// [`MAX_POINTS`] out among the series, smallest first, so rare outcomes stay whole. Returns the
+/// points per series and how many distinct points there were.
+fn downsample(paired: &Paired, x_max: f64, decades: (i32, i32)) -> (BTreeMap<SeriesKey, Vec<(f64, f64)>>, usize) {
+    let cell = |e: &Event| {
+        let x = start_s(e) / x_max * f64::from(W) / 2.0;
+        let frac = (latency_ms(e).log10() - f64::from(decades.0)) / f64::from(decades.1 - decades.0);
+        (x as u32, (frac * f64::from(H) / 2.0) as i64)
+    };
+    // Per series: its points, and the 2-pixel cells already taken.
+    type Cells = (Vec<(f64, f64)>, HashSet<(u32, i64)>);
+    let mut series: BTreeMap<SeriesKey, Cells> = BTreeMap::new();
+    for e in paired.completed() {
+        let entry = series.entry((e.outcome(), e.invoke.f)).or_default();
+        if entry.1.insert(cell(e)) {
+            entry.0.push((start_s(e), latency_ms(e)));
+        }
+    }
+    let distinct = series.values().map(|s| s.0.len()).sum();
+    let mut by_size: Vec<(usize, SeriesKey)> = series.iter().map(|(k, v)| (v.0.len(), *k)).collect();
+    by_size.sort();
+    let mut budget = MAX_POINTS;
+    let mut allot: HashMap<SeriesKey, usize> = HashMap::new();
+    let n_series = by_size.len();
+    for (i, (len, key)) in by_size.iter().enumerate() {
+        let take = (*len).min(budget / (n_series - i));
+        budget -= take;
+        allot.insert(*key, take);
+    }
+    let picked = series
+        .into_iter()
+        .map(|(key, (points, _))| {
+            let take = allot.get(&key).copied().unwrap_or(0);
+            let thinned = (0..take).map(|i| points[i * points.len() / take]).collect();
+            (key, thinned)
+        })
+        .collect();
+    (picked, distinct)
+}
 
 /// The latency scatter plot and a sentence saying how many points it shows.
 pub(super) fn latency_plot(
@@ -347,112 +245,62 @@ pub(super) fn latency_plot(
     faults: &[ScheduledFault],
     heal: Option<f64>,
 ) -> (String, String) {
-    // Operations in display order (read, write, cas, ...), each with its marker shape.
-    let order: Vec<F> = paired
+    let total = paired.completed().count();
+    let (lo, hi) = paired
         .completed()
-        .map(|e| e.invoke.f)
-        .collect::<std::collections::BTreeSet<F>>()
-        .into_iter()
-        .collect();
-    let shape_of: HashMap<F, Shape> = order
-        .iter()
-        .enumerate()
-        .map(|(n, f)| (*f, SHAPES[n % SHAPES.len()]))
-        .collect();
-
-    let (mut lo, mut hi) = (f64::INFINITY, 0.0f64);
-    let mut total = 0;
-    for e in paired.completed() {
-        let l = latency_ms(e);
-        lo = lo.min(l);
-        hi = hi.max(l);
-        total += 1;
-    }
-    let y = if total == 0 {
-        YAxis::Log { lo: 0, hi: 3 }
-    } else {
-        YAxis::log(lo, hi)
-    };
-
-    // Series per (outcome, f), merging points that fall on the same 2-pixel cell.
-    let mut series: BTreeMap<SeriesKey, Series> = BTreeMap::new();
-    for e in paired.completed() {
-        let x = px(x_max, start_s(e));
-        let yy = y.py(latency_ms(e));
-        let entry = series.entry((e.outcome(), e.invoke.f)).or_default();
-        if entry.1.insert(((x / 2.0) as u16, (yy / 2.0) as u16)) {
-            entry.0.push((x as f32, yy as f32));
+        .map(latency_ms)
+        .fold((f64::INFINITY, 0.0f64), |(lo, hi), l| (lo.min(l), hi.max(l)));
+    let decades = if total == 0 { (0, 3) } else { log_decades(lo, hi) };
+    let (points, distinct) = downsample(paired, x_max, decades);
+    let shown: usize = points.values().map(Vec::len).sum();
+    let ops: BTreeSet<F> = points.keys().map(|(_, f)| *f).collect();
+    let y_range = 10f64.powi(decades.0)..10f64.powi(decades.1);
+    let plot = svg(W, H, |root| {
+        let mut chart = time_chart(root, "Latency over time", x_max, log_axis(y_range.clone()))?;
+        chart
+            .configure_mesh()
+            .y_desc("latency (ms, log scale)")
+            .x_desc("time since test start (s)")
+            .y_label_formatter(&|v| fmt_num(*v))
+            .x_label_formatter(&|v| fmt_num(*v))
+            .light_line_style(WHITE)
+            .draw()
+            .map_err(err)?;
+        draw_faults(&mut chart, faults, heal, (y_range.start, y_range.end))?;
+        for ((outcome, f), pts) in &points {
+            let colour = outcome_rgb(*outcome);
+            chart
+                .draw_series(pts.iter().map(|&(x, y)| {
+                    let c = (x, y.clamp(y_range.start, y_range.end));
+                    EmptyElement::at(c) + PathElement::new(shape(*f), colour.stroke_width(1))
+                }))
+                .map_err(err)?;
         }
-    }
-    let distinct: usize = series.values().map(|s| s.0.len()).sum();
-
-    // Share the point budget out, smallest series first, so rare outcomes stay whole.
-    let mut by_size: Vec<(usize, SeriesKey)> = series.iter().map(|(k, v)| (v.0.len(), *k)).collect();
-    by_size.sort();
-    let mut budget = MAX_POINTS;
-    let mut allot: HashMap<SeriesKey, usize> = HashMap::new();
-    let n_series = by_size.len();
-    for (i, (len, key)) in by_size.iter().enumerate() {
-        let share = budget / (n_series - i);
-        let take = (*len).min(share);
-        budget -= take;
-        allot.insert(*key, take);
-    }
-
-    let mut body = String::new();
-    let mut shown = 0;
-    for ((outcome, f), Series(points, _)) in &series {
-        let take = allot.get(&(*outcome, *f)).copied().unwrap_or(0);
-        if take == 0 {
-            continue;
+        for o in OUTCOMES {
+            let colour = outcome_rgb(o);
+            chart
+                .draw_series(std::iter::empty::<Circle<(f64, f64), i32>>())
+                .map_err(err)?
+                .label(outcome_legend(o))
+                .legend(move |(x, y)| Rectangle::new([(x, y - 4), (x + 9, y + 5)], colour.filled()));
         }
-        let mut d = String::with_capacity(take * 32);
-        for i in 0..take {
-            let (x, yy) = points[i * points.len() / take];
-            marker(&mut d, shape_of[f], f64::from(x), f64::from(yy));
+        for f in ops.iter().copied() {
+            chart
+                .draw_series(std::iter::empty::<Circle<(f64, f64), i32>>())
+                .map_err(err)?
+                .label(f.to_string())
+                .legend(move |c| legend_marker(f, c));
         }
-        shown += take;
-        let _ = write!(
-            body,
-            r#"<path class="pts" d="{d}" stroke="{}"><title>{} {}</title></path>"#,
-            outcome_colour(*outcome),
-            f,
-            outcome_name(*outcome)
-        );
-    }
-    if total == 0 {
-        let _ = write!(
-            body,
-            r#"<text class="empty" x="{:.1}" y="{:.1}" text-anchor="middle">no paired operations in the history</text>"#,
-            (ML + W - MR) / 2.0,
-            (MT + H - MB) / 2.0
-        );
-    }
-
-    let mut legend: Vec<LegendItem> = OUTCOMES
-        .iter()
-        .map(|o| LegendItem {
-            label: outcome_legend(*o).to_owned(),
-            colour: outcome_colour(*o),
-            shape: Shape::Swatch,
-        })
-        .collect();
-    for f in &order {
-        legend.push(LegendItem {
-            label: f.to_string(),
-            colour: "#495057",
-            shape: shape_of[f],
-        });
-    }
-    let svg = plot_svg(&Plot {
-        title: "Latency over time",
-        y_label: "latency (ms, log scale)",
-        x_max,
-        y,
-        faults,
-        heal,
-        body,
-        legend,
+        if total == 0 {
+            let style = ("sans-serif", 14).into_font().color(&GREY);
+            root.draw(&Text::new(
+                "no paired operations in the history",
+                (W as i32 / 2 - 120, H as i32 / 2),
+                style,
+            ))
+            .map_err(err)?;
+        }
+        legend(&mut chart)
     });
     let note = if shown < total {
         format!(
@@ -464,7 +312,37 @@ pub(super) fn latency_plot(
     } else {
         format!("Showing all {total} operations.")
     };
-    (svg, note)
+    (plot, note)
+}
+
+/// A chart over time (x: seconds since the test started) with the given y axis.
+fn time_chart<'a, 'b, Y: Ranged<ValueType = f64>>(
+    root: &'a DrawingArea<SVGBackend<'b>, Shift>,
+    title: &str,
+    x_max: f64,
+    y: Y,
+) -> Result<ChartContext<'a, SVGBackend<'b>, Cartesian2d<RangedCoordf64, Y>>, String> {
+    ChartBuilder::on(root)
+        .caption(title, ("sans-serif", 16))
+        .margin(8)
+        .margin_right(18)
+        .x_label_area_size(40)
+        .y_label_area_size(64)
+        .build_cartesian_2d(0f64..x_max, y)
+        .map_err(err)
+}
+
+fn legend<'a, 'b: 'a, CT: plotters::coord::CoordTranslate>(
+    chart: &mut ChartContext<'a, SVGBackend<'b>, CT>,
+) -> PlotResult {
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperRight)
+        .background_style(WHITE.mix(0.85))
+        .border_style(GREY.mix(0.5))
+        .label_font(("sans-serif", 12))
+        .draw()
+        .map_err(err)
 }
 
 /// The throughput plot: completions per second by outcome, by completion time.
@@ -479,207 +357,186 @@ pub(super) fn throughput_plot(paired: &Paired, x_max: f64, faults: &[ScheduledFa
     }
     // The last bucket may be cut short by the end of the history: divide by the time it covers,
     // and leave it out when it covers too little to give a meaningful rate.
-    let span = |b: usize| (x_max - b as f64 * width_s).min(width_s);
+    let span = |b: usize| (x_max - b as f64 * width_s).min(width_s).max(1e-9);
     let drawn = if n > 1 && span(n - 1) < 0.25 * width_s {
         n - 1
     } else {
         n
     };
-    let max_rate = counts[..drawn]
-        .iter()
-        .enumerate()
-        .flat_map(|(b, c)| c.iter().map(move |&c| f64::from(c) / span(b).max(1e-9)))
+    let rate = |b: usize, o: usize| f64::from(counts[b][o]) / span(b);
+    let max_rate = (0..drawn)
+        .flat_map(|b| (0..3).map(move |o| (b, o)))
+        .map(|(b, o)| rate(b, o))
         .fold(0.0, f64::max);
-    let y = YAxis::linear(max_rate);
-    let mut body = String::new();
-    for (o, outcome) in OUTCOMES.iter().enumerate() {
-        if counts.iter().all(|c| c[o] == 0) {
-            continue;
+    let y_max = if max_rate > 0.0 { max_rate * 1.1 } else { 1.0 };
+    let y_desc = format!("completed ops/s ({} s buckets)", fmt_num(width_s));
+    svg(W, H, |root| {
+        let mut chart = time_chart(root, "Throughput over time", x_max, RangedCoordf64::from(0f64..y_max))?;
+        chart
+            .configure_mesh()
+            .y_desc(y_desc.as_str())
+            .y_label_formatter(&|v| fmt_num(*v))
+            .x_label_formatter(&|v| fmt_num(*v))
+            .x_desc("time since test start (s)")
+            .light_line_style(WHITE)
+            .draw()
+            .map_err(err)?;
+        draw_faults(&mut chart, faults, heal, (0.0, y_max))?;
+        for (o, outcome) in OUTCOMES.iter().enumerate() {
+            if counts.iter().all(|c| c[o] == 0) {
+                continue;
+            }
+            let colour = outcome_rgb(*outcome);
+            let line = (0..drawn).map(|b| (b as f64 * width_s + span(b) / 2.0, rate(b, o)));
+            chart
+                .draw_series(LineSeries::new(line, colour.stroke_width(2)))
+                .map_err(err)?
+                .label(outcome_legend(*outcome))
+                .legend(move |(x, y)| PathElement::new([(x, y), (x + 14, y)], colour.stroke_width(2)));
         }
-        let mut pts = String::with_capacity(n * 14);
-        for (b, c) in counts[..drawn].iter().enumerate() {
-            let x = px(x_max, b as f64 * width_s + span(b) / 2.0);
-            let _ = write!(pts, "{x:.1},{:.1} ", y.py(f64::from(c[o]) / span(b).max(1e-9)));
-        }
-        let _ = write!(
-            body,
-            r#"<polyline class="rate" points="{}" stroke="{}"><title>{}</title></polyline>"#,
-            pts.trim_end(),
-            outcome_colour(*outcome),
-            outcome_name(*outcome)
-        );
-    }
-    let legend = OUTCOMES
-        .iter()
-        .map(|o| LegendItem {
-            label: outcome_legend(*o).to_owned(),
-            colour: outcome_colour(*o),
-            shape: Shape::Line,
-        })
-        .collect();
-    let y_label = if width_s > 1.0 {
-        format!("completed ops/s ({} s buckets)", fmt_num(width_s))
-    } else {
-        "completed ops/s (1 s buckets)".to_owned()
-    };
-    plot_svg(&Plot {
-        title: "Throughput over time",
-        y_label: &y_label,
-        x_max,
-        y,
-        faults,
-        heal,
-        body,
-        legend,
+        legend(&mut chart)
     })
 }
 
 /// A fault timeline without data, for pages that have no history.
 pub(super) fn timeline_plot(r: &Results, title: &str) -> String {
-    let fs = &r.fault_schedule;
     let x_max = time_extent(r, None);
-    let mut body = String::new();
-    let rows = (((H - MT - MB - 40.0) / 22.0) as usize).max(1);
-    for (i, f) in fs.iter().enumerate() {
-        let (a, b) = (px(x_max, f.start_s), px(x_max, f.stop_s));
-        let y = MT + 36.0 + (i % rows) as f64 * 22.0;
-        let label = format!(
-            "{} {}–{}: majority {} | minority {}",
-            f.nemesis,
-            fmt_num(f.start_s),
-            fmt_num(f.stop_s),
-            node_list(&f.majority),
-            node_list(&f.minority)
-        );
-        // Put the label where there is room: right of the bar, or left of it near the end.
-        let (lx, anchor) = if b + 8.0 + 6.0 * label.chars().count() as f64 <= W - MR {
-            (b + 6.0, "start")
-        } else {
-            (a - 6.0, "end")
-        };
-        let _ = write!(
-            body,
-            r#"<rect class="window" x="{a:.1}" y="{y:.1}" width="{:.1}" height="12"/><text class="tick" x="{lx:.1}" y="{:.1}" text-anchor="{anchor}">{}</text>"#,
-            (b - a).max(1.0),
-            y + 10.0,
-            esc(&label)
-        );
-    }
-    if fs.is_empty() {
-        let _ = write!(
-            body,
-            r#"<text class="empty" x="{:.1}" y="{:.1}" text-anchor="middle">no fault windows recorded</text>"#,
-            (ML + W - MR) / 2.0,
-            (MT + H - MB) / 2.0
-        );
-    }
-    plot_svg(&Plot {
-        title,
-        y_label: "",
-        x_max,
-        y: YAxis::Linear { max: 1.0, step: 1.0 },
-        faults: fs,
-        heal: Some(r.heal_s),
-        body,
-        legend: Vec::new(),
+    let rows = r.fault_schedule.len().clamp(1, 8);
+    svg(W, 200, |root| {
+        let mut chart = time_chart(root, title, x_max, RangedCoordf64::from(0f64..rows as f64))?;
+        chart
+            .configure_mesh()
+            .disable_y_mesh()
+            .y_labels(0)
+            .x_label_formatter(&|v| fmt_num(*v))
+            .x_desc("time since test start (s)")
+            .light_line_style(WHITE)
+            .draw()
+            .map_err(err)?;
+        draw_faults(&mut chart, &r.fault_schedule, Some(r.heal_s), (0.0, rows as f64))?;
+        let style = ("sans-serif", 12).into_font().color(&GREY);
+        chart
+            .draw_series(r.fault_schedule.iter().enumerate().map(|(i, f)| {
+                let row = (rows - 1 - i % rows) as f64 + 0.5;
+                let text = format!(
+                    "{} {}–{} s: majority {} | minority {}",
+                    f.nemesis,
+                    fmt_num(f.start_s),
+                    fmt_num(f.stop_s),
+                    super::format::node_list(&f.majority),
+                    super::format::node_list(&f.minority)
+                );
+                EmptyElement::at((f.start_s, row)) + Text::new(visible(&text), (4, -6), style.clone())
+            }))
+            .map_err(err)?;
+        if r.fault_schedule.is_empty() {
+            root.draw(&Text::new("no fault windows recorded", (W as i32 / 2 - 80, 100), style))
+                .map_err(err)?;
+        }
+        Ok(())
     })
 }
 
-/// A grouped bar chart of cp and ap values.
+/// The y axis of a bar chart.
+pub(super) enum BarAxis {
+    /// From 0 to `max`.
+    Linear(f64),
+    /// Logarithmic, over the decades given by [`log_decades`].
+    Log(i32, i32),
+}
+
+/// A grouped bar chart: for each group, a cp bar and an ap bar (`None`: shown as `n/a`).
 pub(super) fn bar_chart(
     title: &str,
-    y_label: &str,
+    y_desc: &str,
     groups: &[(String, [Option<f64>; 2])],
-    y: YAxis,
+    y: BarAxis,
     unit: &str,
 ) -> String {
-    const BW: f64 = 300.0;
-    let h = 260.0;
-    let (mt, mb, ml) = (38.0, 40.0, 60.0);
-    let group_w = 150.0;
-    let w = (ml + 20.0 + group_w * groups.len().max(1) as f64).max(BW);
-    let scale = |v: f64| -> f64 {
-        // Reuse the plot axis maths on this chart's own height.
-        let full = H - MT - MB;
-        let frac = (H - MB - y.py(v)) / full;
-        h - mb - frac * (h - mt - mb)
-    };
-    let mut s = String::new();
-    let _ = write!(
-        s,
-        r#"<svg class="bars" viewBox="0 0 {w} {h}" width="{w}" role="img" aria-label="{}" xmlns="http://www.w3.org/2000/svg"><text class="title" x="{ml}" y="16">{}</text>"#,
-        esc(title),
-        esc(title)
-    );
-    for (v, major) in y.ticks() {
-        if !major {
-            continue;
+    let width = (80 + 150 * groups.len().max(1)) as u32;
+    let x_range = 0f64..(groups.len().max(1) as f64);
+    let draw = |root: &DrawingArea<SVGBackend, Shift>| -> PlotResult {
+        match y {
+            BarAxis::Linear(max) => {
+                // Headroom above the tallest bar for its label.
+                let y = RangedCoordf64::from(0f64..max * 1.15);
+                bars(root, title, y_desc, groups, x_range.clone(), y, unit)
+            }
+            BarAxis::Log(lo, hi) => bars(
+                root,
+                title,
+                y_desc,
+                groups,
+                x_range.clone(),
+                log_axis(10f64.powi(lo)..10f64.powi(hi)),
+                unit,
+            ),
         }
-        let yy = scale(v);
-        let _ = write!(
-            s,
-            r#"<line class="grid" x1="{ml}" x2="{:.1}" y1="{yy:.1}" y2="{yy:.1}"/><text class="tick" x="{:.1}" y="{:.1}" text-anchor="end">{}</text>"#,
-            w - 10.0,
-            ml - 6.0,
-            yy + 4.0,
-            fmt_num(v)
-        );
-    }
-    let _ = write!(
-        s,
-        r#"<text class="axis" transform="translate(14 {:.1}) rotate(-90)" text-anchor="middle">{}</text>"#,
-        (mt + h - mb) / 2.0,
-        esc(y_label)
-    );
-    let colours = ["#1c7ed6", "#f08c00"];
-    let names = ["cp", "ap"];
-    for (g, (label, vals)) in groups.iter().enumerate() {
-        let gx = ml + 20.0 + g as f64 * group_w;
+    };
+    svg(width, BAR_H, draw)
+}
+
+fn bars<Y: Ranged<ValueType = f64> + ValueFormatter<f64>>(
+    root: &DrawingArea<SVGBackend, Shift>,
+    title: &str,
+    y_desc: &str,
+    groups: &[(String, [Option<f64>; 2])],
+    x: Range<f64>,
+    y: Y,
+    unit: &str,
+) -> PlotResult {
+    let (y_lo, y_hi) = {
+        let r = y.range();
+        (r.start, r.end)
+    };
+    let mut chart = ChartBuilder::on(root)
+        .caption(title, ("sans-serif", 15))
+        .margin(8)
+        .x_label_area_size(34)
+        .y_label_area_size(56)
+        .build_cartesian_2d(x, y)
+        .map_err(err)?;
+    let names: Vec<String> = groups.iter().map(|(g, _)| visible(g)).collect();
+    chart
+        .configure_mesh()
+        .disable_x_mesh()
+        .x_labels(groups.len().max(1) * 2 + 1)
+        .x_label_formatter(&|v| {
+            let i = (v - 0.5).round();
+            let on_centre = (v - 0.5 - i).abs() < 1e-6 && i >= 0.0;
+            names.get(i as usize).filter(|_| on_centre).cloned().unwrap_or_default()
+        })
+        .y_desc(y_desc)
+        .y_label_formatter(&|v| fmt_num(*v))
+        .light_line_style(WHITE)
+        .draw()
+        .map_err(err)?;
+    let label = ("sans-serif", 11).into_font().color(&GREY);
+    for (g, (_, vals)) in groups.iter().enumerate() {
         for (i, v) in vals.iter().enumerate() {
-            let bx = gx + i as f64 * 52.0;
+            let left = g as f64 + 0.12 + 0.39 * i as f64;
+            let right = left + 0.36;
+            let mode = ["cp", "ap"][i];
             match v {
                 Some(v) => {
-                    let top = scale(*v);
-                    let _ = write!(
-                        s,
-                        r#"<rect class="bar" x="{bx:.1}" y="{top:.1}" width="44" height="{:.1}" fill="{}"><title>{} {}: {}{}</title></rect><text class="tick" x="{:.1}" y="{:.1}" text-anchor="middle">{}{}</text>"#,
-                        (h - mb - top).max(0.0),
-                        colours[i],
-                        names[i],
-                        esc(label),
-                        fmt_num(*v),
-                        unit,
-                        bx + 22.0,
-                        top - 4.0,
-                        fmt_num(*v),
-                        unit
-                    );
+                    let top = v.clamp(y_lo, y_hi);
+                    chart
+                        .draw_series([Rectangle::new([(left, y_lo), (right, top)], MODE_COLOURS[i].filled())])
+                        .map_err(err)?;
+                    chart
+                        .draw_series([EmptyElement::at((left, top))
+                            + Text::new(format!("{mode} {}{unit}", fmt_num(*v)), (0, -14), label.clone())])
+                        .map_err(err)?;
                 }
                 None => {
-                    let _ = write!(
-                        s,
-                        r#"<text class="tick" x="{:.1}" y="{:.1}" text-anchor="middle">{NA}</text>"#,
-                        bx + 22.0,
-                        h - mb - 4.0
-                    );
+                    chart
+                        .draw_series([
+                            EmptyElement::at((left, y_lo)) + Text::new(format!("{mode} n/a"), (0, -14), label.clone())
+                        ])
+                        .map_err(err)?;
                 }
             }
-            let _ = write!(
-                s,
-                r#"<text class="tick" x="{:.1}" y="{:.1}" text-anchor="middle">{}</text>"#,
-                bx + 22.0,
-                h - mb + 14.0,
-                names[i]
-            );
         }
-        let _ = write!(
-            s,
-            r#"<text class="axis" x="{:.1}" y="{:.1}" text-anchor="middle">{}</text>"#,
-            gx + 48.0,
-            h - 8.0,
-            esc(label)
-        );
     }
-    s.push_str("</svg>");
-    s
+    Ok(())
 }

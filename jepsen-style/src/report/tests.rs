@@ -4,11 +4,13 @@
 use std::collections::BTreeMap;
 
 use super::cap::TERMINAL_WIDTH;
-use super::format::{esc, fmt_num, fmt_pct, plain};
-use super::plots::{nice_step, YAxis};
+use super::format::{esc, fmt_num, fmt_pct, plain, OUTCOMES};
+use super::plots::log_decades;
+use super::plots::{outcome_rgb, FAULT_FILL, HEAL};
 use super::*;
 use crate::history::{Kind, Op, Value, F, NEMESIS_PROCESS};
 use crate::linearizability::Validity;
+use crate::pairing::Outcome;
 use crate::results::{
     Anomaly, ApFigures, Availability, BankFigures, Counts, CpFigures, DuringFaults, Latency, Mode, Phase, Results,
     ScheduledFault, StaleCount, StaleReads, FORMAT, PHASES_NOTE,
@@ -196,6 +198,35 @@ fn ap_results() -> Results {
     r
 }
 
+/// `#RRGGBB` as plotters writes it.
+fn hex(c: plotters::style::RGBColor) -> String {
+    format!("#{:02X}{:02X}{:02X}", c.0, c.1, c.2)
+}
+
+/// Shaded fault windows in one plot.
+fn fault_rects(svg: &str) -> usize {
+    svg.lines()
+        .filter(|l| l.starts_with("<rect") && l.contains(&format!("fill=\"{}\"", hex(FAULT_FILL))))
+        .count()
+}
+
+/// Latency markers of one outcome (thin outlines in the outcome's colour).
+fn markers(svg: &str, o: Outcome) -> usize {
+    let stroke = format!("stroke=\"{}\" stroke-width=\"1\"", hex(outcome_rgb(o)));
+    svg.lines()
+        .filter(|l| l.starts_with("<polyline") && l.contains(&stroke))
+        .count()
+}
+
+/// The text of every `<text>` element (plotters puts it on its own line).
+fn texts(svg: &str) -> Vec<String> {
+    svg.split("<text")
+        .skip(1)
+        .filter_map(|t| t.split_once('>').map(|(_, rest)| rest))
+        .map(|rest| rest.split("</text>").next().unwrap_or("").trim().to_owned())
+        .collect()
+}
+
 /// The SVG elements of a page.
 fn svgs(html: &str) -> Vec<&str> {
     html.split("<svg")
@@ -223,18 +254,11 @@ fn report_number_formatting_and_ticks() {
     assert_eq!(fmt_pct(Some(100.0)), "100%");
     assert_eq!(fmt_pct(Some(12.345)), "12.3%");
     assert_eq!(fmt_pct(None), "n/a");
-    assert_eq!(nice_step(60.0, 12.0), 5.0);
-    assert_eq!(nice_step(7.0, 5.0), 1.0);
-    match YAxis::log(0.5, 4873.0) {
-        YAxis::Log { lo, hi } => assert_eq!((lo, hi), (-1, 4)),
-        YAxis::Linear { .. } => panic!("expected a log axis"),
-    }
+    assert_eq!(log_decades(0.5, 4873.0), (-1, 4));
     // Absurd latencies (broken clocks) do not panic and keep a sane axis.
     for (lo, hi) in [(1e15, 1e16), (0.0, 0.0), (-5.0, f64::INFINITY), (7.0, 7.0)] {
-        match YAxis::log(lo, hi) {
-            YAxis::Log { lo, hi } => assert!(-3 <= lo && lo < hi && hi <= 10, "{lo} {hi}"),
-            YAxis::Linear { .. } => panic!("expected a log axis"),
-        }
+        let (lo, hi) = log_decades(lo, hi);
+        assert!(-3 <= lo && lo < hi && hi <= 10, "{lo} {hi}");
     }
 }
 
@@ -253,22 +277,33 @@ fn report_run_html_valid() {
     let plots = svgs(&html);
     assert_eq!(plots.len(), 2, "latency and throughput");
     for svg in &plots {
-        assert_eq!(svg.matches("class=\"fault\"").count(), 2, "one rect per fault window");
-        assert_eq!(svg.matches("class=\"heal\"").count(), 1);
-        assert!(svg.contains("partition-halves") && svg.contains("isolate-leader"));
+        assert_eq!(fault_rects(svg), 2, "one rect per fault window");
+        assert!(svg.contains(&format!("stroke=\"{}\"", hex(HEAL))), "the heal line");
+        let texts = texts(svg);
+        for label in ["partition-halves", "isolate-leader", "heal 15 s"] {
+            assert!(texts.iter().any(|t| t == label), "{label} in {texts:?}");
+        }
     }
-    // Markers for all three outcomes, legends for each op.
-    for colour in ["#1c7ed6", "#e03131", "#f08c00"] {
-        assert!(
-            plots[0].contains(&format!("stroke=\"{colour}\"><title>")),
-            "markers in {colour}"
-        );
+    // Markers for all three outcomes, legends for each outcome and op.
+    for o in OUTCOMES {
+        assert!(markers(plots[0], o) > 0, "markers for {o:?}");
     }
-    for f in ["read", "write", "cas"] {
-        assert!(plots[0].contains(&format!(">{f}</text>")), "legend for {f}");
+    let texts = texts(plots[0]);
+    for label in [
+        "ok",
+        "fail",
+        "info (unknown)",
+        "read",
+        "write",
+        "cas",
+        "latency (ms, log scale)",
+    ] {
+        assert!(texts.iter().any(|t| t == label), "{label} in {texts:?}");
     }
-    assert!(plots[0].contains("latency (ms, log scale)"));
-    assert!(plots[1].contains("<polyline"));
+    assert!(plots[1].contains(&format!(
+        "stroke=\"{}\" stroke-width=\"2\"",
+        hex(outcome_rgb(Outcome::Ok))
+    )));
     // Parameters and key numbers.
     for needle in [
         "f1b4db1",
@@ -418,8 +453,10 @@ fn report_large_history_is_bounded() {
     );
     // Every outcome is still drawn.
     let plots = svgs(&html);
-    assert!(plots[0].matches("class=\"pts\"").count() >= 9);
-    assert_eq!(plots[0].matches("class=\"fault\"").count(), 2);
+    for o in OUTCOMES {
+        assert!(markers(plots[0], o) > 100, "markers for {o:?}");
+    }
+    assert_eq!(fault_rects(plots[0]), 2);
     // Generous: debug build on a shared machine. Release is far faster.
     assert!(took.as_secs_f64() < 5.0, "took {took:?}");
 }
@@ -515,9 +552,12 @@ fn report_cap_html_has_table_bars_and_fault_windows() {
     let plots = svgs(&html);
     // Two bar charts, then one timeline per mode.
     assert_eq!(plots.len(), 4);
-    assert!(plots[0].contains("class=\"bar\""));
-    assert_eq!(plots[2].matches("class=\"fault\"").count(), 2);
-    assert_eq!(plots[3].matches("class=\"fault\"").count(), 1);
+    assert!(
+        plots[0].contains("fill=\"#1C7ED6\"") && plots[0].contains("fill=\"#F08C00\""),
+        "cp and ap bars"
+    );
+    assert_eq!(fault_rects(plots[2]), 2);
+    assert_eq!(fault_rects(plots[3]), 1);
     // Runs without faults or figures still render.
     let mut unknown = base(Mode::Cp);
     unknown.verdict = Validity::Unknown;
@@ -569,7 +609,7 @@ fn stored_run_renders_every_section() {
     let plots = svgs(&html);
     assert_eq!(plots.len(), 2);
     for svg in &plots {
-        assert_eq!(svg.matches("class=\"fault\"").count(), r.fault_schedule.len());
+        assert_eq!(fault_rects(svg), r.fault_schedule.len());
     }
     // Figures straight from the file.
     for needle in [
