@@ -14,7 +14,8 @@
 //! * [`nemesis`]: fault schedules and partition shapes (pure, seeded); [`layer`] and [`netns`]:
 //!   the two fault layers (capkv's built-in filter; namespaces, a bridge and iptables);
 //! * [`workload`]: the register, set and bank clients; [`cluster`]: node processes;
-//!   [`run`]: one test end to end (cluster, clients, nemesis, recovery, final reads, checks);
+//!   [`options`]: what a run is asked to do; [`run`]: one test end to end (cluster, clients,
+//!   nemesis, recovery, final reads); [`verdict`]: the checks and the typed results of a run;
 //! * [`ap_register`], [`set`], [`bank`]: the other checkers; [`stats`]: phases, availability,
 //!   latency; [`pairing`]: invocations with their completions;
 //! * [`results`]: the typed `results.json` the runner writes and the report, CLI and tests read;
@@ -55,10 +56,12 @@ pub mod layer;
 pub mod linearizability;
 pub mod nemesis;
 pub mod netns;
+pub mod options;
 pub mod pairing;
 pub mod report;
 pub mod results;
 pub mod run;
 pub mod set;
 pub mod stats;
+pub mod verdict;
 pub mod workload;

@@ -11,8 +11,10 @@ use clap::{Parser, Subcommand, ValueEnum};
 use jepsen_style::cluster::NodeBinary;
 use jepsen_style::layer::{self, LayerChoice};
 use jepsen_style::nemesis::NemesisKind;
+use jepsen_style::options::{utc, RunOptions};
 use jepsen_style::results::{Mode, Results};
-use jepsen_style::run::{self, RunOptions};
+use jepsen_style::run;
+use jepsen_style::verdict::summary;
 use jepsen_style::workload::Workload;
 
 /// Extra time a run may take beyond its time limit (startup, recovery, final reads, checks).
@@ -132,7 +134,7 @@ fn main() -> ExitCode {
             with_runtime(|| async move {
                 let opts = options(&common, mode, workload)?;
                 let outcome = bounded(&opts, run::run(&opts)).await?;
-                print!("{}", run::summary(&outcome.results));
+                print!("{}", summary(&outcome.results));
                 println!("  report: {}", outcome.dir.join("report.html").display());
                 Ok(outcome.results.valid)
             })
@@ -153,7 +155,7 @@ fn rerender(dir: &std::path::Path) -> Result<bool, String> {
     let out = dir.join("report.html");
     std::fs::write(&out, jepsen_style::report::render_run_html(&results, &history))
         .map_err(|e| format!("cannot write {}: {e}", out.display()))?;
-    print!("{}", run::summary(&results));
+    print!("{}", summary(&results));
     println!("  report: {}", out.display());
     Ok(results.valid)
 }
@@ -230,9 +232,9 @@ async fn cap_report(common: Common) -> Result<bool, String> {
     let cp_opts = options(&common, "cp", Workload::Register)?;
     let ap_opts = options(&common, "ap", Workload::Register)?;
     let cp = bounded(&cp_opts, run::run(&cp_opts)).await?;
-    print!("{}", run::summary(&cp.results));
+    print!("{}", summary(&cp.results));
     let ap = bounded(&ap_opts, run::run(&ap_opts)).await?;
-    print!("{}", run::summary(&ap.results));
+    print!("{}", summary(&ap.results));
     println!(
         "{}",
         jepsen_style::report::render_cap_terminal(&cp.results, &ap.results)
@@ -240,7 +242,7 @@ async fn cap_report(common: Common) -> Result<bool, String> {
     let dir = common
         .store
         .join("cap-report")
-        .join(run::utc(std::time::SystemTime::now()).replace(':', ""));
+        .join(utc(std::time::SystemTime::now()).replace(':', ""));
     std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     let html = jepsen_style::report::render_cap_html(&cp.results, &ap.results);
     let path = dir.join("cap-report.html");
