@@ -366,7 +366,8 @@ pub enum HistoryError {
         /// The underlying parse error.
         source: serde_json::Error,
     },
-    /// The history is syntactically valid but not well-formed (see [`pair`]).
+    /// The history is syntactically valid but not well-formed (see
+    /// [`crate::pairing::operations`]).
     Malformed {
         /// `index` of the offending event.
         index: u64,

@@ -183,7 +183,7 @@ pub(super) fn cap_heading(cp: &Results, ap: &Results) -> Vec<String> {
 }
 
 /// Renders the CAP comparison of a `cp` and an `ap` run for a terminal: a plain-ASCII table no
-/// wider than [`TERMINAL_WIDTH`] columns (long cells wrap), then a few sentences that explain the
+/// wider than 100 columns (long cells wrap), then a few sentences that explain the
 /// trade-off in the numbers.
 pub fn render_cap_terminal(cp: &Results, ap: &Results) -> String {
     let mut table = Table::new();

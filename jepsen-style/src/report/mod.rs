@@ -15,8 +15,8 @@
 //!   last-writer-wins); the set and bank figures; the fault schedule; and every anomaly with the
 //!   history operations it names, shown as readable rows.
 //! * [`render_cap_terminal`] is the product's headline: both modes under the same faults, side by
-//!   side, in a plain-ASCII table at most 100 columns wide, followed by a few sentences that say
-//!   what the numbers mean for the CAP trade-off.
+//!   side, in a plain-ASCII table at most 100 columns wide (long cells wrap), followed by a few
+//!   sentences that say what the numbers mean for the CAP trade-off.
 //! * [`render_cap_html`] is the same comparison as one page: the table, the sentences, bar charts of
 //!   availability and p99 latency during the faults, and for each mode its fault timeline and the
 //!   run's tables. It has no history, so it has no per-operation plots: open each run's own
@@ -38,10 +38,10 @@
 //! * Times are what the runner recorded: history `time` is nanoseconds since the test started and
 //!   the fault schedule is in seconds since the test started. If the two disagree, the shaded
 //!   windows will not line up with the data.
-//! * Invocations are paired with the next completion of the same process, for the same operation
-//!   and key. Anything that cannot be paired (nemesis events, invocations still outstanding when the
-//!   history ends) is left out of the plots; the page says how many events that was. The tables come
-//!   from `results.json` and are exact.
+//! * Invocations are paired by [`crate::pairing::pair`]: with the next completion of the same
+//!   process, for the same operation and key. Anything that cannot be paired (nemesis events,
+//!   invocations still outstanding when the history ends) is left out of the plots; the page says
+//!   how many events that was. The tables come from `results.json` and are exact.
 //! * Large histories are downsampled for the latency plot: points that overlap on screen are
 //!   merged, then each (outcome, operation) series is thinned evenly, keeping small series (the
 //!   `fail` and `info` points, usually) whole. The page states how many points it shows.
@@ -53,9 +53,10 @@
 //!
 //! # Modules
 //!
-//! `format` holds number formats and escaping; `plots` the SVG plots; `tables` the page
-//! skeleton and the tables of one run; `cap` the CAP comparison rows, sentences and terminal
-//! table; `page` assembles the two HTML pages.
+//! `format` holds number formats, verdict and outcome words, and escaping; `plots` the SVG plots
+//! (drawn by plotters); `tables` the page skeleton and the tables of one run (HTML built with
+//! maud, which escapes every inserted value); `cap` the CAP comparison rows, sentences and the
+//! terminal table (comfy-table); `page` assembles the two HTML pages.
 
 mod cap;
 mod format;
