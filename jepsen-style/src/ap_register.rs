@@ -31,7 +31,8 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use crate::history::{Kind, Op, F};
-use crate::pairing::{pair_events, Anomaly, Outcome};
+use crate::pairing::{pair_events, Outcome};
+use crate::results::{Anomaly, StaleCount};
 
 /// An ap version, ordered as capkv's LWW merge orders them: (physical ms, logical, node id).
 pub type Stamp = (u64, u32, u64);
@@ -47,15 +48,6 @@ pub struct FinalRead {
     pub value: Option<String>,
     /// Its version, when found.
     pub version: Option<Stamp>,
-}
-
-/// Stale-read counts for one period.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct StaleCount {
-    /// Ok reads checked.
-    pub reads: u64,
-    /// Of which stale.
-    pub stale: u64,
 }
 
 /// What the ap checker found.

@@ -12,7 +12,8 @@
 //! Caveat: a history with no successful read checks nothing; the runner reads often.
 
 use crate::history::{Op, F};
-use crate::pairing::{pair_events, Anomaly, Outcome};
+use crate::pairing::{pair_events, Outcome};
+use crate::results::Anomaly;
 
 /// The key bank reads are recorded under.
 pub const READ_KEY: &str = "accounts";

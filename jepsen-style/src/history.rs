@@ -39,8 +39,8 @@
 //! single counter at the moment it records each event, so `a.index < b.index` means event `a` was
 //! observed before event `b`. `time` is kept for humans and for latency plots.
 //!
-//! [`pair`] turns the event list into [`Operation`]s (one per invocation, with its completion),
-//! validating the history's shape along the way.
+//! [`crate::pairing::operations`] turns the event list into [`Operation`]s (one per invocation,
+//! with its completion), validating the history's shape along the way.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -366,7 +366,8 @@ pub enum HistoryError {
         /// The underlying parse error.
         source: serde_json::Error,
     },
-    /// The history is syntactically valid but not well-formed (see [`pair`]).
+    /// The history is syntactically valid but not well-formed (see
+    /// [`crate::pairing::operations`]).
     Malformed {
         /// `index` of the offending event.
         index: u64,
@@ -434,154 +435,6 @@ pub fn to_jsonl(ops: &[Op]) -> String {
     let mut buf = Vec::new();
     write_jsonl(&mut buf, ops).expect("writing to a Vec cannot fail");
     String::from_utf8(buf).expect("serde_json emits UTF-8")
-}
-
-fn malformed<T>(index: u64, reason: impl Into<String>) -> Result<T, HistoryError> {
-    Err(HistoryError::Malformed {
-        index,
-        reason: reason.into(),
-    })
-}
-
-/// Pairs every invocation with its process's next completion.
-///
-/// * `ok` completions produce an [`Operation`] with a known output and `ret = Some(index)`;
-/// * `fail` completions are dropped: the operation definitely did not happen, so it plays no
-///   part in any execution the checkers consider;
-/// * `info` completions, and invocations still outstanding at the end of the history, produce an
-///   [`Operation`] with [`Output::Unknown`] and `ret = None`;
-/// * nemesis events ([`F::Start`], [`F::Stop`]) are skipped. Set and bank operations ([`F::Add`],
-///   [`F::Transfer`]) are not register operations and are reported as malformed: filter them out
-///   first (their checkers pair them with [`crate::pairing::pair_events`]).
-///
-/// The result is sorted by invocation index.
-///
-/// # Errors
-///
-/// [`HistoryError::Malformed`] when indices are not strictly increasing, a process invokes while
-/// it still has an operation outstanding, a completion has no matching invocation or names a
-/// different `f` or `key` than its invocation, a value has the wrong shape for its `f`, or an
-/// `ok` write/cas echoes a different value than was invoked.
-pub fn pair(history: &[Op]) -> Result<Vec<Operation>, HistoryError> {
-    let mut last_index: Option<u64> = None;
-    let mut outstanding: BTreeMap<u64, (&Op, Input)> = BTreeMap::new();
-    let mut out = Vec::new();
-
-    for op in history {
-        if let Some(last) = last_index {
-            if op.index <= last {
-                return malformed(op.index, format!("index does not increase (previous index was {last})"));
-            }
-        }
-        last_index = Some(op.index);
-        if op.f.is_nemesis() {
-            continue;
-        }
-
-        if op.kind == Kind::Invoke {
-            if let Some((prev, _)) = outstanding.get(&op.process) {
-                return malformed(
-                    op.index,
-                    format!(
-                        "process {} invoked while its operation at index {} is still outstanding",
-                        op.process, prev.index
-                    ),
-                );
-            }
-            if op.succeeded.is_some() {
-                return malformed(op.index, "`succeeded` on an invocation");
-            }
-            let input = match (op.f, &op.value) {
-                (F::Read, None) => Input::Read,
-                (F::Write, Some(Value::Single(v))) => Input::Write(v.clone()),
-                (F::Cas, Some(Value::Cas { expected, new })) => Input::Cas {
-                    expected: expected.clone(),
-                    new: new.clone(),
-                },
-                (f, v) => return malformed(op.index, format!("invalid value {v:?} for a {f} invocation")),
-            };
-            outstanding.insert(op.process, (op, input));
-            continue;
-        }
-
-        let Some((invoke, input)) = outstanding.remove(&op.process) else {
-            return malformed(
-                op.index,
-                format!(
-                    "{:?} completion for process {} with no outstanding invocation",
-                    op.kind, op.process
-                ),
-            );
-        };
-        if op.f != invoke.f || op.key != invoke.key {
-            return malformed(
-                op.index,
-                format!(
-                    "completion ({} {:?}) does not match its invocation at index {} ({} {:?})",
-                    op.f, op.key, invoke.index, invoke.f, invoke.key
-                ),
-            );
-        }
-        if op.succeeded.is_some() && !(op.kind == Kind::Ok && op.f == F::Cas) {
-            return malformed(op.index, "`succeeded` is only meaningful on an ok cas");
-        }
-
-        let output = match op.kind {
-            Kind::Invoke => unreachable!("handled above"),
-            Kind::Fail => continue,
-            Kind::Info => Output::Unknown,
-            Kind::Ok => match (&input, &op.value) {
-                (Input::Read, None) => Output::Read(None),
-                (Input::Read, Some(Value::Single(v))) => Output::Read(Some(v.clone())),
-                (Input::Write(_), None) => Output::Write,
-                (Input::Write(w), Some(Value::Single(v))) if v == w => Output::Write,
-                (Input::Cas { .. }, None) => Output::Cas {
-                    succeeded: op.succeeded.unwrap_or(true),
-                },
-                (Input::Cas { expected, new }, Some(Value::Cas { expected: e, new: n }))
-                    if e == expected && n == new =>
-                {
-                    Output::Cas {
-                        succeeded: op.succeeded.unwrap_or(true),
-                    }
-                }
-                (_, v) => {
-                    return malformed(
-                        op.index,
-                        format!("ok {} completion carries {v:?}, inconsistent with its invocation", op.f),
-                    )
-                }
-            },
-        };
-        let known = op.kind == Kind::Ok;
-        out.push(Operation {
-            process: invoke.process,
-            key: invoke.key.clone(),
-            input,
-            output,
-            call: invoke.index,
-            ret: known.then_some(op.index),
-            call_time_ns: invoke.time_ns,
-            ret_time_ns: known.then_some(op.time_ns),
-            node: invoke.node.or(op.node),
-        });
-    }
-
-    for (invoke, input) in outstanding.into_values() {
-        out.push(Operation {
-            process: invoke.process,
-            key: invoke.key.clone(),
-            input,
-            output: Output::Unknown,
-            call: invoke.index,
-            ret: None,
-            call_time_ns: invoke.time_ns,
-            ret_time_ns: None,
-            node: invoke.node,
-        });
-    }
-    out.sort_by_key(|o| o.call);
-    Ok(out)
 }
 
 /// Builds well-formed histories: assigns indices, tracks each process's outstanding invocation
@@ -729,21 +582,6 @@ impl Recorder {
 mod tests {
     use super::*;
 
-    fn ok_read_op(index: u64, process: u64, key: &str, value: Option<&str>) -> Op {
-        Op {
-            index,
-            time_ns: index * 10,
-            process,
-            kind: Kind::Ok,
-            f: F::Read,
-            key: key.to_owned(),
-            value: value.map(Value::single),
-            node: Some(1),
-            succeeded: None,
-            error: None,
-        }
-    }
-
     #[test]
     fn jsonl_field_names_and_shapes() {
         let mut r = Recorder::new();
@@ -792,8 +630,6 @@ mod tests {
         assert_eq!(ops.len(), 3);
         assert_eq!(ops[0].value, Some(Value::single("5")));
         assert_eq!(ops[2].value, Some(Value::cas(Some("5"), "6")));
-        let paired = pair(&ops).unwrap();
-        assert_eq!(paired[0].output, Output::Write);
     }
 
     #[test]
@@ -809,112 +645,5 @@ mod tests {
             parse_jsonl(cas_triple),
             Err(HistoryError::Json { line: 1, .. })
         ));
-    }
-
-    #[test]
-    fn pairing_ok_fail_info_and_dangling() {
-        let mut r = Recorder::new();
-        r.invoke_write(0, "k", "a"); // 0
-        r.invoke_read(1, "k"); // 1
-        r.ok(0); // 2
-        r.fail(1); // 3: dropped
-        r.invoke_cas(0, "k", Some("a"), "b"); // 4
-        r.info(0); // 5: unknown
-        r.invoke_read(2, "k"); // 6
-        r.ok_read(2, Some("b")); // 7
-        r.invoke_write(3, "k", "c"); // 8: never completes
-        let ops = pair(r.ops()).unwrap();
-        assert_eq!(ops.len(), 4, "the failed read is dropped: {ops:#?}");
-        assert_eq!((ops[0].call, ops[0].ret, &ops[0].output), (0, Some(2), &Output::Write));
-        assert_eq!(ops[0].input, Input::Write("a".to_owned()));
-        assert_eq!((ops[1].call, ops[1].ret, &ops[1].output), (4, None, &Output::Unknown));
-        assert_eq!(ops[1].f(), F::Cas);
-        assert_eq!(ops[2].output, Output::Read(Some("b".to_owned())));
-        assert_eq!((ops[3].call, ops[3].ret, &ops[3].output), (8, None, &Output::Unknown));
-        assert!(ops[3].is_unknown());
-    }
-
-    #[test]
-    fn ok_cas_without_succeeded_means_swapped() {
-        let mut r = Recorder::new();
-        r.invoke_cas(0, "k", None, "x");
-        r.ok(0);
-        let ops = pair(r.ops()).unwrap();
-        assert_eq!(ops[0].output, Output::Cas { succeeded: true });
-    }
-
-    #[test]
-    fn pairing_rejects_malformed_histories() {
-        // Completion without invocation.
-        let orphan = vec![ok_read_op(0, 0, "k", None)];
-        assert!(matches!(pair(&orphan), Err(HistoryError::Malformed { index: 0, .. })));
-
-        // Two outstanding operations on one process.
-        let mut r = Recorder::new();
-        r.invoke_read(0, "k");
-        let mut ops = r.into_ops();
-        let mut second = ops[0].clone();
-        second.index = 1;
-        ops.push(second);
-        assert!(matches!(pair(&ops), Err(HistoryError::Malformed { index: 1, .. })));
-
-        // Non-increasing indices.
-        let mut r = Recorder::new();
-        r.invoke_read(0, "k");
-        r.ok_read(0, None);
-        let mut ops = r.into_ops();
-        ops[1].index = 0;
-        assert!(matches!(pair(&ops), Err(HistoryError::Malformed { index: 0, .. })));
-
-        // Completion for a different key.
-        let mut r = Recorder::new();
-        r.invoke_read(0, "k");
-        r.ok_read(0, None);
-        let mut ops = r.into_ops();
-        ops[1].key = "other".to_owned();
-        assert!(matches!(pair(&ops), Err(HistoryError::Malformed { index: 1, .. })));
-
-        // A write completing with a different value than it wrote.
-        let mut r = Recorder::new();
-        r.invoke_write(0, "k", "a");
-        r.ok(0);
-        let mut ops = r.into_ops();
-        ops[1].value = Some(Value::single("b"));
-        assert!(matches!(pair(&ops), Err(HistoryError::Malformed { index: 1, .. })));
-
-        // A write invoked without a value, and a cas invoked with a single value.
-        let mut r = Recorder::new();
-        r.invoke_write(0, "k", "a");
-        let mut ops = r.into_ops();
-        ops[0].value = None;
-        assert!(matches!(pair(&ops), Err(HistoryError::Malformed { index: 0, .. })));
-        ops[0].f = F::Cas;
-        ops[0].value = Some(Value::single("a"));
-        assert!(matches!(pair(&ops), Err(HistoryError::Malformed { index: 0, .. })));
-
-        // `succeeded` on a read.
-        let mut r = Recorder::new();
-        r.invoke_read(0, "k");
-        r.ok_read(0, None);
-        let mut ops = r.into_ops();
-        ops[1].succeeded = Some(true);
-        assert!(matches!(pair(&ops), Err(HistoryError::Malformed { index: 1, .. })));
-    }
-
-    #[test]
-    fn operation_display_is_readable() {
-        let mut r = Recorder::new();
-        r.invoke_cas(2, "k", None, "b");
-        r.ok_cas(2, false);
-        r.invoke_read(1, "k");
-        let ops = pair(r.ops()).unwrap();
-        assert_eq!(
-            ops[0].to_string(),
-            r#"[0..1] process 2 key "k": cas absent -> "b" => ok (mismatch, not swapped)"#
-        );
-        assert_eq!(
-            ops[1].to_string(),
-            r#"[2..?] process 1 key "k": read => unknown outcome"#
-        );
     }
 }

@@ -14,17 +14,19 @@
 //! * [`nemesis`]: fault schedules and partition shapes (pure, seeded); [`layer`] and [`netns`]:
 //!   the two fault layers (capkv's built-in filter; namespaces, a bridge and iptables);
 //! * [`workload`]: the register, set and bank clients; [`cluster`]: node processes;
-//!   [`run`]: one test end to end (cluster, clients, nemesis, recovery, final reads, checks);
+//!   [`options`]: what a run is asked to do; [`run`]: one test end to end (cluster, clients,
+//!   nemesis, recovery, final reads); [`verdict`]: the checks and the typed results of a run;
 //! * [`ap_register`], [`set`], [`bank`]: the other checkers; [`stats`]: phases, availability,
-//!   latency; [`pairing`]: invocations with their completions, and the anomaly record;
+//!   latency; [`pairing`]: invocations with their completions;
+//! * [`results`]: the typed `results.json` the runner writes and the report, CLI and tests read;
 //! * [`report`]: HTML and terminal rendering of results.
 //!
 //! # Nemesis events in the history
 //!
 //! Each fault window adds two events with `process` [`history::NEMESIS_PROCESS`], `type`
 //! `info`, `f` `start` or `stop`, `key` the nemesis name (e.g. `partition-halves`) and `value` a
-//! description of the fault (e.g. `partition {1,2} {3,4,5}`), `node` null. [`history::pair`] and
-//! [`pairing::pair_events`] skip them.
+//! description of the fault (e.g. `partition {1,2} {3,4,5}`), `node` null. [`pairing::pair`] counts them apart and
+//! never pairs them.
 //!
 //! ```
 //! use jepsen_style::history::Recorder;
@@ -54,9 +56,12 @@ pub mod layer;
 pub mod linearizability;
 pub mod nemesis;
 pub mod netns;
+pub mod options;
 pub mod pairing;
 pub mod report;
+pub mod results;
 pub mod run;
 pub mod set;
 pub mod stats;
+pub mod verdict;
 pub mod workload;

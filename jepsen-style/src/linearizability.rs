@@ -17,7 +17,7 @@
 //! no effect on the register and constrains nothing, so it is dropped. A cas of unknown outcome
 //! that "happened but did not match" is indistinguishable from one that never happened, so an
 //! optional cas is only ever linearized as a successful swap. `fail`ed operations never reach the
-//! checker (see [`crate::history::pair`]).
+//! checker (see [`crate::pairing::operations`]).
 //!
 //! # Algorithm
 //!
@@ -79,9 +79,10 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-use crate::history::{pair, show_value, HistoryError, Input, Op, Operation, Output};
+use crate::history::{show_value, HistoryError, Input, Op, Operation, Output};
+use crate::pairing::operations;
 
 /// Default upper bound on search steps per key before giving up with [`Validity::Unknown`].
 ///
@@ -106,7 +107,7 @@ impl Default for CheckOptions {
 }
 
 /// The outcome of a check.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Validity {
     /// A linearization exists.
@@ -198,13 +199,13 @@ pub struct Blocked {
     pub reason: String,
 }
 
-/// Pairs a raw history (see [`pair`]) and checks it with default options.
+/// Pairs a raw history (see [`operations`]) and checks it with default options.
 ///
 /// # Errors
 ///
-/// Whatever [`pair`] reports for a malformed history.
+/// Whatever [`operations`] reports for a malformed history.
 pub fn check_history(history: &[Op]) -> Result<Verdict, HistoryError> {
-    Ok(check(&pair(history)?))
+    Ok(check(&operations(history)?))
 }
 
 /// Checks paired operations with default options.
@@ -1100,7 +1101,7 @@ mod tests {
         }
         h.invoke_read(3, "k");
         h.ok_read(3, Some("c"));
-        let ops = pair(h.ops()).unwrap();
+        let ops = operations(h.ops()).unwrap();
         assert_eq!(check(&ops).valid, Validity::Valid);
         let tight = CheckOptions { step_limit: 3 };
         let v = check_with(&ops, &tight);
@@ -1111,7 +1112,7 @@ mod tests {
         // An invalid history cut short is Unknown too, not Invalid.
         h.invoke_read(3, "k");
         h.ok_read(3, Some("nope"));
-        let ops = pair(h.ops()).unwrap();
+        let ops = operations(h.ops()).unwrap();
         assert_eq!(check(&ops).valid, Validity::Invalid);
         assert_eq!(check_with(&ops, &tight).valid, Validity::Unknown);
     }
@@ -1175,7 +1176,7 @@ mod tests {
         let mut h = Recorder::new();
         h.invoke_read(0, "k");
         h.ok_read(0, None);
-        let mut ops = pair(h.ops()).unwrap();
+        let mut ops = operations(h.ops()).unwrap();
         ops[0].output = Output::Write;
         let v = check(&ops);
         assert_eq!(v.valid, Validity::Unknown);
@@ -1366,7 +1367,7 @@ mod tests {
                     let v = check_history(&ops).unwrap();
                     prop_assert_eq!(v.valid, Validity::Invalid, "{}", v);
                     prop_assert_eq!(v.keys[&key].valid, Validity::Invalid);
-                    let paired = pair(&ops).unwrap();
+                    let paired = operations(&ops).unwrap();
                     let unknown_on_key = paired.iter().any(|o| o.key == key && o.is_unknown());
                     if !unknown_on_key {
                         // Totally ordered: the only candidate after the true prefix is the read.

@@ -1,5 +1,6 @@
-//! The `jepsen-style` binary: `run` one test, `cap-report` a cp and an ap run side by side, and the
-//! hidden `node` subcommand the runner starts its cluster nodes with.
+//! The `jepsen-style` binary: `run` one test, `cap-report` a cp and an ap run side by side,
+//! `report` and `cap-table` to re-render stored runs, and the hidden `node` subcommand the runner
+//! starts its cluster nodes with.
 #![forbid(unsafe_code)]
 
 use std::path::PathBuf;
@@ -10,7 +11,10 @@ use clap::{Parser, Subcommand, ValueEnum};
 use jepsen_style::cluster::NodeBinary;
 use jepsen_style::layer::{self, LayerChoice};
 use jepsen_style::nemesis::NemesisKind;
-use jepsen_style::run::{self, RunOptions};
+use jepsen_style::options::{utc, RunOptions};
+use jepsen_style::results::{Mode, Results};
+use jepsen_style::run;
+use jepsen_style::verdict::summary;
 use jepsen_style::workload::Workload;
 
 /// Extra time a run may take beyond its time limit (startup, recovery, final reads, checks).
@@ -92,6 +96,22 @@ enum Command {
         #[command(flatten)]
         common: Common,
     },
+    /// Re-render a stored run's report.html from its results.json and history.jsonl.
+    Report {
+        /// The run's directory, e.g. store/cp-register-partition-halves/2026-12-04T144808Z.
+        dir: PathBuf,
+    },
+    /// Print the CAP table of two stored runs (a cp and an ap run under the same faults), and
+    /// optionally write the CAP report page.
+    CapTable {
+        /// The cp run's directory (holding results.json).
+        cp: PathBuf,
+        /// The ap run's directory.
+        ap: PathBuf,
+        /// Also write the CAP report page here.
+        #[arg(long)]
+        html: Option<PathBuf>,
+    },
     /// Run one capkv node (used by the runner to start its cluster).
     #[command(hide = true)]
     Node(capkv::cli::NodeArgs),
@@ -114,12 +134,60 @@ fn main() -> ExitCode {
             with_runtime(|| async move {
                 let opts = options(&common, mode, workload)?;
                 let outcome = bounded(&opts, run::run(&opts)).await?;
-                print!("{}", run::summary(&outcome.results));
+                print!("{}", summary(&outcome.results));
                 println!("  report: {}", outcome.dir.join("report.html").display());
-                Ok(outcome.results["valid"] == true)
+                Ok(outcome.results.valid)
             })
         }
         Command::CapReport { common } => with_runtime(|| cap_report(common)),
+        Command::Report { dir } => finish(rerender(&dir)),
+        Command::CapTable { cp, ap, html } => finish(cap_table(&cp, &ap, html.as_deref())),
+    }
+}
+
+/// Rewrites `dir/report.html` from the stored results and history; returns the verdict.
+fn rerender(dir: &std::path::Path) -> Result<bool, String> {
+    let results = Results::load(&dir.join("results.json"))?;
+    let path = dir.join("history.jsonl");
+    let file = std::fs::File::open(&path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    let history = jepsen_style::history::read_jsonl(std::io::BufReader::new(file))
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    let out = dir.join("report.html");
+    std::fs::write(&out, jepsen_style::report::render_run_html(&results, &history))
+        .map_err(|e| format!("cannot write {}: {e}", out.display()))?;
+    print!("{}", summary(&results));
+    println!("  report: {}", out.display());
+    Ok(results.valid)
+}
+
+/// Prints the CAP table of two stored runs; returns whether both are valid.
+fn cap_table(cp: &std::path::Path, ap: &std::path::Path, html: Option<&std::path::Path>) -> Result<bool, String> {
+    let cp = Results::load(&cp.join("results.json"))?;
+    let ap = Results::load(&ap.join("results.json"))?;
+    if cp.mode != Mode::Cp || ap.mode != Mode::Ap {
+        return Err(format!(
+            "expected a cp run then an ap run, got a {} run then a {} run",
+            cp.mode, ap.mode
+        ));
+    }
+    print!("{}", jepsen_style::report::render_cap_terminal(&cp, &ap));
+    if let Some(path) = html {
+        std::fs::write(path, jepsen_style::report::render_cap_html(&cp, &ap))
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        println!("cap report: {}", path.display());
+    }
+    Ok(cp.valid && ap.valid)
+}
+
+/// The exit code of a command that needs no runtime.
+fn finish(result: Result<bool, String>) -> ExitCode {
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("jepsen-style: {e}");
+            ExitCode::from(2)
+        }
     }
 }
 
@@ -164,9 +232,9 @@ async fn cap_report(common: Common) -> Result<bool, String> {
     let cp_opts = options(&common, "cp", Workload::Register)?;
     let ap_opts = options(&common, "ap", Workload::Register)?;
     let cp = bounded(&cp_opts, run::run(&cp_opts)).await?;
-    print!("{}", run::summary(&cp.results));
+    print!("{}", summary(&cp.results));
     let ap = bounded(&ap_opts, run::run(&ap_opts)).await?;
-    print!("{}", run::summary(&ap.results));
+    print!("{}", summary(&ap.results));
     println!(
         "{}",
         jepsen_style::report::render_cap_terminal(&cp.results, &ap.results)
@@ -174,17 +242,16 @@ async fn cap_report(common: Common) -> Result<bool, String> {
     let dir = common
         .store
         .join("cap-report")
-        .join(run::utc(std::time::SystemTime::now()).replace(':', ""));
+        .join(utc(std::time::SystemTime::now()).replace(':', ""));
     std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     let html = jepsen_style::report::render_cap_html(&cp.results, &ap.results);
     let path = dir.join("cap-report.html");
     std::fs::write(&path, html).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
     for (name, r) in [("cp-results.json", &cp.results), ("ap-results.json", &ap.results)] {
-        let text = serde_json::to_string_pretty(r).expect("JSON values serialize");
-        std::fs::write(dir.join(name), text).map_err(|e| format!("cannot write {name}: {e}"))?;
+        std::fs::write(dir.join(name), r.to_json()).map_err(|e| format!("cannot write {name}: {e}"))?;
     }
     println!("cap report: {}", path.display());
-    Ok(cp.results["valid"] == true && ap.results["valid"] == true)
+    Ok(cp.results.valid && ap.results.valid)
 }
 
 /// Builds a runtime, runs `f`, and drops the runtime (cancelling every task, which stops every
@@ -201,14 +268,7 @@ where
         .expect("the tokio runtime starts");
     let result = runtime.block_on(f());
     drop(runtime);
-    match result {
-        Ok(true) => ExitCode::SUCCESS,
-        Ok(false) => ExitCode::from(1),
-        Err(e) => {
-            eprintln!("jepsen-style: {e}");
-            ExitCode::from(2)
-        }
-    }
+    finish(result)
 }
 
 fn run_node(args: &capkv::cli::NodeArgs) -> ExitCode {

@@ -31,19 +31,18 @@ use capkv::proto;
 use capkv::Client;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
-use serde_json::{json, Value as Json};
 
-use crate::ap_register::{self, FinalRead};
-use crate::cluster::{Cluster, NodeBinary};
+use crate::ap_register::FinalRead;
+use crate::bank;
+use crate::cluster::Cluster;
 use crate::fault::Fault;
 use crate::history::{self, Kind, Op, Value, F, NEMESIS_PROCESS};
-use crate::layer::Layer;
-use crate::linearizability::{self, Validity};
-use crate::nemesis::{self, NemesisKind, Window};
-use crate::pairing::Anomaly;
-use crate::stats::{self, FaultWindow, FINAL_PROCESS_BASE};
+use crate::nemesis::{self, Window};
+use crate::options::{utc, RunOptions};
+use crate::results::Results;
+use crate::stats::FINAL_PROCESS_BASE;
+use crate::verdict::{check_and_summarize, secs, Applied, Facts};
 use crate::workload::{self, ClientTask, Shared, Workload, KEYSPACE};
-use crate::{bank, set};
 
 /// Client timeout of the workload's clients: short, so a partition shows as fail/info quickly.
 pub const CLIENT_TIMEOUT: Duration = Duration::from_millis(1500);
@@ -62,114 +61,14 @@ const QUORUM_ACK_MS_MAX: i64 = 1_000;
 /// Attempts of one final read before the key is reported unreadable.
 const FINAL_READ_ATTEMPTS: u32 = 10;
 
-/// What to run.
-#[derive(Clone, Debug)]
-pub struct RunOptions {
-    /// `cp` or `ap`.
-    pub mode: &'static str,
-    /// The workload.
-    pub workload: Workload,
-    /// The nemesis.
-    pub nemesis: NemesisKind,
-    /// Seconds of client traffic.
-    pub time_limit_s: u64,
-    /// The seed of the schedule, shapes and client choices.
-    pub seed: u64,
-    /// Cluster size.
-    pub nodes: usize,
-    /// Client tasks.
-    pub concurrency: usize,
-    /// Where runs are stored.
-    pub store: PathBuf,
-    /// How nodes are started.
-    pub binary: NodeBinary,
-    /// The fault layer (resolved; see [`crate::layer::resolve`]).
-    pub layer: Layer,
-    /// Why this layer (recorded in `results.json`).
-    pub layer_reason: String,
-}
-
-impl RunOptions {
-    /// The test's name, e.g. `cp-register-partition-halves`.
-    pub fn test_name(&self) -> String {
-        format!("{}-{}-{}", self.mode, self.workload.name(), self.nemesis.name())
-    }
-
-    /// Checks the combination before anything starts.
-    pub fn validate(&self) -> Result<(), String> {
-        if let Some(why) = self.nemesis.refusal_on(self.mode, self.layer) {
-            return Err(why);
-        }
-        if self.workload == Workload::Bank && self.mode != "cp" {
-            return Err("the bank workload needs transactions, which only cp keyspaces offer; use --mode cp".into());
-        }
-        if self.nodes < 3 {
-            return Err("--nodes must be at least 3 (a partition needs a majority and a minority)".into());
-        }
-        if self.concurrency == 0 || self.time_limit_s == 0 {
-            return Err("--concurrency and --time-limit must be positive".into());
-        }
-        Ok(())
-    }
-}
-
 /// A finished run.
 pub struct RunOutcome {
     /// Its directory.
     pub dir: PathBuf,
     /// `results.json`.
-    pub results: Json,
+    pub results: Results,
     /// The history.
     pub ops: Vec<Op>,
-}
-
-/// A fault that was applied, for results and undo.
-#[derive(Clone, Debug)]
-struct Applied {
-    window: Window,
-    fault: Fault,
-    start_ns: u64,
-    stop_ns: u64,
-}
-
-/// Formats a `SystemTime` as UTC `YYYY-MM-DDTHH:MM:SSZ`.
-pub fn utc(t: SystemTime) -> String {
-    let secs = t
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
-    // Civil-from-days (Howard Hinnant's algorithm), days since 1970-01-01.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
-
-fn git_revision() -> String {
-    std::process::Command::new("git")
-        .args(["rev-parse", "--short", "HEAD"])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-        .unwrap_or_else(|| "unknown".into())
-}
-
-fn secs(ns: u64) -> f64 {
-    (ns as f64 / 1e7).round() / 100.0
 }
 
 /// Per-node clients for status queries (no failover, short timeout).
@@ -664,321 +563,12 @@ pub async fn run(opts: &RunOptions) -> Result<RunOutcome, String> {
     Ok(RunOutcome { dir, results, ops })
 }
 
-/// Everything measured outside the history.
-#[derive(Default)]
-struct Facts {
-    heal_ns: u64,
-    applied: Vec<Applied>,
-    recovery: Option<Duration>,
-    leaderless_s: Option<f64>,
-    convergence: Option<Duration>,
-    ap_finals: Vec<FinalRead>,
-    cp_finals: BTreeMap<String, Vec<(u64, Option<String>)>>,
-}
-
-fn fault_windows(applied: &[Applied]) -> Vec<FaultWindow> {
-    applied
-        .iter()
-        .map(|a| {
-            let (majority, minority) = a.fault.sides();
-            FaultWindow {
-                start_ns: a.start_ns,
-                stop_ns: a.stop_ns,
-                majority,
-                minority,
-            }
-        })
-        .collect()
-}
-
-fn linearizability_anomalies(ops: &[Op]) -> (Validity, Vec<Anomaly>) {
-    let register: Vec<Op> = ops
-        .iter()
-        .filter(|o| matches!(o.f, F::Read | F::Write | F::Cas))
-        .cloned()
-        .collect();
-    let paired = match history::pair(&register) {
-        Ok(p) => p,
-        Err(e) => {
-            return (
-                Validity::Invalid,
-                vec![Anomaly::new("malformed-history", "", e.to_string(), Vec::new())],
-            )
-        }
-    };
-    let verdict = linearizability::check(&paired);
-    let mut anomalies = Vec::new();
-    for (key, kv) in &verdict.keys {
-        match kv.valid {
-            Validity::Valid => {}
-            Validity::Unknown => anomalies.push(Anomaly::new(
-                "linearizability-unknown",
-                key,
-                kv.note.clone().unwrap_or_else(|| "search budget exhausted".into()),
-                Vec::new(),
-            )),
-            Validity::Invalid => {
-                let ce = kv.counterexample.as_ref();
-                let mut idx: Vec<u64> = Vec::new();
-                let mut detail = String::from("no linearization exists");
-                if let Some(ce) = ce {
-                    for l in &ce.prefix {
-                        idx.extend([Some(l.op.call), l.op.ret].into_iter().flatten());
-                    }
-                    for b in &ce.blocked {
-                        idx.extend([Some(b.op.call), b.op.ret].into_iter().flatten());
-                    }
-                    let blocked: Vec<String> = ce.blocked.iter().map(|b| format!("{} ({})", b.op, b.reason)).collect();
-                    detail = format!(
-                        "longest linearizable prefix: {} ops, leaving the register at {}; none of these can go next: {}",
-                        ce.prefix.len(),
-                        history::show_value(ce.state.as_deref()),
-                        blocked.join("; ")
-                    );
-                }
-                idx.sort_unstable();
-                idx.dedup();
-                let tail = idx.len().saturating_sub(crate::pairing::ANOMALY_OPS_MAX);
-                anomalies.push(Anomaly::new("linearizability", key, detail, idx.split_off(tail)));
-            }
-        }
-    }
-    (verdict.valid, anomalies)
-}
-
-fn check_and_summarize(opts: &RunOptions, shared: &Shared, ops: &[Op], facts: &Facts, started_at: SystemTime) -> Json {
-    let windows = fault_windows(&facts.applied);
-    let during = |t: u64| stats::window_at(t, &windows).is_some();
-    let mut anomalies: Vec<Anomaly> = Vec::new();
-    let mut verdict = Validity::Valid;
-    let (mut cp, mut ap, mut set_json, mut bank_json) = (Json::Null, Json::Null, Json::Null, Json::Null);
-    let mut extra = serde_json::Map::new();
-    if opts.mode == "cp" {
-        cp = json!({
-            "time_without_leader_s": facts.leaderless_s,
-            "recovery_after_heal_s": facts.recovery.map(|d| (d.as_secs_f64() * 100.0).round() / 100.0),
-        });
-        if facts.recovery.is_none() {
-            verdict = Validity::Invalid;
-            anomalies.push(Anomaly::new(
-                "no-recovery",
-                "",
-                "no leader agreed by every node after the final heal",
-                Vec::new(),
-            ));
-        }
-    }
-    match (opts.workload, opts.mode) {
-        (Workload::Register, "cp") => {
-            let (v, a) = linearizability_anomalies(ops);
-            verdict = worst(verdict, v);
-            anomalies.extend(a);
-            let unread = facts.cp_finals.iter().filter(|(_, r)| r.len() < opts.nodes).count();
-            extra.insert("final_reads_missing_keys".into(), json!(unread));
-        }
-        (Workload::Register, _) => {
-            let out = ap_register::check(ops, &shared.versions(), &facts.ap_finals, during);
-            if !out.anomalies.is_empty() || facts.convergence.is_none() {
-                verdict = Validity::Invalid;
-            }
-            if facts.convergence.is_none() && out.diverged_keys == 0 {
-                anomalies.push(Anomaly::new(
-                    "no-convergence",
-                    "",
-                    "key counts still differ across nodes",
-                    Vec::new(),
-                ));
-            }
-            anomalies.extend(out.anomalies);
-            extra.insert(
-                "stale_read_examples".into(),
-                serde_json::to_value(&out.stale_examples).unwrap_or_default(),
-            );
-            ap = json!({
-                "convergence_s": facts.convergence.map(|d| (d.as_secs_f64() * 100.0).round() / 100.0),
-                "stale_reads": {
-                    "during": {"reads": out.stale_during.reads, "stale": out.stale_during.stale},
-                    "outside": {"reads": out.stale_outside.reads, "stale": out.stale_outside.stale},
-                },
-                "lww_lost_writes": out.lww_lost_writes,
-                "diverged_keys": out.diverged_keys,
-            });
-        }
-        (Workload::Set, mode) => {
-            let finals: Vec<(u64, Option<String>)> = if mode == "cp" {
-                facts.cp_finals.get(workload::SET_KEY).cloned().unwrap_or_default()
-            } else {
-                facts.ap_finals.iter().map(|f| (f.node, f.value.clone())).collect()
-            };
-            let out = set::check(ops, workload::SET_KEY, &finals, mode == "cp");
-            let diverged = finals.iter().any(|(_, v)| *v != finals[0].1) || finals.len() < opts.nodes;
-            if diverged {
-                anomalies.push(Anomaly::new(
-                    "divergence",
-                    workload::SET_KEY,
-                    "final reads differ across nodes (or some failed)",
-                    Vec::new(),
-                ));
-            }
-            if !out.anomalies.is_empty() || diverged {
-                verdict = Validity::Invalid;
-            }
-            anomalies.extend(out.anomalies);
-            set_json = json!({"added": out.added, "lost": out.lost, "stale": out.stale, "never_read": out.never_read});
-            if mode == "ap" {
-                ap = json!({"convergence_s": facts.convergence.map(|d| (d.as_secs_f64() * 100.0).round() / 100.0), "stale_reads": null,
-                            "lww_lost_writes": out.lost, "diverged_keys": u64::from(diverged)});
-            }
-        }
-        (Workload::Bank, _) => {
-            let total = workload::BANK_BALANCE * workload::BANK_ACCOUNTS as i64;
-            let out = bank::check(ops, workload::BANK_ACCOUNTS, total);
-            if !out.anomalies.is_empty() {
-                verdict = Validity::Invalid;
-            }
-            anomalies.extend(out.anomalies);
-            bank_json = json!({"reads": out.reads, "bad_totals": out.bad_totals, "negative_balances": out.negative_balances,
-                               "accounts": workload::BANK_ACCOUNTS, "total": total});
-        }
-    }
-    let (ops_json, by_node) = stats::op_counts(ops, &windows);
-    let schedule: Vec<Json> = facts
-        .applied
-        .iter()
-        .map(|a| {
-            let (majority, minority) = a.fault.sides();
-            json!({"nemesis": a.window.kind.name(), "start_s": secs(a.start_ns), "stop_s": secs(a.stop_ns),
-                   "detail": a.fault.detail(), "majority": majority, "minority": minority})
-        })
-        .collect();
-    let verdict_str = match verdict {
-        Validity::Valid => "valid",
-        Validity::Invalid => "invalid",
-        Validity::Unknown => "unknown",
-    };
-    let mut results = json!({
-        "test": opts.test_name(), "mode": opts.mode, "workload": opts.workload.name(), "nemesis": opts.nemesis.name(),
-        "layer": opts.layer.name(), "layer_reason": opts.layer_reason, "nodes": opts.nodes, "seed": opts.seed, "time_limit_s": opts.time_limit_s,
-        "concurrency": opts.concurrency, "git_revision": git_revision(), "started_at": utc(started_at),
-        "duration_s": (started_at.elapsed().map(|d| d.as_secs_f64()).unwrap_or(0.0) * 10.0).round() / 10.0,
-        "valid": verdict == Validity::Valid, "verdict": verdict_str,
-        "anomalies": anomalies, "fault_schedule": schedule, "heal_s": secs(facts.heal_ns),
-        "ops": ops_json, "ops_by_node": by_node,
-        "availability": stats::availability(ops, &windows),
-        "latency_ms": stats::latency(ops, &windows),
-        "cp": cp, "ap": ap, "set": set_json, "bank": bank_json,
-        "phases": "before: before the first fault; during: inside a fault window; after: healed (gaps and tail)",
-    });
-    if let Json::Object(m) = &mut results {
-        m.extend(extra);
-    }
-    results
-}
-
-fn worst(a: Validity, b: Validity) -> Validity {
-    match (a, b) {
-        (Validity::Invalid, _) | (_, Validity::Invalid) => Validity::Invalid,
-        (Validity::Unknown, _) | (_, Validity::Unknown) => Validity::Unknown,
-        _ => Validity::Valid,
-    }
-}
-
-fn write_outputs(dir: &Path, results: &Json, ops: &[Op]) -> Result<(), String> {
+fn write_outputs(dir: &Path, results: &Results, ops: &[Op]) -> Result<(), String> {
     let write = |name: &str, text: String| {
         std::fs::write(dir.join(name), text).map_err(|e| format!("cannot write {}: {e}", dir.join(name).display()))
     };
     write("history.jsonl", history::to_jsonl(ops))?;
-    write(
-        "results.json",
-        serde_json::to_string_pretty(results).expect("JSON values serialize"),
-    )?;
+    write("results.json", results.to_json())?;
     write("report.html", crate::report::render_run_html(results, ops))?;
     Ok(())
-}
-
-/// A short human summary of a run's results.
-pub fn summary(results: &Json) -> String {
-    let mut s = format!(
-        "{} seed {}: {} ({} anomalies)\n",
-        results["test"].as_str().unwrap_or("?"),
-        results["seed"],
-        results["verdict"].as_str().unwrap_or("?").to_uppercase(),
-        results["anomalies"].as_array().map_or(0, Vec::len)
-    );
-    let a = &results["availability"]["during_faults"];
-    s += &format!(
-        "  availability during faults: overall {} %, majority {} %, minority {} %\n",
-        a["overall"], a["majority"], a["minority"]
-    );
-    if !results["cp"].is_null() {
-        s += &format!(
-            "  cp: time without leader {} s, recovery after heal {} s\n",
-            results["cp"]["time_without_leader_s"], results["cp"]["recovery_after_heal_s"]
-        );
-    }
-    if !results["ap"].is_null() {
-        s += &format!("  ap: {}\n", results["ap"]);
-    }
-    for k in ["set", "bank"] {
-        if !results[k].is_null() {
-            s += &format!("  {k}: {}\n", results[k]);
-        }
-    }
-    for a in results["anomalies"].as_array().into_iter().flatten().take(5) {
-        s += &format!("  anomaly {} on {}: {}\n", a["kind"], a["key"], a["detail"]);
-    }
-    s
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn utc_formats_known_instants() {
-        assert_eq!(utc(SystemTime::UNIX_EPOCH), "1970-01-01T00:00:00Z");
-        let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_709_251_199); // 2024-02-29T23:59:59Z
-        assert_eq!(utc(t), "2024-02-29T23:59:59Z");
-    }
-
-    #[test]
-    fn worst_validity() {
-        assert_eq!(worst(Validity::Valid, Validity::Unknown), Validity::Unknown);
-        assert_eq!(worst(Validity::Invalid, Validity::Unknown), Validity::Invalid);
-        assert_eq!(worst(Validity::Valid, Validity::Valid), Validity::Valid);
-    }
-
-    #[test]
-    fn stale_read_in_history_becomes_a_linearizability_anomaly() {
-        let mut r = history::Recorder::new();
-        r.invoke_write(0, "k", "1");
-        r.ok(0);
-        r.invoke_write(0, "k", "2");
-        r.ok(0);
-        r.invoke_read(1, "k");
-        r.ok_read(1, Some("1"));
-        let mut ops = r.into_ops();
-        ops.insert(
-            0,
-            Op {
-                index: 0,
-                time_ns: 0,
-                process: NEMESIS_PROCESS,
-                kind: Kind::Info,
-                f: F::Start,
-                key: "partition-halves".into(),
-                value: Some(Value::single("partition {1,2} {3,4,5}")),
-                node: None,
-                succeeded: None,
-                error: None,
-            },
-        );
-        for (i, op) in ops.iter_mut().enumerate() {
-            op.index = i as u64;
-        }
-        let (v, a) = linearizability_anomalies(&ops);
-        assert_eq!(v, Validity::Invalid);
-        assert_eq!(a[0].kind, "linearizability");
-        assert!(a[0].ops.contains(&5), "{:?}", a[0]);
-    }
 }

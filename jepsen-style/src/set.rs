@@ -21,7 +21,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::history::{Op, F};
-use crate::pairing::{pair_events, Anomaly, Outcome};
+use crate::pairing::{pair_events, Outcome};
+use crate::results::Anomaly;
 
 /// What the set checker found.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

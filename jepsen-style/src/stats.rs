@@ -21,10 +21,9 @@
 
 use std::collections::BTreeMap;
 
-use serde_json::{json, Map, Value};
-
-use crate::history::Op;
+use crate::history::{Op, F};
 use crate::pairing::{pair_events, Event, Outcome};
+use crate::results::{round2, Availability, Counts, DuringFaults, Latency, Phase, PhaseCounts, PhaseLatency};
 
 /// Processes at or above this id are the runner's own final reads.
 pub const FINAL_PROCESS_BASE: u64 = 900_000_000;
@@ -43,13 +42,13 @@ pub struct FaultWindow {
 }
 
 /// The phase of an invocation at `t_ns`.
-pub fn phase(t_ns: u64, windows: &[FaultWindow]) -> &'static str {
+pub fn phase(t_ns: u64, windows: &[FaultWindow]) -> Phase {
     if window_at(t_ns, windows).is_some() {
-        "during"
+        Phase::During
     } else if windows.first().is_some_and(|w| t_ns >= w.start_ns) {
-        "after"
+        Phase::After
     } else {
-        "before"
+        Phase::Before
     }
 }
 
@@ -58,39 +57,13 @@ pub fn window_at(t_ns: u64, windows: &[FaultWindow]) -> Option<&FaultWindow> {
     windows.iter().find(|w| w.start_ns <= t_ns && t_ns < w.stop_ns)
 }
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-struct Counts {
-    invoked: u64,
-    ok: u64,
-    fail: u64,
-    unknown: u64,
-}
-
-impl Counts {
-    fn add(&mut self, outcome: Outcome) {
-        self.invoked += 1;
-        match outcome {
-            Outcome::Ok => self.ok += 1,
-            Outcome::Fail => self.fail += 1,
-            Outcome::Unknown => self.unknown += 1,
-        }
+fn add(counts: &mut Counts, outcome: Outcome) {
+    counts.invoked += 1;
+    match outcome {
+        Outcome::Ok => counts.ok += 1,
+        Outcome::Fail => counts.fail += 1,
+        Outcome::Unknown => counts.unknown += 1,
     }
-
-    fn json(&self) -> Value {
-        json!({"invoked": self.invoked, "ok": self.ok, "fail": self.fail, "unknown": self.unknown})
-    }
-
-    fn availability_pct(&self) -> Value {
-        if self.invoked == 0 {
-            Value::Null
-        } else {
-            json!(round2(100.0 * self.ok as f64 / self.invoked as f64))
-        }
-    }
-}
-
-fn round2(x: f64) -> f64 {
-    (x * 100.0).round() / 100.0
 }
 
 fn client_events(history: &[Op]) -> Vec<Event<'_>> {
@@ -100,67 +73,59 @@ fn client_events(history: &[Op]) -> Vec<Event<'_>> {
         .collect()
 }
 
-/// `ops`: counts per phase and f; `ops_by_node`: counts per node.
-pub fn op_counts(history: &[Op], windows: &[FaultWindow]) -> (Value, Value) {
-    let mut by_phase: BTreeMap<&str, BTreeMap<String, Counts>> = BTreeMap::new();
-    for p in ["before", "during", "after"] {
-        by_phase.insert(p, BTreeMap::new());
-    }
+/// `ops`: counts per phase and f (every phase present); `ops_by_node`: counts per node.
+pub fn op_counts(history: &[Op], windows: &[FaultWindow]) -> (PhaseCounts, BTreeMap<String, Counts>) {
+    let mut by_phase: PhaseCounts = [Phase::Before, Phase::During, Phase::After]
+        .into_iter()
+        .map(|p| (p, BTreeMap::new()))
+        .collect();
     let mut by_node: BTreeMap<String, Counts> = BTreeMap::new();
     for e in client_events(history) {
         let p = phase(e.invoke.time_ns, windows);
-        let f = e.invoke.f.to_string();
-        by_phase.entry(p).or_default().entry(f).or_default().add(e.outcome());
+        add(
+            by_phase.entry(p).or_default().entry(e.invoke.f).or_default(),
+            e.outcome(),
+        );
         let node = e.invoke.node.map_or_else(|| "unknown".to_owned(), |n| n.to_string());
-        by_node.entry(node).or_default().add(e.outcome());
+        add(by_node.entry(node).or_default(), e.outcome());
     }
-    let ops: Map<String, Value> = by_phase
-        .into_iter()
-        .map(|(p, fs)| (p.to_owned(), fs.into_iter().map(|(f, c)| (f, c.json())).collect()))
-        .collect();
-    let nodes: Map<String, Value> = by_node.into_iter().map(|(n, c)| (n, c.json())).collect();
-    (Value::Object(ops), Value::Object(nodes))
+    (by_phase, by_node)
 }
 
 /// `availability.during_faults`.
-pub fn availability(history: &[Op], windows: &[FaultWindow]) -> Value {
+pub fn availability(history: &[Op], windows: &[FaultWindow]) -> Availability {
     let (mut overall, mut majority, mut minority) = (Counts::default(), Counts::default(), Counts::default());
-    let mut by_op: BTreeMap<String, Counts> = BTreeMap::new();
-    let mut side_by_op: [BTreeMap<String, Counts>; 2] = Default::default();
+    let mut by_op: BTreeMap<F, Counts> = BTreeMap::new();
+    let mut side_by_op: [BTreeMap<F, Counts>; 2] = Default::default();
     for e in client_events(history) {
         let Some(w) = window_at(e.invoke.time_ns, windows) else {
             continue;
         };
         let outcome = e.outcome();
-        overall.add(outcome);
-        by_op.entry(e.invoke.f.to_string()).or_default().add(outcome);
+        let f = e.invoke.f;
+        add(&mut overall, outcome);
+        add(by_op.entry(f).or_default(), outcome);
         if let Some(node) = e.invoke.node {
-            let f = e.invoke.f.to_string();
             if w.majority.contains(&node) {
-                majority.add(outcome);
-                side_by_op[0].entry(f).or_default().add(outcome);
+                add(&mut majority, outcome);
+                add(side_by_op[0].entry(f).or_default(), outcome);
             } else if w.minority.contains(&node) {
-                minority.add(outcome);
-                side_by_op[1].entry(f).or_default().add(outcome);
+                add(&mut minority, outcome);
+                add(side_by_op[1].entry(f).or_default(), outcome);
             }
         }
     }
-    let by_op: Map<String, Value> = by_op.into_iter().map(|(f, c)| (f, c.availability_pct())).collect();
-    let [majority_by_op, minority_by_op] = side_by_op.map(|m| {
-        m.into_iter()
-            .map(|(f, c)| (f, c.json()))
-            .collect::<Map<String, Value>>()
-    });
-    json!({
-        "during_faults": {
-            "overall": overall.availability_pct(),
-            "majority": majority.availability_pct(),
-            "minority": minority.availability_pct(),
-            "by_op": by_op,
-            "majority_by_op": majority_by_op,
-            "minority_by_op": minority_by_op,
-        }
-    })
+    let [majority_by_op, minority_by_op] = side_by_op;
+    Availability {
+        during_faults: DuringFaults {
+            overall: overall.ok_pct(),
+            majority: majority.ok_pct(),
+            minority: minority.ok_pct(),
+            by_op: by_op.into_iter().map(|(f, c)| (f, c.ok_pct())).collect(),
+            majority_by_op,
+            minority_by_op,
+        },
+    }
 }
 
 /// The `q` quantile (0..=1) of sorted values, nearest-rank.
@@ -171,35 +136,39 @@ pub fn quantile(sorted: &[f64], q: f64) -> f64 {
 }
 
 /// `latency_ms`: per phase and f, over every completed operation (ok, fail or info).
-pub fn latency(history: &[Op], windows: &[FaultWindow]) -> Value {
-    let mut samples: BTreeMap<&str, BTreeMap<String, Vec<f64>>> = BTreeMap::new();
+pub fn latency(history: &[Op], windows: &[FaultWindow]) -> PhaseLatency {
+    let mut samples: BTreeMap<Phase, BTreeMap<F, Vec<f64>>> = BTreeMap::new();
     for e in client_events(history) {
         if let Some(ns) = e.latency_ns() {
             let p = phase(e.invoke.time_ns, windows);
             samples
                 .entry(p)
                 .or_default()
-                .entry(e.invoke.f.to_string())
+                .entry(e.invoke.f)
                 .or_default()
                 .push(ns as f64 / 1e6);
         }
     }
-    let out: Map<String, Value> = samples
+    samples
         .into_iter()
         .map(|(p, fs)| {
-            let fs: Map<String, Value> = fs
+            let fs = fs
                 .into_iter()
                 .map(|(f, mut v)| {
                     v.sort_by(f64::total_cmp);
-                    let s = json!({"count": v.len(), "p50": round2(quantile(&v, 0.5)), "p99": round2(quantile(&v, 0.99)),
-                                   "p999": round2(quantile(&v, 0.999)), "max": round2(*v.last().expect("non-empty"))});
-                    (f, s)
+                    let l = Latency {
+                        count: v.len() as u64,
+                        p50: round2(quantile(&v, 0.5)),
+                        p99: round2(quantile(&v, 0.99)),
+                        p999: round2(quantile(&v, 0.999)),
+                        max: round2(*v.last().expect("non-empty")),
+                    };
+                    (f, l)
                 })
                 .collect();
-            (p.to_owned(), Value::Object(fs))
+            (p, fs)
         })
-        .collect();
-    Value::Object(out)
+        .collect()
 }
 
 #[cfg(test)]
@@ -219,11 +188,11 @@ mod tests {
     #[test]
     fn phases() {
         let w = windows();
-        assert_eq!(phase(99, &w), "before");
-        assert_eq!(phase(100, &w), "during");
-        assert_eq!(phase(199, &w), "during");
-        assert_eq!(phase(200, &w), "after");
-        assert_eq!(phase(5, &[]), "before");
+        assert_eq!(phase(99, &w), Phase::Before);
+        assert_eq!(phase(100, &w), Phase::During);
+        assert_eq!(phase(199, &w), Phase::During);
+        assert_eq!(phase(200, &w), Phase::After);
+        assert_eq!(phase(5, &[]), Phase::Before);
     }
 
     fn history() -> Vec<Op> {
@@ -247,36 +216,41 @@ mod tests {
     #[test]
     fn availability_math_splits_sides() {
         let a = availability(&history(), &windows());
-        let d = &a["during_faults"];
-        assert_eq!(d["overall"], json!(33.33));
-        assert_eq!(d["majority"], json!(100.0));
-        assert_eq!(d["minority"], json!(0.0));
-        assert_eq!(d["by_op"]["write"], json!(33.33));
+        let d = &a.during_faults;
+        assert_eq!(d.overall, Some(33.33));
+        assert_eq!(d.majority, Some(100.0));
+        assert_eq!(d.minority, Some(0.0));
+        assert_eq!(d.by_op[&F::Write], Some(33.33));
         assert_eq!(
-            d["minority_by_op"]["write"],
-            json!({"invoked": 2, "ok": 0, "fail": 1, "unknown": 1})
+            d.minority_by_op[&F::Write],
+            Counts {
+                invoked: 2,
+                ok: 0,
+                fail: 1,
+                unknown: 1
+            }
         );
-        assert_eq!(d["majority_by_op"]["write"]["ok"], 1);
+        assert_eq!(d.majority_by_op[&F::Write].ok, 1);
         let none = availability(&history(), &[]);
-        assert_eq!(none["during_faults"]["overall"], Value::Null);
+        assert_eq!(none.during_faults.overall, None);
     }
 
     #[test]
     fn counts_and_latency() {
         let (ops, nodes) = op_counts(&history(), &windows());
-        assert_eq!(
-            ops["before"]["read"],
-            json!({"invoked": 1, "ok": 1, "fail": 0, "unknown": 0})
-        );
-        assert_eq!(
-            ops["during"]["write"],
-            json!({"invoked": 3, "ok": 1, "fail": 1, "unknown": 1})
-        );
-        assert_eq!(ops["after"], json!({}));
-        assert_eq!(nodes["4"]["fail"], 1);
+        let count = |invoked, ok, fail, unknown| Counts {
+            invoked,
+            ok,
+            fail,
+            unknown,
+        };
+        assert_eq!(ops[&Phase::Before][&F::Read], count(1, 1, 0, 0));
+        assert_eq!(ops[&Phase::During][&F::Write], count(3, 1, 1, 1));
+        assert!(ops[&Phase::After].is_empty());
+        assert_eq!(nodes["4"].fail, 1);
         let l = latency(&history(), &windows());
-        assert_eq!(l["during"]["write"]["count"], 2);
-        assert_eq!(l["during"]["write"]["max"], json!(0.0)); // 30 ns rounds to 0.00 ms
+        assert_eq!(l[&Phase::During][&F::Write].count, 2);
+        assert_eq!(l[&Phase::During][&F::Write].max, 0.0); // 30 ns rounds to 0.00 ms
         assert_eq!(quantile(&[1.0, 2.0, 3.0, 4.0], 0.5), 2.0);
         assert_eq!(quantile(&[1.0, 2.0, 3.0, 4.0], 0.99), 4.0);
     }
