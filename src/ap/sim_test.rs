@@ -28,6 +28,8 @@ struct SimNet {
     down: RwLock<BTreeSet<u64>>,
     rng: Mutex<StdRng>,
     drop_percent: RwLock<u32>,
+    /// Virtual time 0 of every node's wall clock (shared, so a restarted node's clock agrees).
+    epoch: tokio::time::Instant,
 }
 
 impl SimNet {
@@ -103,7 +105,7 @@ fn replica_with(
     net: &Arc<SimNet>,
     options: ReplicaOptions,
 ) -> Arc<Replica<SimTransport>> {
-    let start = tokio::time::Instant::now();
+    let start = net.epoch;
     let wall = Arc::new(move || 1_700_000_000_000 + start.elapsed().as_millis() as u64);
     let transport = SimTransport {
         from: id,
@@ -125,6 +127,7 @@ async fn scenario(seed: u64) -> Result<(), String> {
         down: RwLock::new(BTreeSet::new()),
         rng: Mutex::new(StdRng::seed_from_u64(seed ^ 0x5eed)),
         drop_percent: RwLock::new(10),
+        epoch: tokio::time::Instant::now(),
     });
     let mut stores = BTreeMap::new();
     for id in &ids {
@@ -269,6 +272,7 @@ fn sim_without_repair_diverges() {
             down: RwLock::new(BTreeSet::new()),
             rng: Mutex::new(StdRng::seed_from_u64(1)),
             drop_percent: RwLock::new(0),
+            epoch: tokio::time::Instant::now(),
         });
         let ids = [1, 2, 3];
         let mut stores = BTreeMap::new();
@@ -306,11 +310,13 @@ fn sim_tombstones_are_collected_only_when_every_replica_has_them() {
             down: RwLock::new(BTreeSet::new()),
             rng: Mutex::new(StdRng::seed_from_u64(7)),
             drop_percent: RwLock::new(0),
+            epoch: tokio::time::Instant::now(),
         });
         let ids = [1, 2, 3];
         let eager = ReplicaOptions {
             hint_lifetime_ms: 0,
-            tombstone_gc_after_ms: 1,
+            tombstone_gc_after_ms: 2,
+            max_clock_offset_ms: 1,
             ..options()
         };
         let mut stores = BTreeMap::new();

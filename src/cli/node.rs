@@ -45,6 +45,11 @@ pub struct NodeArgs {
     /// Hints kept per unreachable peer; beyond it, writes are left to anti-entropy (counted).
     #[arg(long, default_value_t = ReplicaOptions::default().hints_per_peer_max)]
     pub hints_per_peer_max: usize,
+    /// Largest clock offset tolerated, in ms: a peer timestamp further ahead of this node's
+    /// clock is refused (counted in capkv_ap_clock_refusals_total), and `capkv fault clock`
+    /// beyond it is clamped to it.
+    #[arg(long, alias = "max-clock-offset", default_value_t = ReplicaOptions::default().max_clock_offset_ms)]
+    pub max_clock_offset_ms: u64,
     #[arg(long, value_enum, default_value = "pretty")]
     pub log_format: LogFormat,
     /// Log level (trace, debug, info, warn, error); RUST_LOG overrides it.
@@ -70,6 +75,7 @@ pub fn node_options(args: &NodeArgs) -> Result<NodeOptions, Error> {
             anti_entropy_interval_ms: args.anti_entropy_interval_ms,
             anti_entropy_fanout: args.anti_entropy_fanout,
             hints_per_peer_max: args.hints_per_peer_max,
+            max_clock_offset_ms: args.max_clock_offset_ms,
             ..ReplicaOptions::default()
         },
     })

@@ -101,6 +101,7 @@ fn update_ap_metrics(node: &Node) {
         ("capkv_ap_hints_dropped_expired_total", &stats.hints_dropped_expired),
         ("capkv_ap_tombstones_collected_total", &stats.tombstones_collected),
         ("capkv_ap_read_repairs_total", &stats.read_repairs),
+        ("capkv_ap_clock_refusals_total", &stats.clock_refusals),
     ];
     for (name, value) in counters {
         metrics::counter!(name).absolute(value.load(Relaxed));

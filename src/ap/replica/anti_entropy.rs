@@ -69,7 +69,7 @@ impl<T: Transport> Replica<T> {
                 Response::Fetched(theirs) => theirs,
                 other => return Err(PeerError::unexpected(peer, "fetch", &other)),
             };
-            let changed = self.merge_all(&theirs).await?;
+            let changed = self.merge_all(peer, &theirs).await?;
             self.stats.keys_repaired.fetch_add(changed as u64, Ordering::Relaxed);
             repaired += changed;
         }

@@ -9,6 +9,11 @@
 //! it carries must belong to the keyspace and buckets it names. A rejected message changes
 //! nothing and is answered with an `InvalidInput` error that says what was wrong.
 //!
+//! Every timestamp a message carries is checked against the clock bound before anything is
+//! merged: one more than `max_clock_offset_ms` ahead of this node's clock refuses the whole
+//! message (counted in `clock_refusals`, logged), so a bad clock or a bad message cannot drag
+//! this node's clock ahead or plant a version no local write could ever overwrite.
+//!
 //! CAVEATS: the sender's identity (`from`) is trusted; the fault filter checks it before a
 //! message reaches this module.
 
@@ -25,7 +30,7 @@ impl<T: Transport> Replica<T> {
     pub async fn handle(&self, from: u64, request: Request) -> Result<Response, Error> {
         match request {
             Request::Push(entries) => {
-                let changed = self.merge_all(&entries).await?;
+                let changed = self.merge_all(from, &entries).await?;
                 self.stats.pushes_applied.fetch_add(changed as u64, Ordering::Relaxed);
                 Ok(Response::Pushed)
             }
@@ -41,7 +46,7 @@ impl<T: Transport> Replica<T> {
                 entries,
             } => {
                 let buckets = check_fetch(from, &keyspace, &buckets, &entries)?;
-                let changed = self.merge_all(&entries).await?;
+                let changed = self.merge_all(from, &entries).await?;
                 self.stats.keys_repaired.fetch_add(changed as u64, Ordering::Relaxed);
                 Ok(Response::Fetched(self.store.entries(&keyspace, Some(&buckets))?))
             }
@@ -49,11 +54,12 @@ impl<T: Transport> Replica<T> {
         }
     }
 
-    /// Merges entries from a peer; returns how many changed the store.
-    pub(super) async fn merge_all(&self, entries: &[Entry]) -> Result<usize, Error> {
+    /// Merges entries from a peer; returns how many changed the store. Refuses them all, and
+    /// merges nothing, when one carries a timestamp beyond the clock bound.
+    pub(super) async fn merge_all(&self, from: u64, entries: &[Entry]) -> Result<usize, Error> {
+        self.observe_all(from, entries.iter().map(|e| e.versioned.version.hlc))?;
         let mut changed = 0;
         for entry in entries {
-            self.observe(entry.versioned.version.hlc);
             if self.store.merge(entry)? {
                 changed += 1;
             }
@@ -143,7 +149,7 @@ mod tests {
         run(async {
             let kit = Kit::new(2, Default::default());
             let one = kit.node(1);
-            let ahead = entry(KEYSPACE, "bob", EPOCH_MS + 60_000);
+            let ahead = entry(KEYSPACE, "bob", EPOCH_MS + 400);
             let answer = one.handle(2, Request::Push(vec![ahead.clone()])).await.unwrap();
             assert!(matches!(answer, Response::Pushed));
             let answer = one.handle(2, Request::Push(vec![ahead.clone()])).await.unwrap();
@@ -166,6 +172,41 @@ mod tests {
                 .await
                 .unwrap();
             assert!(matches!(read, Response::Read(Some(v)) if v == later));
+        });
+    }
+
+    #[test]
+    fn a_message_with_a_timestamp_beyond_the_clock_bound_is_refused_whole() {
+        run(async {
+            let kit = Kit::new(2, Default::default());
+            let one = kit.node(1);
+            let before = one.clock().last();
+            let fine = entry(KEYSPACE, "ann", EPOCH_MS + 500);
+            let day_ahead = entry(KEYSPACE, "bob", EPOCH_MS + 24 * 3600 * 1000);
+            let err = one
+                .handle(2, Request::Push(vec![fine.clone(), day_ahead.clone()]))
+                .await
+                .unwrap_err();
+            assert!(matches!(err, Error::Refused(_)), "{err:?}");
+            assert!(err.to_string().contains("86400000 ms ahead"), "{err}");
+            assert!(err.to_string().contains("node 2's clock"), "{err}");
+            assert_eq!(
+                (kit.stored(1, "ann"), kit.stored(1, "bob")),
+                (None, None),
+                "nothing merged"
+            );
+            assert_eq!(one.clock().last(), before, "the clock was not dragged ahead");
+            assert_eq!(one.stats.clock_refusals.load(std::sync::atomic::Ordering::Relaxed), 1);
+            let fetch = Request::Fetch {
+                keyspace: KEYSPACE.into(),
+                buckets: vec![bucket_of(b"bob") as u32],
+                entries: vec![day_ahead],
+            };
+            assert!(matches!(one.handle(2, fetch).await, Err(Error::Refused(_))));
+            one.handle(2, Request::Push(vec![fine]))
+                .await
+                .expect("within the bound");
+            assert_eq!(kit.value(1, "ann").as_deref(), Some("v"));
         });
     }
 

@@ -30,6 +30,12 @@
 //! (so it holds the tombstone), and only when the tombstone is older than the hint lifetime (so
 //! no hint of an older write can still arrive and resurrect the key).
 //!
+//! CLOCK BOUND: the replica's clock never runs more than `max_clock_offset_ms` ahead of its
+//! wall clock. An injected skew (`capkv fault clock`) is clamped to the bound, every timestamp a
+//! peer sends is checked against it before anything is merged (a message with one beyond it is
+//! refused whole, counted and logged), and a write is refused while the clock itself is beyond
+//! it (e.g. after a restart on data a wrong clock stamped).
+//!
 //! CAVEATS: every node holds every key (no partitioning of the key space); a digest round scans
 //! the keyspace locally; hints older than their lifetime are dropped (counted) and left to
 //! anti-entropy.
@@ -46,11 +52,11 @@ pub mod write;
 pub(crate) mod testkit;
 
 use std::collections::HashMap;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use super::hlc::{Hlc, Timestamp};
+use super::hlc::{check_bound, Hlc, Timestamp};
 use super::store::ApStore;
 use crate::error::Error;
 use crate::fault::ClockSkew;
@@ -70,8 +76,12 @@ pub struct ReplicaOptions {
     pub hints_per_peer_max: usize,
     /// Hints older than this are dropped at delivery (counted, and left to anti-entropy).
     pub hint_lifetime_ms: u64,
-    /// Tombstones younger than this are never collected; must exceed the hint lifetime.
+    /// Tombstones younger than this are never collected; must exceed the hint lifetime by
+    /// more than the clock bound (hint age and tombstone age are read on different clocks).
     pub tombstone_gc_after_ms: u64,
+    /// How far ahead of this node's wall clock a timestamp may be: remote timestamps beyond it
+    /// are refused, and an injected clock offset beyond it is clamped to it.
+    pub max_clock_offset_ms: u64,
 }
 
 impl Default for ReplicaOptions {
@@ -83,6 +93,7 @@ impl Default for ReplicaOptions {
             hints_per_peer_max: 100_000,
             hint_lifetime_ms: 3 * 3600 * 1000,
             tombstone_gc_after_ms: 4 * 3600 * 1000,
+            max_clock_offset_ms: 500,
         }
     }
 }
@@ -96,15 +107,24 @@ impl ReplicaOptions {
         if self.anti_entropy_fanout == 0 {
             return bad("the anti-entropy fan-out must be at least 1".into());
         }
-        if self.tombstone_gc_after_ms <= self.hint_lifetime_ms {
+        if self.max_clock_offset_ms == 0 || self.max_clock_offset_ms > MAX_CLOCK_OFFSET_MS_LIMIT {
             return bad(format!(
-                "tombstones ({} ms) must outlive hints ({} ms), or a late hint could resurrect a deleted key",
-                self.tombstone_gc_after_ms, self.hint_lifetime_ms
+                "--max-clock-offset-ms {} is out of range: give 1 to {MAX_CLOCK_OFFSET_MS_LIMIT} ms (the default is 500)",
+                self.max_clock_offset_ms
+            ));
+        }
+        if self.tombstone_gc_after_ms <= self.hint_lifetime_ms.saturating_add(self.max_clock_offset_ms) {
+            return bad(format!(
+                "tombstones ({} ms) must outlive hints ({} ms) by more than the clock bound ({} ms), or a late hint could resurrect a deleted key",
+                self.tombstone_gc_after_ms, self.hint_lifetime_ms, self.max_clock_offset_ms
             ));
         }
         Ok(())
     }
 }
+
+/// The largest clock bound accepted: one minute. Beyond that the bound protects nothing.
+pub const MAX_CLOCK_OFFSET_MS_LIMIT: u64 = 60_000;
 
 /// Counters of the AP path (exported as metrics by the node).
 #[derive(Debug, Default)]
@@ -118,6 +138,8 @@ pub struct Stats {
     pub hints_dropped_expired: AtomicU64,
     pub tombstones_collected: AtomicU64,
     pub read_repairs: AtomicU64,
+    /// Messages (or quorum-read answers) refused for a timestamp beyond the clock bound.
+    pub clock_refusals: AtomicU64,
     /// Wall ms at which the last anti-entropy round found every contacted peer in sync.
     pub last_in_sync_ms: AtomicU64,
 }
@@ -170,9 +192,9 @@ impl<T: Transport> Replica<T> {
         &self.peers
     }
 
-    /// The node's wall clock in ms, including any injected skew.
+    /// The node's wall clock in ms, including any injected skew up to the clock bound.
     pub fn wall_ms(&self) -> u64 {
-        self.skew.apply((self.wall)())
+        self.skew.apply_bounded((self.wall)(), self.options.max_clock_offset_ms)
     }
 
     /// The injected clock offset (set through [`crate::fault::FaultFilter::set_clock_offset`]).
@@ -190,17 +212,42 @@ impl<T: Transport> Replica<T> {
         self.clock.lock().expect("clock lock is never poisoned").clone()
     }
 
-    fn tick(&self) -> Timestamp {
+    /// A timestamp for a local write; refused while this node's clock is beyond the bound.
+    fn tick(&self) -> Result<Timestamp, Error> {
         let wall = self.wall_ms();
-        self.clock.lock().expect("clock lock is never poisoned").now(wall)
-    }
-
-    fn observe(&self, t: Timestamp) {
-        let wall = self.wall_ms();
-        self.clock
+        let bound = self.options.max_clock_offset_ms;
+        let stamped = self
+            .clock
             .lock()
             .expect("clock lock is never poisoned")
-            .observe(t, wall);
+            .now(wall, bound);
+        stamped.map_err(|e| {
+            Error::Refused(format!(
+                "node {} refuses the write: its clock already issued {}, {} ms ahead of its wall clock, beyond the {} ms bound (--max-clock-offset-ms); writes resume once the wall clock is within the bound",
+                self.id, e.timestamp, e.ahead_ms, bound
+            ))
+        })
+    }
+
+    /// Folds the timestamps of entries from `from` into the clock, all or none: one beyond the
+    /// bound refuses the whole message (counted and logged) before anything is merged.
+    fn observe_all(&self, from: u64, timestamps: impl Iterator<Item = Timestamp> + Clone) -> Result<(), Error> {
+        let wall = self.wall_ms();
+        let bound = self.options.max_clock_offset_ms;
+        if let Some(e) = timestamps.clone().find_map(|t| check_bound(t, wall, bound).err()) {
+            self.stats.clock_refusals.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(peer = from, "refused a message: {e}");
+            return Err(Error::Refused(format!(
+                "node {} refused a message from node {from}: {e}; is node {from}'s clock (or its data) ahead? Check its time sync",
+                self.id
+            )));
+        }
+        let mut clock = self.clock.lock().expect("clock lock is never poisoned");
+        for t in timestamps {
+            // Checked above against the same wall time, so this cannot be refused.
+            let _ = clock.observe(t, wall, bound);
+        }
+        Ok(())
     }
 }
 
@@ -235,6 +282,21 @@ mod tests {
                 },
                 "must outlive hints",
             ),
+            (
+                ReplicaOptions {
+                    hint_lifetime_ms: 5_000,
+                    tombstone_gc_after_ms: 5_500,
+                    ..Default::default()
+                },
+                "by more than the clock bound (500 ms)",
+            ),
+            (
+                ReplicaOptions {
+                    max_clock_offset_ms: 0,
+                    ..Default::default()
+                },
+                "--max-clock-offset-ms 0 is out of range",
+            ),
         ];
         for (options, expected) in cases {
             let err = options.validate().unwrap_err();
@@ -244,17 +306,35 @@ mod tests {
     }
 
     #[test]
+    fn an_injected_clock_skew_beyond_the_bound_is_clamped_and_drags_no_clock() {
+        run(async {
+            let kit = Kit::new(2, Default::default());
+            kit.skew(2).set(24 * 3600 * 1000);
+            let written = kit.write(2, "bob", Some("skewed"), 2).await.unwrap();
+            assert_eq!(written.version.hlc.physical_ms, EPOCH_MS + 500, "clamped to the bound");
+            assert_eq!(kit.value(1, "bob").as_deref(), Some("skewed"), "and still replicated");
+            assert!(kit.node(1).clock().last().physical_ms <= EPOCH_MS + 500);
+            kit.skew(2).set(-24 * 3600 * 1000);
+            assert_eq!(kit.node(2).wall_ms(), EPOCH_MS - 500);
+            kit.skew(2).set(0);
+            kit.advance(10);
+            let later = kit.put(2, "bob", "healed").await;
+            assert!(later.version > written.version);
+        });
+    }
+
+    #[test]
     fn an_injected_clock_skew_stamps_writes_and_decides_last_writer_wins() {
         run(async {
             let kit = Kit::new(2, Default::default());
-            kit.skew(2).set(60_000);
+            kit.skew(2).set(400);
             assert_eq!(
                 (kit.node(2).wall_ms(), kit.node(2).clock_offset_ms()),
-                (EPOCH_MS + 60_000, 60_000)
+                (EPOCH_MS + 400, 400)
             );
             kit.down(1);
             let skewed = kit.put(2, "bob", "from the future").await;
-            assert_eq!(skewed.version.hlc.physical_ms, EPOCH_MS + 60_000);
+            assert_eq!(skewed.version.hlc.physical_ms, EPOCH_MS + 400);
             kit.up(1);
             kit.down(2);
             kit.advance(10);

@@ -2,6 +2,9 @@
 //! (this replica included), return the newest version, and push it to every replica that
 //! answered with something older.
 //!
+//! An answer carrying a version beyond the clock bound (see [`super::super::hlc`]) is counted
+//! as a clock refusal and left out, as if that peer had not answered.
+//!
 //! CAVEATS: a quorum read is not linearizable: a write acknowledged with `acks = 1` may not
 //! have reached the majority that answers. Repair of a remote replica is best effort (a lost
 //! push is left to anti-entropy).
@@ -9,6 +12,7 @@
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use super::super::hlc::check_bound;
 use super::super::store::Entry;
 use super::super::version::{merge, Versioned};
 use super::{Replica, Request, Response, Transport};
@@ -72,8 +76,15 @@ impl<T: Transport> Replica<T> {
         });
         let answers = futures::future::join_all(calls).await;
         let mut versions = vec![(self.id, self.store.get(keyspace, key)?)];
+        let (wall, bound) = (self.wall_ms(), self.options.max_clock_offset_ms);
         for (peer, answer) in answers {
             if let Ok(Response::Read(v)) = answer {
+                // A version beyond the clock bound is not an answer: it could never be merged.
+                if let Some(e) = v.as_ref().and_then(|v| check_bound(v.version.hlc, wall, bound).err()) {
+                    self.stats.clock_refusals.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(peer, "ignored a quorum-read answer: {e}");
+                    continue;
+                }
                 versions.push((peer, v));
             }
         }
@@ -93,7 +104,7 @@ impl<T: Transport> Replica<T> {
             }
             self.stats.read_repairs.fetch_add(1, Ordering::Relaxed);
             if *replica == self.id {
-                self.merge_all(std::slice::from_ref(newest)).await?;
+                self.merge_all(self.id, std::slice::from_ref(newest)).await?;
             } else {
                 let _ = self
                     .transport

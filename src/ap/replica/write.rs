@@ -63,7 +63,7 @@ impl<T: Transport> Replica<T> {
             key: key.to_vec(),
             versioned: Versioned {
                 version: Version {
-                    hlc: self.tick(),
+                    hlc: self.tick()?,
                     node: self.id,
                 },
                 value,
