@@ -81,6 +81,17 @@ pub const SCAN_PAGE_BYTES_MAX: usize = 4 * 1024 * 1024;
 /// [`RAFT_MESSAGE_BYTES_MAX`], snapshot chunks, AP pushes and repair batches, with headroom.
 pub const PEER_MESSAGE_BYTES_MAX: usize = 32 * 1024 * 1024;
 
+/// Encoded bytes of ap entries in one hint batch or one anti-entropy repair page (each way).
+/// One entry always fits, so a message stays under [`PEER_MESSAGE_BYTES_MAX`] whatever the value
+/// sizes; what does not fit goes in the next batch or page.
+pub const AP_BATCH_BYTES_MAX: usize = 8 * 1024 * 1024;
+
+const _: () = assert!(AP_BATCH_BYTES_MAX + VALUE_BYTES_MAX + KEY_BYTES_MAX + 64 * 1024 < PEER_MESSAGE_BYTES_MAX);
+
+/// Default bound on the encoded bytes of hints queued for one peer (`--hints-bytes-max`):
+/// past it, writes for that peer are not hinted (counted) and anti-entropy repairs them.
+pub const HINTS_BYTES_PER_PEER_DEFAULT: u64 = 1024 * 1024 * 1024;
+
 /// Encoded bytes of entries in one AppendEntries message: a batch over it is split (openraft
 /// retries with fewer entries). openraft gives an AppendEntries one heartbeat interval, so a
 /// message must be sent, decoded and made durable on the follower well within that.

@@ -29,7 +29,7 @@ use rand::{Rng, SeedableRng};
 use super::replica::{PeerError, Replica, Transport};
 use crate::error::Error;
 
-/// Hints sent to a peer in one message.
+/// Hints sent to a peer in one message (also bounded by bytes: [`crate::limits::AP_BATCH_BYTES_MAX`]).
 pub const HINT_BATCH: usize = 500;
 /// Anti-entropy rounds between two tombstone collections.
 pub const ROUNDS_PER_TOMBSTONE_COLLECTION: u64 = 30;
@@ -109,7 +109,8 @@ impl<T: Transport> Repair<T> {
             match self.replica.deliver_hints(peer, HINT_BATCH).await {
                 Ok(n) => {
                     delivered += n;
-                    if n < HINT_BATCH {
+                    // A batch may end early by bytes; stop on an empty batch or queue.
+                    if n == 0 || self.replica.store.hint_count(peer) == 0 {
                         return delivered;
                     }
                 }
@@ -208,6 +209,33 @@ mod tests {
             let collection = repair.round(&keyspaces, kit.reachable(), &mut rng).await;
             assert_eq!(collection.tombstones_collected, 1);
             assert_eq!(kit.stored(1, "x"), None);
+        });
+    }
+
+    #[test]
+    fn hints_of_200_kib_values_drain_after_the_heal_in_batches_under_the_message_limit() {
+        run(async {
+            let kit = Kit::new(2, Default::default());
+            kit.down(2);
+            let value = "v".repeat(200 * 1024);
+            let keys = 200; // 40 MiB of hints: more than one peer message holds
+            for i in 0..keys {
+                kit.put(1, &format!("k{i:03}"), &value).await;
+            }
+            assert_eq!(kit.node(1).store.hint_count(2), keys);
+            kit.up(2);
+            let mut repair = Repair::new(kit.node(1));
+            let report = repair.round(&[], kit.reachable(), &mut StdRng::seed_from_u64(1)).await;
+            assert_eq!(report.hints_delivered, keys, "the queue drains in one round");
+            assert_eq!(kit.node(1).store.hint_queue(2), Default::default());
+            for i in [0, keys / 2, keys - 1] {
+                assert_eq!(kit.value(2, &format!("k{i:03}")).as_deref(), Some(value.as_str()));
+            }
+            let largest = kit.largest_message();
+            assert!(
+                largest > 200 * 1024 && largest <= crate::limits::AP_BATCH_BYTES_MAX + 256 * 1024,
+                "batches are bounded by bytes: the largest message was {largest} bytes"
+            );
         });
     }
 

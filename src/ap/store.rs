@@ -3,7 +3,7 @@
 //! `ap_data` maps `<keyspace>\0<key>` to a [`Versioned`] value or tombstone. Every change is a
 //! merge (compare-and-swap on the key), so concurrent writers and replicators never lose the
 //! newer version. `ap_hints` holds writes for peers that could not be reached, keyed by
-//! (peer, sequence), bounded per peer.
+//! (peer, sequence), bounded per peer by count and by encoded bytes.
 //!
 //! Every failure here is this node's own disk or a corrupt record, and surfaces as
 //! [`Error::Storage`] through `?` (sled and codec errors convert with `From`), never as a
@@ -39,9 +39,23 @@ pub struct ApStore {
     flusher: crate::storage::Flusher,
     data: sled::Tree,
     hints: sled::Tree,
-    /// Hints queued per peer, counted from disk once and kept in step after that, so the bound
-    /// check on every hinted write does not scan the queue.
-    hint_counts: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<u64, usize>>>,
+    /// Hints queued per peer (count and encoded bytes), counted from disk once and kept in step
+    /// after that, so the bound check on every hinted write does not scan the queue.
+    hint_counts: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<u64, HintQueue>>>,
+}
+
+/// The size of one peer's hint queue.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HintQueue {
+    pub count: usize,
+    pub bytes: u64,
+}
+
+/// How large one peer's hint queue may grow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HintBound {
+    pub count: usize,
+    pub bytes: u64,
 }
 
 fn data_key(keyspace: &str, key: &[u8]) -> Vec<u8> {
@@ -129,6 +143,52 @@ impl ApStore {
         Ok((items, false))
     }
 
+    /// Entries of `buckets` with keys in (`after`, `upto`] (unbounded when `None`), in key order,
+    /// until `max_bytes` of encoded values (the first entry always fits). Returns the entries and
+    /// the last key taken when the page ended before `upto` (`None`: the range is exhausted).
+    pub fn entries_page(
+        &self,
+        keyspace: &str,
+        buckets: &BTreeSet<usize>,
+        after: Option<&[u8]>,
+        upto: Option<&[u8]>,
+        max_bytes: usize,
+    ) -> Result<(Vec<Entry>, Option<Vec<u8>>), Error> {
+        use std::ops::Bound;
+        let prefix = data_key(keyspace, b"");
+        let start = match after {
+            Some(after) => Bound::Excluded(data_key(keyspace, after)),
+            None => Bound::Included(prefix.clone()),
+        };
+        let end = match upto {
+            Some(upto) => Bound::Included(data_key(keyspace, upto)),
+            None => Bound::Unbounded,
+        };
+        let (mut out, mut bytes) = (Vec::new(), 0usize);
+        for kv in self.data.range::<Vec<u8>, _>((start, end)) {
+            let (key, value) = kv?;
+            if !key.starts_with(&prefix) {
+                break;
+            }
+            let user_key = &key[prefix.len()..];
+            if !buckets.contains(&bucket_of(user_key)) {
+                continue;
+            }
+            let size = key.len() + value.len();
+            if !out.is_empty() && bytes + size > max_bytes {
+                let last = out.last().map(|e: &Entry| e.key.clone());
+                return Ok((out, last));
+            }
+            bytes += size;
+            out.push(Entry {
+                keyspace: keyspace.to_string(),
+                key: user_key.to_vec(),
+                versioned: decode(&value)?,
+            });
+        }
+        Ok((out, None))
+    }
+
     /// Every entry of a keyspace, tombstones included, optionally only in some buckets.
     pub fn entries(&self, keyspace: &str, buckets: Option<&BTreeSet<usize>>) -> Result<Vec<Entry>, Error> {
         let prefix = data_key(keyspace, b"");
@@ -184,24 +244,37 @@ impl ApStore {
         Ok(max)
     }
 
-    /// Stores a hint for `peer`; false when the peer's queue is full (the hint is dropped).
-    pub fn add_hint(&self, peer: u64, hint: &Hint, per_peer_max: usize) -> Result<bool, Error> {
-        self.with_hint_count(peer, |count| {
-            if *count >= per_peer_max {
+    /// Stores a hint for `peer`; false when the peer's queue would pass `bound` in count or
+    /// bytes (the hint is dropped).
+    pub fn add_hint(&self, peer: u64, hint: &Hint, bound: HintBound) -> Result<bool, Error> {
+        let encoded = encode(hint);
+        self.with_hint_queue(peer, |queue| {
+            if queue.count >= bound.count || queue.bytes.saturating_add(encoded.len() as u64) > bound.bytes {
                 return Ok(false);
             }
             let seq = self.flusher.db().generate_id()?;
-            self.hints.insert(hint_key(peer, seq), encode(hint))?;
-            *count += 1;
+            queue.bytes += encoded.len() as u64;
+            self.hints.insert(hint_key(peer, seq), encoded)?;
+            queue.count += 1;
             Ok(true)
         })
     }
 
     /// Up to `limit` hints for `peer`, oldest first, with their sequence numbers.
     pub fn hints(&self, peer: u64, limit: usize) -> Result<Vec<(u64, Hint)>, Error> {
-        let mut out = Vec::new();
+        self.hints_within(peer, limit, usize::MAX)
+    }
+
+    /// Up to `limit` hints for `peer`, oldest first, until `max_bytes` encoded (the first hint
+    /// always fits), with their sequence numbers.
+    pub fn hints_within(&self, peer: u64, limit: usize, max_bytes: usize) -> Result<Vec<(u64, Hint)>, Error> {
+        let (mut out, mut bytes) = (Vec::new(), 0usize);
         for kv in self.hints.scan_prefix(peer.to_be_bytes()).take(limit) {
             let (key, value) = kv?;
+            if !out.is_empty() && bytes.saturating_add(value.len()) > max_bytes {
+                break;
+            }
+            bytes += value.len();
             let seq = u64::from_be_bytes(key[8..16].try_into().expect("hint keys are 16 bytes"));
             out.push((seq, decode(&value)?));
         }
@@ -209,28 +282,44 @@ impl ApStore {
     }
 
     pub fn remove_hints(&self, peer: u64, seqs: &[u64]) -> Result<(), Error> {
-        let mut batch = sled::Batch::default();
-        for seq in seqs {
-            batch.remove(&hint_key(peer, *seq));
-        }
-        self.with_hint_count(peer, |count| {
+        self.with_hint_queue(peer, |queue| {
+            let mut batch = sled::Batch::default();
+            let (mut removed, mut bytes) = (0usize, 0u64);
+            for seq in seqs {
+                if let Some(value) = self.hints.get(hint_key(peer, *seq))? {
+                    removed += 1;
+                    bytes += value.len() as u64;
+                    batch.remove(&hint_key(peer, *seq));
+                }
+            }
             self.hints.apply_batch(batch)?;
-            *count = count.saturating_sub(seqs.len());
+            queue.count = queue.count.saturating_sub(removed);
+            queue.bytes = queue.bytes.saturating_sub(bytes);
             Ok(())
         })
     }
 
     pub fn hint_count(&self, peer: u64) -> usize {
-        self.with_hint_count(peer, |count| *count)
+        self.with_hint_queue(peer, |queue| queue.count)
     }
 
-    /// Runs `f` on the peer's hint count (counted from disk on first use), under its lock.
-    fn with_hint_count<R>(&self, peer: u64, f: impl FnOnce(&mut usize) -> R) -> R {
+    /// The count and encoded bytes of `peer`'s hint queue.
+    pub fn hint_queue(&self, peer: u64) -> HintQueue {
+        self.with_hint_queue(peer, |queue| *queue)
+    }
+
+    /// Runs `f` on the peer's hint queue size (counted from disk on first use), under its lock.
+    fn with_hint_queue<R>(&self, peer: u64, f: impl FnOnce(&mut HintQueue) -> R) -> R {
         let mut counts = self.hint_counts.lock().expect("hint count lock is never poisoned");
-        let count = counts
-            .entry(peer)
-            .or_insert_with(|| self.hints.scan_prefix(peer.to_be_bytes()).count());
-        f(count)
+        let queue = counts.entry(peer).or_insert_with(|| {
+            let mut queue = HintQueue::default();
+            for (_, value) in self.hints.scan_prefix(peer.to_be_bytes()).flatten() {
+                queue.count += 1;
+                queue.bytes += value.len() as u64;
+            }
+            queue
+        });
+        f(queue)
     }
 }
 
@@ -284,14 +373,35 @@ mod tests {
     fn hint_queues_are_bounded_per_peer_and_counted_across_reopen() {
         let db = sled::Config::new().temporary(true).open().unwrap();
         let store = ApStore::open(&crate::storage::Flusher::new(db.clone())).unwrap();
+        let three = HintBound {
+            count: 3,
+            bytes: u64::MAX,
+        };
         for n in 0..3 {
-            assert!(store.add_hint(2, &hint(n), 3).unwrap(), "hint {n} fits");
+            assert!(store.add_hint(2, &hint(n), three).unwrap(), "hint {n} fits");
         }
         assert!(
-            !store.add_hint(2, &hint(9), 3).unwrap(),
+            !store.add_hint(2, &hint(9), three).unwrap(),
             "the fourth hint is over the bound"
         );
-        assert!(store.add_hint(3, &hint(0), 3).unwrap(), "each peer has its own queue");
+        assert!(
+            store.add_hint(3, &hint(0), three).unwrap(),
+            "each peer has its own queue"
+        );
+        let one_hint_bytes = encode(&hint(0)).len() as u64;
+        assert_eq!(store.hint_queue(3).bytes, one_hint_bytes);
+        let by_bytes = HintBound {
+            count: 100,
+            bytes: 2 * one_hint_bytes,
+        };
+        assert!(store.add_hint(3, &hint(1), by_bytes).unwrap());
+        assert!(!store.add_hint(3, &hint(2), by_bytes).unwrap(), "over the byte bound");
+        assert_eq!(
+            store.hints_within(3, 10, 1).unwrap().len(),
+            1,
+            "the first hint always fits"
+        );
+        assert_eq!(store.hints_within(3, 10, 2 * one_hint_bytes as usize).unwrap().len(), 2);
         let queued = store.hints(2, 2).unwrap();
         store
             .remove_hints(2, &queued.iter().map(|(seq, _)| *seq).collect::<Vec<_>>())
@@ -300,8 +410,47 @@ mod tests {
         let reopened = ApStore::open(&crate::storage::Flusher::new(db)).unwrap();
         assert_eq!(
             (reopened.hint_count(2), reopened.hint_count(3)),
-            (1, 1),
+            (1, 2),
             "counts come back from disk"
         );
+        assert_eq!(reopened.hint_queue(3).bytes, 2 * one_hint_bytes, "and so do bytes");
+        let queued = reopened.hints(3, 10).unwrap();
+        reopened
+            .remove_hints(3, &queued.iter().map(|(seq, _)| *seq).collect::<Vec<_>>())
+            .unwrap();
+        assert_eq!(reopened.hint_queue(3), HintQueue::default());
+    }
+
+    #[test]
+    fn pages_of_entries_end_by_bytes_and_continue_after_the_last_key() {
+        let db = sled::Config::new().temporary(true).open().unwrap();
+        let store = ApStore::open(&crate::storage::Flusher::new(db)).unwrap();
+        let all: BTreeSet<usize> = (0..crate::ap::digest::BUCKETS).collect();
+        for n in 0..10u64 {
+            let mut entry = hint(n).entry;
+            entry.versioned.value = Some(vec![7; 1000]);
+            store.merge(&entry).unwrap();
+        }
+        let (mut after, mut seen, mut pages) = (None::<Vec<u8>>, Vec::new(), 0);
+        loop {
+            let (page, end) = store.entries_page("carts", &all, after.as_deref(), None, 2500).unwrap();
+            assert!(!page.is_empty() && page.len() <= 2, "a page of {} entries", page.len());
+            seen.extend(page.into_iter().map(|e| e.key));
+            pages += 1;
+            match end {
+                Some(end) => after = Some(end),
+                None => break,
+            }
+        }
+        assert_eq!(pages, 5);
+        let expected: Vec<Vec<u8>> = (0..10u64).map(|n| n.to_be_bytes().to_vec()).collect();
+        assert_eq!(seen, expected, "every key once, in order");
+        let upto = 3u64.to_be_bytes();
+        let (page, end) = store
+            .entries_page("carts", &all, None, Some(&upto), usize::MAX)
+            .unwrap();
+        assert_eq!((page.len(), end), (4, None), "the range ends at upto, inclusive");
+        let (page, _) = store.entries_page("carts", &all, None, None, 1).unwrap();
+        assert_eq!(page.len(), 1, "the first entry always fits");
     }
 }

@@ -50,6 +50,10 @@ pub struct NodeArgs {
     /// beyond it is clamped to it.
     #[arg(long, alias = "max-clock-offset", default_value_t = ReplicaOptions::default().max_clock_offset_ms)]
     pub max_clock_offset_ms: u64,
+    /// Encoded bytes of hints kept per unreachable peer; beyond it, writes are left to
+    /// anti-entropy (counted).
+    #[arg(long, default_value_t = ReplicaOptions::default().hints_bytes_max)]
+    pub hints_bytes_max: u64,
     #[arg(long, value_enum, default_value = "pretty")]
     pub log_format: LogFormat,
     /// Log level (trace, debug, info, warn, error); RUST_LOG overrides it.
@@ -76,6 +80,7 @@ pub fn node_options(args: &NodeArgs) -> Result<NodeOptions, Error> {
             anti_entropy_fanout: args.anti_entropy_fanout,
             hints_per_peer_max: args.hints_per_peer_max,
             max_clock_offset_ms: args.max_clock_offset_ms,
+            hints_bytes_max: args.hints_bytes_max,
             ..ReplicaOptions::default()
         },
     })

@@ -2,8 +2,9 @@
 //! both ways, merge by last-writer-wins on each side.
 //!
 //! One exchange of a keyspace costs one digest message (2 KiB) when the replicas agree. When
-//! they differ, the differing buckets go in chunks of [`FETCH_BUCKETS_MAX`], so a message stays
-//! small however far the replicas drifted. Each exchange also records which buckets the peer
+//! they differ, the differing buckets go in chunks of [`FETCH_BUCKETS_MAX`], and each chunk in
+//! pages of at most [`AP_BATCH_BYTES_MAX`] each way (in key order), so a message stays under the
+//! peer message limit however large the values and however far the replicas drifted. Each exchange also records which buckets the peer
 //! was seen holding exactly as we do; tombstone collection ([`super::tombstones`]) relies on it.
 //!
 //! CAVEATS: a digest is computed by scanning the keyspace; a round with `fanout` peers costs
@@ -14,6 +15,7 @@ use std::sync::atomic::Ordering;
 
 use super::super::digest::Digest;
 use super::{PeerError, Replica, Request, Response, Transport};
+use crate::limits::AP_BATCH_BYTES_MAX;
 
 /// Buckets exchanged in one anti-entropy fetch: about 40 keys each at 10,000 keys per keyspace.
 pub const FETCH_BUCKETS_MAX: usize = 16;
@@ -58,25 +60,45 @@ impl<T: Transport> Replica<T> {
         let mut repaired = 0;
         // A few buckets per exchange, so one message stays small however far replicas drifted.
         for chunk in differing.chunks(FETCH_BUCKETS_MAX) {
-            let buckets: BTreeSet<usize> = chunk.iter().copied().collect();
-            let entries = self.store.entries(keyspace, Some(&buckets))?;
-            let request = Request::Fetch {
-                keyspace: keyspace.to_string(),
-                buckets: chunk.iter().map(|b| *b as u32).collect(),
-                entries,
-            };
-            let theirs = match self.call_peer(peer, request).await? {
-                Response::Fetched(theirs) => theirs,
-                other => return Err(PeerError::unexpected(peer, "fetch", &other)),
-            };
-            let changed = self.merge_all(peer, &theirs).await?;
-            self.stats.keys_repaired.fetch_add(changed as u64, Ordering::Relaxed);
-            repaired += changed;
+            repaired += self.repair_buckets(peer, keyspace, chunk).await?;
         }
         Ok(Exchange {
             differing_buckets: differing.len(),
             repaired_here: repaired,
         })
+    }
+
+    /// Exchanges the entries of `buckets` with `peer` both ways, page by page in key order: each
+    /// fetch carries a page of ours and is answered with the peer's entries of the same key
+    /// range (as far as its own page goes); the next page starts after the shorter of the two.
+    /// Returns how many keys changed here.
+    async fn repair_buckets(&self, peer: u64, keyspace: &str, buckets: &[usize]) -> Result<usize, PeerError> {
+        let set: BTreeSet<usize> = buckets.iter().copied().collect();
+        let (mut after, mut repaired) = (None::<Vec<u8>>, 0);
+        loop {
+            let (entries, our_end) =
+                self.store
+                    .entries_page(keyspace, &set, after.as_deref(), None, AP_BATCH_BYTES_MAX)?;
+            let request = Request::Fetch {
+                keyspace: keyspace.to_string(),
+                buckets: buckets.iter().map(|b| *b as u32).collect(),
+                after: after.clone(),
+                upto: our_end.clone(),
+                entries,
+            };
+            let (theirs, their_end) = match self.call_peer(peer, request).await? {
+                Response::Fetched { entries, truncated_at } => (entries, truncated_at),
+                other => return Err(PeerError::unexpected(peer, "fetch", &other)),
+            };
+            let changed = self.merge_all(peer, &theirs).await?;
+            self.stats.keys_repaired.fetch_add(changed as u64, Ordering::Relaxed);
+            repaired += changed;
+            // Both pages end at or before `our_end`; the peer's may end earlier.
+            match their_end.or(our_end) {
+                Some(end) => after = Some(end),
+                None => return Ok(repaired),
+            }
+        }
     }
 
     /// One anti-entropy round over `keyspaces` with the given peers; true when all were in sync.
@@ -112,9 +134,11 @@ impl<T: Transport> Replica<T> {
 mod tests {
     use std::sync::atomic::Ordering::Relaxed;
 
+    use super::super::super::digest::bucket_of;
     use super::super::testkit::{run, Kit, KEYSPACE};
     use super::super::{PeerError, Response};
     use super::Exchange;
+    use crate::limits::AP_BATCH_BYTES_MAX;
 
     /// Two replicas, each holding a write the other missed (their hints are never delivered).
     async fn diverged() -> Kit {
@@ -146,6 +170,48 @@ mod tests {
             );
             let again = kit.node(2).anti_entropy(1, KEYSPACE).await.unwrap();
             assert_eq!(again, Exchange::default(), "in sync: only digests travel");
+        });
+    }
+
+    #[test]
+    fn a_large_bucket_is_repaired_both_ways_in_pages_under_the_message_limit() {
+        run(async {
+            let kit = Kit::new(2, Default::default());
+            let bucket = bucket_of(b"seed");
+            let keys: Vec<String> = (0..)
+                .map(|i| format!("key-{i}"))
+                .filter(|k| bucket_of(k.as_bytes()) == bucket)
+                .take(120)
+                .collect();
+            let value = "v".repeat(200 * 1024);
+            // 60 keys (12 MiB, more than one page) only on node 1 and 60 only on node 2, all in
+            // one bucket: one fetch of everything would be a 12 MiB message each way.
+            for (i, key) in keys.iter().enumerate() {
+                let holder = 1 + (i % 2) as u64;
+                kit.down(3 - holder);
+                kit.put(holder, key, &value).await;
+                kit.up(3 - holder);
+            }
+            let exchange = kit.node(1).anti_entropy(2, KEYSPACE).await.unwrap();
+            assert_eq!((exchange.differing_buckets, exchange.repaired_here), (1, 60));
+            for key in &keys {
+                for id in [1, 2] {
+                    assert_eq!(
+                        kit.value(id, key).as_deref(),
+                        Some(value.as_str()),
+                        "{key} on node {id}"
+                    );
+                }
+            }
+            let largest = kit.largest_message();
+            assert!(
+                largest <= AP_BATCH_BYTES_MAX + 256 * 1024,
+                "pages are bounded by bytes: the largest message was {largest} bytes"
+            );
+            assert_eq!(
+                kit.node(2).anti_entropy(1, KEYSPACE).await.unwrap(),
+                Exchange::default()
+            );
         });
     }
 

@@ -1,20 +1,23 @@
 //! Hinted handoff: writes kept for a peer that could not be reached, delivered when it is back.
 //!
 //! A hint is persisted in the AP store's hint queue for that peer, with the wall time it was
-//! made. Each peer's queue is bounded ([`super::ReplicaOptions::hints_per_peer_max`]); a write
-//! over the bound is not hinted (counted in `hints_dropped_full`) and left to anti-entropy.
-//! Delivery sends the oldest hints in one push; hints older than the hint lifetime are dropped
+//! made. Each peer's queue is bounded in count ([`super::ReplicaOptions::hints_per_peer_max`])
+//! and in encoded bytes ([`super::ReplicaOptions::hints_bytes_max`]); a write over either bound
+//! is not hinted (counted in `hints_dropped_full`) and left to anti-entropy, so nothing is lost.
+//! Delivery sends the oldest hints in one push of at most [`AP_BATCH_BYTES_MAX`] (so a batch of
+//! large values stays under the peer message limit); hints older than the hint lifetime are dropped
 //! instead (counted in `hints_dropped_expired`), so a hint can never outlive the tombstone
 //! horizon and resurrect a collected delete.
 //!
-//! CAVEATS: the bound counts hints, not bytes; delivery is in queue order, one batch per call,
+//! CAVEATS: delivery is in queue order, one batch per call,
 //! and the caller (the repair loop) decides when to call it.
 
 use std::sync::atomic::Ordering;
 
-use super::super::store::{Entry, Hint};
+use super::super::store::{Entry, Hint, HintBound};
 use super::{PeerError, Replica, Request, Response, Transport};
 use crate::error::Error;
+use crate::limits::AP_BATCH_BYTES_MAX;
 
 impl<T: Transport> Replica<T> {
     /// Queues `entry` for `peer`, unless the peer's queue is full (then counts the drop).
@@ -26,7 +29,11 @@ impl<T: Transport> Replica<T> {
             entry: entry.clone(),
             created_ms: self.wall_ms(),
         };
-        if self.store.add_hint(peer, &hint, self.options.hints_per_peer_max)? {
+        let bound = HintBound {
+            count: self.options.hints_per_peer_max,
+            bytes: self.options.hints_bytes_max,
+        };
+        if self.store.add_hint(peer, &hint, bound)? {
             self.stats.hints_stored.fetch_add(1, Ordering::Relaxed);
         } else {
             self.stats.hints_dropped_full.fetch_add(1, Ordering::Relaxed);
@@ -34,9 +41,10 @@ impl<T: Transport> Replica<T> {
         Ok(())
     }
 
-    /// Delivers stored hints to `peer`; returns how many were delivered.
+    /// Delivers one batch of stored hints to `peer`, at most `batch` hints and
+    /// [`AP_BATCH_BYTES_MAX`] bytes; returns how many were delivered.
     pub async fn deliver_hints(&self, peer: u64, batch: usize) -> Result<usize, PeerError> {
-        let hints = self.store.hints(peer, batch)?;
+        let hints = self.store.hints_within(peer, batch, AP_BATCH_BYTES_MAX)?;
         if hints.is_empty() {
             return Ok(0);
         }
@@ -127,6 +135,34 @@ mod tests {
                 2,
                 "one per peer over the bound"
             );
+        });
+    }
+
+    #[test]
+    fn the_hint_queue_is_bounded_by_bytes_and_anti_entropy_repairs_what_did_not_fit() {
+        run(async {
+            let bounded = ReplicaOptions {
+                hints_bytes_max: 3 * 1024 + 1024,
+                ..Default::default()
+            };
+            let kit = Kit::new(2, bounded);
+            kit.down(2);
+            let value = "v".repeat(1024);
+            for i in 0..5 {
+                kit.put(1, &format!("k{i}"), &value).await;
+            }
+            let one = kit.node(1);
+            let queue = one.store.hint_queue(2);
+            assert_eq!(queue.count, 3, "three 1 KiB hints fit in 4 KiB: {queue:?}");
+            assert!(queue.bytes <= 4 * 1024, "{queue:?}");
+            assert_eq!(one.stats.hints_dropped_full.load(Relaxed), 2);
+            kit.up(2);
+            assert_eq!(one.deliver_hints(2, 100).await.unwrap(), 3);
+            assert_eq!(kit.value(2, "k4"), None, "not hinted");
+            one.anti_entropy(2, KEYSPACE).await.unwrap();
+            for i in 0..5 {
+                assert_eq!(kit.value(2, &format!("k{i}")).as_deref(), Some(value.as_str()), "k{i}");
+            }
         });
     }
 

@@ -24,6 +24,7 @@ use super::super::digest::{bucket_of, Digest, BUCKETS};
 use super::super::store::Entry;
 use super::{Replica, Request, Response, Transport};
 use crate::error::Error;
+use crate::limits::AP_BATCH_BYTES_MAX;
 
 impl<T: Transport> Replica<T> {
     /// Answers a request from `from`.
@@ -43,12 +44,18 @@ impl<T: Transport> Replica<T> {
             Request::Fetch {
                 keyspace,
                 buckets,
+                after,
+                upto,
                 entries,
             } => {
-                let buckets = check_fetch(from, &keyspace, &buckets, &entries)?;
+                let range = (after.as_deref(), upto.as_deref());
+                let buckets = check_fetch(from, &keyspace, &buckets, range, &entries)?;
                 let changed = self.merge_all(from, &entries).await?;
                 self.stats.keys_repaired.fetch_add(changed as u64, Ordering::Relaxed);
-                Ok(Response::Fetched(self.store.entries(&keyspace, Some(&buckets))?))
+                let (entries, truncated_at) =
+                    self.store
+                        .entries_page(&keyspace, &buckets, range.0, range.1, AP_BATCH_BYTES_MAX)?;
+                Ok(Response::Fetched { entries, truncated_at })
             }
             Request::Read { keyspace, key } => Ok(Response::Read(self.store.get(&keyspace, &key)?)),
         }
@@ -82,8 +89,15 @@ fn check_digest(from: u64, keyspace: &str, digest: &[u64]) -> Result<(), Error> 
     Ok(())
 }
 
-/// A fetch names existing buckets and carries only entries of that keyspace and those buckets.
-fn check_fetch(from: u64, keyspace: &str, buckets: &[u32], entries: &[Entry]) -> Result<BTreeSet<usize>, Error> {
+/// A fetch names existing buckets and carries only entries of that keyspace, those buckets and
+/// its key range.
+fn check_fetch(
+    from: u64,
+    keyspace: &str,
+    buckets: &[u32],
+    (after, upto): (Option<&[u8]>, Option<&[u8]>),
+    entries: &[Entry],
+) -> Result<BTreeSet<usize>, Error> {
     let bad = |what: String| {
         Err(Error::InvalidInput(format!(
             "node {from} sent a bad fetch of keyspace '{keyspace}': {what}"
@@ -102,6 +116,13 @@ fn check_fetch(from: u64, keyspace: &str, buckets: &[u32], entries: &[Entry]) ->
                 "it carries key {:?}, which is in bucket {}, not one of the buckets it names",
                 String::from_utf8_lossy(&entry.key),
                 bucket_of(&entry.key)
+            ));
+        }
+        let key = entry.key.as_slice();
+        if after.is_some_and(|a| key <= a) || upto.is_some_and(|u| key > u) {
+            return bad(format!(
+                "it carries key {:?}, outside the key range it names",
+                String::from_utf8_lossy(key)
             ));
         }
     }
@@ -200,6 +221,8 @@ mod tests {
             let fetch = Request::Fetch {
                 keyspace: KEYSPACE.into(),
                 buckets: vec![bucket_of(b"bob") as u32],
+                after: None,
+                upto: None,
                 entries: vec![day_ahead],
             };
             assert!(matches!(one.handle(2, fetch).await, Err(Error::Refused(_))));
@@ -238,6 +261,8 @@ mod tests {
             let fetch = |buckets: Vec<u32>, entries: Vec<Entry>| Request::Fetch {
                 keyspace: KEYSPACE.into(),
                 buckets,
+                after: None,
+                upto: None,
                 entries,
             };
             invalid(
@@ -259,7 +284,18 @@ mod tests {
             assert_eq!(kit.stored(1, "bob"), None, "a rejected fetch merges nothing");
 
             let answer = one.handle(2, fetch(vec![bucket], vec![stray])).await.unwrap();
-            assert!(matches!(answer, Response::Fetched(ref e) if e.len() == 1), "{answer:?}");
+            assert!(
+                matches!(answer, Response::Fetched { ref entries, truncated_at: None } if entries.len() == 1),
+                "{answer:?}"
+            );
+            let outside = Request::Fetch {
+                keyspace: KEYSPACE.into(),
+                buckets: vec![bucket],
+                after: Some(b"bob".to_vec()),
+                upto: None,
+                entries: vec![entry(KEYSPACE, "bob", EPOCH_MS)],
+            };
+            invalid(one.handle(2, outside).await, "outside the key range");
             let keys: BTreeSet<_> = one
                 .store
                 .entries(KEYSPACE, None)

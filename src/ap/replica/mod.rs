@@ -74,6 +74,9 @@ pub struct ReplicaOptions {
     /// Hints kept per unreachable peer; further writes for it are not hinted (counted, and left
     /// to anti-entropy).
     pub hints_per_peer_max: usize,
+    /// Encoded bytes of hints kept per unreachable peer; further writes for it are not hinted
+    /// (counted, and left to anti-entropy).
+    pub hints_bytes_max: u64,
     /// Hints older than this are dropped at delivery (counted, and left to anti-entropy).
     pub hint_lifetime_ms: u64,
     /// Tombstones younger than this are never collected; must exceed the hint lifetime by
@@ -91,6 +94,7 @@ impl Default for ReplicaOptions {
             anti_entropy_fanout: 2,
             push_timeout_ms: 1000,
             hints_per_peer_max: 100_000,
+            hints_bytes_max: crate::limits::HINTS_BYTES_PER_PEER_DEFAULT,
             hint_lifetime_ms: 3 * 3600 * 1000,
             tombstone_gc_after_ms: 4 * 3600 * 1000,
             max_clock_offset_ms: 500,

@@ -1,8 +1,8 @@
 //! The messages replicas exchange, and the [`Transport`] that carries them.
 //!
 //! Four requests make the whole protocol: `Push` (writes, from a coordinator or a hint queue),
-//! `Digest` (one keyspace's bucket digests, answered with the receiver's), `Fetch` (the
-//! sender's entries of differing buckets, answered with the receiver's), and `Read` (one key,
+//! `Digest` (one keyspace's bucket digests, answered with the receiver's), `Fetch` (one
+//! page of the sender's entries of differing buckets, answered with a page of the receiver's), and `Read` (one key,
 //! for quorum reads). Every handler merges by last-writer-wins, so a message delivered twice or
 //! late changes nothing.
 //!
@@ -34,10 +34,14 @@ pub enum Request {
         keyspace: String,
         digest: Vec<u64>,
     },
-    /// The sender's entries of the differing buckets; the answer carries the receiver's.
+    /// The sender's entries of the differing buckets with keys in (`after`, `upto`] (unbounded
+    /// when `None`); the answer carries the receiver's entries of the same range, as far as
+    /// one page goes.
     Fetch {
         keyspace: String,
         buckets: Vec<u32>,
+        after: Option<Vec<u8>>,
+        upto: Option<Vec<u8>>,
         entries: Vec<Entry>,
     },
     Read {
@@ -50,7 +54,12 @@ pub enum Request {
 pub enum Response {
     Pushed,
     Digest(Vec<u64>),
-    Fetched(Vec<Entry>),
+    /// The receiver's entries; `truncated_at` is the last key of a page that ended before the
+    /// range did (the next fetch continues after it).
+    Fetched {
+        entries: Vec<Entry>,
+        truncated_at: Option<Vec<u8>>,
+    },
     Read(Option<Versioned>),
 }
 
@@ -60,7 +69,7 @@ impl Response {
         match self {
             Response::Pushed => "pushed",
             Response::Digest(_) => "digest",
-            Response::Fetched(_) => "fetched",
+            Response::Fetched { .. } => "fetched",
             Response::Read(_) => "read",
         }
     }

@@ -7,10 +7,13 @@
 //! [`Kit::down`] a node, write while it is down (hints are queued but not delivered until the
 //! test says so), [`Kit::up`] it again, then drive one mechanism and look at the stores.
 //!
+//! Like gRPC between real nodes, the kit refuses a message over the peer message limit (and
+//! records the largest it carried), so tests show that batches stay bounded by bytes.
+//!
 //! CAVEATS: the kit has no timeouts, drops or reordering; those live in the simulation.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -19,6 +22,8 @@ use super::super::version::Versioned;
 use super::{Replica, ReplicaOptions, Request, Response, Transport, Unreachable};
 use crate::error::Error;
 use crate::fault::ClockSkew;
+use crate::limits::PEER_MESSAGE_BYTES_MAX;
+use crate::storage::codec::encode;
 
 pub const KEYSPACE: &str = "carts";
 
@@ -31,6 +36,22 @@ struct Net {
     down: RwLock<BTreeSet<u64>>,
     /// Nodes that answer every request with this message instead of handling it.
     forged: RwLock<BTreeMap<u64, Response>>,
+    /// The largest encoded message (request or answer) the network carried.
+    largest_message: AtomicUsize,
+}
+
+impl Net {
+    /// Refuses a message over the peer message limit, as gRPC does, and records its size.
+    fn carry<M: serde::Serialize>(&self, message: &M, to: u64) -> Result<(), Unreachable> {
+        let size = encode(message).len();
+        self.largest_message.fetch_max(size, Ordering::SeqCst);
+        if size > PEER_MESSAGE_BYTES_MAX {
+            return Err(Unreachable(format!(
+                "a message of {size} bytes to node {to} is over the peer message limit ({PEER_MESSAGE_BYTES_MAX})"
+            )));
+        }
+        Ok(())
+    }
 }
 
 /// The in-memory transport of one kit node.
@@ -50,10 +71,13 @@ impl Transport for KitTransport {
         }
         let target = self.net.nodes.read().unwrap().get(&to).cloned();
         let target = target.ok_or_else(|| Unreachable(format!("node {to} is not in the test kit")))?;
-        target
+        self.net.carry(&request, to)?;
+        let answer = target
             .handle(self.from, request)
             .await
-            .map_err(|e| Unreachable(format!("node {to} answered with an error: {e}")))
+            .map_err(|e| Unreachable(format!("node {to} answered with an error: {e}")))?;
+        self.net.carry(&answer, self.from)?;
+        Ok(answer)
     }
 }
 
@@ -140,6 +164,11 @@ impl Kit {
     /// Is `id` on the network? (the liveness view handed to writes and quorum reads)
     pub fn reachable(&self) -> impl Fn(u64) -> bool + '_ {
         |id| !self.net.down.read().unwrap().contains(&id)
+    }
+
+    /// The largest encoded message the kit's network carried so far.
+    pub fn largest_message(&self) -> usize {
+        self.net.largest_message.load(Ordering::SeqCst)
     }
 
     /// Moves every node's wall clock forward.
