@@ -39,6 +39,8 @@ pub struct ApStore {
     flusher: crate::storage::Flusher,
     data: sled::Tree,
     hints: sled::Tree,
+    /// keyspace -> the tombstone-collection floor (u64 ms, big-endian); see `replica::tombstones`.
+    horizons: sled::Tree,
     /// Hints queued per peer (count and encoded bytes), counted from disk once and kept in step
     /// after that, so the bound check on every hinted write does not scan the queue.
     hint_counts: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<u64, HintQueue>>>,
@@ -79,6 +81,7 @@ impl ApStore {
             flusher: flusher.clone(),
             data: db.open_tree("ap_data")?,
             hints: db.open_tree("ap_hints")?,
+            horizons: db.open_tree("ap_horizons")?,
             hint_counts: Default::default(),
         })
     }
@@ -221,6 +224,28 @@ impl ApStore {
             .iter()
             .filter(|e| !e.versioned.is_tombstone())
             .count())
+    }
+
+    /// The floor below which versions of keys this node does not hold are refused (0: none).
+    pub fn horizon_floor(&self, keyspace: &str) -> Result<u64, Error> {
+        match self.horizons.get(keyspace.as_bytes())? {
+            Some(bytes) => Ok(u64::from_be_bytes(bytes.as_ref().try_into().map_err(|_| {
+                Error::Storage(format!(
+                    "the tombstone horizon of keyspace '{keyspace}' is corrupt ({} bytes, expected 8)",
+                    bytes.len()
+                ))
+            })?)),
+            None => Ok(0),
+        }
+    }
+
+    /// Raises the floor of `keyspace` to `floor` (never lowers it) and makes it durable.
+    pub fn raise_horizon_floor(&self, keyspace: &str, floor: u64) -> Result<(), Error> {
+        if floor > self.horizon_floor(keyspace)? {
+            self.horizons.insert(keyspace.as_bytes(), &floor.to_be_bytes())?;
+            self.horizons.flush()?;
+        }
+        Ok(())
     }
 
     /// Removes a tombstone if it is still the stored version (tombstone collection).

@@ -4,8 +4,11 @@
 //! One exchange of a keyspace costs one digest message (2 KiB) when the replicas agree. When
 //! they differ, the differing buckets go in chunks of [`FETCH_BUCKETS_MAX`], and each chunk in
 //! pages of at most [`AP_BATCH_BYTES_MAX`] each way (in key order), so a message stays under the
-//! peer message limit however large the values and however far the replicas drifted. Each exchange also records which buckets the peer
-//! was seen holding exactly as we do; tombstone collection ([`super::tombstones`]) relies on it.
+//! peer message limit however large the values and however far the replicas drifted.
+//!
+//! Each digest exchange also carries both sides' acknowledged tombstone horizons and records
+//! whether the peer held exactly what we do; tombstone collection ([`super::tombstones`]) relies
+//! on both.
 //!
 //! CAVEATS: a digest is computed by scanning the keyspace; a round with `fanout` peers costs
 //! `fanout` scans per keyspace.
@@ -30,29 +33,19 @@ pub struct Exchange {
 }
 
 impl<T: Transport> Replica<T> {
-    /// Records which buckets a peer holds exactly as we do.
-    pub(super) fn note_sync(&self, peer: u64, keyspace: &str, ours: &Digest, theirs: &Digest) {
-        let differing: BTreeSet<usize> = ours.differing(theirs).into_iter().collect();
-        let mut in_sync = self.in_sync.lock().expect("sync lock is never poisoned");
-        for (bucket, digest) in ours.0.iter().enumerate() {
-            if !differing.contains(&bucket) {
-                in_sync.insert((peer, keyspace.to_string(), bucket), *digest);
-            }
-        }
-    }
-
     /// One anti-entropy exchange of `keyspace` with `peer`.
     pub async fn anti_entropy(&self, peer: u64, keyspace: &str) -> Result<Exchange, PeerError> {
         let ours = self.store.digest(keyspace)?;
         let request = Request::Digest {
             keyspace: keyspace.to_string(),
             digest: ours.0.clone(),
+            horizon: self.acknowledged_horizon(keyspace),
         };
-        let theirs = match self.call_peer(peer, request).await? {
-            Response::Digest(theirs) => theirs,
+        let (theirs, their_horizon) = match self.call_peer(peer, request).await? {
+            Response::Digest(theirs, horizon) => (theirs, horizon),
             other => return Err(PeerError::unexpected(peer, "digest", &other)),
         };
-        self.note_sync(peer, keyspace, &ours, &Digest(theirs.clone()));
+        self.note_exchange(peer, keyspace, ours.0 == theirs, their_horizon);
         let differing = ours.differing(&Digest(theirs));
         if differing.is_empty() {
             return Ok(Exchange::default());

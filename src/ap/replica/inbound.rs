@@ -20,7 +20,7 @@
 use std::collections::BTreeSet;
 use std::sync::atomic::Ordering;
 
-use super::super::digest::{bucket_of, Digest, BUCKETS};
+use super::super::digest::{bucket_of, BUCKETS};
 use super::super::store::Entry;
 use super::{Replica, Request, Response, Transport};
 use crate::error::Error;
@@ -35,11 +35,16 @@ impl<T: Transport> Replica<T> {
                 self.stats.pushes_applied.fetch_add(changed as u64, Ordering::Relaxed);
                 Ok(Response::Pushed)
             }
-            Request::Digest { keyspace, digest } => {
+            Request::Digest {
+                keyspace,
+                digest,
+                horizon,
+            } => {
                 check_digest(from, &keyspace, &digest)?;
                 let ours = self.store.digest(&keyspace)?;
-                self.note_sync(from, &keyspace, &ours, &Digest(digest));
-                Ok(Response::Digest(ours.0))
+                let mine = self.acknowledged_horizon(&keyspace);
+                self.note_exchange(from, &keyspace, ours.0 == digest, horizon);
+                Ok(Response::Digest(ours.0, mine))
             }
             Request::Fetch {
                 keyspace,
@@ -67,6 +72,12 @@ impl<T: Transport> Replica<T> {
         self.observe_all(from, entries.iter().map(|e| e.versioned.version.hlc))?;
         let mut changed = 0;
         for entry in entries {
+            if self.below_floor(&entry.keyspace, entry.versioned.version.hlc.physical_ms)?
+                && self.store.get(&entry.keyspace, &entry.key)?.is_none()
+            {
+                self.stats.stale_refused.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
             if self.store.merge(entry)? {
                 changed += 1;
             }
@@ -240,6 +251,7 @@ mod tests {
             let request = Request::Digest {
                 keyspace: KEYSPACE.into(),
                 digest: vec![0; 3],
+                horizon: 0,
             };
             invalid(
                 kit.node(1).handle(2, request).await,
@@ -248,8 +260,9 @@ mod tests {
             let request = Request::Digest {
                 keyspace: KEYSPACE.into(),
                 digest: vec![0; BUCKETS],
+                horizon: 0,
             };
-            assert!(matches!(kit.node(1).handle(2, request).await, Ok(Response::Digest(d)) if d.len() == BUCKETS));
+            assert!(matches!(kit.node(1).handle(2, request).await, Ok(Response::Digest(d, 0)) if d.len() == BUCKETS));
         });
     }
 

@@ -26,9 +26,9 @@
 //! ANTI-ENTROPY: each round a node compares per-keyspace bucket digests with a few random peers
 //! and exchanges the entries of differing buckets both ways; both sides merge by LWW.
 //!
-//! TOMBSTONES are collected only when every peer was last seen holding exactly the same bucket
-//! (so it holds the tombstone), and only when the tombstone is older than the hint lifetime (so
-//! no hint of an older write can still arrive and resurrect the key).
+//! TOMBSTONES are collected only below a horizon every replica acknowledged through the digest
+//! exchanges (so every replica holds them), and only when older than the hint lifetime; a node
+//! never takes back a version older than its horizon for a key it collected.
 //!
 //! CLOCK BOUND: the replica's clock never runs more than `max_clock_offset_ms` ahead of its
 //! wall clock. An injected skew (`capkv fault clock`) is clamped to the bound, every timestamp a
@@ -51,7 +51,6 @@ pub mod write;
 #[cfg(test)]
 pub(crate) mod testkit;
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -144,6 +143,8 @@ pub struct Stats {
     pub read_repairs: AtomicU64,
     /// Messages (or quorum-read answers) refused for a timestamp beyond the clock bound.
     pub clock_refusals: AtomicU64,
+    /// Incoming versions of keys this node collected, older than its floor, skipped.
+    pub stale_refused: AtomicU64,
     /// Wall ms at which the last anti-entropy round found every contacted peer in sync.
     pub last_in_sync_ms: AtomicU64,
 }
@@ -161,8 +162,8 @@ pub struct Replica<T: Transport> {
     skew: Arc<ClockSkew>,
     pub options: ReplicaOptions,
     pub stats: Stats,
-    /// For (peer, keyspace, bucket): our bucket digest when the peer was last seen equal.
-    in_sync: Mutex<HashMap<(u64, String, usize), u64>>,
+    /// When each peer was last seen equal, and the horizons peers acknowledged.
+    horizons: Mutex<tombstones::Horizons>,
 }
 
 impl<T: Transport> Replica<T> {
@@ -188,7 +189,7 @@ impl<T: Transport> Replica<T> {
             skew,
             options,
             stats: Stats::default(),
-            in_sync: Mutex::new(HashMap::new()),
+            horizons: Mutex::new(tombstones::Horizons::default()),
         })
     }
 

@@ -30,9 +30,11 @@ use crate::error::Error;
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum Request {
     Push(Vec<Entry>),
+    /// The sender's bucket digests and acknowledged tombstone horizon.
     Digest {
         keyspace: String,
         digest: Vec<u64>,
+        horizon: u64,
     },
     /// The sender's entries of the differing buckets with keys in (`after`, `upto`] (unbounded
     /// when `None`); the answer carries the receiver's entries of the same range, as far as
@@ -53,7 +55,8 @@ pub enum Request {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum Response {
     Pushed,
-    Digest(Vec<u64>),
+    /// The receiver's bucket digests and acknowledged tombstone horizon.
+    Digest(Vec<u64>, u64),
     /// The receiver's entries; `truncated_at` is the last key of a page that ended before the
     /// range did (the next fetch continues after it).
     Fetched {
@@ -68,7 +71,7 @@ impl Response {
     pub fn name(&self) -> &'static str {
         match self {
             Response::Pushed => "pushed",
-            Response::Digest(_) => "digest",
+            Response::Digest(..) => "digest",
             Response::Fetched { .. } => "fetched",
             Response::Read(_) => "read",
         }

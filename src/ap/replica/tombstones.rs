@@ -1,41 +1,117 @@
 //! Tombstone collection: a delete leaves a tombstone so that older copies of the key lose to it;
 //! the tombstone may go only when no replica can bring such a copy back.
 //!
-//! A tombstone is collected when (1) every peer was last seen, by anti-entropy, holding exactly
-//! our current digest of the tombstone's bucket (so it holds the tombstone itself), and (2) it is
-//! older than [`super::ReplicaOptions::tombstone_gc_after_ms`], which exceeds the hint lifetime,
-//! so no hint of an older write can still arrive and resurrect the key.
+//! THE HORIZON. Each replica records, per keyspace and peer, when an anti-entropy exchange last
+//! found the two holding exactly the same keyspace (`synced_at`, its own wall clock). Its
+//! *acknowledged horizon* is the earliest of those over all peers, less a margin of twice the
+//! clock bound: every version it stamped or stored before that time was then held (or beaten by
+//! a newer version) by every peer. Each digest exchange carries the sender's acknowledged horizon,
+//! and a replica's *collection horizon* is the minimum of its own and the latest one heard from
+//! every peer. A version older than the collection horizon is therefore on every replica, and:
 //!
-//! CAVEATS: the "seen in sync" record lives in memory, so a restarted node collects nothing until
-//! anti-entropy has met every peer again; a node that never meets some peer never collects.
-//! Replicas collect independently: one that collects a tombstone before its peers do gets it
-//! back from them by anti-entropy, and collects it again on a later pass.
+//! - a tombstone is collected only when it is older than the collection horizon (and older than
+//!   [`super::ReplicaOptions::tombstone_gc_after_ms`], which exceeds the hint lifetime);
+//! - after collecting, the replica keeps the horizon it collected at as a *floor* (persisted), and
+//!   never accepts a version older than the floor for a key it does not hold: that key can only
+//!   be one it collected, so the version is a collected tombstone (or something it beat) coming
+//!   back from a peer that has not collected yet. Such versions are skipped and counted
+//!   (`stale_refused`), and the peer collects on its own once its horizon passes.
+//!
+//! A replica partitioned away keeps every other replica's horizon where it was, so nothing it may
+//! still hold an older copy of is collected anywhere until it has been in sync again.
+//!
+//! CAVEATS: the sync times live in memory, so a restarted node collects nothing until
+//! anti-entropy has met every peer again; a node that never meets some peer never collects, and
+//! one node that stays away holds back collection on all. Horizons are wall-clock times of
+//! different nodes, which the clock bound keeps within the margin.
 
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 
-use super::super::digest::bucket_of;
 use super::{Replica, Transport};
 use crate::error::Error;
 
+/// What a replica knows about horizons, per keyspace.
+#[derive(Debug, Default)]
+pub(super) struct Horizons {
+    /// (peer, keyspace) -> wall ms of the last exchange that found the keyspace equal.
+    synced_at: HashMap<(u64, String), u64>,
+    /// (peer, keyspace) -> the latest acknowledged horizon the peer sent.
+    acked: HashMap<(u64, String), u64>,
+}
+
 impl<T: Transport> Replica<T> {
-    /// Collects tombstones every peer is known to hold and that no hint can predate.
+    /// Records one digest exchange with `peer`: whether the keyspace was equal, and the peer's
+    /// acknowledged horizon.
+    pub(super) fn note_exchange(&self, peer: u64, keyspace: &str, equal: bool, their_horizon: u64) {
+        let now = self.wall_ms();
+        let mut horizons = self.horizons.lock().expect("horizon lock is never poisoned");
+        let key = (peer, keyspace.to_string());
+        if equal {
+            let at = horizons.synced_at.entry(key.clone()).or_default();
+            *at = (*at).max(now);
+        }
+        let acked = horizons.acked.entry(key).or_default();
+        *acked = (*acked).max(their_horizon);
+    }
+
+    /// This replica's acknowledged horizon of `keyspace` (0 until it was in sync with every peer).
+    pub fn acknowledged_horizon(&self, keyspace: &str) -> u64 {
+        let horizons = self.horizons.lock().expect("horizon lock is never poisoned");
+        self.own_horizon(&horizons, keyspace)
+    }
+
+    fn own_horizon(&self, horizons: &Horizons, keyspace: &str) -> u64 {
+        let margin = self.options.max_clock_offset_ms.saturating_mul(2);
+        let earliest = self
+            .peers
+            .iter()
+            .map(|p| {
+                horizons
+                    .synced_at
+                    .get(&(*p, keyspace.to_string()))
+                    .copied()
+                    .unwrap_or(0)
+            })
+            .min()
+            .unwrap_or_else(|| self.wall_ms());
+        earliest.saturating_sub(margin)
+    }
+
+    /// The collection horizon of `keyspace`: the minimum acknowledged horizon of all replicas.
+    pub fn collection_horizon(&self, keyspace: &str) -> u64 {
+        let horizons = self.horizons.lock().expect("horizon lock is never poisoned");
+        let theirs = self
+            .peers
+            .iter()
+            .map(|p| horizons.acked.get(&(*p, keyspace.to_string())).copied().unwrap_or(0));
+        theirs.fold(self.own_horizon(&horizons, keyspace), u64::min)
+    }
+
+    /// Whether an incoming version at `physical_ms` of a key this replica does not hold is below
+    /// its floor (a collected key coming back), and so must be skipped.
+    pub(super) fn below_floor(&self, keyspace: &str, physical_ms: u64) -> Result<bool, Error> {
+        Ok(physical_ms < self.store.horizon_floor(keyspace)?)
+    }
+
+    /// Collects tombstones older than the collection horizon and than the tombstone age.
     pub fn collect_tombstones(&self, keyspace: &str) -> Result<usize, Error> {
         let now = self.wall_ms();
-        let digest = self.store.digest(keyspace)?;
-        let in_sync = self.in_sync.lock().expect("sync lock is never poisoned").clone();
+        let horizon = self.collection_horizon(keyspace);
+        if horizon == 0 || now < self.options.tombstone_gc_after_ms {
+            return Ok(0);
+        }
+        let aged = now - self.options.tombstone_gc_after_ms;
+        // The floor first: from now on nothing below it comes back, even during the collection.
+        self.store.raise_horizon_floor(keyspace, horizon)?;
         let mut collected = 0;
         for entry in self.store.entries(keyspace, None)? {
-            if !entry.versioned.is_tombstone()
-                || now.saturating_sub(entry.versioned.version.hlc.physical_ms) < self.options.tombstone_gc_after_ms
+            let physical_ms = entry.versioned.version.hlc.physical_ms;
+            if entry.versioned.is_tombstone()
+                && physical_ms < horizon
+                && physical_ms <= aged
+                && self.store.remove_tombstone(&entry)?
             {
-                continue;
-            }
-            let bucket = bucket_of(&entry.key);
-            let everyone_has_it = self
-                .peers
-                .iter()
-                .all(|p| in_sync.get(&(*p, keyspace.to_string(), bucket)) == Some(&digest.0[bucket]));
-            if everyone_has_it && self.store.remove_tombstone(&entry)? {
                 collected += 1;
             }
         }
@@ -94,6 +170,13 @@ mod tests {
             sync_everyone(&kit, &[1, 2]).await;
             assert_eq!(kit.node(1).collect_tombstones(KEYSPACE).unwrap(), 0);
             kit.advance(short_horizons().tombstone_gc_after_ms);
+            assert_eq!(
+                kit.node(1).collect_tombstones(KEYSPACE).unwrap(),
+                0,
+                "old enough, but the replicas were last seen in sync before the margin passed"
+            );
+            sync_everyone(&kit, &[1, 2]).await;
+            sync_everyone(&kit, &[1, 2]).await;
             for id in [1, 2] {
                 assert_eq!(kit.node(id).collect_tombstones(KEYSPACE).unwrap(), 1, "node {id}");
             }
