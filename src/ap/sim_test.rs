@@ -336,7 +336,7 @@ fn sim_tombstones_are_collected_only_when_every_replica_has_them() {
             .await
             .unwrap();
         *net.partition.write().unwrap() = vec![[1, 2].into(), [3].into()];
-        node(1).write(KEYSPACE, b"x", None, 2, |p| p != 3, far).await.unwrap();
+        node(1).write(KEYSPACE, b"x", None, 1, |p| p != 3, far).await.unwrap();
         tokio::time::sleep(Duration::from_millis(50)).await;
         for id in [1, 2] {
             node(id).anti_entropy_round(node(id).peers(), &keyspaces).await;
@@ -381,4 +381,179 @@ fn sim_tombstones_are_collected_only_when_every_replica_has_them() {
             );
         }
     });
+}
+
+/// Three replicas with collection horizons short enough to cross in a few virtual
+/// milliseconds, on a network that drops `drop_percent` of messages.
+fn eager_cluster(seed: u64, drop_percent: u32) -> (Arc<SimNet>, BTreeMap<u64, ApStore>) {
+    let net = Arc::new(SimNet {
+        nodes: RwLock::new(BTreeMap::new()),
+        partition: RwLock::new(Vec::new()),
+        down: RwLock::new(BTreeSet::new()),
+        rng: Mutex::new(StdRng::seed_from_u64(seed)),
+        drop_percent: RwLock::new(drop_percent),
+        epoch: tokio::time::Instant::now(),
+    });
+    let ids = [1, 2, 3];
+    let eager = ReplicaOptions {
+        hint_lifetime_ms: 0,
+        tombstone_gc_after_ms: 2,
+        max_clock_offset_ms: 1,
+        ..options()
+    };
+    let mut stores = BTreeMap::new();
+    for id in ids {
+        let store = temp_store();
+        stores.insert(id, store.clone());
+        let replica = replica_with(id, &ids, store, &net, eager.clone());
+        net.nodes.write().unwrap().insert(id, replica);
+    }
+    (net, stores)
+}
+
+/// One round of hint delivery and anti-entropy on each of `ids`, in order.
+async fn repair_rounds(net: &SimNet, ids: &[u64], rounds: usize) {
+    let keyspaces = vec![KEYSPACE.to_string()];
+    for _ in 0..rounds {
+        for id in ids {
+            let r = net.nodes.read().unwrap()[id].clone();
+            for peer in r.peers().to_vec() {
+                let _ = r.deliver_hints(peer, 1000).await;
+            }
+            r.anti_entropy_round(r.peers(), &keyspaces).await;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Fails if any of the replicas `ids` holds `key` as a live value.
+fn nowhere_live(stores: &BTreeMap<u64, ApStore>, ids: &[u64], key: &[u8], when: &str) -> Result<(), String> {
+    for (id, store) in stores.iter().filter(|(id, _)| ids.contains(id)) {
+        if let Some(v) = store.get(KEYSPACE, key).unwrap() {
+            if !v.is_tombstone() {
+                return Err(format!("{when}: node {id} holds the deleted key live again: {v:?}"));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn paused_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .start_paused(true)
+        .build()
+        .unwrap()
+}
+
+/// One node collects a tombstone while the others have not: anti-entropy and hint delivery do
+/// not bring the tombstone (or the value it deleted) back to it.
+async fn collect_on_one_node_only(seed: u64) -> Result<(), String> {
+    let (net, stores) = eager_cluster(seed, 10);
+    let node = |id: u64| net.nodes.read().unwrap()[&id].clone();
+    let far = std::time::Instant::now() + Duration::from_secs(3600);
+    *net.drop_percent.write().unwrap() = 0;
+    node(2)
+        .write(KEYSPACE, b"x", Some(b"old".to_vec()), 3, |_| true, far)
+        .await
+        .map_err(|e| e.to_string())?;
+    node(3)
+        .write(KEYSPACE, b"x", None, 3, |_| true, far)
+        .await
+        .map_err(|e| e.to_string())?;
+    *net.drop_percent.write().unwrap() = 10;
+    let mut collected = 0;
+    for _ in 0..50 {
+        repair_rounds(&net, &[1, 2, 3], 1).await;
+        collected += node(1).collect_tombstones(KEYSPACE).map_err(|e| e.to_string())?;
+        if collected > 0 {
+            break;
+        }
+    }
+    if collected != 1 {
+        return Err(format!("node 1 never collected the tombstone (collected {collected})"));
+    }
+    if stores[&2].get(KEYSPACE, b"x").unwrap().is_none() {
+        return Err("node 2 lost the tombstone without collecting".into());
+    }
+    // Nodes 2 and 3 still hold the tombstone and do not collect: repair runs on and on.
+    for round in 0..20 {
+        repair_rounds(&net, &[1, 2, 3], 1).await;
+        if let Some(v) = stores[&1].get(KEYSPACE, b"x").unwrap() {
+            return Err(format!("round {round}: node 1 took back {v:?} after collecting it"));
+        }
+        nowhere_live(&stores, &[1, 2, 3], b"x", &format!("round {round}"))?;
+    }
+    if node(1).stats.stale_refused.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+        return Err("the peers never offered the collected tombstone back".into());
+    }
+    // Then they collect too, and the replicas agree again.
+    for _ in 0..50 {
+        repair_rounds(&net, &[1, 2, 3], 1).await;
+        for id in [2, 3] {
+            node(id).collect_tombstones(KEYSPACE).map_err(|e| e.to_string())?;
+        }
+        if stores.values().all(|s| s.get(KEYSPACE, b"x").unwrap().is_none()) {
+            return Ok(());
+        }
+    }
+    Err("nodes 2 and 3 never collected the tombstone".into())
+}
+
+#[test]
+fn sim_a_tombstone_collected_on_one_node_only_does_not_come_back() {
+    for seed in 0..5 {
+        let result = paused_runtime().block_on(collect_on_one_node_only(seed));
+        assert!(result.is_ok(), "seed {seed}: {}", result.unwrap_err());
+    }
+}
+
+/// A replica partitioned away through the whole collection window holds an older value of a
+/// deleted key: nobody collects the tombstone while it is away, and after the heal the delete
+/// wins on it and the key never comes back anywhere.
+async fn partitioned_through_the_collection(seed: u64) -> Result<(), String> {
+    let (net, stores) = eager_cluster(seed, 10);
+    let node = |id: u64| net.nodes.read().unwrap()[&id].clone();
+    let far = std::time::Instant::now() + Duration::from_secs(3600);
+    *net.drop_percent.write().unwrap() = 0;
+    node(1)
+        .write(KEYSPACE, b"x", Some(b"old".to_vec()), 3, |_| true, far)
+        .await
+        .map_err(|e| e.to_string())?;
+    repair_rounds(&net, &[1, 2, 3], 2).await;
+    *net.drop_percent.write().unwrap() = 10;
+    *net.partition.write().unwrap() = vec![[1, 2].into(), [3].into()];
+    node(1)
+        .write(KEYSPACE, b"x", None, 1, |p| p != 3, far)
+        .await
+        .map_err(|e| e.to_string())?;
+    for round in 0..30 {
+        repair_rounds(&net, &[1, 2, 3], 1).await;
+        for id in [1, 2, 3] {
+            if node(id).collect_tombstones(KEYSPACE).map_err(|e| e.to_string())? > 0 {
+                return Err(format!("round {round}: node {id} collected while node 3 was away"));
+            }
+        }
+    }
+    net.partition.write().unwrap().clear();
+    for round in 0..60 {
+        repair_rounds(&net, &[1, 2, 3], 1).await;
+        for id in [1, 2, 3] {
+            node(id).collect_tombstones(KEYSPACE).map_err(|e| e.to_string())?;
+        }
+        // Node 3 holds the old value until repair reaches it; the others never again.
+        nowhere_live(&stores, &[1, 2], b"x", &format!("round {round} after the heal"))?;
+        if stores.values().all(|s| s.get(KEYSPACE, b"x").unwrap().is_none()) {
+            return Ok(());
+        }
+    }
+    Err("the tombstone was never collected after the heal".into())
+}
+
+#[test]
+fn sim_a_replica_partitioned_through_the_collection_does_not_resurrect_the_key() {
+    for seed in 0..5 {
+        let result = paused_runtime().block_on(partitioned_through_the_collection(seed));
+        assert!(result.is_ok(), "seed {seed}: {}", result.unwrap_err());
+    }
 }
