@@ -1,18 +1,35 @@
-//! Bucketed digests of an AP keyspace, for cheap anti-entropy.
+//! Hash trees of an AP keyspace, so anti-entropy costs what the replicas differ by, not what
+//! they hold.
 //!
-//! Keys fall into [`BUCKETS`] buckets by a stable hash of the key. A bucket's digest is the
-//! wrapping sum of a 64-bit hash of each (key, version, value) in it, so it does not depend on
-//! order and two replicas with the same contents have the same digests. Anti-entropy compares
-//! digests (one small message per keyspace) and exchanges entries only for buckets that differ.
+//! Keys fall into [`BUCKETS`] buckets (65,536) by a stable hash of the key; the buckets are the
+//! leaves of a tree of fan-out [`FANOUT`] and [`DEPTH`] levels below the root. A leaf's hash is
+//! the wrapping sum of a 64-bit hash of each (key, version, value) in it, and an inner node's is
+//! the wrapping sum of its children's, so a hash does not depend on order, two replicas with the
+//! same contents have the same tree, and a change to one key updates one leaf and its `DEPTH`
+//! ancestors by the same delta ([`HashTree::update`], called on every local write and merge).
 //!
-//! Caveat: digests are hashes. Two different contents collide with probability about 2^-64 per
-//! bucket; anti-entropy would then miss that difference until either side changes again.
+//! Anti-entropy compares roots (one message when replicas agree) and descends only into nodes
+//! whose hashes differ: one differing key is found in `DEPTH` exchanges of at most `FANOUT`
+//! hashes each, and only its leaf's entries are read and sent.
+//!
+//! CAVEATS: hashes can collide. Two different contents give the same node hash with probability
+//! about 2^-64; anti-entropy would then miss that difference until either side changes again.
+//! A tree takes about 560 KiB of memory per keyspace, and is rebuilt by one scan of the keyspace
+//! the first time a process uses it.
 
 use super::version::Versioned;
 
-/// Buckets per keyspace. 256 keeps a digest at 2 KiB and a differing bucket small (about 40
-/// keys at 10,000 keys per keyspace).
-pub const BUCKETS: usize = 256;
+/// Children per inner node of the hash tree.
+pub const FANOUT: usize = 16;
+/// Levels below the root; the leaves are level `DEPTH`.
+pub const DEPTH: usize = 4;
+/// Leaves (hash buckets) per keyspace: `FANOUT ^ DEPTH`, about 15 keys each at a million keys.
+pub const BUCKETS: usize = FANOUT.pow(DEPTH as u32);
+
+/// Nodes at `level` (level 0 is the root).
+pub fn width(level: usize) -> usize {
+    FANOUT.pow(level as u32)
+}
 
 /// FNV-1a, then a splitmix64 finalizer: stable across processes and releases, unlike std's hasher.
 fn hash64(parts: &[&[u8]]) -> u64 {
@@ -30,12 +47,13 @@ fn hash64(parts: &[&[u8]]) -> u64 {
     h ^ (h >> 31)
 }
 
-/// The bucket a key belongs to.
+/// The bucket (leaf of the hash tree) a key belongs to.
 pub fn bucket_of(key: &[u8]) -> usize {
     (hash64(&[key]) % BUCKETS as u64) as usize
 }
 
-fn entry_hash(key: &[u8], v: &Versioned) -> u64 {
+/// The hash of one stored version of a key; a leaf is the wrapping sum of its entries' hashes.
+pub fn entry_hash(key: &[u8], v: &Versioned) -> u64 {
     let version = [
         v.version.hlc.physical_ms.to_le_bytes().as_slice(),
         v.version.hlc.logical.to_le_bytes().as_slice(),
@@ -48,27 +66,73 @@ fn entry_hash(key: &[u8], v: &Versioned) -> u64 {
     }
 }
 
-/// The digests of one keyspace on one replica.
+/// The hash tree of one keyspace on one replica.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Digest(pub Vec<u64>);
+pub struct HashTree {
+    /// `levels[l]` holds the hashes of the `width(l)` nodes of level `l`.
+    levels: Vec<Vec<u64>>,
+}
 
-impl Digest {
-    pub fn of<'a>(entries: impl IntoIterator<Item = (&'a [u8], &'a Versioned)>) -> Digest {
-        let mut buckets = vec![0u64; BUCKETS];
+impl Default for HashTree {
+    fn default() -> Self {
+        Self {
+            levels: (0..=DEPTH).map(|l| vec![0; width(l)]).collect(),
+        }
+    }
+}
+
+impl HashTree {
+    /// The tree of a set of entries (the rebuild at start-up).
+    pub fn of<'a>(entries: impl IntoIterator<Item = (&'a [u8], &'a Versioned)>) -> HashTree {
+        let mut tree = HashTree::default();
         for (key, v) in entries {
-            let b = bucket_of(key);
-            buckets[b] = buckets[b].wrapping_add(entry_hash(key, v));
+            tree.update(key, None, Some(v));
         }
-        Digest(buckets)
+        tree
     }
 
-    /// Buckets whose digests differ (all of them if the other digest is malformed).
-    pub fn differing(&self, other: &Digest) -> Vec<usize> {
-        if other.0.len() != BUCKETS {
-            return (0..BUCKETS).collect();
+    /// Replaces `old` with `new` as the stored version of `key` (`None`: absent).
+    pub fn update(&mut self, key: &[u8], old: Option<&Versioned>, new: Option<&Versioned>) {
+        let delta = new
+            .map_or(0, |v| entry_hash(key, v))
+            .wrapping_sub(old.map_or(0, |v| entry_hash(key, v)));
+        if delta == 0 {
+            return;
         }
-        (0..BUCKETS).filter(|b| self.0[*b] != other.0[*b]).collect()
+        let mut node = bucket_of(key);
+        for level in (0..=DEPTH).rev() {
+            self.levels[level][node] = self.levels[level][node].wrapping_add(delta);
+            node /= FANOUT;
+        }
     }
+
+    pub fn root(&self) -> u64 {
+        self.levels[0][0]
+    }
+
+    /// The hashes of `nodes` at `level`, or `None` when the level or a node does not exist.
+    pub fn hashes(&self, level: usize, nodes: &[u32]) -> Option<Vec<u64>> {
+        let row = self.levels.get(level)?;
+        nodes.iter().map(|n| row.get(*n as usize).copied()).collect()
+    }
+}
+
+/// The children of `nodes` (at some level), in order.
+pub fn children(nodes: &[u32]) -> Vec<u32> {
+    nodes
+        .iter()
+        .flat_map(|n| (0..FANOUT as u32).map(move |c| n * FANOUT as u32 + c))
+        .collect()
+}
+
+/// The nodes of `nodes` whose hashes differ between `ours` and `theirs`.
+pub fn differing(nodes: &[u32], ours: &[u64], theirs: &[u64]) -> Vec<u32> {
+    nodes
+        .iter()
+        .zip(ours.iter().zip(theirs))
+        .filter(|(_, (a, b))| a != b)
+        .map(|(n, _)| *n)
+        .collect()
 }
 
 #[cfg(test)]
@@ -97,35 +161,89 @@ mod tests {
                     },
                     value,
                 }),
-            0..30,
+            0..60,
         )
     }
 
-    fn digest(m: &BTreeMap<Vec<u8>, Versioned>) -> Digest {
-        Digest::of(m.iter().map(|(k, v)| (k.as_slice(), v)))
+    fn tree(m: &BTreeMap<Vec<u8>, Versioned>) -> HashTree {
+        HashTree::of(m.iter().map(|(k, v)| (k.as_slice(), v)))
+    }
+
+    /// Descends from the root as anti-entropy does; returns the differing leaves and how many
+    /// exchanges (one per level) it took.
+    fn descend(a: &HashTree, b: &HashTree) -> (Vec<u32>, usize) {
+        let (mut nodes, mut exchanges) = (vec![0u32], 0);
+        for level in 0..=DEPTH {
+            if level > 0 {
+                nodes = children(&nodes);
+            }
+            exchanges += 1;
+            nodes = differing(
+                &nodes,
+                &a.hashes(level, &nodes).unwrap(),
+                &b.hashes(level, &nodes).unwrap(),
+            );
+            if nodes.is_empty() {
+                break;
+            }
+        }
+        (nodes, exchanges)
     }
 
     proptest! {
-        /// Digests are equal exactly when contents are equal (up to hash collisions).
+        /// Roots are equal exactly when contents are equal (up to hash collisions).
         #[test]
-        fn digest_equality_iff_contents_equal(a in arb_contents(), b in arb_contents()) {
-            prop_assert_eq!(digest(&a) == digest(&b), a == b);
+        fn equal_sets_give_equal_roots(a in arb_contents(), b in arb_contents()) {
+            prop_assert_eq!(tree(&a).root() == tree(&b).root(), a == b);
+            let reversed = HashTree::of(a.iter().rev().map(|(k, v)| (k.as_slice(), v)));
+            prop_assert_eq!(tree(&a), reversed, "order does not matter");
         }
 
-        /// Order of insertion does not matter.
+        /// Incremental updates (writes, overwrites, removals, in any order) equal a rebuild.
         #[test]
-        fn digest_ignores_order(a in arb_contents()) {
-            let reversed = Digest::of(a.iter().rev().map(|(k, v)| (k.as_slice(), v)));
-            prop_assert_eq!(digest(&a), reversed);
+        fn incremental_updates_equal_a_rebuild(
+            start in arb_contents(),
+            changes in prop::collection::vec((prop::collection::vec(any::<u8>(), 1..6), prop::option::of(0u64..9)), 0..40),
+        ) {
+            let mut contents = start.clone();
+            let mut incremental = tree(&start);
+            for (key, change) in changes {
+                let old = contents.get(&key).cloned();
+                let new = change.map(|ms| Versioned {
+                    version: Version { hlc: Timestamp { physical_ms: ms, logical: 1 }, node: 7 },
+                    value: Some(key.clone()),
+                });
+                incremental.update(&key, old.as_ref(), new.as_ref());
+                match new {
+                    Some(v) => { contents.insert(key, v); }
+                    None => { contents.remove(&key); }
+                }
+            }
+            prop_assert_eq!(incremental, tree(&contents));
         }
 
-        /// The differing buckets are exactly those of the keys that differ.
+        /// One differing key is found in DEPTH + 1 exchanges (log of the key space), and the
+        /// descent lands on exactly its leaf.
         #[test]
-        fn differing_buckets_locate_the_difference(a in arb_contents(), key in prop::collection::vec(any::<u8>(), 1..6)) {
+        fn one_difference_is_found_in_logarithmic_exchanges(a in arb_contents(), key in prop::collection::vec(any::<u8>(), 1..6)) {
             let mut b = a.clone();
             let v = Versioned { version: Version { hlc: Timestamp { physical_ms: 99, logical: 0 }, node: 9 }, value: None };
             b.insert(key.clone(), v);
-            prop_assert_eq!(digest(&a).differing(&digest(&b)), vec![bucket_of(&key)]);
+            let (leaves, exchanges) = descend(&tree(&a), &tree(&b));
+            prop_assert_eq!(leaves, vec![bucket_of(&key) as u32]);
+            prop_assert_eq!(exchanges, DEPTH + 1);
+            let (none, one) = descend(&tree(&a), &tree(&a));
+            prop_assert!(none.is_empty());
+            prop_assert_eq!(one, 1, "equal trees cost one exchange");
         }
+    }
+
+    #[test]
+    fn hashes_of_missing_levels_or_nodes_are_none() {
+        let t = HashTree::default();
+        assert_eq!(t.hashes(0, &[0]), Some(vec![0]));
+        assert_eq!(t.hashes(DEPTH + 1, &[0]), None);
+        assert_eq!(t.hashes(1, &[FANOUT as u32]), None);
+        assert_eq!(children(&[1]), (16..32).collect::<Vec<u32>>());
     }
 }

@@ -5,7 +5,7 @@
 //!
 //! Every node holds every key of every ap keyspace. A write is stamped by the node that receives
 //! it ([`hlc`]), stored durably, acknowledged, and pushed to the peers; peers that cannot be
-//! reached get hints, delivered when they return; anti-entropy rounds compare bucket digests
+//! reached get hints, delivered when they return; anti-entropy rounds compare hash trees
 //! ([`digest`]) and repair whatever push and hints missed ([`replica`], driven by [`repair`]). Merge is last-writer-wins
 //! on (timestamp, node id) ([`version`]). AP operations never wait on Raft: the keyspace's mode is
 //! read from the node's local copy of the metadata.

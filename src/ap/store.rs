@@ -13,7 +13,7 @@ use std::collections::BTreeSet;
 
 use serde::{Deserialize, Serialize};
 
-use super::digest::{bucket_of, Digest};
+use super::digest::{bucket_of, HashTree};
 use super::hlc::Timestamp;
 use super::version::{merge_into, Versioned};
 use crate::error::Error;
@@ -40,7 +40,13 @@ pub struct ApStore {
     data: sled::Tree,
     hints: sled::Tree,
     /// keyspace -> the tombstone-collection floor (u64 ms, big-endian); see `replica::tombstones`.
-    horizons: sled::Tree,
+    /// Also `\0indexed\0<keyspace>`: the leaf index of that keyspace is complete.
+    meta: sled::Tree,
+    /// `<keyspace>\0<bucket, u16 big-endian><key>`: the keys of each hash-tree leaf, so repair
+    /// reads only the leaves that differ.
+    leaves: sled::Tree,
+    /// The hash tree of each keyspace, built on first use and kept in step by every change.
+    trees: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, HashTree>>>,
     /// Hints queued per peer (count and encoded bytes), counted from disk once and kept in step
     /// after that, so the bound check on every hinted write does not scan the queue.
     hint_counts: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<u64, HintQueue>>>,
@@ -64,6 +70,20 @@ fn data_key(keyspace: &str, key: &[u8]) -> Vec<u8> {
     [keyspace.as_bytes(), b"\0", key].concat()
 }
 
+/// Where a key sorts in the leaf index: its bucket (big-endian), then the key. Repair pages
+/// through differing leaves in this order.
+pub fn leaf_cursor(key: &[u8]) -> Vec<u8> {
+    [&(bucket_of(key) as u16).to_be_bytes()[..], key].concat()
+}
+
+fn leaf_key(keyspace: &str, key: &[u8]) -> Vec<u8> {
+    [keyspace.as_bytes(), b"\0", &leaf_cursor(key)].concat()
+}
+
+fn indexed_marker(keyspace: &str) -> Vec<u8> {
+    [b"\0indexed\0", keyspace.as_bytes()].concat()
+}
+
 fn hint_key(peer: u64, seq: u64) -> [u8; 16] {
     let mut k = [0u8; 16];
     k[..8].copy_from_slice(&peer.to_be_bytes());
@@ -81,7 +101,9 @@ impl ApStore {
             flusher: flusher.clone(),
             data: db.open_tree("ap_data")?,
             hints: db.open_tree("ap_hints")?,
-            horizons: db.open_tree("ap_horizons")?,
+            meta: db.open_tree("ap_meta")?,
+            leaves: db.open_tree("ap_leaves")?,
+            trees: Default::default(),
             hint_counts: Default::default(),
         })
     }
@@ -93,9 +115,12 @@ impl ApStore {
         }
     }
 
-    /// Merges `entry` into the store; returns true when it changed what is stored.
+    /// Merges `entry` into the store; returns true when it changed what is stored. Keeps the
+    /// keyspace's hash tree and leaf index in step (under the tree lock, so a tree being built
+    /// never misses or double-counts a change).
     pub fn merge(&self, entry: &Entry) -> Result<bool, Error> {
         let key = data_key(&entry.keyspace, &entry.key);
+        let mut trees = self.trees.lock().expect("tree lock is never poisoned");
         loop {
             let current = self.data.get(&key)?;
             let stored: Option<Versioned> = current.as_ref().map(|b| decode(b)).transpose()?;
@@ -103,10 +128,99 @@ impl ApStore {
                 return Ok(false);
             };
             match self.data.compare_and_swap(&key, current, Some(encode(&winner)))? {
-                Ok(()) => return Ok(true),
+                Ok(()) => {
+                    if stored.is_none() {
+                        self.leaves.insert(leaf_key(&entry.keyspace, &entry.key), &[])?;
+                    }
+                    if let Some(tree) = trees.get_mut(&entry.keyspace) {
+                        tree.update(&entry.key, stored.as_ref(), Some(&winner));
+                    }
+                    return Ok(true);
+                }
                 Err(_) => continue, // raced with another merge of this key: merge again
             }
         }
+    }
+
+    /// Runs `f` on the hash tree of `keyspace`, built by one scan on first use (which also
+    /// completes the leaf index of data written before it existed).
+    fn with_tree<R>(&self, keyspace: &str, f: impl FnOnce(&HashTree) -> R) -> Result<R, Error> {
+        let mut trees = self.trees.lock().expect("tree lock is never poisoned");
+        if !trees.contains_key(keyspace) {
+            let entries = self.entries(keyspace, None)?;
+            if self.meta.get(indexed_marker(keyspace))?.is_none() {
+                for entry in &entries {
+                    self.leaves.insert(leaf_key(keyspace, &entry.key), &[])?;
+                }
+                self.meta.insert(indexed_marker(keyspace), &[])?;
+            }
+            let tree = HashTree::of(entries.iter().map(|e| (e.key.as_slice(), &e.versioned)));
+            trees.insert(keyspace.to_string(), tree);
+        }
+        Ok(f(&trees[keyspace]))
+    }
+
+    /// The root hash of `keyspace`'s tree (equal roots: equal contents).
+    pub fn tree_root(&self, keyspace: &str) -> Result<u64, Error> {
+        self.with_tree(keyspace, |t| t.root())
+    }
+
+    /// The hashes of `nodes` at `level` of `keyspace`'s tree; `None` if one does not exist.
+    pub fn tree_hashes(&self, keyspace: &str, level: usize, nodes: &[u32]) -> Result<Option<Vec<u64>>, Error> {
+        self.with_tree(keyspace, |t| t.hashes(level, nodes))
+    }
+
+    /// Entries of the leaves `buckets`, in leaf-index order ([`leaf_cursor`]) after the cursor
+    /// `after` and up to `upto` (inclusive; unbounded when `None`), until `max_bytes` of
+    /// encoded keys and values (the first entry always fits). Reads only those leaves. Returns
+    /// the entries and the cursor of the last one when the page ended early.
+    pub fn leaf_page(
+        &self,
+        keyspace: &str,
+        buckets: &BTreeSet<usize>,
+        after: Option<&[u8]>,
+        upto: Option<&[u8]>,
+        max_bytes: usize,
+    ) -> Result<(Vec<Entry>, Option<Vec<u8>>), Error> {
+        use std::ops::Bound;
+        self.with_tree(keyspace, |_| ())?; // the leaf index is complete
+        let skip = keyspace.len() + 1;
+        let (mut out, mut bytes) = (Vec::new(), 0usize);
+        for bucket in buckets {
+            let prefix = [keyspace.as_bytes(), b"\0", &(*bucket as u16).to_be_bytes()].concat();
+            let start = match after {
+                Some(after) if [keyspace.as_bytes(), b"\0", after].concat() >= prefix => {
+                    Bound::Excluded([keyspace.as_bytes(), b"\0", after].concat())
+                }
+                _ => Bound::Included(prefix.clone()),
+            };
+            for kv in self.leaves.range::<Vec<u8>, _>((start, Bound::Unbounded)) {
+                let (index_key, _) = kv?;
+                if !index_key.starts_with(&prefix) {
+                    break;
+                }
+                let cursor = &index_key[skip..];
+                if upto.is_some_and(|u| cursor > u) {
+                    return Ok((out, None));
+                }
+                let key = &cursor[2..];
+                let Some(value) = self.data.get(data_key(keyspace, key))? else {
+                    continue; // collected after the index was read
+                };
+                let size = key.len() + value.len();
+                if !out.is_empty() && bytes + size > max_bytes {
+                    let last = out.last().map(|e: &Entry| leaf_cursor(&e.key));
+                    return Ok((out, last));
+                }
+                bytes += size;
+                out.push(Entry {
+                    keyspace: keyspace.to_string(),
+                    key: key.to_vec(),
+                    versioned: decode(&value)?,
+                });
+            }
+        }
+        Ok((out, None))
     }
 
     /// Flushes to disk; AP writes are acknowledged only after this.
@@ -146,52 +260,6 @@ impl ApStore {
         Ok((items, false))
     }
 
-    /// Entries of `buckets` with keys in (`after`, `upto`] (unbounded when `None`), in key order,
-    /// until `max_bytes` of encoded values (the first entry always fits). Returns the entries and
-    /// the last key taken when the page ended before `upto` (`None`: the range is exhausted).
-    pub fn entries_page(
-        &self,
-        keyspace: &str,
-        buckets: &BTreeSet<usize>,
-        after: Option<&[u8]>,
-        upto: Option<&[u8]>,
-        max_bytes: usize,
-    ) -> Result<(Vec<Entry>, Option<Vec<u8>>), Error> {
-        use std::ops::Bound;
-        let prefix = data_key(keyspace, b"");
-        let start = match after {
-            Some(after) => Bound::Excluded(data_key(keyspace, after)),
-            None => Bound::Included(prefix.clone()),
-        };
-        let end = match upto {
-            Some(upto) => Bound::Included(data_key(keyspace, upto)),
-            None => Bound::Unbounded,
-        };
-        let (mut out, mut bytes) = (Vec::new(), 0usize);
-        for kv in self.data.range::<Vec<u8>, _>((start, end)) {
-            let (key, value) = kv?;
-            if !key.starts_with(&prefix) {
-                break;
-            }
-            let user_key = &key[prefix.len()..];
-            if !buckets.contains(&bucket_of(user_key)) {
-                continue;
-            }
-            let size = key.len() + value.len();
-            if !out.is_empty() && bytes + size > max_bytes {
-                let last = out.last().map(|e: &Entry| e.key.clone());
-                return Ok((out, last));
-            }
-            bytes += size;
-            out.push(Entry {
-                keyspace: keyspace.to_string(),
-                key: user_key.to_vec(),
-                versioned: decode(&value)?,
-            });
-        }
-        Ok((out, None))
-    }
-
     /// Every entry of a keyspace, tombstones included, optionally only in some buckets.
     pub fn entries(&self, keyspace: &str, buckets: Option<&BTreeSet<usize>>) -> Result<Vec<Entry>, Error> {
         let prefix = data_key(keyspace, b"");
@@ -211,12 +279,6 @@ impl ApStore {
         Ok(out)
     }
 
-    /// The digests of a keyspace (a local scan; only the digests travel).
-    pub fn digest(&self, keyspace: &str) -> Result<Digest, Error> {
-        let entries = self.entries(keyspace, None)?;
-        Ok(Digest::of(entries.iter().map(|e| (e.key.as_slice(), &e.versioned))))
-    }
-
     /// Live keys in a keyspace on this replica.
     pub fn count(&self, keyspace: &str) -> Result<usize, Error> {
         Ok(self
@@ -228,7 +290,7 @@ impl ApStore {
 
     /// The floor below which versions of keys this node does not hold are refused (0: none).
     pub fn horizon_floor(&self, keyspace: &str) -> Result<u64, Error> {
-        match self.horizons.get(keyspace.as_bytes())? {
+        match self.meta.get(keyspace.as_bytes())? {
             Some(bytes) => Ok(u64::from_be_bytes(bytes.as_ref().try_into().map_err(|_| {
                 Error::Storage(format!(
                     "the tombstone horizon of keyspace '{keyspace}' is corrupt ({} bytes, expected 8)",
@@ -242,8 +304,8 @@ impl ApStore {
     /// Raises the floor of `keyspace` to `floor` (never lowers it) and makes it durable.
     pub fn raise_horizon_floor(&self, keyspace: &str, floor: u64) -> Result<(), Error> {
         if floor > self.horizon_floor(keyspace)? {
-            self.horizons.insert(keyspace.as_bytes(), &floor.to_be_bytes())?;
-            self.horizons.flush()?;
+            self.meta.insert(keyspace.as_bytes(), &floor.to_be_bytes())?;
+            self.meta.flush()?;
         }
         Ok(())
     }
@@ -252,10 +314,19 @@ impl ApStore {
     pub fn remove_tombstone(&self, entry: &Entry) -> Result<bool, Error> {
         let key = data_key(&entry.keyspace, &entry.key);
         let expected = encode(&entry.versioned);
-        Ok(self
+        let mut trees = self.trees.lock().expect("tree lock is never poisoned");
+        if self
             .data
             .compare_and_swap(&key, Some(expected), None::<Vec<u8>>)?
-            .is_ok())
+            .is_err()
+        {
+            return Ok(false);
+        }
+        self.leaves.remove(leaf_key(&entry.keyspace, &entry.key))?;
+        if let Some(tree) = trees.get_mut(&entry.keyspace) {
+            tree.update(&entry.key, Some(&entry.versioned), None);
+        }
+        Ok(true)
     }
 
     /// The largest timestamp stored, so a restarted node's clock starts after its own writes.
@@ -458,7 +529,7 @@ mod tests {
         }
         let (mut after, mut seen, mut pages) = (None::<Vec<u8>>, Vec::new(), 0);
         loop {
-            let (page, end) = store.entries_page("carts", &all, after.as_deref(), None, 2500).unwrap();
+            let (page, end) = store.leaf_page("carts", &all, after.as_deref(), None, 2500).unwrap();
             assert!(!page.is_empty() && page.len() <= 2, "a page of {} entries", page.len());
             seen.extend(page.into_iter().map(|e| e.key));
             pages += 1;
@@ -468,14 +539,19 @@ mod tests {
             }
         }
         assert_eq!(pages, 5);
-        let expected: Vec<Vec<u8>> = (0..10u64).map(|n| n.to_be_bytes().to_vec()).collect();
-        assert_eq!(seen, expected, "every key once, in order");
-        let upto = 3u64.to_be_bytes();
-        let (page, end) = store
-            .entries_page("carts", &all, None, Some(&upto), usize::MAX)
-            .unwrap();
+        let mut expected: Vec<Vec<u8>> = (0..10u64).map(|n| n.to_be_bytes().to_vec()).collect();
+        expected.sort_by_key(|k| leaf_cursor(k));
+        assert_eq!(seen, expected, "every key once, in leaf order");
+        let upto = leaf_cursor(&expected[3]);
+        let (page, end) = store.leaf_page("carts", &all, None, Some(&upto), usize::MAX).unwrap();
         assert_eq!((page.len(), end), (4, None), "the range ends at upto, inclusive");
-        let (page, _) = store.entries_page("carts", &all, None, None, 1).unwrap();
+        let one_leaf = BTreeSet::from([bucket_of(&expected[5])]);
+        let (page, _) = store.leaf_page("carts", &one_leaf, None, None, usize::MAX).unwrap();
+        assert!(
+            page.iter().any(|e| e.key == expected[5]) && page.len() < 10,
+            "only that leaf"
+        );
+        let (page, _) = store.leaf_page("carts", &all, None, None, 1).unwrap();
         assert_eq!(page.len(), 1, "the first entry always fits");
     }
 }

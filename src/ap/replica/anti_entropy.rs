@@ -1,8 +1,10 @@
-//! Anti-entropy: compare bucket digests with a peer, exchange the entries of differing buckets
-//! both ways, merge by last-writer-wins on each side.
+//! Anti-entropy: compare hash trees with a peer, exchange the entries of differing leaves
+//! (buckets) both ways, merge by last-writer-wins on each side.
 //!
-//! One exchange of a keyspace costs one digest message (2 KiB) when the replicas agree. When
-//! they differ, the differing buckets go in chunks of [`FETCH_BUCKETS_MAX`], and each chunk in
+//! One exchange of a keyspace costs one root comparison (a few bytes) when the replicas agree.
+//! When they differ, the exchange descends level by level into the nodes whose hashes differ
+//! (at most [`TREE_NODES_PER_MESSAGE`] hashes per message), so nodes that agree are never read
+//! or sent. The differing leaves go in chunks of [`FETCH_BUCKETS_MAX`], and each chunk in
 //! pages of at most [`AP_BATCH_BYTES_MAX`] each way (in key order), so a message stays under the
 //! peer message limit however large the values and however far the replicas drifted.
 //!
@@ -10,18 +12,26 @@
 //! whether the peer held exactly what we do; tombstone collection ([`super::tombstones`]) relies
 //! on both.
 //!
-//! CAVEATS: a digest is computed by scanning the keyspace; a round with `fanout` peers costs
-//! `fanout` scans per keyspace.
+//! The exchange yields to the runtime between messages, so a long repair does not hold an async
+//! worker.
+//!
+//! CAVEATS: the first exchange of a keyspace after start-up builds its tree by one scan; a
+//! difference spread over many leaves costs a descent through all of their ancestors.
 
 use std::collections::BTreeSet;
 use std::sync::atomic::Ordering;
 
-use super::super::digest::Digest;
+use super::super::digest;
 use super::{PeerError, Replica, Request, Response, Transport};
+use crate::error::Error;
 use crate::limits::AP_BATCH_BYTES_MAX;
 
-/// Buckets exchanged in one anti-entropy fetch: about 40 keys each at 10,000 keys per keyspace.
-pub const FETCH_BUCKETS_MAX: usize = 16;
+/// Buckets (leaves) named in one anti-entropy fetch; their entries still go in byte-bounded
+/// pages.
+pub const FETCH_BUCKETS_MAX: usize = 1024;
+
+/// Tree nodes compared in one digest message (8 bytes each).
+pub const TREE_NODES_PER_MESSAGE: usize = 4096;
 
 /// What one anti-entropy exchange found and did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -35,18 +45,28 @@ pub struct Exchange {
 impl<T: Transport> Replica<T> {
     /// One anti-entropy exchange of `keyspace` with `peer`.
     pub async fn anti_entropy(&self, peer: u64, keyspace: &str) -> Result<Exchange, PeerError> {
-        let ours = self.store.digest(keyspace)?;
-        let request = Request::Digest {
-            keyspace: keyspace.to_string(),
-            digest: ours.0.clone(),
-            horizon: self.acknowledged_horizon(keyspace),
-        };
-        let (theirs, their_horizon) = match self.call_peer(peer, request).await? {
-            Response::Digest(theirs, horizon) => (theirs, horizon),
-            other => return Err(PeerError::unexpected(peer, "digest", &other)),
-        };
-        self.note_exchange(peer, keyspace, ours.0 == theirs, their_horizon);
-        let differing = ours.differing(&Digest(theirs));
+        let root = vec![self.store.tree_root(keyspace)?];
+        let horizon = self.acknowledged_horizon(keyspace);
+        let (theirs, their_horizon) = self.compare(peer, keyspace, 0, &[0], &root, horizon).await?;
+        self.note_exchange(peer, keyspace, theirs == root, their_horizon);
+        // Descend only into the nodes whose hashes differ, down to the leaves.
+        let mut nodes = digest::differing(&[0], &root, &theirs);
+        for level in 1..=digest::DEPTH {
+            if nodes.is_empty() {
+                return Ok(Exchange::default());
+            }
+            let mut next = Vec::new();
+            for chunk in digest::children(&nodes).chunks(TREE_NODES_PER_MESSAGE) {
+                let ours = self
+                    .store
+                    .tree_hashes(keyspace, level, chunk)?
+                    .ok_or_else(|| Error::Internal(format!("the hash tree of '{keyspace}' has no level {level}")))?;
+                let (theirs, _) = self.compare(peer, keyspace, level, chunk, &ours, 0).await?;
+                next.extend(digest::differing(chunk, &ours, &theirs));
+            }
+            nodes = next;
+        }
+        let differing: Vec<usize> = nodes.iter().map(|n| *n as usize).collect();
         if differing.is_empty() {
             return Ok(Exchange::default());
         }
@@ -61,6 +81,34 @@ impl<T: Transport> Replica<T> {
         })
     }
 
+    /// Sends our hashes of `nodes` at `level` to `peer`; returns the peer's and its horizon.
+    async fn compare(
+        &self,
+        peer: u64,
+        keyspace: &str,
+        level: usize,
+        nodes: &[u32],
+        hashes: &[u64],
+        horizon: u64,
+    ) -> Result<(Vec<u64>, u64), PeerError> {
+        let request = Request::Digest {
+            keyspace: keyspace.to_string(),
+            level: level as u32,
+            nodes: nodes.to_vec(),
+            hashes: hashes.to_vec(),
+            horizon,
+        };
+        match self.call_peer(peer, request).await? {
+            Response::Digest(theirs, horizon) if theirs.len() == nodes.len() => Ok((theirs, horizon)),
+            Response::Digest(..) => Err(PeerError::UnexpectedAnswer {
+                peer,
+                asked: "digest",
+                answered: "digest of another size",
+            }),
+            other => Err(PeerError::unexpected(peer, "digest", &other)),
+        }
+    }
+
     /// Exchanges the entries of `buckets` with `peer` both ways, page by page in key order: each
     /// fetch carries a page of ours and is answered with the peer's entries of the same key
     /// range (as far as its own page goes); the next page starts after the shorter of the two.
@@ -71,7 +119,7 @@ impl<T: Transport> Replica<T> {
         loop {
             let (entries, our_end) =
                 self.store
-                    .entries_page(keyspace, &set, after.as_deref(), None, AP_BATCH_BYTES_MAX)?;
+                    .leaf_page(keyspace, &set, after.as_deref(), None, AP_BATCH_BYTES_MAX)?;
             let request = Request::Fetch {
                 keyspace: keyspace.to_string(),
                 buckets: buckets.iter().map(|b| *b as u32).collect(),
@@ -86,6 +134,7 @@ impl<T: Transport> Replica<T> {
             let changed = self.merge_all(peer, &theirs).await?;
             self.stats.keys_repaired.fetch_add(changed as u64, Ordering::Relaxed);
             repaired += changed;
+            tokio::task::yield_now().await;
             // Both pages end at or before `our_end`; the peer's may end earlier.
             match their_end.or(our_end) {
                 Some(end) => after = Some(end),

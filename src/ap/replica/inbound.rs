@@ -5,8 +5,9 @@
 //! here afterwards is ordered after what it has seen.
 //!
 //! A message another release or a bug could get wrong is checked before anything is merged: a
-//! digest must have [`BUCKETS`] buckets, a fetch may name only existing buckets, and the entries
-//! it carries must belong to the keyspace and buckets it names. A rejected message changes
+//! digest must name existing nodes of one level of the hash tree with one hash each, a fetch may
+//! name only existing buckets (of [`BUCKETS`]), and the entries it carries must belong to the
+//! keyspace, buckets and key range it names. A rejected message changes
 //! nothing and is answered with an `InvalidInput` error that says what was wrong.
 //!
 //! Every timestamp a message carries is checked against the clock bound before anything is
@@ -20,8 +21,9 @@
 use std::collections::BTreeSet;
 use std::sync::atomic::Ordering;
 
-use super::super::digest::{bucket_of, BUCKETS};
-use super::super::store::Entry;
+use super::super::digest::{bucket_of, BUCKETS, DEPTH};
+use super::super::store::{leaf_cursor, Entry};
+use super::anti_entropy::TREE_NODES_PER_MESSAGE;
 use super::{Replica, Request, Response, Transport};
 use crate::error::Error;
 use crate::limits::AP_BATCH_BYTES_MAX;
@@ -37,14 +39,23 @@ impl<T: Transport> Replica<T> {
             }
             Request::Digest {
                 keyspace,
-                digest,
+                level,
+                nodes,
+                hashes,
                 horizon,
             } => {
-                check_digest(from, &keyspace, &digest)?;
-                let ours = self.store.digest(&keyspace)?;
+                check_digest(from, &keyspace, level, &nodes, &hashes)?;
+                let ours = self.store.tree_hashes(&keyspace, level as usize, &nodes)?.ok_or_else(|| {
+                    Error::InvalidInput(format!(
+                        "node {from} asked for nodes of level {level} of the hash tree of '{keyspace}' that do not exist; are both nodes running the same capkv release?"
+                    ))
+                })?;
+                if level > 0 {
+                    return Ok(Response::Digest(ours, 0));
+                }
                 let mine = self.acknowledged_horizon(&keyspace);
-                self.note_exchange(from, &keyspace, ours.0 == digest, horizon);
-                Ok(Response::Digest(ours.0, mine))
+                self.note_exchange(from, &keyspace, ours == hashes, horizon);
+                Ok(Response::Digest(ours, mine))
             }
             Request::Fetch {
                 keyspace,
@@ -59,7 +70,7 @@ impl<T: Transport> Replica<T> {
                 self.stats.keys_repaired.fetch_add(changed as u64, Ordering::Relaxed);
                 let (entries, truncated_at) =
                     self.store
-                        .entries_page(&keyspace, &buckets, range.0, range.1, AP_BATCH_BYTES_MAX)?;
+                        .leaf_page(&keyspace, &buckets, range.0, range.1, AP_BATCH_BYTES_MAX)?;
                 Ok(Response::Fetched { entries, truncated_at })
             }
             Request::Read { keyspace, key } => Ok(Response::Read(self.store.get(&keyspace, &key)?)),
@@ -89,13 +100,26 @@ impl<T: Transport> Replica<T> {
     }
 }
 
-/// A digest must cover exactly the buckets this node uses.
-fn check_digest(from: u64, keyspace: &str, digest: &[u64]) -> Result<(), Error> {
-    if digest.len() != BUCKETS {
-        return Err(Error::InvalidInput(format!(
-            "node {from} sent a digest of keyspace '{keyspace}' with {} buckets, but this node uses {BUCKETS}; are both nodes running the same capkv release?",
-            digest.len()
-        )));
+/// A digest names one level of the tree, as many hashes as nodes, and not too many of them.
+fn check_digest(from: u64, keyspace: &str, level: u32, nodes: &[u32], hashes: &[u64]) -> Result<(), Error> {
+    let bad = |what: String| {
+        Err(Error::InvalidInput(format!(
+            "node {from} sent a bad digest of keyspace '{keyspace}': {what}; are both nodes running the same capkv release?"
+        )))
+    };
+    if level as usize > DEPTH {
+        return bad(format!(
+            "level {level} is below the leaves (this node's tree has {DEPTH} levels)"
+        ));
+    }
+    if nodes.len() != hashes.len() {
+        return bad(format!("{} nodes but {} hashes", nodes.len(), hashes.len()));
+    }
+    if nodes.len() > TREE_NODES_PER_MESSAGE {
+        return bad(format!(
+            "{} nodes, over the {TREE_NODES_PER_MESSAGE} per message",
+            nodes.len()
+        ));
     }
     Ok(())
 }
@@ -130,7 +154,8 @@ fn check_fetch(
             ));
         }
         let key = entry.key.as_slice();
-        if after.is_some_and(|a| key <= a) || upto.is_some_and(|u| key > u) {
+        let cursor = leaf_cursor(key);
+        if after.is_some_and(|a| cursor.as_slice() <= a) || upto.is_some_and(|u| cursor.as_slice() > u) {
             return bad(format!(
                 "it carries key {:?}, outside the key range it names",
                 String::from_utf8_lossy(key)
@@ -144,10 +169,11 @@ fn check_fetch(
 mod tests {
     use std::collections::BTreeSet;
 
-    use super::super::super::digest::{bucket_of, BUCKETS};
+    use super::super::super::digest::{bucket_of, BUCKETS, DEPTH};
     use super::super::super::hlc::Timestamp;
     use super::super::super::store::Entry;
     use super::super::super::version::{Version, Versioned};
+    use super::super::anti_entropy::TREE_NODES_PER_MESSAGE;
     use super::super::testkit::{run, Kit, EPOCH_MS, KEYSPACE};
     use super::super::{Request, Response};
     use crate::error::Error;
@@ -245,24 +271,50 @@ mod tests {
     }
 
     #[test]
-    fn a_digest_of_the_wrong_size_is_rejected() {
+    fn a_bad_digest_is_rejected_and_a_good_one_answered_level_by_level() {
         run(async {
             let kit = Kit::new(2, Default::default());
-            let request = Request::Digest {
+            let digest = |level: u32, nodes: Vec<u32>, hashes: Vec<u64>| Request::Digest {
                 keyspace: KEYSPACE.into(),
-                digest: vec![0; 3],
+                level,
+                nodes,
+                hashes,
                 horizon: 0,
             };
+            let one = kit.node(1);
+            invalid(one.handle(2, digest(0, vec![0], vec![])).await, "1 nodes but 0 hashes");
             invalid(
-                kit.node(1).handle(2, request).await,
-                "with 3 buckets, but this node uses 256",
+                one.handle(2, digest(9, vec![0], vec![0])).await,
+                "level 9 is below the leaves",
             );
-            let request = Request::Digest {
-                keyspace: KEYSPACE.into(),
-                digest: vec![0; BUCKETS],
-                horizon: 0,
-            };
-            assert!(matches!(kit.node(1).handle(2, request).await, Ok(Response::Digest(d, 0)) if d.len() == BUCKETS));
+            invalid(
+                one.handle(2, digest(1, vec![16], vec![0])).await,
+                "nodes of level 1 of the hash tree of 'carts' that do not exist",
+            );
+            let many = TREE_NODES_PER_MESSAGE as u32 + 1;
+            invalid(
+                one.handle(2, digest(DEPTH as u32, (0..many).collect(), vec![0; many as usize]))
+                    .await,
+                "over the 4096 per message",
+            );
+            let answer = one.handle(2, digest(0, vec![0], vec![0])).await.unwrap();
+            assert!(
+                matches!(answer, Response::Digest(ref d, _) if d == &vec![0]),
+                "{answer:?}"
+            );
+            kit.put(1, "bob", "book").await;
+            let leaf = bucket_of(b"bob") as u32;
+            let answer = one
+                .handle(
+                    2,
+                    digest(DEPTH as u32, vec![leaf, (leaf + 1) % BUCKETS as u32], vec![0, 0]),
+                )
+                .await
+                .unwrap();
+            assert!(
+                matches!(answer, Response::Digest(ref d, 0) if d[0] != 0 && d[1] == 0),
+                "only bob's leaf has a hash: {answer:?}"
+            );
         });
     }
 
@@ -280,7 +332,7 @@ mod tests {
             };
             invalid(
                 one.handle(2, fetch(vec![BUCKETS as u32], vec![])).await,
-                "bucket 256 does not exist",
+                "bucket 65536 does not exist",
             );
             let bucket = bucket_of(b"bob") as u32;
             let foreign = entry("other", "bob", EPOCH_MS);

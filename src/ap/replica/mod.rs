@@ -23,8 +23,9 @@
 //! write; it refuses up front (nothing written) when fewer than N replicas are reachable, and
 //! answers "outcome unknown" when they are reachable but do not confirm in time.
 //!
-//! ANTI-ENTROPY: each round a node compares per-keyspace bucket digests with a few random peers
-//! and exchanges the entries of differing buckets both ways; both sides merge by LWW.
+//! ANTI-ENTROPY: each round a node compares per-keyspace hash trees with a few random peers,
+//! root first and then only the subtrees that differ, and exchanges the entries of differing
+//! leaves both ways, in pages bounded by bytes; both sides merge by LWW.
 //!
 //! TOMBSTONES are collected only below a horizon every replica acknowledged through the digest
 //! exchanges (so every replica holds them), and only when older than the hint lifetime; a node
@@ -36,8 +37,8 @@
 //! refused whole, counted and logged), and a write is refused while the clock itself is beyond
 //! it (e.g. after a restart on data a wrong clock stamped).
 //!
-//! CAVEATS: every node holds every key (no partitioning of the key space); a digest round scans
-//! the keyspace locally; hints older than their lifetime are dropped (counted) and left to
+//! CAVEATS: every node holds every key (no partitioning of the key space); tombstone collection
+//! scans the keyspace (every 30 rounds); hints older than their lifetime are dropped (counted) and left to
 //! anti-entropy.
 
 pub mod anti_entropy;

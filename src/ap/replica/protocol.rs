@@ -1,7 +1,8 @@
 //! The messages replicas exchange, and the [`Transport`] that carries them.
 //!
 //! Four requests make the whole protocol: `Push` (writes, from a coordinator or a hint queue),
-//! `Digest` (one keyspace's bucket digests, answered with the receiver's), `Fetch` (one
+//! `Digest` (hashes of some nodes of one level of a keyspace's hash tree, answered with the
+//! receiver's), `Fetch` (one
 //! page of the sender's entries of differing buckets, answered with a page of the receiver's), and `Read` (one key,
 //! for quorum reads). Every handler merges by last-writer-wins, so a message delivered twice or
 //! late changes nothing.
@@ -30,10 +31,13 @@ use crate::error::Error;
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum Request {
     Push(Vec<Entry>),
-    /// The sender's bucket digests and acknowledged tombstone horizon.
+    /// The sender's hashes of some `nodes` of one `level` of its hash tree (level 0: the root),
+    /// and, at the root, its acknowledged tombstone horizon; answered with the receiver's.
     Digest {
         keyspace: String,
-        digest: Vec<u64>,
+        level: u32,
+        nodes: Vec<u32>,
+        hashes: Vec<u64>,
         horizon: u64,
     },
     /// The sender's entries of the differing buckets with keys in (`after`, `upto`] (unbounded
@@ -55,7 +59,7 @@ pub enum Request {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum Response {
     Pushed,
-    /// The receiver's bucket digests and acknowledged tombstone horizon.
+    /// The receiver's hashes of the same nodes, and its acknowledged tombstone horizon.
     Digest(Vec<u64>, u64),
     /// The receiver's entries; `truncated_at` is the last key of a page that ended before the
     /// range did (the next fetch continues after it).
