@@ -102,6 +102,7 @@ fn update_ap_metrics(node: &Node) {
         ("capkv_ap_tombstones_collected_total", &stats.tombstones_collected),
         ("capkv_ap_read_repairs_total", &stats.read_repairs),
         ("capkv_ap_clock_refusals_total", &stats.clock_refusals),
+        ("capkv_ap_stale_refused_total", &stats.stale_refused),
     ];
     for (name, value) in counters {
         metrics::counter!(name).absolute(value.load(Relaxed));
