@@ -45,6 +45,8 @@ pub struct ApStore {
     /// `<keyspace>\0<bucket, u16 big-endian><key>`: the keys of each hash-tree leaf, so repair
     /// reads only the leaves that differ.
     leaves: sled::Tree,
+    /// `<keyspace>\0<key>` of every tombstone, so collection reads only tombstones.
+    tombstones: sled::Tree,
     /// The hash tree of each keyspace, built on first use and kept in step by every change.
     trees: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, HashTree>>>,
     /// Hints queued per peer (count and encoded bytes), counted from disk once and kept in step
@@ -103,6 +105,7 @@ impl ApStore {
             hints: db.open_tree("ap_hints")?,
             meta: db.open_tree("ap_meta")?,
             leaves: db.open_tree("ap_leaves")?,
+            tombstones: db.open_tree("ap_tombstones")?,
             trees: Default::default(),
             hint_counts: Default::default(),
         })
@@ -132,6 +135,11 @@ impl ApStore {
                     if stored.is_none() {
                         self.leaves.insert(leaf_key(&entry.keyspace, &entry.key), &[])?;
                     }
+                    if winner.is_tombstone() {
+                        self.tombstones.insert(&key, &[])?;
+                    } else if stored.as_ref().is_some_and(Versioned::is_tombstone) {
+                        self.tombstones.remove(&key)?;
+                    }
                     if let Some(tree) = trees.get_mut(&entry.keyspace) {
                         tree.update(&entry.key, stored.as_ref(), Some(&winner));
                     }
@@ -151,6 +159,9 @@ impl ApStore {
             if self.meta.get(indexed_marker(keyspace))?.is_none() {
                 for entry in &entries {
                     self.leaves.insert(leaf_key(keyspace, &entry.key), &[])?;
+                    if entry.versioned.is_tombstone() {
+                        self.tombstones.insert(data_key(keyspace, &entry.key), &[])?;
+                    }
                 }
                 self.meta.insert(indexed_marker(keyspace), &[])?;
             }
@@ -260,6 +271,24 @@ impl ApStore {
         Ok((items, false))
     }
 
+    /// Every tombstone of a keyspace (read through the tombstone index, not the data).
+    pub fn tombstones(&self, keyspace: &str) -> Result<Vec<Entry>, Error> {
+        self.with_tree(keyspace, |_| ())?; // the tombstone index is complete
+        let prefix = data_key(keyspace, b"");
+        let mut out = Vec::new();
+        for kv in self.tombstones.scan_prefix(&prefix) {
+            let (key, _) = kv?;
+            if let Some(value) = self.data.get(&key)? {
+                out.push(Entry {
+                    keyspace: keyspace.to_string(),
+                    key: key[prefix.len()..].to_vec(),
+                    versioned: decode(&value)?,
+                });
+            }
+        }
+        Ok(out)
+    }
+
     /// Every entry of a keyspace, tombstones included, optionally only in some buckets.
     pub fn entries(&self, keyspace: &str, buckets: Option<&BTreeSet<usize>>) -> Result<Vec<Entry>, Error> {
         let prefix = data_key(keyspace, b"");
@@ -323,6 +352,7 @@ impl ApStore {
             return Ok(false);
         }
         self.leaves.remove(leaf_key(&entry.keyspace, &entry.key))?;
+        self.tombstones.remove(&key)?;
         if let Some(tree) = trees.get_mut(&entry.keyspace) {
             tree.update(&entry.key, Some(&entry.versioned), None);
         }
@@ -553,5 +583,57 @@ mod tests {
         );
         let (page, _) = store.leaf_page("carts", &all, None, None, 1).unwrap();
         assert_eq!(page.len(), 1, "the first entry always fits");
+    }
+
+    #[test]
+    fn the_tombstone_index_follows_deletes_overwrites_and_collection() {
+        let db = sled::Config::new().temporary(true).open().unwrap();
+        let store = ApStore::open(&crate::storage::Flusher::new(db.clone())).unwrap();
+        let version = |ms: u64, value: Option<&[u8]>| Entry {
+            keyspace: "carts".into(),
+            key: b"x".to_vec(),
+            versioned: Versioned {
+                version: Version {
+                    hlc: Timestamp {
+                        physical_ms: ms,
+                        logical: 0,
+                    },
+                    node: 1,
+                },
+                value: value.map(<[u8]>::to_vec),
+            },
+        };
+        let keys = |store: &ApStore| -> Vec<Vec<u8>> {
+            store.tombstones("carts").unwrap().into_iter().map(|e| e.key).collect()
+        };
+        store.merge(&version(1, Some(b"a"))).unwrap();
+        assert!(keys(&store).is_empty());
+        store.merge(&version(2, None)).unwrap();
+        assert_eq!(keys(&store), vec![b"x".to_vec()]);
+        store.merge(&version(3, Some(b"b"))).unwrap();
+        assert!(keys(&store).is_empty(), "a newer value replaced the tombstone");
+        let delete = version(4, None);
+        store.merge(&delete).unwrap();
+        let tree_before = store.tree_root("carts").unwrap();
+        assert!(store.remove_tombstone(&delete).unwrap());
+        assert!(keys(&store).is_empty());
+        assert_ne!(
+            store.tree_root("carts").unwrap(),
+            tree_before,
+            "collection updates the tree"
+        );
+        assert_eq!(
+            store.tree_root("carts").unwrap(),
+            0,
+            "an empty keyspace has an empty tree"
+        );
+        store.merge(&version(5, None)).unwrap();
+        let reopened = ApStore::open(&crate::storage::Flusher::new(db)).unwrap();
+        assert_eq!(keys(&reopened), vec![b"x".to_vec()], "the index is on disk");
+        assert_eq!(
+            reopened.tree_root("carts").unwrap(),
+            store.tree_root("carts").unwrap(),
+            "rebuilt tree equals the kept one"
+        );
     }
 }

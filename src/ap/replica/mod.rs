@@ -37,8 +37,7 @@
 //! refused whole, counted and logged), and a write is refused while the clock itself is beyond
 //! it (e.g. after a restart on data a wrong clock stamped).
 //!
-//! CAVEATS: every node holds every key (no partitioning of the key space); tombstone collection
-//! scans the keyspace (every 30 rounds); hints older than their lifetime are dropped (counted) and left to
+//! CAVEATS: every node holds every key (no partitioning of the key space); hints older than their lifetime are dropped (counted) and left to
 //! anti-entropy.
 
 pub mod anti_entropy;

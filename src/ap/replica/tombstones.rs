@@ -20,6 +20,9 @@
 //! A replica partitioned away keeps every other replica's horizon where it was, so nothing it may
 //! still hold an older copy of is collected anywhere until it has been in sync again.
 //!
+//! Collection reads only the keyspace's tombstones (through the store's tombstone index), so
+//! its cost follows the number of deletes, not the number of keys.
+//!
 //! CAVEATS: the sync times live in memory, so a restarted node collects nothing until
 //! anti-entropy has met every peer again; a node that never meets some peer never collects, and
 //! one node that stays away holds back collection on all. Horizons are wall-clock times of
@@ -105,7 +108,7 @@ impl<T: Transport> Replica<T> {
         // The floor first: from now on nothing below it comes back, even during the collection.
         self.store.raise_horizon_floor(keyspace, horizon)?;
         let mut collected = 0;
-        for entry in self.store.entries(keyspace, None)? {
+        for entry in self.store.tombstones(keyspace)? {
             let physical_ms = entry.versioned.version.hlc.physical_ms;
             if entry.versioned.is_tombstone()
                 && physical_ms < horizon
