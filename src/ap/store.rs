@@ -5,6 +5,18 @@
 //! newer version. `ap_hints` holds writes for peers that could not be reached, keyed by
 //! (peer, sequence), bounded per peer by count and by encoded bytes.
 //!
+//! Beside the data, kept in step by every merge and tombstone collection so that repair costs
+//! what replicas differ by: each keyspace's hash tree (in memory, built by one scan the first
+//! time a process uses the keyspace; see [`super::digest`]), `ap_leaves` (the keys of each tree
+//! leaf, so repair reads only differing leaves), `ap_tombstones` (so collection reads only the
+//! deletes), and `ap_meta` (each keyspace's tombstone floor, and whether its indexes are
+//! complete: data written before they existed is indexed on that first scan).
+//!
+//! CAVEATS: every change to `ap_data` must go through [`ApStore::merge`] or
+//! [`ApStore::remove_tombstone`], or the tree and indexes no longer match the data (until the
+//! process restarts and rebuilds the tree). Merges take the tree lock, so they are serialized per
+//! node.
+//!
 //! Every failure here is this node's own disk or a corrupt record, and surfaces as
 //! [`Error::Storage`] through `?` (sled and codec errors convert with `From`), never as a
 //! network error.
