@@ -137,6 +137,30 @@ impl<T: Transport> Repair<T> {
     }
 }
 
+/// Builds the hash tree of every ap keyspace once, on a blocking thread (one scan each), so
+/// the first rounds do not scan the data on an async worker. Later keyspaces start empty.
+async fn build_trees<T: Transport>(replica: &Arc<Replica<T>>, keyspaces: &impl Fn() -> Result<Vec<String>, Error>) {
+    let names = match keyspaces() {
+        Ok(names) => names,
+        Err(e) => return tracing::error!("cannot read the keyspace list: {e}"),
+    };
+    let store = replica.store.clone();
+    let started = Instant::now();
+    let built = tokio::task::spawn_blocking(move || {
+        for keyspace in &names {
+            if let Err(e) = store.tree_root(keyspace) {
+                tracing::error!(keyspace, "cannot build the hash tree: {e}");
+            }
+        }
+        names.len()
+    })
+    .await;
+    match built {
+        Ok(n) => tracing::info!("built the hash trees of {n} ap keyspaces in {:?}", started.elapsed()),
+        Err(e) => tracing::error!("building the hash trees failed: {e}"),
+    }
+}
+
 /// Runs repair rounds forever, one per anti-entropy interval. `keyspaces` lists the ap keyspaces
 /// now (read each round, so new keyspaces join); `reachable` is the node's liveness view.
 pub async fn run<T: Transport>(
@@ -149,6 +173,7 @@ pub async fn run<T: Transport>(
         return;
     }
     let interval = Duration::from_millis(replica.options.anti_entropy_interval_ms);
+    build_trees(&replica, &keyspaces).await;
     let mut repair = Repair::new(replica);
     let mut rng = StdRng::from_entropy();
     loop {
