@@ -129,6 +129,33 @@ impl ApStore {
         Ok((items, false))
     }
 
+    /// Up to `limit` entries of a keyspace after `start_after` (from the start when empty), in
+    /// key order, tombstones included, and whether more follow. Backups page through this.
+    pub fn export_page(&self, keyspace: &str, start_after: &[u8], limit: usize) -> Result<(Vec<Entry>, bool), Error> {
+        let prefix = data_key(keyspace, b"");
+        let start = if start_after.is_empty() {
+            std::ops::Bound::Included(prefix.clone())
+        } else {
+            std::ops::Bound::Excluded(data_key(keyspace, start_after))
+        };
+        let mut out = Vec::new();
+        for kv in self.data.range::<Vec<u8>, _>((start, std::ops::Bound::Unbounded)) {
+            let (key, value) = kv?;
+            if !key.starts_with(&prefix) {
+                return Ok((out, false));
+            }
+            if out.len() == limit {
+                return Ok((out, true));
+            }
+            out.push(Entry {
+                keyspace: keyspace.to_string(),
+                key: key[prefix.len()..].to_vec(),
+                versioned: decode(&value)?,
+            });
+        }
+        Ok((out, false))
+    }
+
     /// Every entry of a keyspace, tombstones included, optionally only in some buckets.
     pub fn entries(&self, keyspace: &str, buckets: Option<&BTreeSet<usize>>) -> Result<Vec<Entry>, Error> {
         let prefix = data_key(keyspace, b"");

@@ -4,6 +4,9 @@
 //! see earlier ones), then writes the data, the last applied log id and the membership in one
 //! atomic sled batch. A snapshot is a point-in-time copy of the whole `sm` tree taken between two
 //! applies; installing one replaces the tree's contents in one atomic batch.
+//!
+//! Applies and snapshot installs hold the apply gate; a backup export holds it too while it copies
+//! one keyspace ([`SmReader::copy_keyspaces`]), so the copy shows exactly one applied index.
 // openraft's StorageError is large; its traits fix the error type, so helpers share it.
 #![allow(clippy::result_large_err)]
 
@@ -54,6 +57,9 @@ pub struct StateMachineStore {
     sm: sled::Tree,
     snapshots: sled::Tree,
     snapshot_seq: u64,
+    /// Held while a batch is applied or a snapshot installed, and while a backup copies a
+    /// keyspace: the copy then sees no half-applied state and one applied index.
+    apply_gate: std::sync::Arc<tokio::sync::Mutex<()>>,
 }
 
 impl StateMachineStore {
@@ -64,12 +70,16 @@ impl StateMachineStore {
             sm: db.open_tree("sm")?,
             snapshots: db.open_tree("snapshot")?,
             snapshot_seq: 0,
+            apply_gate: Default::default(),
         })
     }
 
     /// A handle for reading the state machine from request handlers.
     pub fn reader(&self) -> SmReader {
-        SmReader { sm: self.sm.clone() }
+        SmReader {
+            sm: self.sm.clone(),
+            apply_gate: self.apply_gate.clone(),
+        }
     }
 
     fn read_applied(&self) -> StorageResult<(Option<LogId<NodeId>>, Membership)> {
@@ -158,6 +168,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         I: IntoIterator<Item = openraft::Entry<TypeConfig>> + Send,
         I::IntoIter: Send,
     {
+        let gate = self.apply_gate.clone();
+        let _applying = gate.lock().await;
         let mut overlay = Overlay {
             tree: &self.sm,
             pending: BTreeMap::new(),
@@ -215,6 +227,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         meta: &SnapshotMeta<NodeId, openraft::BasicNode>,
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> StorageResult<()> {
+        let gate = self.apply_gate.clone();
+        let _installing = gate.lock().await;
         let data = snapshot.into_inner();
         let pairs: Vec<(Vec<u8>, Vec<u8>)> = decode(&data).map_err(snapshot_err)?;
         let mut batch = sled::Batch::default();
@@ -304,6 +318,7 @@ pub type ScanPage = (Vec<(Vec<u8>, StoredValue)>, bool);
 #[derive(Clone)]
 pub struct SmReader {
     sm: sled::Tree,
+    apply_gate: std::sync::Arc<tokio::sync::Mutex<()>>,
 }
 
 impl SmReader {
@@ -356,6 +371,25 @@ impl SmReader {
     /// Number of keys the local replica holds in `keyspace`.
     pub fn count(&self, keyspace: &str) -> usize {
         self.sm.scan_prefix(keys::data_prefix(keyspace, b"")).count()
+    }
+
+    /// Hands every key of each keyspace to `sink` (with the keyspace's position), in key order, with no apply in between, and
+    /// returns the applied log index the copy shows. Applies wait meanwhile (they are not
+    /// lost), so `sink` should be quick: a backup writes to a local spool file.
+    pub async fn copy_keyspaces(
+        &self,
+        keyspaces: &[String],
+        mut sink: impl FnMut(usize, Vec<u8>, StoredValue) -> Result<(), Error>,
+    ) -> Result<u64, Error> {
+        let _no_applies = self.apply_gate.lock().await;
+        let index = read_applied(&self.sm)?.0.map_or(0, |id| id.index);
+        for (i, keyspace) in keyspaces.iter().enumerate() {
+            for kv in self.sm.scan_prefix(keys::data_prefix(keyspace, b"")) {
+                let (key, value) = kv?;
+                sink(i, keys::user_key(keyspace, &key).to_vec(), decode(&value)?)?;
+            }
+        }
+        Ok(index)
     }
 
     /// The applied log id and membership of the local replica.
