@@ -129,24 +129,32 @@ impl ApStore {
         Ok((items, false))
     }
 
-    /// Up to `limit` entries of a keyspace after `start_after` (from the start when empty), in
-    /// key order, tombstones included, and whether more follow. Backups page through this.
-    pub fn export_page(&self, keyspace: &str, start_after: &[u8], limit: usize) -> Result<(Vec<Entry>, bool), Error> {
+    /// Up to `limit` entries (and about `bytes_max` bytes, at least one entry) of a keyspace after
+    /// `start_after` (from the start when empty), in key order, tombstones included, and whether
+    /// more follow. Backups page through this.
+    pub fn export_page(
+        &self,
+        keyspace: &str,
+        start_after: &[u8],
+        limit: usize,
+        bytes_max: usize,
+    ) -> Result<(Vec<Entry>, bool), Error> {
         let prefix = data_key(keyspace, b"");
         let start = if start_after.is_empty() {
             std::ops::Bound::Included(prefix.clone())
         } else {
             std::ops::Bound::Excluded(data_key(keyspace, start_after))
         };
-        let mut out = Vec::new();
+        let (mut out, mut bytes) = (Vec::new(), 0);
         for kv in self.data.range::<Vec<u8>, _>((start, std::ops::Bound::Unbounded)) {
             let (key, value) = kv?;
             if !key.starts_with(&prefix) {
                 return Ok((out, false));
             }
-            if out.len() == limit {
+            if out.len() == limit || (!out.is_empty() && bytes + value.len() > bytes_max) {
                 return Ok((out, true));
             }
+            bytes += key.len() + value.len();
             out.push(Entry {
                 keyspace: keyspace.to_string(),
                 key: key[prefix.len()..].to_vec(),

@@ -241,7 +241,9 @@ async fn stream_ap(node: Arc<Node>, keyspace: String, tx: mpsc::Sender<Result<pr
     let hlc = version_to_proto(Version { hlc, node: node.id() });
     let mut start_after = Vec::new();
     loop {
-        let (entries, more) = match replica.store.export_page(&keyspace, &start_after, EXPORT_PAGE_RECORDS_MAX) {
+        let (entries, more) = match replica
+            .store
+            .export_page(&keyspace, &start_after, EXPORT_PAGE_RECORDS_MAX, EXPORT_PAGE_BYTES_MAX) {
             Ok(page) => page,
             Err(e) => {
                 let _ = tx.send(Err(e.into())).await;
