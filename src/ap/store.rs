@@ -316,6 +316,25 @@ mod tests {
     }
 
     #[test]
+    fn export_pages_keep_tombstones_stay_in_their_keyspace_and_resume() {
+        let db = sled::Config::new().temporary(true).open().unwrap();
+        let store = ApStore::open(&crate::storage::Flusher::new(db)).unwrap();
+        for n in 0..5u64 {
+            store.merge(&hint(n).entry).unwrap(); // tombstones of keyspace "carts"
+        }
+        let mut other = hint(9).entry;
+        other.keyspace = "cartsx".into();
+        store.merge(&other).unwrap();
+        let (first, more) = store.export_page("carts", b"", 3, usize::MAX).unwrap();
+        assert_eq!((first.len(), more), (3, true));
+        assert!(first.iter().all(|e| e.versioned.is_tombstone()));
+        let (rest, more) = store.export_page("carts", &first[2].key, 3, usize::MAX).unwrap();
+        assert_eq!((rest.len(), more), (2, false), "the page stops at its keyspace");
+        let (one, more) = store.export_page("carts", b"", 100, 1).unwrap();
+        assert_eq!((one.len(), more), (1, true), "a byte bound still returns one entry");
+    }
+
+    #[test]
     fn hint_queues_are_bounded_per_peer_and_counted_across_reopen() {
         let db = sled::Config::new().temporary(true).open().unwrap();
         let store = ApStore::open(&crate::storage::Flusher::new(db.clone())).unwrap();

@@ -126,7 +126,9 @@ pub fn decode(bytes: &[u8], name: &str) -> Result<Vec<BackupRecord>, Error> {
             return Err(damaged("a truncated record length".into()));
         }
         let len = u32::from_le_bytes(rest[..4].try_into().expect("four bytes")) as usize;
-        let body = rest.get(4..4 + len).ok_or_else(|| damaged("a truncated record".into()))?;
+        let body = rest
+            .get(4..4 + len)
+            .ok_or_else(|| damaged("a truncated record".into()))?;
         records.push(BackupRecord::decode(body).map_err(|e| damaged(e.to_string()))?);
         rest = &rest[4 + len..];
     }

@@ -73,11 +73,17 @@ async fn open_export(address: &str, keyspaces: Vec<String>, timeout: Duration) -
     match tokio::time::timeout(timeout, client.export(request)).await {
         Ok(Ok(r)) => Ok(r.into_inner()),
         Ok(Err(status)) => Err(Error::from_status(&status)),
-        Err(_) => Err(Error::Unreachable(format!("{address} did not start the export in time"))),
+        Err(_) => Err(Error::Unreachable(format!(
+            "{address} did not start the export in time"
+        ))),
     }
 }
 
-async fn next_page(stream: &mut Streaming<ExportPage>, from: u64, timeout: Duration) -> Result<Option<ExportPage>, Error> {
+async fn next_page(
+    stream: &mut Streaming<ExportPage>,
+    from: u64,
+    timeout: Duration,
+) -> Result<Option<ExportPage>, Error> {
     match tokio::time::timeout(timeout, stream.message()).await {
         Ok(Ok(page)) => Ok(page),
         Ok(Err(status)) => Err(Error::Unreachable(format!(
@@ -165,11 +171,11 @@ async fn backup_cp(
     keyspaces: Vec<String>,
     timeout: Duration,
 ) -> Result<(), Error> {
-    let leader = view
-        .members
-        .iter()
-        .find(|m| m.id == view.leader)
-        .ok_or_else(|| Error::NoQuorum("no leader is known, so no cp keyspace can be copied; retry when the cluster has a majority".into()))?;
+    let leader = view.members.iter().find(|m| m.id == view.leader).ok_or_else(|| {
+        Error::NoQuorum(
+            "no leader is known, so no cp keyspace can be copied; retry when the cluster has a majority".into(),
+        )
+    })?;
     let mut stream = open_export(&leader.address, keyspaces.clone(), timeout).await?;
     let mut current: Option<(String, ChunkWriter, Tally)> = None;
     let mut done = Vec::new();
@@ -179,7 +185,11 @@ async fn backup_cp(
             if let Some(finished) = current.take() {
                 done.push(finish(finished).await?);
             }
-            current = Some((page.keyspace.clone(), ChunkWriter::new(target, &manifest.id, &page.keyspace), Tally::default()));
+            current = Some((
+                page.keyspace.clone(),
+                ChunkWriter::new(target, &manifest.id, &page.keyspace),
+                Tally::default(),
+            ));
         }
         let (_, writer, tally) = current.as_mut().expect("set above");
         for record in &page.records {
@@ -198,12 +208,16 @@ async fn backup_cp(
             .map(|(_, t, o)| (std::mem::take(t), std::mem::take(o)))
             .unwrap_or_default();
         manifest.objects.extend(objects);
-        manifest.keyspaces.push(entry(&name, Mode::Cp, &tally, vec![leader.id], vec![]));
+        manifest
+            .keyspaces
+            .push(entry(&name, Mode::Cp, &tally, vec![leader.id], vec![]));
     }
     Ok(())
 }
 
-async fn finish((name, writer, tally): (String, ChunkWriter<'_>, Tally)) -> Result<(String, Tally, Vec<ObjectEntry>), Error> {
+async fn finish(
+    (name, writer, tally): (String, ChunkWriter<'_>, Tally),
+) -> Result<(String, Tally, Vec<ObjectEntry>), Error> {
     Ok((name, tally, writer.finish().await?))
 }
 
@@ -286,7 +300,11 @@ async fn backup_ap(
         for s in sources.iter_mut() {
             s.fill(timeout, &mut hlc).await?;
         }
-        let Some(key) = sources.iter().filter_map(|s| s.page.front().map(|r| r.key.clone())).min() else {
+        let Some(key) = sources
+            .iter()
+            .filter_map(|s| s.page.front().map(|r| r.key.clone()))
+            .min()
+        else {
             break;
         };
         let mut winner: Option<BackupRecord> = None;

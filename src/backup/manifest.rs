@@ -82,16 +82,18 @@ impl Manifest {
 
     /// Parses a stored manifest; `what` names it in errors.
     pub fn from_json(bytes: &[u8], what: &str) -> Result<Self, Error> {
-        let value: serde_json::Value = serde_json::from_slice(bytes)
-            .map_err(|e| Error::Storage(format!("the manifest {what} is not valid JSON ({e}); the backup is damaged")))?;
+        let value: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| {
+            Error::Storage(format!(
+                "the manifest {what} is not valid JSON ({e}); the backup is damaged"
+            ))
+        })?;
         let version = value.get("format_version").and_then(|v| v.as_u64()).unwrap_or(0);
         if version != u64::from(FORMAT_VERSION) {
             return Err(Error::InvalidInput(format!(
                 "the manifest {what} has format version {version}; this capkv reads version {FORMAT_VERSION}: use the capkv release that wrote it"
             )));
         }
-        serde_json::from_value(value)
-            .map_err(|e| Error::Storage(format!("the manifest {what} is damaged: {e}")))
+        serde_json::from_value(value).map_err(|e| Error::Storage(format!("the manifest {what} is damaged: {e}")))
     }
 
     /// Stored bytes of all data objects.

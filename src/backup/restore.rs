@@ -135,7 +135,10 @@ async fn load_cp(client: &Client, keyspace: &str, records: Vec<BackupRecord>) ->
         let success = batch
             .into_iter()
             .map(|r| proto::TxnOp {
-                op: Some(proto::txn_op::Op::Put(proto::PutOp { key: r.key, value: r.value })),
+                op: Some(proto::txn_op::Op::Put(proto::PutOp {
+                    key: r.key,
+                    value: r.value,
+                })),
             })
             .collect();
         client
@@ -191,7 +194,9 @@ async fn load_ap(
     for m in members {
         match node_client(&m.address, timeout).await {
             Ok(c) => clients.push((m.id, c)),
-            Err(e) => tracing::warn!(node = m.id, error = %e, "restore skips an unreachable replica; anti-entropy will fill it"),
+            Err(e) => {
+                tracing::warn!(node = m.id, error = %e, "restore skips an unreachable replica; anti-entropy will fill it")
+            }
         }
     }
     for batch in batches(records, usize::MAX, IMPORT_BYTES_MAX) {

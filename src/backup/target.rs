@@ -179,7 +179,10 @@ fn s3(bucket: &str, op_timeout: Duration) -> Result<object_store::aws::AmazonS3,
         max_retries: 2,
         retry_timeout: op_timeout,
     };
+    // These client options replace those `from_env` read, so plain HTTP is carried over here.
+    let allow_http = std::env::var("AWS_ALLOW_HTTP").is_ok_and(|v| v.eq_ignore_ascii_case("true"));
     let client = ClientOptions::new()
+        .with_allow_http(allow_http)
         .with_timeout(op_timeout)
         .with_connect_timeout(op_timeout.min(Duration::from_secs(2)));
     AmazonS3Builder::from_env()

@@ -241,15 +241,17 @@ async fn stream_ap(node: Arc<Node>, keyspace: String, tx: mpsc::Sender<Result<pr
     let hlc = version_to_proto(Version { hlc, node: node.id() });
     let mut start_after = Vec::new();
     loop {
-        let (entries, more) = match replica
-            .store
-            .export_page(&keyspace, &start_after, EXPORT_PAGE_RECORDS_MAX, EXPORT_PAGE_BYTES_MAX) {
-            Ok(page) => page,
-            Err(e) => {
-                let _ = tx.send(Err(e.into())).await;
-                return;
-            }
-        };
+        let (entries, more) =
+            match replica
+                .store
+                .export_page(&keyspace, &start_after, EXPORT_PAGE_RECORDS_MAX, EXPORT_PAGE_BYTES_MAX)
+            {
+                Ok(page) => page,
+                Err(e) => {
+                    let _ = tx.send(Err(e.into())).await;
+                    return;
+                }
+            };
         if let Some(last) = entries.last() {
             start_after = last.key.clone();
         }
@@ -307,7 +309,10 @@ impl proto::backup_server::Backup for BackupService {
         let ctx = Ctx::of(&request);
         let keyspaces = request.into_inner().keyspaces;
         let (tx, mut rx) = mpsc::channel(EXPORT_PAGES_BUFFERED);
-        let modes = keyspaces.iter().map(|k| self.mode_of(k)).collect::<Result<Vec<_>, _>>()?;
+        let modes = keyspaces
+            .iter()
+            .map(|k| self.mode_of(k))
+            .collect::<Result<Vec<_>, _>>()?;
         match (modes.as_slice(), keyspaces.first()) {
             ([Mode::Ap], Some(keyspace)) => {
                 tokio::spawn(stream_ap(self.node.clone(), keyspace.clone(), tx));
@@ -351,7 +356,11 @@ impl proto::backup_server::Backup for BackupService {
         let replica = self.node.ap().replica();
         let before = replica.stats.pushes_applied.load(Ordering::Relaxed);
         replica.handle(self.node.id(), PeerRequest::Push(entries)).await?;
-        let changed = replica.stats.pushes_applied.load(Ordering::Relaxed).saturating_sub(before);
+        let changed = replica
+            .stats
+            .pushes_applied
+            .load(Ordering::Relaxed)
+            .saturating_sub(before);
         Ok(Response::new(proto::ImportApResponse {
             node_id: self.node.id(),
             changed,

@@ -11,7 +11,7 @@ use capkv::proto::{self, txn_op};
 use capkv::Client as Lib;
 use serde_json::Value;
 
-use crate::harness::{free_ports, run, wait_until, Client, Cluster, Output, BIN};
+use crate::harness::{free_ports, http_get, run, wait_until, Cluster, Output, BIN};
 
 /// cp keys written by the round-trip tests (in transactions of [`TXN_PUTS`]).
 const CP_KEYS: usize = 2_000;
@@ -143,7 +143,11 @@ fn fill(cluster: &Cluster, rt: &tokio::runtime::Runtime) -> (BTreeMap<Vec<u8>, V
         let minority = lib(&cluster.endpoint(3));
         for i in 0..AP_MINORITY_KEYS {
             minority
-                .put("carts", format!("only3-{i:03}").as_bytes(), b"written on the minority side")
+                .put(
+                    "carts",
+                    format!("only3-{i:03}").as_bytes(),
+                    b"written on the minority side",
+                )
                 .await
                 .unwrap_or_else(|e| panic!("ap put on node 3: {e}"));
         }
@@ -213,7 +217,10 @@ fn file_backup_restores_cp_and_ap_into_a_fresh_cluster() {
         let cluster = Cluster::start(3);
         let (cp, ap) = fill(&cluster, &rt);
         // Taken during the partition: cp from the majority's leader, ap from all three nodes.
-        let out = cluster.client().with_timeout("20s").run(&["backup", "create", "--to", &url]);
+        let out = cluster
+            .client()
+            .with_timeout("20s")
+            .run(&["backup", "create", "--to", &url]);
         let json = out.ok_json().clone();
         let id = backup_id(&out);
         let keyspaces = json["keyspaces"].as_array().unwrap();
@@ -227,9 +234,19 @@ fn file_backup_restores_cp_and_ap_into_a_fresh_cluster() {
         }
         let manifest: Value =
             serde_json::from_slice(&std::fs::read(store.path().join(&id).join("manifest.json")).unwrap()).unwrap();
-        let carts_entry = manifest["keyspaces"].as_array().unwrap().iter().find(|k| k["name"] == "carts").unwrap().clone();
+        let carts_entry = manifest["keyspaces"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|k| k["name"] == "carts")
+            .unwrap()
+            .clone();
         assert_eq!(carts_entry["contributors"], serde_json::json!([1, 2, 3]), "{manifest}");
-        assert_eq!(carts_entry["tombstones"].as_u64(), Some(AP_DELETED as u64), "{manifest}");
+        assert_eq!(
+            carts_entry["tombstones"].as_u64(),
+            Some(AP_DELETED as u64),
+            "{manifest}"
+        );
         // The cluster keeps serving after the backup.
         cluster.client_at(1).put("bank", "after", "1").expect_code(0);
         (cp, ap, id)
@@ -237,7 +254,12 @@ fn file_backup_restores_cp_and_ap_into_a_fresh_cluster() {
     let cluster = Cluster::start(3);
     let client = cluster.client().with_timeout("20s");
     let listed = client.run(&["backup", "list", "--from", &url]);
-    assert_eq!(listed.ok_json()["backups"][0]["id"], id.as_str(), "{}", listed.describe());
+    assert_eq!(
+        listed.ok_json()["backups"][0]["id"],
+        id.as_str(),
+        "{}",
+        listed.describe()
+    );
     client.run(&["backup", "verify", "--from", &url]).expect_code(0);
     let restored = client.run(&["backup", "restore", "--from", &url]);
     restored.expect_code(0);
@@ -248,7 +270,9 @@ fn file_backup_restores_cp_and_ap_into_a_fresh_cluster() {
     let again = client.run(&["backup", "restore", "--from", &url, "--id", &id]);
     again.expect_error(3);
     assert!(again.stderr.contains("--replace"), "{}", again.describe());
-    client.run(&["backup", "restore", "--from", &url, "--replace"]).expect_code(0);
+    client
+        .run(&["backup", "restore", "--from", &url, "--replace"])
+        .expect_code(0);
     check_restored(&cluster, &rt, &cp, &ap);
 
     // A corrupt object: verify and restore name it and refuse.
@@ -260,7 +284,11 @@ fn file_backup_restores_cp_and_ap_into_a_fresh_cluster() {
     let name = object.file_name().unwrap().to_str().unwrap();
     let verify = client.run(&["backup", "verify", "--from", &url, "--id", &id]);
     assert_ne!(verify.code, 0, "{}", verify.describe());
-    assert!(verify.stderr.contains(name) && verify.stderr.contains("corrupt"), "{}", verify.describe());
+    assert!(
+        verify.stderr.contains(name) && verify.stderr.contains("corrupt"),
+        "{}",
+        verify.describe()
+    );
     let restore = client.run(&["backup", "restore", "--from", &url, "--replace"]);
     assert_ne!(restore.code, 0, "{}", restore.describe());
     assert!(restore.stderr.contains(name), "{}", restore.describe());
@@ -268,21 +296,22 @@ fn file_backup_restores_cp_and_ap_into_a_fresh_cluster() {
     std::fs::remove_file(&object).unwrap();
     let verify = client.run(&["backup", "verify", "--from", &url]);
     assert_ne!(verify.code, 0, "{}", verify.describe());
-    assert!(verify.stderr.contains(name) && verify.stderr.contains("missing"), "{}", verify.describe());
+    assert!(
+        verify.stderr.contains(name) && verify.stderr.contains("missing"),
+        "{}",
+        verify.describe()
+    );
 }
 
-#[test]
-fn an_interrupted_backup_is_never_listed() {
-    let rt = runtime();
-    let store = tempfile::tempdir().unwrap();
-    let url = format!("file://{}", store.path().display());
-    let cluster = Cluster::start(3);
-    cluster.client().create_keyspace("blobs", "cp");
-    // ~48 MiB of incompressible values: several data objects, so the kill lands mid-backup.
+/// Blobs written by the interruption tests: 24 MiB of incompressible values in an ap keyspace,
+/// so a backup makes three data objects and a kill after the first lands in the middle.
+const BLOBS: usize = 24;
+
+fn write_blobs(cluster: &Cluster, rt: &tokio::runtime::Runtime, mut seed: u64) {
+    cluster.client().create_keyspace("blobs", "ap");
     rt.block_on(async {
-        let client = lib(&cluster.endpoints_of(&cluster.ids()));
-        let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
-        for i in 0..48 {
+        let client = lib(&cluster.endpoint(1));
+        for i in 0..BLOBS {
             let value: Vec<u8> = (0..1024 * 1024)
                 .map(|_| {
                     seed ^= seed << 13;
@@ -291,9 +320,21 @@ fn an_interrupted_backup_is_never_listed() {
                     seed as u8
                 })
                 .collect();
-            client.put("blobs", format!("blob{i:02}").as_bytes(), &value).await.unwrap();
+            client
+                .put("blobs", format!("blob{i:02}").as_bytes(), &value)
+                .await
+                .unwrap_or_else(|e| panic!("put blob {i}: {e}"));
         }
     });
+}
+
+#[test]
+fn an_interrupted_backup_is_never_listed() {
+    let rt = runtime();
+    let store = tempfile::tempdir().unwrap();
+    let url = format!("file://{}", store.path().display());
+    let cluster = Cluster::start(3);
+    write_blobs(&cluster, &rt, 0x9e37_79b9_7f4a_7c15);
     let mut child = Command::new(BIN)
         .args(["--endpoints", &cluster.endpoints_of(&cluster.ids()), "--timeout", "20s"])
         .args(["backup", "create", "--to", &url])
@@ -303,7 +344,9 @@ fn an_interrupted_backup_is_never_listed() {
         .unwrap();
     let started = Instant::now();
     let first_object_written = || {
-        walk(store.path()).iter().any(|p| p.extension().is_some_and(|e| e == "gz"))
+        walk(store.path())
+            .iter()
+            .any(|p| p.extension().is_some_and(|e| e == "gz"))
     };
     while !first_object_written() && started.elapsed() < Duration::from_secs(60) {
         std::thread::sleep(Duration::from_millis(5));
@@ -313,16 +356,36 @@ fn an_interrupted_backup_is_never_listed() {
     assert!(first_object_written(), "the backup wrote no data object in 60 s");
     let listed = cluster.client().run(&["backup", "list", "--from", &url]);
     let json = listed.ok_json();
-    assert_eq!(json["backups"].as_array().map(Vec::len), Some(0), "{}", listed.describe());
-    assert_eq!(json["incomplete"].as_array().map(Vec::len), Some(1), "{}", listed.describe());
+    assert_eq!(
+        json["backups"].as_array().map(Vec::len),
+        Some(0),
+        "{}",
+        listed.describe()
+    );
+    assert_eq!(
+        json["incomplete"].as_array().map(Vec::len),
+        Some(1),
+        "{}",
+        listed.describe()
+    );
     let restore = cluster.client().run(&["backup", "restore", "--from", &url]);
     assert_ne!(restore.code, 0, "{}", restore.describe());
     assert!(restore.stderr.contains("no complete backup"), "{}", restore.describe());
     // The cluster kept serving, and the next backup completes.
-    cluster.client().put("blobs", "after", "1").expect_code(0);
-    let out = cluster.client().with_timeout("30s").run(&["backup", "create", "--to", &url]);
+    cluster
+        .client()
+        .with_timeout("10s")
+        .put_retrying("blobs", "after", "1", Duration::from_secs(30))
+        .expect_code(0);
+    let out = cluster
+        .client()
+        .with_timeout("30s")
+        .run(&["backup", "create", "--to", &url]);
     out.expect_code(0);
-    cluster.client().run(&["backup", "verify", "--from", &url]).expect_code(0);
+    cluster
+        .client()
+        .run(&["backup", "verify", "--from", &url])
+        .expect_code(0);
 }
 
 fn walk(dir: &Path) -> Vec<PathBuf> {
@@ -386,7 +449,11 @@ impl Moto {
             .args(["-c", &program])
             .output()
             .expect("python3 runs");
-        assert!(out.status.success(), "boto3 failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "boto3 failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
@@ -427,7 +494,10 @@ fn s3_backup_is_readable_by_boto3_verified_and_restored() {
     let (cp, ap, id) = {
         let cluster = Cluster::start(3);
         let (cp, ap) = fill(&cluster, &rt);
-        let out = cluster.client().with_timeout("20s").run(&["backup", "create", "--to", url]);
+        let out = cluster
+            .client()
+            .with_timeout("20s")
+            .run(&["backup", "create", "--to", url]);
         let id = backup_id(&out);
         (cp, ap, id)
     };
@@ -453,10 +523,16 @@ fn s3_backup_is_readable_by_boto3_verified_and_restored() {
 
     // Corrupt one object with boto3: verify and restore name it and refuse.
     let victim = format!("capkv/{id}/{}", objects[0]["path"].as_str().unwrap());
-    moto.boto3(&format!("s3.put_object(Bucket='backups', Key='{victim}', Body=b'not the original bytes')"));
+    moto.boto3(&format!(
+        "s3.put_object(Bucket='backups', Key='{victim}', Body=b'not the original bytes')"
+    ));
     let verify = client.run(&["backup", "verify", "--from", url]);
     assert_ne!(verify.code, 0, "{}", verify.describe());
-    assert!(verify.stderr.contains(objects[0]["path"].as_str().unwrap()), "{}", verify.describe());
+    assert!(
+        verify.stderr.contains(objects[0]["path"].as_str().unwrap()),
+        "{}",
+        verify.describe()
+    );
     let restore = client.run(&["backup", "restore", "--from", url, "--replace"]);
     assert_ne!(restore.code, 0, "{}", restore.describe());
     assert!(restore.stderr.contains("corrupt"), "{}", restore.describe());
@@ -470,46 +546,58 @@ fn s3_server_killed_mid_upload_leaves_no_backup_and_the_cluster_serving() {
     moto.boto3("s3.create_bucket(Bucket='backups')");
     let url = "s3://backups/capkv";
     let cluster = Cluster::start(3);
-    cluster.client().create_keyspace("blobs", "cp");
     let rt = runtime();
-    rt.block_on(async {
-        let client = lib(&cluster.endpoints_of(&cluster.ids()));
-        let mut seed = 0x2545_f491_4f6c_dd1d_u64;
-        for i in 0..48 {
-            let value: Vec<u8> = (0..1024 * 1024)
-                .map(|_| {
-                    seed ^= seed << 13;
-                    seed ^= seed >> 7;
-                    seed ^= seed << 17;
-                    seed as u8
-                })
-                .collect();
-            client.put("blobs", format!("blob{i:02}").as_bytes(), &value).await.unwrap();
-        }
-    });
+    write_blobs(&cluster, &rt, 0x2545_f491_4f6c_dd1d);
     let endpoints = cluster.endpoints_of(&cluster.ids());
     let started = Instant::now();
     let backup = std::thread::spawn(move || {
-        run(&["--endpoints", &endpoints, "--timeout", "5s", "-o", "json", "backup", "create", "--to", url])
+        run(&[
+            "--endpoints",
+            &endpoints,
+            "--timeout",
+            "5s",
+            "-o",
+            "json",
+            "backup",
+            "create",
+            "--to",
+            url,
+        ])
     });
     // Wait until the first object is in, then pull the plug.
+    // (Polled with a raw GET, which moto answers unsigned: boto3 would start too slowly.)
+    let moto_addr = format!("127.0.0.1:{port}");
     wait_until(Duration::from_secs(60), "the first object to be uploaded", || {
-        moto.boto3("print(s3.list_objects_v2(Bucket='backups').get('KeyCount', 0))").trim() != "0"
+        http_get(&moto_addr, "/backups?list-type=2").is_ok_and(|r| r.body.contains("<Key>"))
     });
     moto.kill();
     let out = backup.join().unwrap();
     assert_ne!(out.code, 0, "{}", out.describe());
     assert!(!out.stderr.trim().is_empty(), "{}", out.describe());
     assert!(started.elapsed() < Duration::from_secs(60), "{}", out.describe());
-    cluster.client().put("blobs", "after", "1").expect_code(0);
+    cluster
+        .client()
+        .with_timeout("10s")
+        .put_retrying("blobs", "after", "1", Duration::from_secs(30))
+        .expect_code(0);
     // The server comes back (empty: moto keeps no state); the next backup succeeds.
     let moto = Moto::start(port).expect("moto restarts");
     moto.boto3("s3.create_bucket(Bucket='backups')");
     let client = cluster.client().with_timeout("30s");
     let listed = client.run(&["backup", "list", "--from", url]);
-    assert_eq!(listed.ok_json()["backups"].as_array().map(Vec::len), Some(0), "{}", listed.describe());
+    assert_eq!(
+        listed.ok_json()["backups"].as_array().map(Vec::len),
+        Some(0),
+        "{}",
+        listed.describe()
+    );
     client.run(&["backup", "create", "--to", url]).expect_code(0);
     let listed = client.run(&["backup", "list", "--from", url]);
-    assert_eq!(listed.ok_json()["backups"].as_array().map(Vec::len), Some(1), "{}", listed.describe());
+    assert_eq!(
+        listed.ok_json()["backups"].as_array().map(Vec::len),
+        Some(1),
+        "{}",
+        listed.describe()
+    );
     client.run(&["backup", "verify", "--from", url]).expect_code(0);
 }
