@@ -24,13 +24,14 @@
 //!
 //! - The CLI streams every byte between the nodes and the storage (nodes do not upload
 //!   directly); the data passes through the machine running the CLI.
-//! - No schedules, retention or incremental backups yet.
+//! - No incremental backups yet. Scheduled backups and retention: [`schedule`].
 //! - An ap backup is not a point in time: writes made during the backup may or may not be in it.
 
 pub mod chunk;
 pub mod create;
 pub mod manifest;
 pub mod restore;
+pub mod schedule;
 pub mod target;
 
 pub use manifest::Manifest;

@@ -141,6 +141,25 @@ impl Target {
         Manifest::from_json(&bytes, &name)
     }
 
+    /// Deletes backup `id`: its manifest first (so it is never seen half-deleted as complete),
+    /// then every other object under it.
+    pub async fn delete_backup(&self, id: &str) -> Result<(), Error> {
+        let what = format!("deleting backup {id}");
+        let manifest = self.path(&format!("{id}/{MANIFEST_NAME}"));
+        match self.bounded(&what, self.store.delete(&manifest)).await {
+            Ok(()) | Err(Error::Storage(_)) => {}
+            Err(e) => return Err(e),
+        }
+        let dir = self.path(id);
+        let objects: Vec<object_store::ObjectMeta> = self
+            .bounded(&what, futures::TryStreamExt::try_collect(self.store.list(Some(&dir))))
+            .await?;
+        for object in objects {
+            self.bounded(&what, self.store.delete(&object.location)).await?;
+        }
+        Ok(())
+    }
+
     /// The manifest of backup `id`, or of the newest complete backup.
     pub async fn choose(&self, id: Option<&str>) -> Result<Manifest, Error> {
         if let Some(id) = id {
