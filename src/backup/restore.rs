@@ -58,7 +58,6 @@ pub async fn restore(
             )));
         }
     }
-    verify(target, manifest).await?;
     let chosen: Vec<_> = manifest
         .keyspaces
         .iter()
@@ -82,6 +81,8 @@ pub async fn restore(
             }
         }
     }
+    // Every object is checked before anything is loaded.
+    verify(target, manifest).await?;
     let view = cluster_view(client).await?;
     let mut loaded = Vec::new();
     for k in chosen {

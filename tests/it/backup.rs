@@ -669,3 +669,44 @@ fn scheduled_backups_keep_the_newest_and_report_on_health() {
     );
     assert!(leader_metric(&cluster, "capkv_backup_failures_total") >= 1.0);
 }
+
+#[test]
+fn an_unreachable_replica_is_named_and_the_others_are_merged() {
+    let store = tempfile::tempdir().unwrap();
+    let url = format!("file://{}", store.path().display());
+    let mut cluster = Cluster::start(3);
+    let client = cluster.client();
+    client.create_keyspace("carts", "ap");
+    client.create_keyspace("bank", "cp");
+    for i in 0..20 {
+        cluster.client_at(1).put("carts", &format!("k{i}"), "v").expect_code(0);
+    }
+    cluster.kill9(3);
+    let out =
+        cluster
+            .client_of(&[1, 2])
+            .with_timeout("10s")
+            .run(&["backup", "create", "--to", &url, "--keyspace", "carts"]);
+    let json = out.ok_json();
+    let keyspaces = json["keyspaces"].as_array().unwrap();
+    assert_eq!(
+        keyspaces.len(),
+        1,
+        "--keyspace selects one keyspace\n{}",
+        out.describe()
+    );
+    assert_eq!(keyspaces[0]["keys"].as_u64(), Some(20), "{}", out.describe());
+    assert_eq!(
+        keyspaces[0]["unreachable"],
+        serde_json::json!([3]),
+        "{}",
+        out.describe()
+    );
+    assert!(out.stderr.contains("could not be read"), "{}", out.describe());
+    // Restoring a keyspace the backup does not hold is refused before anything happens.
+    let restore = cluster
+        .client_of(&[1, 2])
+        .run(&["backup", "restore", "--from", &url, "--keyspace", "bank"]);
+    assert_ne!(restore.code, 0, "{}", restore.describe());
+    assert!(restore.stderr.contains("no keyspace 'bank'"), "{}", restore.describe());
+}
