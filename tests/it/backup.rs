@@ -568,8 +568,13 @@ fn s3_server_killed_mid_upload_leaves_no_backup_and_the_cluster_serving() {
     // (Polled with a raw GET, which moto answers unsigned: boto3 would start too slowly.)
     let moto_addr = format!("127.0.0.1:{port}");
     wait_until(Duration::from_secs(60), "the first object to be uploaded", || {
-        http_get(&moto_addr, "/backups?list-type=2").is_ok_and(|r| r.body.contains("<Key>"))
+        backup.is_finished() || http_get(&moto_addr, "/backups?list-type=2").is_ok_and(|r| r.body.contains("<Key>"))
     });
+    assert!(
+        !backup.is_finished(),
+        "the backup ended before the kill: {}",
+        backup.join().unwrap().describe()
+    );
     moto.kill();
     let out = backup.join().unwrap();
     assert_ne!(out.code, 0, "{}", out.describe());
