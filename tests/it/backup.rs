@@ -541,6 +541,7 @@ fn s3_backup_is_readable_by_boto3_verified_and_restored() {
 #[test]
 fn s3_server_killed_mid_upload_leaves_no_backup_and_the_cluster_serving() {
     let port = free_ports(1)[0];
+    let set_up = Instant::now();
     let Some(mut moto) = Moto::start(port) else { return };
     set_aws_env(&moto);
     moto.boto3("s3.create_bucket(Bucket='backups')");
@@ -549,6 +550,7 @@ fn s3_server_killed_mid_upload_leaves_no_backup_and_the_cluster_serving() {
     let rt = runtime();
     write_blobs(&cluster, &rt, 0x2545_f491_4f6c_dd1d);
     let endpoints = cluster.endpoints_of(&cluster.ids());
+    println!("blobs written after {:?}", set_up.elapsed());
     let started = Instant::now();
     let backup = std::thread::spawn(move || {
         run(&[
@@ -570,6 +572,7 @@ fn s3_server_killed_mid_upload_leaves_no_backup_and_the_cluster_serving() {
     wait_until(Duration::from_secs(60), "the first object to be uploaded", || {
         backup.is_finished() || http_get(&moto_addr, "/backups?list-type=2").is_ok_and(|r| r.body.contains("<Key>"))
     });
+    println!("first object uploaded {:?} after the backup began", started.elapsed());
     assert!(
         !backup.is_finished(),
         "the backup ended before the kill: {}",
