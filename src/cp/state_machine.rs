@@ -310,6 +310,12 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     }
 }
 
+/// Receives the keys of [`SmReader::copy_keyspaces`]: the keyspace's position in the list asked
+/// for, the key and its value.
+pub trait CopySink: Send + 'static {
+    fn record(&mut self, keyspace: usize, key: Vec<u8>, value: StoredValue) -> Result<(), Error>;
+}
+
 /// Keys with their values, and whether more keys match.
 pub type ScanPage = (Vec<(Vec<u8>, StoredValue)>, bool);
 
@@ -373,23 +379,26 @@ impl SmReader {
         self.sm.scan_prefix(keys::data_prefix(keyspace, b"")).count()
     }
 
-    /// Hands every key of each keyspace to `sink` (with the keyspace's position), in key order, with no apply in between, and
-    /// returns the applied log index the copy shows. Applies wait meanwhile (they are not
-    /// lost), so `sink` should be quick: a backup writes to a local spool file.
-    pub async fn copy_keyspaces(
-        &self,
-        keyspaces: &[String],
-        mut sink: impl FnMut(usize, Vec<u8>, StoredValue) -> Result<(), Error>,
-    ) -> Result<u64, Error> {
-        let _no_applies = self.apply_gate.lock().await;
-        let index = read_applied(&self.sm)?.0.map_or(0, |id| id.index);
-        for (i, keyspace) in keyspaces.iter().enumerate() {
-            for kv in self.sm.scan_prefix(keys::data_prefix(keyspace, b"")) {
-                let (key, value) = kv?;
-                sink(i, keys::user_key(keyspace, &key).to_vec(), decode(&value)?)?;
+    /// Hands every key of each keyspace to `sink`, in key order, with no apply in between, and
+    /// returns the applied log index the copy shows (and the sink). Applies wait meanwhile
+    /// (they are not lost), so the sink should be quick: a backup writes to a local spool file.
+    /// The copy runs on a blocking thread.
+    pub async fn copy_keyspaces<S: CopySink>(&self, keyspaces: Vec<String>, mut sink: S) -> Result<(u64, S), Error> {
+        let no_applies = self.apply_gate.clone().lock_owned().await;
+        let sm = self.sm.clone();
+        let copy = tokio::task::spawn_blocking(move || {
+            let _no_applies = no_applies;
+            let index = read_applied(&sm)?.0.map_or(0, |id| id.index);
+            for (i, keyspace) in keyspaces.iter().enumerate() {
+                for kv in sm.scan_prefix(keys::data_prefix(keyspace, b"")) {
+                    let (key, value) = kv?;
+                    sink.record(i, keys::user_key(keyspace, &key).to_vec(), decode(&value)?)?;
+                }
             }
-        }
-        Ok(index)
+            Ok((index, sink))
+        });
+        copy.await
+            .map_err(|e| Error::Internal(format!("copying keyspaces for a backup stopped: {e}")))?
     }
 
     /// The applied log id and membership of the local replica.

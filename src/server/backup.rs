@@ -37,7 +37,9 @@ use crate::ap::kv::version_to_proto;
 use crate::ap::replica::Request as PeerRequest;
 use crate::ap::store::Entry;
 use crate::ap::version::{Version, Versioned};
+use crate::cp::command::StoredValue;
 use crate::cp::route::Route;
+use crate::cp::state_machine::CopySink;
 use crate::error::Error;
 use crate::mode::Mode;
 use crate::node::Node;
@@ -85,8 +87,7 @@ impl BackupService {
             )));
         }
         cp.read_barrier(ctx.deadline).await?;
-        let mut spools = Vec::new();
-        let mut outs = Vec::new();
+        let mut writer = SpoolWriter::default();
         for keyspace in keyspaces {
             let path = self.node.options().data_dir.join(format!(
                 "backup-spool-{}-{}.tmp",
@@ -94,28 +95,43 @@ impl BackupService {
                 SPOOL_SEQ.fetch_add(1, Ordering::Relaxed)
             ));
             let file = File::create(&path).map_err(|e| spool_error(&path, e))?;
-            spools.push(Spool {
+            writer.spools.push(Spool {
                 keyspace: keyspace.clone(),
                 path,
             });
-            outs.push(BufWriter::new(file));
+            writer.outs.push(BufWriter::new(file));
         }
-        let index = cp
-            .reader()
-            .copy_keyspaces(keyspaces, |i, key, stored| {
-                let record = proto::BackupRecord {
-                    key,
-                    value: stored.value,
-                    tombstone: false,
-                    ap_version: None,
-                };
-                write_framed(&mut outs[i], &record).map_err(|e| spool_error(&spools[i].path, e))
-            })
-            .await?;
-        for (out, spool) in outs.iter_mut().zip(&spools) {
+        let (index, writer) = cp.reader().copy_keyspaces(keyspaces.to_vec(), writer).await?;
+        Ok((writer.finish()?, index))
+    }
+}
+
+/// Writes copied cp records into one spool file per keyspace.
+#[derive(Default)]
+struct SpoolWriter {
+    spools: Vec<Spool>,
+    outs: Vec<BufWriter<File>>,
+}
+
+impl CopySink for SpoolWriter {
+    fn record(&mut self, keyspace: usize, key: Vec<u8>, value: StoredValue) -> Result<(), Error> {
+        let record = proto::BackupRecord {
+            key,
+            value: value.value,
+            tombstone: false,
+            ap_version: None,
+        };
+        write_framed(&mut self.outs[keyspace], &record).map_err(|e| spool_error(&self.spools[keyspace].path, e))
+    }
+}
+
+impl SpoolWriter {
+    /// Flushes every spool to disk and hands them over for streaming.
+    fn finish(mut self) -> Result<Vec<Spool>, Error> {
+        for (out, spool) in self.outs.iter_mut().zip(&self.spools) {
             out.flush().map_err(|e| spool_error(&spool.path, e))?;
         }
-        Ok((spools, index))
+        Ok(self.spools)
     }
 }
 
