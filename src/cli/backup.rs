@@ -267,3 +267,46 @@ pub async fn run(client: &Client, command: &BackupCommand, hex: bool) -> Result<
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::super::{Cli, Command};
+    use super::BackupCommand;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("capkv").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn backup_commands_parse_as_documented() {
+        let cli = parse(&[
+            "backup",
+            "create",
+            "--to",
+            "s3://b/p",
+            "--keyspace",
+            "a",
+            "--keyspace",
+            "b",
+        ])
+        .unwrap();
+        let Command::Backup(args) = cli.command else {
+            panic!("not a backup command")
+        };
+        let BackupCommand::Create { to, keyspaces } = args.command else {
+            panic!("not create")
+        };
+        assert_eq!(
+            (to.as_str(), keyspaces),
+            ("s3://b/p", vec!["a".to_string(), "b".to_string()])
+        );
+        assert!(parse(&["backup", "list", "--from", "file:///x"]).is_ok());
+        assert!(parse(&["backup", "verify", "--from", "file:///x", "--id", "i"]).is_ok());
+        let cli = parse(&["backup", "restore", "--from", "file:///x", "--replace", "-o", "json"]).unwrap();
+        assert_eq!(cli.client_flags().output, super::super::Output::Json);
+        assert!(parse(&["backup", "create"]).is_err(), "create needs --to");
+        assert!(parse(&["backup", "restore"]).is_err(), "restore needs --from");
+    }
+}

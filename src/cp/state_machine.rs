@@ -406,3 +406,87 @@ impl SmReader {
         read_applied(&self.sm)
     }
 }
+
+#[cfg(test)]
+mod copy_tests {
+    use std::sync::mpsc;
+
+    use openraft::{CommittedLeaderId, Entry};
+
+    use super::*;
+    use crate::cp::command::{Command, CreateKeyspace, Put};
+
+    fn entry(index: u64, command: Command) -> Entry<TypeConfig> {
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(command),
+        }
+    }
+
+    fn put(key: &str) -> Command {
+        Command::Put(Put {
+            keyspace: "bank".into(),
+            key: key.into(),
+            value: b"v".to_vec(),
+        })
+    }
+
+    /// Sends every copied key to the test, then waits for a go-ahead before the next one.
+    struct Gated {
+        seen: mpsc::Sender<Vec<u8>>,
+        go: mpsc::Receiver<()>,
+    }
+
+    impl CopySink for Gated {
+        fn record(&mut self, _keyspace: usize, key: Vec<u8>, _value: StoredValue) -> Result<(), Error> {
+            self.seen.send(key).unwrap();
+            self.go.recv().unwrap();
+            Ok(())
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_copy_shows_one_applied_index_while_applies_wait() {
+        let db = sled::Config::new().temporary(true).open().unwrap();
+        let mut sm = StateMachineStore::open(&crate::storage::Flusher::new(db)).unwrap();
+        let create = Command::CreateKeyspace(CreateKeyspace {
+            name: "bank".into(),
+            mode: crate::mode::Mode::Cp,
+        });
+        sm.apply(vec![entry(1, create), entry(2, put("a")), entry(3, put("b"))])
+            .await
+            .unwrap();
+        let reader = sm.reader();
+        let (seen_tx, seen) = mpsc::channel();
+        let (go, go_rx) = mpsc::channel();
+        let sink = Gated {
+            seen: seen_tx,
+            go: go_rx,
+        };
+        let copy = tokio::spawn(async move { reader.copy_keyspaces(vec!["bank".into()], sink).await });
+        // The copy is under way (it holds the first key): an apply now must wait for it.
+        let first = tokio::task::spawn_blocking(move || seen.recv().map(|k| (k, seen)))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(first.0, b"a");
+        let apply = tokio::spawn(async move {
+            sm.apply(vec![entry(4, put("c"))]).await.unwrap();
+            sm
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        assert!(!apply.is_finished(), "an apply ran in the middle of a copy");
+        go.send(()).unwrap();
+        go.send(()).unwrap();
+        let (index, _) = copy.await.unwrap().unwrap();
+        let rest: Vec<Vec<u8>> = first.1.try_iter().collect();
+        assert_eq!(index, 3, "the copy shows the index applied when it began");
+        assert_eq!(
+            rest,
+            [b"b".to_vec()],
+            "the key applied after the copy began is not in it"
+        );
+        let sm = apply.await.unwrap();
+        assert_eq!(sm.reader().applied().unwrap().0.map(|l| l.index), Some(4));
+    }
+}
