@@ -718,3 +718,82 @@ fn an_unreachable_replica_is_named_and_the_others_are_merged() {
     assert_ne!(restore.code, 0, "{}", restore.describe());
     assert!(restore.stderr.contains("no keyspace 'bank'"), "{}", restore.describe());
 }
+
+// ---------------------------------------------------------------------------------------------
+// The crash-restore story: a cluster lost, `cluster up` fresh, `backup restore`
+// ---------------------------------------------------------------------------------------------
+
+/// Three consecutive free loopback ports (for `cluster up --base-port`).
+fn three_free_ports() -> u16 {
+    for _ in 0..200 {
+        let first = free_ports(1)[0];
+        if first < 65000 && (first..first + 3).all(|p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok()) {
+            return first;
+        }
+    }
+    panic!("no three consecutive free ports found");
+}
+
+/// Stops a `cluster up --detach` cluster even when the test fails half-way.
+struct DetachedCluster(PathBuf);
+
+impl Drop for DetachedCluster {
+    fn drop(&mut self) {
+        let _ = run(&["cluster", "down", "--data-dir", self.0.to_str().expect("utf-8 path")]);
+    }
+}
+
+#[test]
+fn a_lost_cluster_is_recovered_with_cluster_up_and_restore() {
+    let store = tempfile::tempdir().unwrap();
+    let url = format!("file://{}", store.path().display());
+    let (cp_value, ap_version) = {
+        let mut cluster = Cluster::start(3);
+        let client = cluster.client();
+        client.create_keyspace("bank", "cp");
+        client.create_keyspace("carts", "ap");
+        client.put("bank", "alice", "100").expect_code(0);
+        let put = cluster.client_at(2).put("carts", "alice", "book");
+        let version = put.ok_json()["version"].clone();
+        client
+            .with_timeout("20s")
+            .run(&["backup", "create", "--to", &url])
+            .expect_code(0);
+        // The crash: a node killed with SIGKILL, then the whole cluster lost with its data.
+        let leader = cluster.leader_id();
+        cluster.kill9(leader);
+        ("100", version)
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("fresh");
+    let _down = DetachedCluster(data.clone());
+    let (base, http) = (three_free_ports(), three_free_ports());
+    let up = run(&[
+        "cluster",
+        "up",
+        "--detach",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--base-port",
+        &base.to_string(),
+        "--http-base-port",
+        &http.to_string(),
+    ]);
+    up.expect_code(0);
+    let endpoints = (0..3)
+        .map(|i| format!("127.0.0.1:{}", base + i))
+        .collect::<Vec<_>>()
+        .join(",");
+    let client = crate::harness::Client::new(endpoints).with_timeout("20s");
+    client.run(&["backup", "restore", "--from", &url]).expect_code(0);
+    let got = client.get("bank", "alice");
+    assert_eq!(got.ok_json()["value"], cp_value, "{}", got.describe());
+    let got = client.get_local("carts", "alice");
+    assert_eq!(got.ok_json()["value"], "book", "{}", got.describe());
+    assert_eq!(
+        got.ok_json()["version"],
+        ap_version,
+        "the ap version survives\n{}",
+        got.describe()
+    );
+}
