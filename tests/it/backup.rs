@@ -1,6 +1,12 @@
-//! Backup and restore through the CLI: `file://` and `s3://` (a real moto server on loopback),
-//! restore into a fresh cluster, corrupt and missing objects, existing keyspaces, interrupted
-//! backups and a storage server killed in the middle of an upload.
+//! Backup and restore through the CLI: `file://` and `s3://` (a real moto server on loopback,
+//! read back with boto3), restore into a fresh cluster of a backup taken during a partition,
+//! corrupt and missing objects, existing keyspaces, interrupted backups, a storage server killed
+//! in the middle of an upload, an unreachable replica, the crash-restore story (`cluster up` +
+//! `backup restore`), and scheduled backups with retention.
+//!
+//! The S3 tests need `moto_server` and boto3 (scripts/test.sh installs them into a virtual
+//! environment and sets `CAPKV_TEST_PYTHON`); without them they print why and skip. They set the
+//! AWS_* variables process-wide, which only the CLI processes and nodes they start read.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
