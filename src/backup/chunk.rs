@@ -2,7 +2,7 @@
 //!
 //! A record is a `capkv.v1.BackupRecord` (protobuf) preceded by its length as 4 little-endian
 //! bytes; a chunk is such records in key order, gzip-compressed. The writer closes a chunk once
-//! it holds [`CHUNK_RAW_BYTES_MAX`] bytes before compression, uploads it, and keeps only its
+//! it holds the chunk size ([`CHUNK_BYTES_DEFAULT`]) before compression, uploads it, and keeps only its
 //! [`ObjectEntry`]: memory stays bounded by one chunk whatever the keyspace's size.
 
 use std::io::{Read, Write};
@@ -18,9 +18,15 @@ use super::target::Target;
 use crate::error::Error;
 use crate::proto::BackupRecord;
 
-/// Uncompressed bytes per data object: large enough that S3 requests are few, small enough that
-/// one chunk in memory is cheap.
-pub const CHUNK_RAW_BYTES_MAX: usize = 8 * 1024 * 1024;
+/// Uncompressed bytes per data object by default: large enough that S3 requests are few, small
+/// enough that one chunk in memory is cheap.
+pub const CHUNK_BYTES_DEFAULT: usize = 8 * 1024 * 1024;
+
+/// The smallest chunk size accepted (`--chunk-bytes`): smaller only multiplies requests.
+pub const CHUNK_BYTES_MIN: usize = 64 * 1024;
+
+/// The largest chunk size accepted: a chunk is held in memory while it fills.
+pub const CHUNK_BYTES_MAX: usize = 256 * 1024 * 1024;
 
 /// Lowercase hex SHA-256.
 pub fn sha256_hex(bytes: &[u8]) -> String {
@@ -36,11 +42,13 @@ pub struct ChunkWriter<'a> {
     raw_bytes: usize,
     records: u64,
     seq: u32,
+    chunk_bytes: usize,
     pub objects: Vec<ObjectEntry>,
 }
 
 impl<'a> ChunkWriter<'a> {
-    pub fn new(target: &'a Target, id: &str, keyspace: &str) -> Self {
+    /// A writer that closes each object at `chunk_bytes` bytes before compression.
+    pub fn new(target: &'a Target, id: &str, keyspace: &str, chunk_bytes: usize) -> Self {
         Self {
             target,
             id: id.to_string(),
@@ -49,6 +57,7 @@ impl<'a> ChunkWriter<'a> {
             raw_bytes: 0,
             records: 0,
             seq: 0,
+            chunk_bytes,
             objects: Vec::new(),
         }
     }
@@ -61,7 +70,7 @@ impl<'a> ChunkWriter<'a> {
             .expect("compressing into memory does not fail");
         self.raw_bytes += frame.len();
         self.records += 1;
-        if self.raw_bytes >= CHUNK_RAW_BYTES_MAX {
+        if self.raw_bytes >= self.chunk_bytes {
             self.upload().await?;
         }
         Ok(())
@@ -155,7 +164,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("file://{}", dir.path().display());
         let target = Target::open(&url, Duration::from_secs(5)).unwrap();
-        let mut writer = ChunkWriter::new(&target, "b1", "ks");
+        let mut writer = ChunkWriter::new(&target, "b1", "ks", CHUNK_BYTES_DEFAULT);
         for i in 0..500 {
             writer.push(&record(i)).await.unwrap();
         }
@@ -180,7 +189,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("file://{}", dir.path().display());
         let target = Target::open(&url, Duration::from_secs(5)).unwrap();
-        let mut writer = ChunkWriter::new(&target, "20260101T000000.000Z-0001", "ks");
+        let mut writer = ChunkWriter::new(&target, "20260101T000000.000Z-0001", "ks", CHUNK_BYTES_MIN);
         writer.push(&record(1)).await.unwrap();
         writer.finish().await.unwrap();
         let (complete, incomplete) = target.list().await.unwrap();

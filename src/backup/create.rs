@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use tonic::transport::{Channel, Endpoint};
 use tonic::Streaming;
 
-use super::chunk::ChunkWriter;
+use super::chunk::{ChunkWriter, CHUNK_BYTES_MAX, CHUNK_BYTES_MIN};
 use super::manifest::{new_id, ClusterMember, KeyspaceEntry, Manifest, ObjectEntry, FORMAT_VERSION, MANIFEST_NAME};
 use super::target::Target;
 use crate::client::Client;
@@ -116,8 +116,32 @@ impl Tally {
     }
 }
 
-/// Takes a backup of `wanted` keyspaces (all when empty) into `target`; returns its manifest.
-pub async fn create(client: &Client, target: &Target, wanted: &[String], timeout: Duration) -> Result<Manifest, Error> {
+/// What `backup create` is asked for.
+pub struct CreateOptions {
+    /// Keyspaces to back up; all when empty.
+    pub keyspaces: Vec<String>,
+    /// The most one call (to a node or to the storage) may take.
+    pub timeout: Duration,
+    /// Bytes of records per data object, before compression.
+    pub chunk_bytes: usize,
+}
+
+impl CreateOptions {
+    pub fn validate(&self) -> Result<(), Error> {
+        if !(CHUNK_BYTES_MIN..=CHUNK_BYTES_MAX).contains(&self.chunk_bytes) {
+            return Err(Error::InvalidInput(format!(
+                "--chunk-bytes {} is out of range: it must be between {CHUNK_BYTES_MIN} and {CHUNK_BYTES_MAX}",
+                self.chunk_bytes
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Takes a backup into `target`; returns its manifest.
+pub async fn create(client: &Client, target: &Target, options: &CreateOptions) -> Result<Manifest, Error> {
+    options.validate()?;
+    let wanted = &options.keyspaces;
     let started = Instant::now();
     let now = chrono::Utc::now();
     let view = cluster_view(client).await?;
@@ -151,10 +175,10 @@ pub async fn create(client: &Client, target: &Target, wanted: &[String], timeout
         .map(|k| k.name.clone())
         .collect();
     if !cp.is_empty() {
-        backup_cp(&view, target, &mut manifest, cp, timeout).await?;
+        backup_cp(&view, target, &mut manifest, cp, options).await?;
     }
     for k in chosen.iter().filter(|k| k.mode() == proto::Mode::Ap) {
-        backup_ap(&view, target, &mut manifest, &k.name, timeout).await?;
+        backup_ap(&view, target, &mut manifest, &k.name, options).await?;
     }
     manifest.seconds = started.elapsed().as_secs_f64();
     target
@@ -169,8 +193,9 @@ async fn backup_cp(
     target: &Target,
     manifest: &mut Manifest,
     keyspaces: Vec<String>,
-    timeout: Duration,
+    options: &CreateOptions,
 ) -> Result<(), Error> {
+    let timeout = options.timeout;
     let leader = view.members.iter().find(|m| m.id == view.leader).ok_or_else(|| {
         Error::NoQuorum(
             "no leader is known, so no cp keyspace can be copied; retry when the cluster has a majority".into(),
@@ -187,7 +212,7 @@ async fn backup_cp(
             }
             current = Some((
                 page.keyspace.clone(),
-                ChunkWriter::new(target, &manifest.id, &page.keyspace),
+                ChunkWriter::new(target, &manifest.id, &page.keyspace, options.chunk_bytes),
                 Tally::default(),
             ));
         }
@@ -271,8 +296,9 @@ async fn backup_ap(
     target: &Target,
     manifest: &mut Manifest,
     keyspace: &str,
-    timeout: Duration,
+    options: &CreateOptions,
 ) -> Result<(), Error> {
+    let timeout = options.timeout;
     let (mut sources, mut unreachable) = (Vec::new(), Vec::new());
     for m in &view.members {
         match open_export(&m.address, vec![keyspace.to_string()], timeout).await {
@@ -294,7 +320,7 @@ async fn backup_ap(
         )));
     }
     let mut hlc = (0u64, 0u32);
-    let mut writer = ChunkWriter::new(target, &manifest.id, keyspace);
+    let mut writer = ChunkWriter::new(target, &manifest.id, keyspace, options.chunk_bytes);
     let mut tally = Tally::default();
     loop {
         for s in sources.iter_mut() {

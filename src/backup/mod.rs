@@ -6,7 +6,7 @@
 //! leader for every cp keyspace (one export, copied at one applied Raft index after a read
 //! barrier) and every member for each ap keyspace (merged by last-writer-wins as the pages
 //! stream in, tombstones and versions kept). Records become [`chunk`]s: framed, compressed data
-//! objects of at most [`chunk::CHUNK_RAW_BYTES_MAX`] bytes each, uploaded as soon as they fill,
+//! objects of at most [`chunk::CHUNK_BYTES_DEFAULT`] bytes each (`--chunk-bytes`), uploaded as soon as they fill,
 //! each with its SHA-256. The [`manifest`] is written last, so an interrupted backup has none and
 //! [`target::Target::list`] never offers it. [`restore`] verifies every checksum before it loads
 //! anything, creates each keyspace with its mode, and loads cp keyspaces through Raft and ap

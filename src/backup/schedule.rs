@@ -18,7 +18,8 @@
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use super::create::create;
+use super::chunk::CHUNK_BYTES_DEFAULT;
+use super::create::{create, CreateOptions};
 use super::target::Target;
 use crate::client::Client;
 use crate::error::Error;
@@ -139,7 +140,12 @@ pub async fn run(options: ScheduleOptions, listen: String, is_leader: impl Fn() 
 async fn take_one(options: &ScheduleOptions, listen: &str) -> Result<(), Error> {
     let client = Client::new(vec![listen.to_string()], SCHEDULED_CALL_TIMEOUT)?;
     let target = Target::open(&options.to, SCHEDULED_CALL_TIMEOUT)?;
-    let manifest = create(&client, &target, &[], SCHEDULED_CALL_TIMEOUT).await?;
+    let create_options = CreateOptions {
+        keyspaces: Vec::new(),
+        timeout: SCHEDULED_CALL_TIMEOUT,
+        chunk_bytes: CHUNK_BYTES_DEFAULT,
+    };
+    let manifest = create(&client, &target, &create_options).await?;
     let now_s = manifest.created_unix_ms as f64 / 1000.0 + manifest.seconds;
     metrics::gauge!("capkv_backup_last_success_timestamp_seconds").set(now_s);
     metrics::gauge!("capkv_backup_last_duration_seconds").set(manifest.seconds);

@@ -31,6 +31,9 @@ pub enum BackupCommand {
         /// A keyspace to back up (repeatable; default: every keyspace).
         #[arg(long = "keyspace", value_name = "K")]
         keyspaces: Vec<String>,
+        /// Bytes of records per data object, before compression (64 KiB to 256 MiB).
+        #[arg(long, default_value_t = backup::chunk::CHUNK_BYTES_DEFAULT)]
+        chunk_bytes: usize,
     },
     /// List the complete backups under a URL (an interrupted one has no manifest and is not listed).
     List {
@@ -192,9 +195,18 @@ impl View for RestoreView {
 pub async fn run(client: &Client, command: &BackupCommand, hex: bool) -> Result<Report, Error> {
     let timeout = client.timeout();
     match command {
-        BackupCommand::Create { to, keyspaces } => {
+        BackupCommand::Create {
+            to,
+            keyspaces,
+            chunk_bytes,
+        } => {
             let target = Target::open(to, timeout)?;
-            let m = backup::create::create(client, &target, keyspaces, timeout).await?;
+            let options = backup::create::CreateOptions {
+                keyspaces: keyspaces.clone(),
+                timeout,
+                chunk_bytes: *chunk_bytes,
+            };
+            let m = backup::create::create(client, &target, &options).await?;
             for k in m.keyspaces.iter().filter(|k| !k.unreachable.is_empty()) {
                 eprintln!(
                     "warning: ap keyspace '{}' was merged from nodes {:?} only; nodes {:?} could not be read, so writes held only by them are missing",
@@ -295,7 +307,7 @@ mod tests {
         let Command::Backup(args) = cli.command else {
             panic!("not a backup command")
         };
-        let BackupCommand::Create { to, keyspaces } = args.command else {
+        let BackupCommand::Create { to, keyspaces, .. } = args.command else {
             panic!("not create")
         };
         assert_eq!(

@@ -309,16 +309,18 @@ fn file_backup_restores_cp_and_ap_into_a_fresh_cluster() {
     );
 }
 
-/// Blobs written by the interruption tests: 24 MiB of incompressible values in an ap keyspace,
-/// so a backup makes three data objects and a kill after the first lands in the middle.
-const BLOBS: usize = 24;
+/// Blobs written by the interruption tests: 3 MiB of incompressible values in an ap keyspace,
+/// backed up in objects of [`SMALL_CHUNK`] bytes, so a kill after the first lands in the middle.
+const BLOBS: usize = 48;
+const BLOB_BYTES: usize = 64 * 1024;
+const SMALL_CHUNK: &str = "262144";
 
 fn write_blobs(cluster: &Cluster, rt: &tokio::runtime::Runtime, mut seed: u64) {
     cluster.client().create_keyspace("blobs", "ap");
     rt.block_on(async {
         let client = lib(&cluster.endpoint(1));
         for i in 0..BLOBS {
-            let value: Vec<u8> = (0..1024 * 1024)
+            let value: Vec<u8> = (0..BLOB_BYTES)
                 .map(|_| {
                     seed ^= seed << 13;
                     seed ^= seed >> 7;
@@ -343,7 +345,7 @@ fn an_interrupted_backup_is_never_listed() {
     write_blobs(&cluster, &rt, 0x9e37_79b9_7f4a_7c15);
     let mut child = Command::new(BIN)
         .args(["--endpoints", &cluster.endpoints_of(&cluster.ids()), "--timeout", "20s"])
-        .args(["backup", "create", "--to", &url])
+        .args(["backup", "create", "--to", &url, "--chunk-bytes", SMALL_CHUNK])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -570,6 +572,8 @@ fn s3_server_killed_mid_upload_leaves_no_backup_and_the_cluster_serving() {
             "create",
             "--to",
             url,
+            "--chunk-bytes",
+            SMALL_CHUNK,
         ])
     });
     // Wait until the first object is in, then pull the plug.
