@@ -309,11 +309,12 @@ fn file_backup_restores_cp_and_ap_into_a_fresh_cluster() {
     );
 }
 
-/// Blobs written by the interruption tests: 3 MiB of incompressible values in an ap keyspace,
-/// backed up in objects of [`SMALL_CHUNK`] bytes, so a kill after the first lands in the middle.
-const BLOBS: usize = 48;
+/// Blobs written by the interruption tests: 4 MiB of incompressible values in an ap keyspace,
+/// backed up in objects of [`SMALL_CHUNK`] bytes (the smallest allowed), so about 64 objects
+/// follow the first and a kill when the first appears lands in the middle.
+const BLOBS: usize = 64;
 const BLOB_BYTES: usize = 64 * 1024;
-const SMALL_CHUNK: &str = "262144";
+const SMALL_CHUNK: &str = "65536";
 
 fn write_blobs(cluster: &Cluster, rt: &tokio::runtime::Runtime, mut seed: u64) {
     cluster.client().create_keyspace("blobs", "ap");
@@ -579,9 +580,15 @@ fn s3_server_killed_mid_upload_leaves_no_backup_and_the_cluster_serving() {
     // Wait until the first object is in, then pull the plug.
     // (Polled with a raw GET, which moto answers unsigned: boto3 would start too slowly.)
     let moto_addr = format!("127.0.0.1:{port}");
-    wait_until(Duration::from_secs(60), "the first object to be uploaded", || {
-        backup.is_finished() || http_get(&moto_addr, "/backups?list-type=2").is_ok_and(|r| r.body.contains("<Key>"))
-    });
+    // A tight loop: the harness's polling backs off to 250 ms, longer than the whole upload.
+    let uploading = || http_get(&moto_addr, "/backups?list-type=2").is_ok_and(|r| r.body.contains("<Key>"));
+    while !backup.is_finished() && !uploading() {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no object uploaded within 60 s"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
     println!("first object uploaded {:?} after the backup began", started.elapsed());
     assert!(
         !backup.is_finished(),
