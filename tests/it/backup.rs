@@ -528,6 +528,19 @@ fn s3_backup_is_readable_by_boto3_verified_and_restored() {
     let client = cluster.client().with_timeout("20s");
     client.run(&["backup", "verify", "--from", url]).expect_code(0);
     client.run(&["backup", "restore", "--from", url]).expect_code(0);
+
+    // A wrong bucket and an S3 server that is not there: a sentence, a non-zero exit, in time.
+    let wrong = client.run(&["backup", "create", "--to", "s3://no-such-bucket/capkv"]);
+    assert_ne!(wrong.code, 0, "{}", wrong.describe());
+    assert!(wrong.stderr.contains("no-such-bucket"), "{}", wrong.describe());
+    std::env::set_var("AWS_ENDPOINT_URL", format!("http://127.0.0.1:{}", free_ports(1)[0]));
+    let gone = cluster
+        .client()
+        .with_timeout("2s")
+        .run(&["backup", "list", "--from", url]);
+    set_aws_env(&moto);
+    assert_ne!(gone.code, 0, "{}", gone.describe());
+    assert!(gone.elapsed < Duration::from_secs(10), "{}", gone.describe());
     check_restored(&cluster, &rt, &cp, &ap);
 
     // Corrupt one object with boto3: verify and restore name it and refuse.
