@@ -43,6 +43,7 @@ pub mod network;
 pub mod path;
 pub mod propose;
 pub mod raft;
+pub mod read_index;
 pub mod route;
 pub mod state_machine;
 pub mod watchdog;

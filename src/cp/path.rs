@@ -16,7 +16,9 @@ use openraft::RaftMetrics;
 use tonic::transport::Channel;
 
 use super::log_store::LogStore;
+use super::propose::confirm_leadership;
 use super::raft::{self, RaftOptions};
+use super::read_index::ReadBatcher;
 use super::state_machine::SmReader;
 use super::{NodeId, Raft};
 use crate::error::Error;
@@ -36,6 +38,8 @@ pub struct Cp {
     pub(super) peers: BTreeMap<NodeId, String>,
     /// One lazily connecting channel per leader, reused by every forwarded request.
     pub(super) forward_channels: Mutex<HashMap<NodeId, Channel>>,
+    /// Linearizable reads, confirmed in batches.
+    pub(super) reads: ReadBatcher,
 }
 
 impl Cp {
@@ -48,8 +52,14 @@ impl Cp {
         peers: BTreeMap<NodeId, String>,
     ) -> Result<Cp, Error> {
         let started = raft::start(id, &options, flusher, reach.fault().clone()).await?;
+        let raft = started.raft.clone();
+        let reads = ReadBatcher::start(move |deadline| {
+            let raft = raft.clone();
+            async move { confirm_leadership(&raft, id, deadline).await }
+        });
         Ok(Cp {
             id,
+            reads,
             raft: started.raft,
             reader: started.reader,
             log: started.log,

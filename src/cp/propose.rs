@@ -6,8 +6,9 @@
 //! applied: it answers "outcome unknown". A proposal the state machine refused (unknown
 //! keyspace, not a cp keyspace) changed nothing and says why.
 //!
-//! [`Cp::read_barrier`] is ReadIndex through openraft's `ensure_linearizable()`: after it, the
-//! local state machine reflects every write acknowledged before the read began.
+//! [`Cp::read_barrier`] is ReadIndex through openraft's `ensure_linearizable()`, one confirmation
+//! per batch of concurrent reads ([`super::read_index`]): after it, the local state machine
+//! reflects every write acknowledged before the read began.
 //!
 //! Caveats: the negative-control build `unsafe-local-reads` skips the read barrier on purpose,
 //! so the Jepsen-style suite can prove it catches stale reads.
@@ -18,6 +19,7 @@ use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
 
 use super::command::{Proposal, Refusal};
 use super::path::Cp;
+use super::{NodeId, Raft};
 use crate::error::Error;
 
 impl Cp {
@@ -48,30 +50,34 @@ impl Cp {
         Ok(P::answer(answer).unwrap_or_else(|| panic!("the state machine answered a {op} with another kind")))
     }
 
-    /// Makes the local state machine linearizable for a read that starts now (ReadIndex).
+    /// Makes the local state machine linearizable for a read that starts now (ReadIndex,
+    /// batched with concurrent reads: see [`super::read_index`]).
     pub async fn read_barrier(&self, deadline: Instant) -> Result<(), Error> {
         if cfg!(feature = "unsafe-local-reads") {
             // Negative control: a deliberately broken build that skips ReadIndex.
             return Ok(());
         }
-        let budget = deadline.saturating_duration_since(Instant::now());
-        match tokio::time::timeout(budget, self.raft.ensure_linearizable()).await {
-            Err(_) => Err(Error::NoQuorum(format!(
-                "node {} could not confirm its leadership with a majority within {} ms",
-                self.id,
-                budget.as_millis()
-            ))),
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_)))) => Err(Error::NoQuorum(format!(
-                "node {} lost the leadership while confirming a read; retry",
-                self.id
-            ))),
-            Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(q)))) => Err(Error::NoQuorum(format!(
-                "node {} could not confirm its leadership: {q}",
-                self.id
-            ))),
-            Ok(Err(e)) => Err(Error::Internal(format!("Raft refused the read: {e}"))),
-        }
+        self.reads.confirm(self.id, deadline).await
+    }
+}
+
+/// One leadership confirmation for a batch of reads: ReadIndex through openraft's
+/// `ensure_linearizable()`, bounded by `deadline`.
+pub(super) async fn confirm_leadership(raft: &Raft, id: NodeId, deadline: Instant) -> Result<(), Error> {
+    let budget = deadline.saturating_duration_since(Instant::now());
+    match tokio::time::timeout(budget, raft.ensure_linearizable()).await {
+        Err(_) => Err(Error::NoQuorum(format!(
+            "node {id} could not confirm its leadership with a majority within {} ms",
+            budget.as_millis()
+        ))),
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_)))) => Err(Error::NoQuorum(format!(
+            "node {id} lost the leadership while confirming a read; retry"
+        ))),
+        Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(q)))) => Err(Error::NoQuorum(format!(
+            "node {id} could not confirm its leadership: {q}"
+        ))),
+        Ok(Err(e)) => Err(Error::Internal(format!("Raft refused the read: {e}"))),
     }
 }
 
