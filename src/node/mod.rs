@@ -42,7 +42,7 @@ impl Node {
     pub async fn open(options: NodeOptions) -> Result<Arc<Node>, Error> {
         options.validate()?;
         let db = crate::storage::open(&options.data_dir)?;
-        let flusher = Flusher::new(db.clone());
+        let flusher = Flusher::durable(db.clone(), &options.data_dir);
         let fault = Arc::new(FaultFilter::new(options.fault_injection));
         let liveness = Liveness::new(options.id, options.peers.keys().copied());
         let reach = Reach::new(options.id, liveness, fault);
