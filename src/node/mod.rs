@@ -122,7 +122,13 @@ impl Node {
     /// Bytes the node's storage takes on disk: the sled database and the Raft log's segments.
     pub fn storage_bytes(&self) -> u64 {
         let wal = std::fs::read_dir(self.options.data_dir.join("wal"))
-            .map(|entries| entries.flatten().filter_map(|e| e.metadata().ok()).map(|m| m.len()).sum())
+            .map(|entries| {
+                entries
+                    .flatten()
+                    .filter_map(|e| e.metadata().ok())
+                    .map(|m| m.len())
+                    .sum()
+            })
             .unwrap_or(0);
         self.db.size_on_disk().unwrap_or(0) + wal
     }

@@ -1,11 +1,12 @@
 //! Durable before acknowledged, shown on the real binary with `strace`.
 //!
 //! One node (a one-node cluster) runs under `strace -f`, tracing reads and writes on files and
-//! sockets and every `fdatasync`/`fsync`. A client puts a value nobody else could have written.
-//! The trace must show, in this order: the node reads the put from the client's socket; it
-//! writes a record holding the value to a WAL segment (`*.wal`); an `fdatasync` of that segment
-//! completes; only then does it write the response (the first HTTP/2 HEADERS or DATA frame) to
-//! that same socket.
+//! sockets and every `fdatasync`/`fsync`. A client puts a value nobody else could have written,
+//! once into a cp keyspace and once into an ap one. For each, the trace must show, in this
+//! order: the node reads the put from the client's socket; it writes the value to its store (cp:
+//! a Raft log segment `wal/*.wal`; ap: a file of the sled database under `db/`); an
+//! `fdatasync` or `fsync` of that same file completes; only then does it write the response
+//! (the first HTTP/2 HEADERS or DATA frame) to that same socket.
 //!
 //! Skipped, with the reason printed, when `strace` is missing or may not trace (no ptrace
 //! permission); `scripts/test.sh` installs strace so CI runs it.
@@ -98,6 +99,10 @@ impl Call {
         let Some((_, after)) = args.split_once('<') else {
             return String::new();
         };
+        // A socket reads `TCP:[a:1->b:2]`, whose arrow holds a '>'; a path ends at the first '>'.
+        if after.starts_with("TCP:[") {
+            return format!("{}]", after.split_once("]>").map_or(after, |(t, _)| t));
+        }
         decode(after.split_once('>').map_or(after, |(t, _)| t))
     }
 
@@ -144,8 +149,11 @@ fn parse(trace: &str) -> Vec<Call> {
     let mut calls = Vec::new();
     let mut pending: std::collections::HashMap<&str, Call> = std::collections::HashMap::new();
     for (line_no, line) in trace.lines().enumerate() {
-        let mut parts = line.splitn(3, ' ');
-        let (Some(pid), Some(_time), Some(body)) = (parts.next(), parts.next(), parts.next()) else {
+        // `PID  HH:MM:SS.micros call(...)`; strace pads the pid with spaces.
+        let Some((pid, rest)) = line.split_once(' ') else {
+            continue;
+        };
+        let Some((_time, body)) = rest.trim_start().split_once(' ') else {
             continue;
         };
         if let Some(resumed) = body.strip_prefix("<... ") {
@@ -186,23 +194,27 @@ fn has_response_frame(bytes: &[u8]) -> bool {
 }
 
 fn find<'a>(calls: &'a [Call], what: &str, pred: impl Fn(&Call) -> bool) -> Result<&'a Call, String> {
-    calls.iter().find(|c| pred(c)).ok_or_else(|| format!("the trace shows no {what}"))
+    calls
+        .iter()
+        .find(|c| pred(c))
+        .ok_or_else(|| format!("the trace shows no {what}"))
 }
 
-/// Checks the order described in the module docs; returns the four calls as evidence.
-fn check_order(trace: &str, value: &[u8]) -> Result<String, String> {
+/// Checks the order described in the module docs for a value stored in a file whose path
+/// `is_store` accepts; returns the four calls as evidence.
+fn check_order(trace: &str, value: &[u8], is_store: impl Fn(&str) -> bool) -> Result<String, String> {
     let calls = parse(trace);
     let contains = |c: &Call| c.bytes().windows(value.len()).any(|w| w == value);
     let request = find(&calls, "read of the put from a socket", |c| {
         c.is(&["read", "readv", "recvfrom", "recvmsg"]) && c.target().starts_with("TCP:") && contains(c)
     })?;
     let socket = request.target();
-    let wal_write = find(&calls, "write of the value to a WAL segment", |c| {
-        c.is(&["write", "writev", "pwrite64"]) && c.target().ends_with(".wal") && c.start > request.end && contains(c)
+    let store_write = find(&calls, "write of the value to the store's file", |c| {
+        c.is(&["write", "writev", "pwrite64"]) && is_store(&c.target()) && c.start > request.end && contains(c)
     })?;
-    let segment = wal_write.target();
-    let sync = find(&calls, "fdatasync of that segment after the write", |c| {
-        c.is(&["fdatasync", "fsync"]) && c.target() == segment && c.start > wal_write.end
+    let file = store_write.target();
+    let sync = find(&calls, "fdatasync or fsync of that file after the write", |c| {
+        c.is(&["fdatasync", "fsync"]) && c.target() == file && c.start > store_write.end
     })?;
     let response = find(&calls, "response to the client's socket", |c| {
         c.is(&["write", "writev", "sendto", "sendmsg"])
@@ -211,27 +223,31 @@ fn check_order(trace: &str, value: &[u8]) -> Result<String, String> {
             && has_response_frame(&c.bytes())
     })?;
     let evidence = format!(
-        "request read on {socket} (trace line {}), WAL write to {segment} (line {}), sync done (line {}), \
+        "request read on {socket} (trace line {}), write to {file} (line {}), {} done (line {}), \
          response write starts (line {})",
         request.end + 1,
-        wal_write.end + 1,
+        store_write.end + 1,
+        sync.name,
         sync.end + 1,
         response.start + 1
     );
     if sync.end < response.start {
         Ok(evidence)
     } else {
-        Err(format!("the response left before the WAL sync completed: {evidence}"))
+        Err(format!("the response left before the sync completed: {evidence}"))
     }
 }
 
 #[test]
-fn the_wal_is_fdatasynced_before_a_put_is_answered() {
+fn the_store_is_synced_before_a_put_is_answered() {
     if let Some(why) = strace_unusable() {
-        eprintln!("SKIPPED the_wal_is_fdatasynced_before_a_put_is_answered: {why}");
+        eprintln!("SKIPPED the_store_is_synced_before_a_put_is_answered: {why}");
         return;
     }
-    let dir = tempfile::Builder::new().prefix("capkv-strace-").tempdir().expect("a temp dir");
+    let dir = tempfile::Builder::new()
+        .prefix("capkv-strace-")
+        .tempdir()
+        .expect("a temp dir");
     let trace_path = dir.path().join("trace.txt");
     let ports = free_ports(2);
     let listen = format!("127.0.0.1:{}", ports[0]);
@@ -243,31 +259,65 @@ fn the_wal_is_fdatasynced_before_a_put_is_answered() {
         if out.code == 0 {
             break;
         }
-        assert!(Instant::now() < deadline, "the traced node never served: {}", out.describe());
+        assert!(
+            Instant::now() < deadline,
+            "the traced node never served: {}",
+            out.describe()
+        );
         std::thread::sleep(Duration::from_millis(300));
     }
-    let nanos = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_nanos();
-    let value = format!("durable-{}-{nanos}", std::process::id());
-    client.put("traced", "k", &value).expect_code(0);
+    client.create_keyspace("tracedap", "ap");
+    let nanos = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos();
+    let cp_value = format!("durable-cp-{}-{nanos}", std::process::id());
+    let ap_value = format!("durable-ap-{}-{nanos}", std::process::id());
+    client.put("traced", "k", &cp_value).expect_code(0);
+    client.put("tracedap", "k", &ap_value).expect_code(0);
     drop(node);
     let trace = fs::read_to_string(&trace_path).expect("strace wrote its trace");
-    match check_order(&trace, value.as_bytes()) {
-        Ok(evidence) => eprintln!("{evidence}"),
-        Err(why) => panic!("{why}; the trace is kept at {}", dir.keep().join("trace.txt").display()),
+    let checks = [
+        ("cp put, WAL segment", check_order(&trace, cp_value.as_bytes(), is_wal)),
+        ("ap put, sled file", check_order(&trace, ap_value.as_bytes(), is_sled)),
+    ];
+    let mut failed = Vec::new();
+    for (what, outcome) in checks {
+        match outcome {
+            Ok(evidence) => eprintln!("{what}: {evidence}"),
+            Err(why) => failed.push(format!("{what}: {why}")),
+        }
     }
+    if !failed.is_empty() {
+        panic!(
+            "{}\nthe trace is kept at {}",
+            failed.join("\n"),
+            dir.keep().join("trace.txt").display()
+        );
+    }
+}
+
+/// A segment of the Raft log.
+fn is_wal(path: &str) -> bool {
+    path.contains("/wal/") && path.ends_with(".wal")
+}
+
+/// A file of the sled database (the AP store and the CP state machine).
+fn is_sled(path: &str) -> bool {
+    path.contains("/node1/db/")
 }
 
 #[test]
 fn the_order_check_refuses_a_response_before_the_sync() {
     let lines = [
-        r#"7 10:00:00.000001 recvfrom(9<TCP:[127.0.0.1:7001->127.0.0.1:5000]>, "\x76\x31", 100, 0, NULL, NULL) = 2"#,
-        r#"8 10:00:00.000002 write(12<\x2f\x61\x2e\x77\x61\x6c>, "\x76\x31", 2) = 2"#,
+        r#"7  10:00:00.000001 recvfrom(9<TCP:[127.0.0.1:7001->127.0.0.1:5000]>, "\x76\x31", 100, 0, NULL, NULL) = 2"#,
+        r#"8 10:00:00.000002 write(12<\x2f\x77\x61\x6c\x2f\x61\x2e\x77\x61\x6c>, "\x76\x31", 2) = 2"#,
         r#"7 10:00:00.000003 writev(9<TCP:[127.0.0.1:7001->127.0.0.1:5000]>, [{iov_base="\x00\x00\x00\x01\x04\x00\x00\x00\x01", iov_len=9}], 1) = 9"#,
-        r#"8 10:00:00.000004 fdatasync(12<\x2f\x61\x2e\x77\x61\x6c>) = 0"#,
+        r#"8 10:00:00.000004 fdatasync(12<\x2f\x77\x61\x6c\x2f\x61\x2e\x77\x61\x6c>) = 0"#,
     ];
     let early = lines.join("\n");
-    let err = check_order(&early, b"v1").expect_err("the response precedes the sync");
-    assert!(err.contains("before the WAL sync"), "{err}");
+    let err = check_order(&early, b"v1", is_wal).expect_err("the response precedes the sync");
+    assert!(err.contains("before the sync"), "{err}");
     let in_order = [lines[0], lines[1], lines[3], lines[2]].join("\n");
-    check_order(&in_order, b"v1").expect("sync, then response");
+    check_order(&in_order, b"v1", is_wal).expect("sync, then response");
 }
