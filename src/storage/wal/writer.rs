@@ -67,7 +67,7 @@ impl Writer {
     }
 
     /// Queues `records`; `done` hears the outcome of the sync that covers them (`None`: nobody
-    /// waits, the records ride along with the next sync).
+    /// waits, and the records ride along with the next sync instead of causing one).
     pub async fn submit(&self, records: Vec<Vec<u8>>, done: Option<Done>) {
         let queue = self.queue.as_ref().expect("the queue lives as long as the writer");
         if let Err(mpsc::error::SendError(job)) = queue.send(Job { records, done }).await {
@@ -130,6 +130,11 @@ fn run(mut wal: Wal, mut tracker: impl Tracker, mut jobs: mpsc::Receiver<Job>) {
             }
         }
     }
+    if failed.is_none() {
+        if let Err(e) = wal.sync() {
+            tracing::error!("the write-ahead log could not sync its last records when stopping: {e}");
+        }
+    }
 }
 
 /// Restates the state at the start of a run: the last segment may have been created by a run
@@ -143,7 +148,9 @@ fn restate(wal: &mut Wal, tracker: &mut impl Tracker) -> Result<(), WalError> {
     wal.sync()
 }
 
-/// Writes a batch, syncs once, then removes segments that became disposable.
+/// Writes a batch, syncs once, then removes segments that became disposable. A batch nobody
+/// waits for is only buffered: it reaches the disk with the next sync (or when the writer stops),
+/// so records that need no durability cost no sync of their own.
 fn commit(wal: &mut Wal, tracker: &mut impl Tracker, batch: &[Job]) -> Result<(), WalError> {
     for record in batch.iter().flat_map(|job| &job.records) {
         if wal.is_full() {
@@ -155,6 +162,9 @@ fn commit(wal: &mut Wal, tracker: &mut impl Tracker, batch: &[Job]) -> Result<()
         }
         wal.write(record)?;
         tracker.observe(wal.current_segment(), record);
+    }
+    if batch.iter().all(|job| job.done.is_none()) {
+        return Ok(());
     }
     wal.sync()?;
     for removed in wal.remove_segments(|segment| tracker.disposable(segment))? {
