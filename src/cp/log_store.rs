@@ -308,10 +308,16 @@ impl LogStore {
     }
 }
 
-/// Refuses a data dir whose Raft log is in sled (written by capkv before the WAL).
+/// Refuses a data dir whose Raft log or vote is in sled (written by capkv before the WAL):
+/// starting without them could vote twice in a term or lose acknowledged entries.
 pub fn refuse_sled_log(db: &sled::Db, data_dir: &Path) -> Result<(), Error> {
-    let has_old_log = db.tree_names().iter().any(|n| n.as_ref() == b"raft_log");
-    if has_old_log && !db.open_tree("raft_log")?.is_empty() {
+    let mut has_old_log = false;
+    for name in db.tree_names() {
+        if name.as_ref() == b"raft_log" || name.as_ref() == b"raft_meta" {
+            has_old_log |= !db.open_tree(name)?.is_empty();
+        }
+    }
+    if has_old_log {
         return Err(Error::Refused(format!(
             "the data dir {} was written by an older capkv that kept its Raft log in sled; this version keeps it \
              in {}/wal and cannot read the old one. Start this node with an empty --data-dir: it then catches \

@@ -122,6 +122,13 @@ fn a_data_dir_with_a_sled_raft_log_is_refused_with_what_to_do() {
     db.open_tree("raft_log").unwrap().insert(b"x", b"y").unwrap();
     let err = refuse_sled_log(&db, dir.path()).unwrap_err().to_string();
     assert!(err.contains("older capkv") && err.contains("empty --data-dir"), "{err}");
+    let vote_only = tempfile::tempdir().unwrap();
+    let db = crate::storage::open(vote_only.path()).unwrap();
+    db.open_tree("raft_meta").unwrap().insert(b"vote", b"v").unwrap();
+    assert!(
+        refuse_sled_log(&db, vote_only.path()).is_err(),
+        "a vote in sled is refused too"
+    );
     let fresh = tempfile::tempdir().unwrap();
     let db = crate::storage::open(fresh.path()).unwrap();
     refuse_sled_log(&db, fresh.path()).expect("a fresh data dir is fine");

@@ -112,7 +112,11 @@ pub async fn start(
         .data_dir()
         .ok_or_else(|| Error::Internal("the Raft log needs a data dir; this database was opened without one".into()))?;
     super::log_store::refuse_sled_log(flusher.db(), data_dir)?;
-    let log = LogStore::open(&data_dir.join("wal"))?;
+    // Recovery reads every segment: off the async worker threads.
+    let wal_dir = data_dir.join("wal");
+    let log = tokio::task::spawn_blocking(move || LogStore::open(&wal_dir))
+        .await
+        .map_err(|e| Error::Internal(format!("opening the Raft log panicked: {e}")))??;
     let sm = StateMachineStore::open(flusher)?;
     let reader = sm.reader();
     let raft = Raft::new(id, config, Network::new(id, fault), log.clone(), sm)

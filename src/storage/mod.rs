@@ -21,8 +21,11 @@ use crate::limits::SLED_CACHE_BYTES;
 
 /// Opens (or creates) the node's database under `dir`.
 pub fn open(dir: &Path) -> Result<sled::Db, Error> {
-    std::fs::create_dir_all(dir)
-        .map_err(|e| Error::InvalidInput(format!("cannot create the data dir {}: {e}", dir.display())))?;
+    if !dir.exists() {
+        std::fs::create_dir_all(dir)
+            .and_then(|()| wal::disk::sync_parent(dir))
+            .map_err(|e| Error::InvalidInput(format!("cannot create the data dir {}: {e}", dir.display())))?;
+    }
     sled::Config::new()
         .path(dir.join("db"))
         .cache_capacity(SLED_CACHE_BYTES)

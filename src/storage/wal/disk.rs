@@ -44,9 +44,7 @@ impl RealDisk {
     pub fn open(dir: &Path) -> io::Result<Self> {
         if !dir.exists() {
             std::fs::create_dir_all(dir)?;
-            if let Some(parent) = dir.parent() {
-                sync_dir(parent)?;
-            }
+            sync_parent(dir)?;
         }
         Ok(Self {
             dir: dir.to_path_buf(),
@@ -68,6 +66,14 @@ impl RealDisk {
 /// fsyncs a directory, so entries created, renamed or removed in it survive a power cut.
 pub fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
+}
+
+/// fsyncs the directory that holds `path` (the current directory for a bare name).
+pub fn sync_parent(path: &Path) -> io::Result<()> {
+    match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => sync_dir(parent),
+        _ => sync_dir(Path::new(".")),
+    }
 }
 
 impl Disk for RealDisk {
