@@ -53,6 +53,10 @@ pub const SEGMENT_BYTES_MAX: u64 = 64 * 1024 * 1024;
 pub const RECORD_BYTES_MAX: usize = 32 * 1024 * 1024;
 
 const HEADER_BYTES: usize = 8;
+
+/// A write plus sync slower than this is logged: Raft's AppendEntries waits for it, and
+/// openraft gives one AppendEntries a heartbeat interval (200 ms by default).
+const SLOW_SYNC: std::time::Duration = std::time::Duration::from_millis(100);
 const SEGMENT_SUFFIX: &str = ".wal";
 
 /// What went wrong in the log.
@@ -299,6 +303,8 @@ impl Wal {
     /// Does nothing when nothing was written since the last sync.
     pub fn sync(&mut self) -> Result<(), WalError> {
         let name = segment_name(self.current_segment());
+        let started = std::time::Instant::now();
+        let bytes = self.buffer.len();
         if !self.buffer.is_empty() {
             self.disk
                 .append(&name, &self.buffer)
@@ -306,12 +312,20 @@ impl Wal {
             self.buffer.clear();
         }
         if self.unsynced {
-            let started = std::time::Instant::now();
+            let synced = std::time::Instant::now();
             self.disk
                 .sync_data(&name)
                 .map_err(io_err(format!("fdatasync of {name}")))?;
-            metrics::histogram!("capkv_wal_fdatasync_seconds").record(started.elapsed().as_secs_f64());
+            metrics::histogram!("capkv_wal_fdatasync_seconds").record(synced.elapsed().as_secs_f64());
             self.unsynced = false;
+        }
+        let took = started.elapsed();
+        if took >= SLOW_SYNC {
+            tracing::warn!(
+                took_ms = took.as_millis() as u64,
+                bytes,
+                "slow write-ahead log sync: the disk is busy or slow, and Raft waits for it"
+            );
         }
         Ok(())
     }
