@@ -10,7 +10,7 @@ use proptest::prelude::*;
 use super::*;
 use crate::cp::command::{Command, Put};
 use crate::storage::wal::sim::SimDisk;
-use crate::storage::wal::WalOptions;
+use crate::storage::wal::{Wal, WalOptions};
 
 /// Segments of a few hundred bytes, so runs rotate and remove segments often.
 fn small() -> WalOptions {
@@ -112,6 +112,49 @@ fn purged_segments_are_removed_and_their_state_restated() {
         assert_eq!(state.last_purged_log_id, Some(log_id(3, 55)));
         let entries = store.try_get_log_entries(0..).await.unwrap();
         assert_eq!(entries, (56..=60).map(|i| entry(3, i)).collect::<Vec<_>>());
+    });
+}
+
+#[test]
+fn a_vote_survives_when_a_crash_left_the_newest_segment_without_its_head() {
+    runtime().block_on(async {
+        // A run wrote the vote to the first segment, rotated, and crashed before the head of
+        // the new segment (which restates the vote) reached the disk.
+        let disk = SimDisk::new();
+        let mut wal = Wal::open(Arc::new(disk.clone()), small(), |_, _| Ok(())).unwrap();
+        wal.write(&record(VOTE, &encode(&Vote::<NodeId>::new(7, 1)))).unwrap();
+        wal.rotate().unwrap();
+        wal.sync().unwrap();
+        drop(wal);
+        // The next run purges everything the first segment holds, which lets it be removed.
+        let store = open(&disk);
+        store.append_entries([entry(7, 1)], ignore()).await.unwrap();
+        // Segments are removed after the purge's sync, before the purge is reported done.
+        store.purge_upto(log_id(7, 1)).await.unwrap();
+        assert!(
+            !disk.list().unwrap().contains(&crate::storage::wal::segment_name(0)),
+            "the first segment was removed"
+        );
+        drop(store);
+        let mut store = open(&disk.reboot(3));
+        assert_eq!(
+            store.read_vote().await.unwrap(),
+            Some(Vote::new(7, 1)),
+            "the vote was restated before the removal"
+        );
+    });
+}
+
+#[test]
+fn after_a_disk_failure_every_write_is_refused_with_what_to_do() {
+    runtime().block_on(async {
+        let disk = SimDisk::new();
+        let store = open(&disk);
+        store.save_vote_durably(&Vote::new(1, 1)).await.unwrap();
+        disk.crash();
+        assert!(store.save_vote_durably(&Vote::new(2, 1)).await.is_err());
+        let disk_ok_again = store.purge_upto(log_id(1, 0)).await.unwrap_err().to_string();
+        assert!(disk_ok_again.contains("restart the node"), "{disk_ok_again}");
     });
 }
 
