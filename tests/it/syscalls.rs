@@ -6,7 +6,8 @@
 //! order: the node reads the put from the client's socket; it writes the value to its store (cp:
 //! a Raft log segment `wal/*.wal`; ap: a file of the sled database under `db/`); an
 //! `fdatasync` or `fsync` of that same file completes; only then does it write the response
-//! (the first HTTP/2 HEADERS or DATA frame) to that same socket.
+//! (the first HTTP/2 HEADERS or DATA frame) to that same socket. The node's metrics count those
+//! syncs (`capkv_wal_fdatasync_seconds`, `capkv_sled_fsync_seconds`).
 //!
 //! Skipped, with the reason printed, when `strace` is missing or may not trace (no ptrace
 //! permission); `scripts/test.sh` installs strace so CI runs it.
@@ -17,7 +18,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::harness::{free_ports, Client, BIN};
+use crate::harness::{free_ports, http_get, metric_value, Client, BIN};
 
 /// How long the traced node may take to elect itself and create a keyspace.
 const TRACED_READY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -251,7 +252,8 @@ fn the_store_is_synced_before_a_put_is_answered() {
     let trace_path = dir.path().join("trace.txt");
     let ports = free_ports(2);
     let listen = format!("127.0.0.1:{}", ports[0]);
-    let node = Traced::start(dir.path(), &trace_path, &listen, &format!("127.0.0.1:{}", ports[1]));
+    let http = format!("127.0.0.1:{}", ports[1]);
+    let node = Traced::start(dir.path(), &trace_path, &listen, &http);
     let client = Client::new(listen.clone());
     let deadline = Instant::now() + TRACED_READY_TIMEOUT;
     loop {
@@ -275,6 +277,13 @@ fn the_store_is_synced_before_a_put_is_answered() {
     let ap_value = format!("durable-ap-{}-{nanos}", std::process::id());
     client.put("traced", "k", &cp_value).expect_code(0);
     client.put("tracedap", "k", &ap_value).expect_code(0);
+    let metrics = http_get(&http, "/metrics")
+        .expect("the traced node serves /metrics")
+        .body;
+    for synced in ["capkv_wal_fdatasync_seconds_count", "capkv_sled_fsync_seconds_count"] {
+        let count = metric_value(&metrics, synced).unwrap_or(0.0);
+        assert!(count >= 1.0, "{synced} is {count} after a cp and an ap put");
+    }
     drop(node);
     let trace = fs::read_to_string(&trace_path).expect("strace wrote its trace");
     let checks = [
