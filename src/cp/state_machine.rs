@@ -4,6 +4,12 @@
 //! see earlier ones), then writes the data, the last applied log id and the membership in one
 //! atomic sled batch. A snapshot is a point-in-time copy of the whole `sm` tree taken between two
 //! applies; installing one replaces the tree's contents in one atomic batch.
+//!
+//! DURABILITY. Applying does not sync: the Raft log (`log_store.rs`) holds every applied entry,
+//! and after a crash openraft re-applies from the last applied id sled kept. The log may drop
+//! entries only behind a snapshot, so building and installing a snapshot end with a
+//! [`Flusher::flush`], which fsyncs sled's files: the snapshot and the state machine it covers
+//! are on stable storage before openraft purges the log behind them.
 // openraft's StorageError is large; its traits fix the error type, so helpers share it.
 #![allow(clippy::result_large_err)]
 

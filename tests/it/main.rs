@@ -12,4 +12,5 @@ mod durability;
 mod harness;
 mod limits;
 mod ops;
+mod syscalls;
 mod tour;
