@@ -33,6 +33,7 @@
 //! - Membership is static (`--peers`); adding and removing members at run time comes later.
 
 pub mod apply;
+pub mod batch;
 pub mod command;
 pub mod forward;
 pub mod keys;

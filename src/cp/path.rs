@@ -15,8 +15,9 @@ use std::sync::Mutex;
 use openraft::RaftMetrics;
 use tonic::transport::Channel;
 
+use super::batch::WriteBatcher;
 use super::log_store::LogStore;
-use super::propose::confirm_leadership;
+use super::propose::{confirm_leadership, propose_entry, WriteError};
 use super::raft::{self, RaftOptions};
 use super::read_index::ReadBatcher;
 use super::state_machine::SmReader;
@@ -40,6 +41,8 @@ pub struct Cp {
     pub(super) forward_channels: Mutex<HashMap<NodeId, Channel>>,
     /// Linearizable reads, confirmed in batches.
     pub(super) reads: ReadBatcher,
+    /// Writes, proposed in batches.
+    pub(super) writes: WriteBatcher<WriteError>,
 }
 
 impl Cp {
@@ -57,9 +60,15 @@ impl Cp {
             let raft = raft.clone();
             async move { confirm_leadership(&raft, id, deadline).await }
         });
+        let raft = started.raft.clone();
+        let writes = WriteBatcher::start(move |command| {
+            let raft = raft.clone();
+            async move { propose_entry(&raft, command).await }
+        });
         Ok(Cp {
             id,
             reads,
+            writes,
             raft: started.raft,
             reader: started.reader,
             log: started.log,

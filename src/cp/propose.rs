@@ -1,7 +1,7 @@
 //! Proposing a command on the leader, and the read barrier of linearizable reads.
 //!
 //! [`Cp::propose`] takes a typed proposal (`Put`, `Cas`, ...), appends it to the Raft log on this
-//! node (which must lead), waits until it is committed and applied, and returns the proposal's
+//! node (which must lead; concurrent proposals share entries, see [`super::batch`]), waits until it is committed and applied, and returns the proposal's
 //! own answer type. A proposal that was sent but not confirmed before the deadline may still be
 //! applied: it answers "outcome unknown". A proposal the state machine refused (unknown
 //! keyspace, not a cp keyspace) changed nothing and says why.
@@ -17,7 +17,7 @@ use std::time::Instant;
 
 use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
 
-use super::command::{Proposal, Refusal};
+use super::command::{Applied, Command, Proposal, Refusal};
 use super::path::Cp;
 use super::{NodeId, Raft};
 use crate::error::Error;
@@ -28,7 +28,11 @@ impl Cp {
         let command = proposal.into();
         let op = command.op_name();
         let budget = deadline.saturating_duration_since(Instant::now());
-        let applied = match tokio::time::timeout(budget, self.raft.client_write(command)).await {
+        let proposed = async {
+            // A stopped batcher means a stopped Raft group: nothing was proposed.
+            (self.writes.propose(command).await).unwrap_or(Err(RaftError::Fatal(openraft::error::Fatal::Stopped)))
+        };
+        let applied = match tokio::time::timeout(budget, proposed).await {
             Err(_) => {
                 return Err(Error::OutcomeUnknown(format!(
                     "node {} proposed the {op} but no majority confirmed it within {} ms; it may still be applied",
@@ -36,7 +40,7 @@ impl Cp {
                     budget.as_millis()
                 )))
             }
-            Ok(Ok(response)) => response.data,
+            Ok(Ok(applied)) => applied,
             Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
                 return Err(Error::NoQuorum(format!(
                     "node {} lost the leadership before the {op} was committed (leader now: {}); it was not applied",
@@ -59,6 +63,14 @@ impl Cp {
         }
         self.reads.confirm(self.id, deadline).await
     }
+}
+
+/// The error of proposing one entry, shared by every write in it.
+pub(super) type WriteError = RaftError<NodeId, ClientWriteError<NodeId, openraft::BasicNode>>;
+
+/// Proposes one entry (a command, or a batch of them) and returns what applying it gave.
+pub(super) async fn propose_entry(raft: &Raft, command: Command) -> Result<Applied, WriteError> {
+    raft.client_write(command).await.map(|response| response.data)
 }
 
 /// One leadership confirmation for a batch of reads: ReadIndex through openraft's
