@@ -52,6 +52,18 @@ for component in rustfmt clippy; do
     fi
 done
 command -v timeout >/dev/null 2>&1 || fail "timeout (coreutils) is missing"
+# The traced-syscall test (tests/it/syscalls.rs) needs strace; it skips itself without it.
+if ! command -v strace >/dev/null 2>&1; then
+    if command -v apt-get >/dev/null 2>&1; then
+        echo "installing strace (for the traced-syscall durability test)"
+        SUDO=""
+        [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null 2>&1 && SUDO="sudo -n"
+        { $SUDO apt-get update -qq && $SUDO apt-get install -y -qq strace; } \
+            || echo "WARNING: could not install strace; the traced-syscall test will be skipped"
+    else
+        echo "WARNING: strace is missing and apt-get is not available; the traced-syscall test will be skipped"
+    fi
+fi
 cargo --version
 cargo fmt --version
 cargo clippy --version

@@ -6,7 +6,13 @@
 //! applies; installing one replaces the tree's contents in one atomic batch.
 //!
 //! Applies and snapshot installs hold the apply gate; a backup export holds it too while it copies
-//! one keyspace ([`SmReader::copy_keyspaces`]), so the copy shows exactly one applied index.
+//! keyspaces ([`SmReader::copy_keyspaces`]), so the copy shows exactly one applied index.
+//!
+//! DURABILITY. Applying does not sync: the Raft log (`log_store.rs`) holds every applied entry,
+//! and after a crash openraft re-applies from the last applied id sled kept. The log may drop
+//! entries only behind a snapshot, so building and installing a snapshot end with a
+//! [`Flusher::flush`], which fsyncs sled's files: the snapshot and the state machine it covers
+//! are on stable storage before openraft purges the log behind them.
 // openraft's StorageError is large; its traits fix the error type, so helpers share it.
 #![allow(clippy::result_large_err)]
 

@@ -13,4 +13,5 @@ mod durability;
 mod harness;
 mod limits;
 mod ops;
+mod syscalls;
 mod tour;
