@@ -142,15 +142,21 @@ async fn load_cp(client: &Client, keyspace: &str, records: Vec<BackupRecord>) ->
                 })),
             })
             .collect();
-        client
-            .txn(proto::TxnRequest {
-                keyspace: keyspace.to_string(),
-                compares: vec![],
-                success,
-                failure: vec![],
-            })
-            .await?;
+        unconditional_txn(client, keyspace, success).await?;
     }
+    Ok(())
+}
+
+/// Runs `ops` as one transaction without compares: all of them apply, atomically, through Raft.
+async fn unconditional_txn(client: &Client, keyspace: &str, ops: Vec<proto::TxnOp>) -> Result<(), Error> {
+    client
+        .txn(proto::TxnRequest {
+            keyspace: keyspace.to_string(),
+            compares: vec![],
+            success: ops,
+            failure: vec![],
+        })
+        .await?;
     Ok(())
 }
 
@@ -174,14 +180,7 @@ async fn clear_cp(client: &Client, keyspace: &str) -> Result<(), Error> {
                 op: Some(proto::txn_op::Op::Delete(proto::DeleteOp { key: kv.key })),
             })
             .collect();
-        client
-            .txn(proto::TxnRequest {
-                keyspace: keyspace.to_string(),
-                compares: vec![],
-                success,
-                failure: vec![],
-            })
-            .await?;
+        unconditional_txn(client, keyspace, success).await?;
     }
 }
 
