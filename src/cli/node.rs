@@ -54,6 +54,15 @@ pub struct NodeArgs {
     /// anti-entropy (counted).
     #[arg(long, default_value_t = ReplicaOptions::default().hints_bytes_max)]
     pub hints_bytes_max: u64,
+    /// Take a backup this often (e.g. 1h) when this node leads; needs --backup-to.
+    #[arg(long, env = "CAPKV_BACKUP_EVERY", value_parser = crate::request::parse_duration, requires = "backup_to")]
+    pub backup_every: Option<std::time::Duration>,
+    /// Where scheduled backups go: file:///path or s3://bucket/prefix.
+    #[arg(long, env = "CAPKV_BACKUP_TO", requires = "backup_every")]
+    pub backup_to: Option<String>,
+    /// Scheduled backups kept; older ones are deleted, oldest first.
+    #[arg(long, env = "CAPKV_BACKUP_KEEP", default_value_t = 24)]
+    pub backup_keep: usize,
     #[arg(long, value_enum, default_value = "pretty")]
     pub log_format: LogFormat,
     /// Log level (trace, debug, info, warn, error); RUST_LOG overrides it.
@@ -82,6 +91,14 @@ pub fn node_options(args: &NodeArgs) -> Result<NodeOptions, Error> {
             max_clock_offset_ms: args.max_clock_offset_ms,
             hints_bytes_max: args.hints_bytes_max,
             ..ReplicaOptions::default()
+        },
+        backup: match (args.backup_every, &args.backup_to) {
+            (Some(every), Some(to)) => Some(crate::backup::schedule::ScheduleOptions {
+                every,
+                to: to.clone(),
+                keep: args.backup_keep,
+            }),
+            _ => None,
         },
     })
 }

@@ -33,6 +33,7 @@
 //! - Membership is static (`--peers`); adding and removing members at run time comes later.
 
 pub mod apply;
+pub mod batch;
 pub mod command;
 pub mod forward;
 pub mod keys;
@@ -43,6 +44,7 @@ pub mod network;
 pub mod path;
 pub mod propose;
 pub mod raft;
+pub mod read_index;
 pub mod route;
 pub mod state_machine;
 pub mod watchdog;

@@ -1,7 +1,7 @@
 //! Health of a node: storage works, a leader is known, the replica keeps up.
 //!
 //! `ok`: storage works and a leader is known with the local replica caught up;
-//! `degraded`: a leader is known but this replica lags it;
+//! `degraded`: a leader is known but this replica lags it, or a scheduled backup is overdue;
 //! `failing`: no leader known, or storage does not work. `/health` answers 200 unless failing.
 
 use std::sync::Arc;
@@ -36,6 +36,9 @@ pub struct HealthReport {
     pub fault_injection: bool,
     pub partition: Vec<Vec<u64>>,
     pub peers: Vec<PeerReport>,
+    /// Scheduled backups (absent without `--backup-every`): not ok when one is overdue.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backup: Option<Check>,
 }
 
 #[derive(Debug, Serialize)]
@@ -131,7 +134,10 @@ pub fn report(node: &Node) -> HealthReport {
             detail: format!("leader is node {leader}; applied {applied}"),
         },
     };
-    let lagging = last_log.saturating_sub(applied) > APPLY_LAG_ENTRIES_MAX;
+    let backup =
+        crate::backup::schedule::health(m.current_leader == Some(node.id())).map(|(ok, detail)| Check { ok, detail });
+    let overdue = backup.as_ref().is_some_and(|b| !b.ok);
+    let lagging = last_log.saturating_sub(applied) > APPLY_LAG_ENTRIES_MAX || overdue;
     let status = match (storage.ok && raft.ok, lagging) {
         (false, _) => "failing",
         (true, true) => "degraded",
@@ -155,6 +161,7 @@ pub fn report(node: &Node) -> HealthReport {
             .map(|g| g.into_iter().collect())
             .collect(),
         peers: peer_liveness(node),
+        backup,
     }
 }
 

@@ -6,6 +6,7 @@
 
 mod ap;
 mod ap_scale;
+mod backup;
 mod bad_input;
 mod bench;
 mod cli;
@@ -13,4 +14,5 @@ mod durability;
 mod harness;
 mod limits;
 mod ops;
+mod syscalls;
 mod tour;
