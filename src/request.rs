@@ -79,7 +79,7 @@ fn parse_grpc_timeout(text: &str) -> Option<Duration> {
     Some(timeout.min(REQUEST_TIMEOUT_MAX))
 }
 
-/// Parses durations such as `5s`, `500ms`, `2m`, or a bare number of seconds.
+/// Parses durations such as `5s`, `500ms`, `2m`, `1h`, or a bare number of seconds.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     let split = text
@@ -93,7 +93,8 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "" | "s" => n,
         "ms" => n / 1000.0,
         "m" => n * 60.0,
-        _ => return Err(format!("unknown unit '{unit}' in '{text}'; use ms, s or m")),
+        "h" => n * 3600.0,
+        _ => return Err(format!("unknown unit '{unit}' in '{text}'; use ms, s, m or h")),
     };
     if seconds <= 0.0 || !seconds.is_finite() {
         return Err(format!("'{text}' must be a positive duration"));
@@ -112,7 +113,8 @@ mod tests {
         assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
         assert_eq!(parse_duration("2").unwrap(), Duration::from_secs(2));
         assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
-        for bad in ["", "x", "5h", "0s", "-1s"] {
+        assert_eq!(parse_duration("24h").unwrap(), Duration::from_secs(24 * 3600));
+        for bad in ["", "x", "5d", "0s", "-1s"] {
             assert!(parse_duration(bad).is_err(), "{bad} should be refused");
         }
     }

@@ -33,7 +33,7 @@ fn metric(cluster: &Cluster, id: u64, name: &str) -> f64 {
     metric_value(&scrape.body, name).unwrap_or(0.0)
 }
 
-/// `fault clock 3 +24h` (written +1440m) is far beyond the 500 ms bound: node 3 still takes writes, but stamps
+/// `fault clock 3 +24h` is far beyond the 500 ms bound: node 3 still takes writes, but stamps
 /// them at most the bound ahead; no other clock is dragged ahead; nothing panics; after the heal
 /// node 3's own clock is back, and every write converges.
 #[test]
@@ -41,7 +41,7 @@ fn a_clock_fault_beyond_the_bound_is_clamped_and_drags_no_other_clock() {
     let cluster = Cluster::start(3);
     let all = cluster.client();
     all.create_keyspace("carts", "ap");
-    let skewed = all.run(&["fault", "clock", "3", "+1440m"]); // +24h: the cli takes ms, s and m
+    let skewed = all.run(&["fault", "clock", "3", "+24h"]);
     let nodes = skewed.ok_json()["nodes"]
         .as_array()
         .expect("per-node fault state")
@@ -176,19 +176,21 @@ fn hints_of_200_kib_values_drain_after_the_heal() {
     assert_eq!(metric(&cluster, 1, "capkv_ap_hints_dropped_full_total"), 0.0);
 }
 
-/// The convergence figure of the issue: 100,000 keys written on the minority side are on every
-/// node after the heal. Prints the time (see README); asserts only that it converges.
+/// The convergence figure: keys written on the minority side are on every node after the heal.
+/// Prints the time (see README); asserts only that it converges. 25,000 keys by default to fit
+/// CI; `CAPKV_CONVERGE_KEYS=100000` gives the README's figure.
 #[test]
-fn a_hundred_thousand_keys_converge_after_a_partition() {
-    const KEYS: usize = 100_000;
+fn keys_written_on_the_minority_converge_after_the_heal() {
+    let keys_wanted = std::env::var("CAPKV_CONVERGE_KEYS").ok().and_then(|v| v.parse().ok());
+    let keys: usize = keys_wanted.unwrap_or(25_000);
     let cluster = Cluster::start(3);
     let all = cluster.client();
     all.create_keyspace("carts", "ap");
     all.run(&["fault", "partition", "1,2", "3"]).expect_code(0);
     std::thread::sleep(Duration::from_millis(1500));
-    let took = write_keys(cluster.endpoint(3), KEYS, 64, vec![b'v'; 256]);
-    println!("wrote {KEYS} keys of 256 B to node 3 alone in {took:?}");
+    let took = write_keys(cluster.endpoint(3), keys, 64, vec![b'v'; 256]);
+    println!("wrote {keys} keys of 256 B to node 3 alone in {took:?}");
     all.run(&["fault", "heal"]).expect_code(0);
-    let converged = wait_for_keys(&cluster, KEYS as u64, Duration::from_secs(300));
-    println!("{KEYS} keys converged on all 3 nodes {converged:?} after the heal");
+    let converged = wait_for_keys(&cluster, keys as u64, Duration::from_secs(300));
+    println!("{keys} keys converged on all 3 nodes {converged:?} after the heal");
 }
