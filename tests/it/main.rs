@@ -9,6 +9,7 @@ mod bad_input;
 mod bench;
 mod cli;
 mod durability;
+mod failover;
 mod harness;
 mod limits;
 mod ops;
