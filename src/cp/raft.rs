@@ -24,21 +24,34 @@ use crate::storage::Flusher;
 /// from the log; one further behind gets the snapshot.
 const LOG_ENTRIES_KEPT_AFTER_SNAPSHOT: u64 = 100;
 
-/// Timing of the Raft group, tuned for a loaded 2-core machine.
+/// Timing of the Raft group.
+///
+/// FAILOVER: openraft 0.9 derives a leader lease from `election_timeout_ms_max`: a follower
+/// that heard from its leader waits the lease plus a random election timeout before it
+/// campaigns, and a voter refuses to vote while its lease on the old leader runs. From a leader
+/// crash to a new leader therefore takes `max + random(min..max)` plus up to one tick (openraft
+/// ticks every 1.5 heartbeats) and a vote round: with the defaults 0.6 s + 0.4..0.6 s + 0.15 s,
+/// about 1.0..1.35 s, and the first write commits one round trip later.
+///
+/// The heartbeat interval is also openraft's AppendEntries timeout (it cannot be set apart), so
+/// it must not be so short that a loaded machine times out ordinary appends: 100 ms leaves
+/// room for a batch to be stored, and a batch that does not make it is split
+/// (`cp::network`). A follower campaigns only after it missed about ten heartbeats.
 #[derive(Clone, Debug)]
 pub struct RaftOptions {
     /// openraft also uses this as the AppendEntries timeout.
     pub heartbeat_interval_ms: u64,
     pub election_timeout_ms_min: u64,
+    /// Also openraft's leader lease (see above).
     pub election_timeout_ms_max: u64,
 }
 
 impl Default for RaftOptions {
     fn default() -> Self {
         Self {
-            heartbeat_interval_ms: 200,
-            election_timeout_ms_min: 1000,
-            election_timeout_ms_max: 2500,
+            heartbeat_interval_ms: 100,
+            election_timeout_ms_min: 400,
+            election_timeout_ms_max: 600,
         }
     }
 }
@@ -146,12 +159,12 @@ mod tests {
     fn defaults_validate_and_relations_are_checked() {
         assert!(RaftOptions::default().validate().is_ok());
         let o = RaftOptions {
-            heartbeat_interval_ms: 500,
+            heartbeat_interval_ms: 200,
             ..Default::default()
         };
         assert!(o.validate().is_err(), "election timeout below three heartbeats");
         let o = RaftOptions {
-            election_timeout_ms_max: 1000,
+            election_timeout_ms_max: 400,
             ..Default::default()
         };
         assert!(o.validate().is_err(), "max not above min");

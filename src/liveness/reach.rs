@@ -50,6 +50,11 @@ impl Reach {
         self.with_liveness(|l| l.heard_from(peer, Instant::now()));
     }
 
+    /// Records that a connection to `peer` was refused (its process is gone).
+    pub fn refused(&self, peer: u64) {
+        self.with_liveness(|l| l.refused(peer, Instant::now()));
+    }
+
     /// May a message to `peer` leave this node now? (the fault filter only)
     pub fn can_send(&self, peer: u64) -> bool {
         self.fault.allows(self.id, peer)
