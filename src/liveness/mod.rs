@@ -167,7 +167,7 @@ mod tests {
             PeerState::Alive,
             "an answer after the refusal"
         );
-        assert_eq!(l.state(2, t0 + DOWN_AFTER + Duration::from_millis(100)), PeerState::Down);
+        assert_eq!(l.state(2, t1 + DOWN_AFTER + Duration::from_millis(10)), PeerState::Down);
     }
 
     #[test]

@@ -23,6 +23,10 @@ use crate::harness::{poll_for, Client, Cluster};
 /// loaded 2-core CI box running other clusters gets generous slack.
 const FAILOVER_ASSERTED_MAX: Duration = Duration::from_secs(5);
 
+/// How long after a heal the term is checked: longer than openraft's lease plus the largest
+/// election timeout of the default timing (0.6 s + 0.6 s), so a late campaign would show.
+const SETTLE_AFTER_HEAL: Duration = Duration::from_millis(1500);
+
 /// One `capkv put` of the stream: when it started and ended, and its exit code.
 #[derive(Debug, Clone)]
 struct Write {
@@ -80,7 +84,10 @@ fn writes_through_followers_ride_through_a_leader_kill() {
         failed.len()
     );
     for w in &failed {
-        assert_eq!(w.code, 4, "only a write that may have reached the dead leader may fail (exit 4){report}");
+        assert_eq!(
+            w.code, 4,
+            "only a write that may have reached the dead leader may fail (exit 4){report}"
+        );
         assert!(w.started <= killed_at, "a write sent after the kill failed{report}");
     }
     // Writes sent after the kill: the first acknowledged one went through the new leader.
@@ -135,10 +142,7 @@ fn spawn_writer(client: Client, writes: Arc<Mutex<Vec<Write>>>, stop: Arc<Atomic
 
 /// A number from the environment, or `default`.
 fn env_or(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
 /// Every running node's term, from `cluster status`.
@@ -160,20 +164,41 @@ fn partitioning_a_follower_away_and_back_keeps_the_term() {
     all.create_keyspace("bank", "cp");
     let leader = cluster.leader_id();
     let before = terms(&cluster);
-    let term = before.iter().find(|(id, _)| *id == leader).map(|(_, t)| *t).expect("the leader's term");
-    println!("{rounds} rounds of {} ms; leader {leader}, term {term}", wait.as_millis());
+    let term = before
+        .iter()
+        .find(|(id, _)| *id == leader)
+        .map(|(_, t)| *t)
+        .expect("the leader's term");
+    println!(
+        "{rounds} rounds of {} ms; leader {leader}, term {term}",
+        wait.as_millis()
+    );
     for round in 0..rounds {
         let follower = cluster.ids()[(round as usize) % 3];
-        let follower = if follower == leader { cluster.other_than(leader) } else { follower };
-        let rest: Vec<String> = cluster.ids().iter().filter(|id| **id != follower).map(u64::to_string).collect();
+        let follower = if follower == leader {
+            cluster.other_than(leader)
+        } else {
+            follower
+        };
+        let rest: Vec<String> = cluster
+            .ids()
+            .iter()
+            .filter(|id| **id != follower)
+            .map(u64::to_string)
+            .collect();
         all.run(&["fault", "partition", &rest.join(","), &follower.to_string()])
             .expect_code(0);
         thread::sleep(wait);
         all.run(&["fault", "heal"]).expect_code(0);
         // The healed follower catches up from the leader; it must not campaign meanwhile.
         let now = cluster.wait_ready(Duration::from_secs(20));
-        assert_eq!(now, leader, "round {round}: the leader changed after healing node {follower}");
+        assert_eq!(
+            now, leader,
+            "round {round}: the leader changed after healing node {follower}"
+        );
         all.put("bank", &format!("round{round}"), "x").expect_code(0);
+        // A campaign would come within a lease and an election timeout of the heal.
+        thread::sleep(SETTLE_AFTER_HEAL);
         let after = terms(&cluster);
         assert!(
             after.iter().all(|(_, t)| *t == term),
