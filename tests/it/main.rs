@@ -13,4 +13,5 @@ mod failover;
 mod harness;
 mod limits;
 mod ops;
+mod probes;
 mod tour;
