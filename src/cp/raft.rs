@@ -28,15 +28,16 @@ const LOG_ENTRIES_KEPT_AFTER_SNAPSHOT: u64 = 100;
 ///
 /// FAILOVER: openraft 0.9 derives a leader lease from `election_timeout_ms_max`: a follower
 /// that heard from its leader waits the lease plus a random election timeout before it
-/// campaigns, and a voter refuses to vote while its lease on the old leader runs. From a leader
-/// crash to a new leader therefore takes `max + random(min..max)` plus up to one tick (openraft
-/// ticks every 1.5 heartbeats) and a vote round: with the defaults 0.6 s + 0.4..0.6 s + 0.15 s,
-/// about 1.0..1.35 s, and the first write commits one round trip later.
+/// campaigns (checked on ticks of 1.5 heartbeats), and a voter refuses to vote while its lease
+/// on the old leader runs. With the defaults that is 0.6 s + 0.4..0.6 s + up to 0.3 s when the
+/// leader is only cut off. When its process is gone (connections refused), the election
+/// watchdog campaigns as soon as the voters' leases ran out, about 0.8..1.0 s after the leader's
+/// last answer (`cp::watchdog`), and the first write commits a round trip after the vote.
 ///
-/// The heartbeat interval is also openraft's AppendEntries timeout (it cannot be set apart), so
-/// it must not be so short that a loaded machine times out ordinary appends: 100 ms leaves
-/// room for a batch to be stored, and a batch that does not make it is split
-/// (`cp::network`). A follower campaigns only after it missed about ten heartbeats.
+/// The heartbeat interval is also openraft's AppendEntries timeout (it cannot be set apart): a
+/// 1 MiB entry must be sent and made durable on a follower within it, also on a loaded
+/// machine, so it stays at 200 ms. The election timeout only needs to exceed two heartbeats: a
+/// follower campaigns after 1.0 s or more without one (five missed heartbeats).
 #[derive(Clone, Debug)]
 pub struct RaftOptions {
     /// openraft also uses this as the AppendEntries timeout.
@@ -49,7 +50,7 @@ pub struct RaftOptions {
 impl Default for RaftOptions {
     fn default() -> Self {
         Self {
-            heartbeat_interval_ms: 100,
+            heartbeat_interval_ms: 200,
             election_timeout_ms_min: 400,
             election_timeout_ms_max: 600,
         }
@@ -65,11 +66,11 @@ impl RaftOptions {
                 self.heartbeat_interval_ms
             ));
         }
-        if self.election_timeout_ms_min < 3 * self.heartbeat_interval_ms {
+        if self.election_timeout_ms_min < 2 * self.heartbeat_interval_ms {
             return bad(format!(
-                "the minimum election timeout ({} ms) must be at least three heartbeat intervals ({} ms)",
+                "the minimum election timeout ({} ms) must be at least two heartbeat intervals ({} ms)",
                 self.election_timeout_ms_min,
-                3 * self.heartbeat_interval_ms
+                2 * self.heartbeat_interval_ms
             ));
         }
         if self.election_timeout_ms_max <= self.election_timeout_ms_min {
@@ -159,10 +160,10 @@ mod tests {
     fn defaults_validate_and_relations_are_checked() {
         assert!(RaftOptions::default().validate().is_ok());
         let o = RaftOptions {
-            heartbeat_interval_ms: 200,
+            heartbeat_interval_ms: 250,
             ..Default::default()
         };
-        assert!(o.validate().is_err(), "election timeout below three heartbeats");
+        assert!(o.validate().is_err(), "election timeout below two heartbeats");
         let o = RaftOptions {
             election_timeout_ms_max: 400,
             ..Default::default()

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 pub use reach::Reach;
 
-/// How often a node pings each peer (one heartbeat interval of the default Raft timing).
+/// How often a node pings each peer (half a heartbeat interval of the default Raft timing).
 pub const PING_INTERVAL: Duration = Duration::from_millis(100);
 /// How long one ping may take.
 pub const PING_TIMEOUT: Duration = Duration::from_millis(400);
@@ -101,13 +101,27 @@ impl Liveness {
         self.last_heard.get(&peer).map(|at| now.saturating_duration_since(*at))
     }
 
-    pub fn state(&self, peer: u64, now: Instant) -> PeerState {
-        let refused_since_heard = match (self.last_refused.get(&peer), self.last_heard.get(&peer)) {
+    /// Was a connection to `peer` refused after it was last heard from (its process is gone)?
+    fn refused_since_heard(&self, peer: u64) -> bool {
+        match (self.last_refused.get(&peer), self.last_heard.get(&peer)) {
             (Some(refused), Some(heard)) => refused >= heard,
             _ => false,
-        };
+        }
+    }
+
+    /// How long `peer` has been silent, when its connection was refused since it last answered:
+    /// its process is gone, not merely slow or cut off. `None` otherwise.
+    pub fn gone_for(&self, peer: u64, now: Instant) -> Option<Duration> {
+        if self.refused_since_heard(peer) {
+            self.silence(peer, now)
+        } else {
+            None
+        }
+    }
+
+    pub fn state(&self, peer: u64, now: Instant) -> PeerState {
         match self.silence(peer, now) {
-            Some(s) if s < SUSPECT_AFTER && !refused_since_heard => PeerState::Alive,
+            Some(s) if s < SUSPECT_AFTER && !self.refused_since_heard(peer) => PeerState::Alive,
             Some(s) if s < DOWN_AFTER => PeerState::Suspect,
             _ => PeerState::Down,
         }
@@ -158,6 +172,8 @@ mod tests {
         let t1 = t0 + Duration::from_millis(100);
         assert_eq!(l.state(2, t1), PeerState::Suspect, "refused after last heard");
         assert_eq!(l.state(3, t1), PeerState::Alive);
+        assert_eq!(l.gone_for(2, t1), Some(Duration::from_millis(100)), "silent since t0");
+        assert_eq!(l.gone_for(3, t1), None, "3 was never refused");
         assert!(l.hears_majority(t1), "1 and 3 are a majority of three");
         l.refused(3, t1);
         assert!(!l.hears_majority(t1), "alone of three");
@@ -167,6 +183,7 @@ mod tests {
             PeerState::Alive,
             "an answer after the refusal"
         );
+        assert_eq!(l.gone_for(2, t1 + Duration::from_millis(20)), None);
         assert_eq!(l.state(2, t1 + DOWN_AFTER + Duration::from_millis(10)), PeerState::Down);
     }
 

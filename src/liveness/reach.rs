@@ -75,6 +75,12 @@ impl Reach {
         })
     }
 
+    /// How long `peer` has been silent, when its connection was refused since it last answered
+    /// (its process is gone); `None` while it answers or is merely silent.
+    pub fn gone_for(&self, peer: u64) -> Option<Duration> {
+        self.with_liveness(|l| l.gone_for(peer, Instant::now()))
+    }
+
     /// Does this node hear from a majority of its members, itself included?
     pub fn hears_majority(&self) -> bool {
         self.with_liveness(|l| l.hears_majority(Instant::now()))
