@@ -35,8 +35,10 @@
 //!   from campaigning, and keeps it from campaigning for one election timeout after it hears a
 //!   majority again (so the leader's heartbeat reaches a healed node first). A node whose leader
 //!   stays unreachable to it alone for longer than that still campaigns.
-//! - Failover takes openraft's leader lease (the maximum election timeout) plus a random
-//!   election timeout: about 1.0-1.35 s with the default timing ([`raft::RaftOptions`]).
+//! - Failover waits out the voters' leader lease (the maximum election timeout): under a second
+//!   when the old leader's process is gone, lease plus a random election timeout (about
+//!   1.0-1.5 s) when it is only cut off ([`raft::RaftOptions`], [`watchdog`]).
+//! - A follower whose leader answers its pings never campaigns, however slow its AppendEntries.
 //! - Membership is static (`--peers`); adding and removing members at run time comes later.
 
 pub mod apply;

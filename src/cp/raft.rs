@@ -100,9 +100,11 @@ impl RaftOptions {
             .map_err(|e| Error::InvalidInput(format!("invalid Raft configuration: {e}")))
     }
 
-    /// How long a leader may go without a majority's acknowledgement before it refuses writes.
+    /// How long a leader may go without a majority's acknowledgement before it refuses writes:
+    /// twice the voters' lease on it (after one lease they may elect another leader), so that a
+    /// loaded machine that delays a few acknowledgements does not make a healthy leader refuse.
     pub fn check_quorum_ms(&self) -> u64 {
-        self.election_timeout_ms_min
+        2 * self.election_timeout_ms_max
     }
 }
 
