@@ -31,8 +31,8 @@
 //! timeout, checked on ticks of one and a half heartbeats. When liveness knows the leader's
 //! process is gone (its connection is refused, not merely silent: see [`crate::liveness`]), the
 //! watchdog triggers the election as soon as every voter's lease on the old leader has run out
-//! (the maximum election timeout and a heartbeat after its last answer, plus a random share of
-//! the election range against split votes). A leader that is only cut off (a partition) is left
+//! (the maximum election timeout and a heartbeat after its last answer); the survivors take
+//! turns by id, a heartbeat apart, so they do not split their votes. A leader that is only cut off (a partition) is left
 //! to openraft's timer; a live leader is never the subject of this shortcut.
 //!
 //! Caveats: a leader that stays unreachable (only to this node) after a heal for longer than the
@@ -44,11 +44,11 @@
 
 use std::time::{Duration, Instant};
 
-use openraft::ServerState;
+use openraft::{BasicNode, RaftMetrics, ServerState};
 use rand::Rng;
 
 use super::raft::RaftOptions;
-use super::Raft;
+use super::{NodeId, Raft};
 use crate::liveness::Reach;
 
 /// Grace periods a node that just started waits before it may campaign: a restarted node's
@@ -63,6 +63,8 @@ pub struct Observed {
     pub hears_majority: bool,
     /// The leader this node follows (another node) answers its pings.
     pub leader_alive: bool,
+    /// This node knows a leader (itself or another); it has heard from one since it started.
+    pub knows_leader: bool,
 }
 
 /// Whether this node may campaign (see HEALING and HOLDING).
@@ -72,13 +74,13 @@ pub struct ElectionGate {
     grace: Duration,
     /// Since when this node has heard a majority without a break (None: it does not now).
     majority_since: Option<Instant>,
-    /// No elections before this (a node that just started; see HEALING).
-    quiet_until: Instant,
+    /// No elections before this, unless a leader was heard first (a node that just started).
+    quiet_until: Option<Instant>,
 }
 
 impl ElectionGate {
     /// A gate for a node that starts now: it waits [`STARTUP_GRACES`] grace periods for the
-    /// leader's first AppendEntries. One that already hears a majority (a single-node cluster)
+    /// leader's first AppendEntries, or until it knows a leader. One that already hears a majority (a single-node cluster)
     /// needs no grace.
     pub fn new(grace: Duration, hears_majority_now: bool, now: Instant) -> Self {
         let quiet = if hears_majority_now {
@@ -89,18 +91,21 @@ impl ElectionGate {
         Self {
             grace,
             majority_since: hears_majority_now.then(|| now.checked_sub(grace).unwrap_or(now)),
-            quiet_until: now + quiet,
+            quiet_until: Some(now + quiet),
         }
     }
 
     /// Takes the latest observations; returns whether elections are allowed now.
     pub fn step(&mut self, seen: Observed, now: Instant) -> bool {
+        if seen.knows_leader || self.quiet_until.is_some_and(|t| now >= t) {
+            self.quiet_until = None; // the startup wait is over once a leader is heard from
+        }
         if !seen.hears_majority {
             self.majority_since = None;
             return false;
         }
         let since = *self.majority_since.get_or_insert(now);
-        if now < self.quiet_until || now.saturating_duration_since(since) < self.grace {
+        if self.quiet_until.is_some() || now.saturating_duration_since(since) < self.grace {
             return false;
         }
         !seen.leader_alive
@@ -115,7 +120,6 @@ const WATCHDOG_POLL: Duration = Duration::from_millis(50);
 pub async fn run(raft: Raft, options: RaftOptions, reach: Reach) {
     let mut leaderless_since: Option<Instant> = None;
     let mut patience = random_patience(&options);
-    let mut gone_patience = random_gone_patience(&options);
     let mut last_trigger: Option<Instant> = None;
     let grace = Duration::from_millis(options.election_timeout_ms_max);
     let mut gate = ElectionGate::new(grace, reach.hears_majority(), Instant::now());
@@ -134,6 +138,7 @@ pub async fn run(raft: Raft, options: RaftOptions, reach: Reach) {
         let seen = Observed {
             hears_majority: reach.hears_majority(),
             leader_alive,
+            knows_leader: metrics.current_leader.is_some(),
         };
         let may_elect = gate.step(seen, Instant::now());
         raft.runtime_config().elect(may_elect);
@@ -146,8 +151,9 @@ pub async fn run(raft: Raft, options: RaftOptions, reach: Reach) {
         let why = match metrics.current_leader {
             Some(leader) if leader != reach.id() => {
                 leaderless_since = None;
+                let my_turn = gone_patience(&options, survivor_rank(&metrics, leader, reach.id()));
                 match reach.gone_for(leader) {
-                    Some(silence) if silence >= gone_patience && metrics.state == ServerState::Follower => {
+                    Some(silence) if silence >= my_turn && metrics.state == ServerState::Follower => {
                         format!(
                             "the leader, node {leader}, is gone (its connection is refused; silent for {silence:?})"
                         )
@@ -172,7 +178,6 @@ pub async fn run(raft: Raft, options: RaftOptions, reach: Reach) {
         last_trigger = Some(Instant::now());
         leaderless_since = None;
         patience = random_patience(&options);
-        gone_patience = random_gone_patience(&options);
     }
 }
 
@@ -183,12 +188,18 @@ fn random_patience(options: &RaftOptions) -> Duration {
 
 /// How long a gone leader must have been silent before this node campaigns: every voter's
 /// lease on it (the maximum election timeout from its last AppendEntries, which may have come up
-/// to a heartbeat after our last ping answer) has run out, plus a random share of the election
-/// timeout range so the survivors do not split their votes.
-fn random_gone_patience(options: &RaftOptions) -> Duration {
-    let spread = options.election_timeout_ms_max - options.election_timeout_ms_min;
-    let ms = options.election_timeout_ms_max + options.heartbeat_interval_ms + rand::thread_rng().gen_range(0..=spread);
-    Duration::from_millis(ms)
+/// to a heartbeat after our last ping answer) has run out. The survivors take turns so they do
+/// not split their votes: the one with the lowest id goes first, each next one a heartbeat
+/// later (by then the first one's vote request has reached it).
+fn gone_patience(options: &RaftOptions, rank: usize) -> Duration {
+    let turn = rank as u64 * options.heartbeat_interval_ms;
+    Duration::from_millis(options.election_timeout_ms_max + options.heartbeat_interval_ms + turn)
+}
+
+/// This node's turn among the voters other than the gone `leader` (0: the lowest id).
+fn survivor_rank(metrics: &RaftMetrics<NodeId, BasicNode>, leader: NodeId, me: NodeId) -> usize {
+    let voters = metrics.membership_config.membership().voter_ids();
+    voters.filter(|id| *id != leader && *id < me).count()
 }
 
 #[cfg(test)]
@@ -199,6 +210,7 @@ mod tests {
         Observed {
             hears_majority,
             leader_alive,
+            knows_leader: leader_alive,
         }
     }
     const MAJORITY: Observed = seen(true, false);
@@ -217,6 +229,32 @@ mod tests {
         assert!(!gate.step(MAJORITY, t0 + ms(2100)), "just healed");
         assert!(!gate.step(MAJORITY, t0 + ms(2600)), "still within the grace");
         assert!(gate.step(MAJORITY, t0 + ms(2700)), "grace over");
+    }
+
+    #[test]
+    fn survivors_of_a_gone_leader_take_turns_by_id() {
+        let options = RaftOptions::default();
+        let first = gone_patience(&options, 0);
+        assert!(
+            first.as_millis() as u64 > options.election_timeout_ms_max,
+            "after the voters' lease"
+        );
+        assert_eq!(
+            gone_patience(&options, 1) - first,
+            Duration::from_millis(options.heartbeat_interval_ms)
+        );
+    }
+
+    #[test]
+    fn a_fresh_node_that_heard_a_leader_needs_no_startup_wait() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut gate = ElectionGate::new(ms(600), false, t0);
+        assert!(!gate.step(seen(true, true), t0 + ms(100)), "its leader answers pings");
+        assert!(
+            gate.step(seen(true, false), t0 + ms(800)),
+            "its leader died: one grace after the majority, not three"
+        );
     }
 
     #[test]
