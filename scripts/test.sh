@@ -52,9 +52,53 @@ for component in rustfmt clippy; do
     fi
 done
 command -v timeout >/dev/null 2>&1 || fail "timeout (coreutils) is missing"
+# The traced-syscall test (tests/it/syscalls.rs) needs strace; it skips itself without it.
+if ! command -v strace >/dev/null 2>&1; then
+    if command -v apt-get >/dev/null 2>&1; then
+        echo "installing strace (for the traced-syscall durability test)"
+        SUDO=""
+        [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null 2>&1 && SUDO="sudo -n"
+        { $SUDO apt-get update -qq && $SUDO apt-get install -y -qq strace; } \
+            || echo "WARNING: could not install strace; the traced-syscall test will be skipped"
+    else
+        echo "WARNING: strace is missing and apt-get is not available; the traced-syscall test will be skipped"
+    fi
+fi
 cargo --version
 cargo fmt --version
 cargo clippy --version
+
+# An S3-compatible server for the backup tests (tests/it/backup.rs): moto[server] and boto3 (the
+# independent client the tests read uploads with), in a virtual environment when missing.
+# CI must have them; elsewhere the S3 tests skip with a printed reason when this step fails.
+s3_tools() {
+    if command -v moto_server >/dev/null 2>&1 && python3 -c 'import boto3' >/dev/null 2>&1; then
+        export CAPKV_TEST_PYTHON=python3
+        return 0
+    fi
+    local venv="${CAPKV_TOOLS_DIR:-$HOME/.cache/capkv-tools}/venv"
+    if [ ! -x "$venv/bin/moto_server" ] || ! "$venv/bin/python" -c 'import boto3' >/dev/null 2>&1; then
+        command -v python3 >/dev/null 2>&1 || { echo "python3 is missing"; return 1; }
+        if ! python3 -m venv --help >/dev/null 2>&1 || ! python3 -c 'import ensurepip' >/dev/null 2>&1; then
+            if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+                echo "installing python3-venv"
+                apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
+            fi
+        fi
+        echo "installing moto[server] and boto3 into $venv"
+        rm -rf "$venv"
+        python3 -m venv "$venv" && "$venv/bin/pip" install -q 'moto[server]' boto3 || return 1
+    fi
+    export PATH="$venv/bin:$PATH"
+    export CAPKV_TEST_PYTHON="$venv/bin/python"
+}
+if s3_tools; then
+    echo "moto_server: $(command -v moto_server)"
+elif [ "${CI:-}" = true ]; then
+    fail "could not install moto[server] and boto3 for the S3 backup tests"
+else
+    echo "WARNING: moto[server]/boto3 unavailable; the S3 backup tests will skip"
+fi
 
 # --- static checks -------------------------------------------------------------------------------
 section "cargo fmt --check"

@@ -24,12 +24,14 @@
 //!   [`keyspace`] (definitions and input validation), [`limits`], and [`error`] (errors named
 //!   for what the caller does next, mapped to gRPC statuses and exit codes in one place).
 //! - [`observe`]: metrics, health and logs.
+//! - [`backup`]: backups of keyspaces to `file://` and `s3://`, verify and restore.
 //!
 //! `docs/ARCHITECTURE.md` walks a cp put and an ap put through these modules and says where
 //! each guarantee is implemented and tested.
 #![forbid(unsafe_code)]
 
 pub mod ap;
+pub mod backup;
 pub mod bench;
 pub mod cli;
 pub mod client;

@@ -129,6 +129,41 @@ impl ApStore {
         Ok((items, false))
     }
 
+    /// Up to `limit` entries (and about `bytes_max` bytes, at least one entry) of a keyspace after
+    /// `start_after` (from the start when empty), in key order, tombstones included, and whether
+    /// more follow. Backups page through this.
+    pub fn export_page(
+        &self,
+        keyspace: &str,
+        start_after: &[u8],
+        limit: usize,
+        bytes_max: usize,
+    ) -> Result<(Vec<Entry>, bool), Error> {
+        let prefix = data_key(keyspace, b"");
+        let start = if start_after.is_empty() {
+            std::ops::Bound::Included(prefix.clone())
+        } else {
+            std::ops::Bound::Excluded(data_key(keyspace, start_after))
+        };
+        let (mut out, mut bytes) = (Vec::new(), 0);
+        for kv in self.data.range::<Vec<u8>, _>((start, std::ops::Bound::Unbounded)) {
+            let (key, value) = kv?;
+            if !key.starts_with(&prefix) {
+                return Ok((out, false));
+            }
+            if out.len() == limit || (!out.is_empty() && bytes + value.len() > bytes_max) {
+                return Ok((out, true));
+            }
+            bytes += key.len() + value.len();
+            out.push(Entry {
+                keyspace: keyspace.to_string(),
+                key: key[prefix.len()..].to_vec(),
+                versioned: decode(&value)?,
+            });
+        }
+        Ok((out, false))
+    }
+
     /// Every entry of a keyspace, tombstones included, optionally only in some buckets.
     pub fn entries(&self, keyspace: &str, buckets: Option<&BTreeSet<usize>>) -> Result<Vec<Entry>, Error> {
         let prefix = data_key(keyspace, b"");
@@ -278,6 +313,25 @@ mod tests {
             },
             created_ms: n,
         }
+    }
+
+    #[test]
+    fn export_pages_keep_tombstones_stay_in_their_keyspace_and_resume() {
+        let db = sled::Config::new().temporary(true).open().unwrap();
+        let store = ApStore::open(&crate::storage::Flusher::new(db)).unwrap();
+        for n in 0..5u64 {
+            store.merge(&hint(n).entry).unwrap(); // tombstones of keyspace "carts"
+        }
+        let mut other = hint(9).entry;
+        other.keyspace = "cartsx".into();
+        store.merge(&other).unwrap();
+        let (first, more) = store.export_page("carts", b"", 3, usize::MAX).unwrap();
+        assert_eq!((first.len(), more), (3, true));
+        assert!(first.iter().all(|e| e.versioned.is_tombstone()));
+        let (rest, more) = store.export_page("carts", &first[2].key, 3, usize::MAX).unwrap();
+        assert_eq!((rest.len(), more), (2, false), "the page stops at its keyspace");
+        let (one, more) = store.export_page("carts", b"", 100, 1).unwrap();
+        assert_eq!((one.len(), more), (1, true), "a byte bound still returns one entry");
     }
 
     #[test]

@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+mod backup;
 mod bench;
 mod cluster;
 mod completion;
@@ -129,6 +130,8 @@ pub enum Command {
     Txn(txn::TxnArgs),
     /// Inject faults into a cluster started with --fault-injection.
     Fault(fault::FaultArgs),
+    /// Back up keyspaces to file:// or s3://, list, verify and restore backups.
+    Backup(backup::BackupArgs),
     /// Closed-loop benchmark against a running cluster: throughput, latency percentiles, SLO verdict.
     Bench(bench::BenchArgs),
     /// Print a shell completion script: `source <(capkv completion bash)`.
@@ -152,6 +155,7 @@ impl Cli {
             Command::Txn(a) => &a.client,
             Command::Fault(a) => &a.client,
             Command::Bench(a) => &a.client,
+            Command::Backup(a) => &a.client,
             Command::Node(_) | Command::Completion { .. } => return self.client.clone(),
         };
         self.client.merged(later)
@@ -173,6 +177,7 @@ pub async fn run_client(cli: &Cli) -> Result<Report, Error> {
         Command::Keyspace(a) => keyspace::run(&client, &a.command, hex).await,
         Command::Fault(a) => Ok(Report::of(&fault::run(&client, &a.command).await?, hex)),
         Command::Bench(a) => Ok(Report::of(&bench::run(&flags, a).await?, hex)),
+        Command::Backup(a) => backup::run(&client, &a.command, hex).await,
         Command::Cluster(ClusterArgs {
             command: ClusterCommand::Status,
             ..

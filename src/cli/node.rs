@@ -45,6 +45,15 @@ pub struct NodeArgs {
     /// Hints kept per unreachable peer; beyond it, writes are left to anti-entropy (counted).
     #[arg(long, default_value_t = ReplicaOptions::default().hints_per_peer_max)]
     pub hints_per_peer_max: usize,
+    /// Take a backup this often (e.g. 1h) when this node leads; needs --backup-to.
+    #[arg(long, env = "CAPKV_BACKUP_EVERY", value_parser = crate::request::parse_duration, requires = "backup_to")]
+    pub backup_every: Option<std::time::Duration>,
+    /// Where scheduled backups go: file:///path or s3://bucket/prefix.
+    #[arg(long, env = "CAPKV_BACKUP_TO", requires = "backup_every")]
+    pub backup_to: Option<String>,
+    /// Scheduled backups kept; older ones are deleted, oldest first.
+    #[arg(long, env = "CAPKV_BACKUP_KEEP", default_value_t = 24)]
+    pub backup_keep: usize,
     #[arg(long, value_enum, default_value = "pretty")]
     pub log_format: LogFormat,
     /// Log level (trace, debug, info, warn, error); RUST_LOG overrides it.
@@ -71,6 +80,14 @@ pub fn node_options(args: &NodeArgs) -> Result<NodeOptions, Error> {
             anti_entropy_fanout: args.anti_entropy_fanout,
             hints_per_peer_max: args.hints_per_peer_max,
             ..ReplicaOptions::default()
+        },
+        backup: match (args.backup_every, &args.backup_to) {
+            (Some(every), Some(to)) => Some(crate::backup::schedule::ScheduleOptions {
+                every,
+                to: to.clone(),
+                keep: args.backup_keep,
+            }),
+            _ => None,
         },
     })
 }

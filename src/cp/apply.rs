@@ -30,8 +30,13 @@ pub trait State {
 
 /// Applies `command`, found at log `index`, to `state`.
 pub fn apply(command: &Command, index: u64, state: &mut impl State) -> Applied {
-    if let Command::CreateKeyspace(create) = command {
-        return Ok(Answer::CreateKeyspace(create_keyspace(create, index, state)));
+    match command {
+        Command::CreateKeyspace(create) => return Ok(Answer::CreateKeyspace(create_keyspace(create, index, state))),
+        // The batcher keeps the keys of a batch's commands apart, so they share the index.
+        Command::Batch(commands) => {
+            return Ok(Answer::Batch(commands.iter().map(|c| apply(c, index, state)).collect()))
+        }
+        _ => {}
     }
     let keyspace = command.keyspace().expect("data commands name a keyspace");
     match state.keyspace(keyspace) {
@@ -45,7 +50,7 @@ pub fn apply(command: &Command, index: u64, state: &mut impl State) -> Applied {
         Some(_) => {}
     }
     Ok(match command {
-        Command::CreateKeyspace(_) => unreachable!("handled above"),
+        Command::CreateKeyspace(_) | Command::Batch(_) => unreachable!("handled above"),
         Command::Put(put) => Answer::Put(apply_put(put, index, state)),
         Command::Delete(delete) => Answer::Delete(apply_delete(delete, index, state)),
         Command::Cas(cas) => Answer::Cas(apply_cas(cas, index, state)),
@@ -236,6 +241,34 @@ mod tests {
             expected: expected.map(Into::into),
             new_value: new_value.into(),
         })
+    }
+
+    #[test]
+    fn a_batch_applies_each_command_in_order_with_its_own_answer_and_refusal() {
+        let mut batched = bank();
+        let mut one_by_one = bank();
+        let commands = vec![
+            put("alice", "10"),
+            cas("bob", None, "5"),
+            Command::Put(Put {
+                keyspace: "nowhere".into(),
+                key: "k".into(),
+                value: "v".into(),
+            }),
+            Command::Delete(Delete {
+                keyspace: "bank".into(),
+                key: "carol".into(),
+            }),
+        ];
+        let answers = match apply(&Command::Batch(commands.clone()), 7, &mut batched) {
+            Ok(Answer::Batch(answers)) => answers,
+            other => panic!("expected a batch answer, got {other:?}"),
+        };
+        let expected: Vec<Applied> = commands.iter().map(|c| apply(c, 7, &mut one_by_one)).collect();
+        assert_eq!(answers, expected, "a batch answers as its commands would, one by one");
+        assert_eq!(answers[2], Err(Refusal::UnknownKeyspace("nowhere".into())));
+        assert_eq!(batched, one_by_one, "and leaves the same state");
+        assert_eq!(batched.get("bank", b"alice").map(|v| v.mod_revision), Some(7));
     }
 
     fn cas_answer(applied: Applied) -> CasAnswer {

@@ -114,13 +114,17 @@ pub enum Command {
     Delete(Delete),
     Cas(Cas),
     Txn(Txn),
+    /// Several data commands proposed together as one entry (see [`super::batch`]): applied in
+    /// order, each with its own answer. No two of them touch the same key, so each key's
+    /// `mod_revision` (the entry's index) still names exactly one write of it.
+    Batch(Vec<Command>),
 }
 
 impl Command {
     /// The keyspace a data command touches (None for metadata commands).
     pub fn keyspace(&self) -> Option<&str> {
         match self {
-            Command::CreateKeyspace(_) => None,
+            Command::CreateKeyspace(_) | Command::Batch(_) => None,
             Command::Put(Put { keyspace, .. })
             | Command::Delete(Delete { keyspace, .. })
             | Command::Cas(Cas { keyspace, .. })
@@ -136,7 +140,27 @@ impl Command {
             Command::Delete(_) => "delete",
             Command::Cas(_) => "cas",
             Command::Txn(_) => "txn",
+            Command::Batch(_) => "batch",
         }
+    }
+
+    /// Every key this command reads or writes, or `None` when it must be an entry of its own
+    /// (metadata changes, batches).
+    pub fn touched_keys(&self) -> Option<Vec<(&str, &[u8])>> {
+        let keys = match self {
+            Command::CreateKeyspace(_) | Command::Batch(_) => return None,
+            Command::Put(Put { keyspace, key, .. })
+            | Command::Delete(Delete { keyspace, key })
+            | Command::Cas(Cas { keyspace, key, .. }) => vec![(keyspace.as_str(), key.as_slice())],
+            Command::Txn(txn) => {
+                let compared = txn.compares.iter().map(|c| c.key.as_slice());
+                let operated = txn.success.iter().chain(&txn.failure).map(|op| match op {
+                    TxnOp::Put { key, .. } | TxnOp::Delete { key } | TxnOp::Get { key } => key.as_slice(),
+                });
+                compared.chain(operated).map(|k| (txn.keyspace.as_str(), k)).collect()
+            }
+        };
+        Some(keys)
     }
 }
 
@@ -186,6 +210,8 @@ pub enum Answer {
     Delete(DeleteAnswer),
     Cas(CasAnswer),
     Txn(TxnAnswer),
+    /// One answer per command of a [`Command::Batch`], in order.
+    Batch(Vec<Applied>),
 }
 
 /// Why an entry was applied as a no-op: the state it met refuses the command.

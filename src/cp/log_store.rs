@@ -1,85 +1,332 @@
-//! The Raft log on sled: entries keyed by big-endian index, plus vote, committed and purged ids.
+//! The Raft log on the write-ahead log (`storage::wal`): entries, vote, committed and purged ids.
 //!
-//! Every mutation that openraft needs durable is flushed before it is reported done: `append`
-//! calls its callback only after one flush of the whole batch; `save_vote`, `truncate` and
-//! `purge` flush before they return. `save_committed` is not flushed: losing it only means the
-//! node re-learns the commit index from the leader.
+//! RECORDS. Every change is one WAL record, a kind byte and its body: an entry (with its index,
+//! so the tracker need not decode it), truncate-from, purge-up-to, vote, committed. Opening the
+//! store replays the records in order; the result is the log as it was after the last record
+//! that reached the disk, which includes everything ever acknowledged.
+//!
+//! DURABILITY. `append` queues its entries and returns; openraft's `LogFlushed` callback fires
+//! only after the `fdatasync` that covers them, so neither a follower's reply nor the leader's
+//! own count of the entry happens before that. `save_vote`, `truncate` and `purge` return only
+//! after their sync. `save_committed` rides along with the next sync (losing it only means the
+//! node re-learns the commit index). Concurrent appends, votes and purges share syncs (group
+//! commit in `storage::wal::writer`); the append path has no other disk cost.
+//!
+//! MEMORY INDEX. The unpurged entries themselves are kept in memory (a `BTreeMap` by index),
+//! so reads never touch the disk and entries still being written are readable for replication.
+//! openraft bounds that tail: it snapshots every `SNAPSHOT_EVERY_ENTRIES` entries and keeps
+//! `LOG_ENTRIES_KEPT_AFTER_SNAPSHOT` below it, and the purge drops the rest.
+//!
+//! SEGMENTS. Each new segment starts with the current vote, committed and purged records, so an
+//! older segment is needed only for its entries; once every entry in it is purged, the writer
+//! deletes it (after the sync that made the purge durable).
+//!
+//! CAVEATS
+//!
+//! - Memory holds the unpurged tail: about 600 entries between snapshots, so 600 values of up
+//!   to 1 MiB in the worst case. A disk-backed index for large entries would lift that.
+//! - A data dir whose Raft log is in sled (capkv before the WAL) is refused with a clear error,
+//!   not migrated.
+//! - A segment that still holds one unpurged entry is kept whole.
 // openraft's StorageError is large; its traits fix the error type, so helpers share it.
 #![allow(clippy::result_large_err)]
 
+use std::collections::BTreeMap;
 use std::fmt::Debug;
-use std::ops::{Bound, RangeBounds};
+use std::ops::RangeBounds;
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{Entry, LogId, RaftLogReader, StorageError, StorageIOError, Vote};
 
 use super::{NodeId, TypeConfig};
+use crate::error::Error;
 use crate::storage::codec::{decode, encode};
-use crate::storage::Flusher;
+use crate::storage::wal::disk::{Disk, RealDisk};
+use crate::storage::wal::writer::{Done, Tracker, Writer};
+use crate::storage::wal::{Wal, WalOptions, RECORD_BYTES_MAX};
 
-const VOTE: &[u8] = b"vote";
-const COMMITTED: &[u8] = b"committed";
-const LAST_PURGED: &[u8] = b"last_purged";
-
-#[derive(Clone)]
-pub struct LogStore {
-    flusher: Flusher,
-    log: sled::Tree,
-    meta: sled::Tree,
-}
+const ENTRY: u8 = 1;
+const TRUNCATE: u8 = 2;
+const PURGE: u8 = 3;
+const VOTE: u8 = 4;
+const COMMITTED: u8 = 5;
 
 type StorageResult<T> = Result<T, StorageError<NodeId>>;
-
-fn read_err(e: impl ToString) -> StorageError<NodeId> {
-    StorageIOError::read_logs(openraft::AnyError::error(e.to_string())).into()
-}
 
 fn write_err(e: impl ToString) -> StorageError<NodeId> {
     StorageIOError::write_logs(openraft::AnyError::error(e.to_string())).into()
 }
 
-fn index_key(index: u64) -> [u8; 8] {
-    index.to_be_bytes()
+fn vote_err(e: impl ToString) -> StorageError<NodeId> {
+    StorageIOError::write_vote(openraft::AnyError::error(e.to_string())).into()
 }
 
-impl LogStore {
-    pub fn open(flusher: &Flusher) -> Result<Self, sled::Error> {
-        let db = flusher.db();
-        Ok(Self {
-            flusher: flusher.clone(),
-            log: db.open_tree("raft_log")?,
-            meta: db.open_tree("raft_meta")?,
-        })
+fn record(kind: u8, body: &[u8]) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(1 + body.len());
+    bytes.push(kind);
+    bytes.extend_from_slice(body);
+    bytes
+}
+
+fn entry_record(entry: &Entry<TypeConfig>) -> Vec<u8> {
+    let mut bytes = vec![ENTRY];
+    bytes.extend_from_slice(&entry.log_id.index.to_le_bytes());
+    bytes.extend_from_slice(&encode(entry));
+    bytes
+}
+
+/// The index in an entry or truncate record, without decoding the rest.
+fn record_index(body: &[u8]) -> Result<u64, String> {
+    let bytes: [u8; 8] = body
+        .get(..8)
+        .and_then(|b| b.try_into().ok())
+        .ok_or("a record is too short for its index")?;
+    Ok(u64::from_le_bytes(bytes))
+}
+
+/// The log as the records describe it: what replaying them yields.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub(crate) struct RaftLog {
+    pub entries: BTreeMap<u64, Entry<TypeConfig>>,
+    pub vote: Option<Vote<NodeId>>,
+    pub committed: Option<LogId<NodeId>>,
+    pub purged: Option<LogId<NodeId>>,
+}
+
+impl RaftLog {
+    pub fn append(&mut self, entry: Entry<TypeConfig>) {
+        self.entries.insert(entry.log_id.index, entry);
     }
 
-    fn read_meta<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> StorageResult<Option<T>> {
-        match self.meta.get(key).map_err(read_err)? {
-            Some(bytes) => Ok(Some(decode(&bytes).map_err(read_err)?)),
-            None => Ok(None),
+    pub fn truncate(&mut self, from: u64) {
+        self.entries.split_off(&from);
+    }
+
+    pub fn purge(&mut self, upto: LogId<NodeId>) {
+        self.entries = self.entries.split_off(&(upto.index + 1));
+        if self.purged.is_none_or(|p| p.index < upto.index) {
+            self.purged = Some(upto);
         }
     }
 
-    async fn flush(&self) -> StorageResult<()> {
-        self.flusher.flush().await.map_err(write_err)
+    /// Replays one record.
+    fn replay(&mut self, payload: &[u8]) -> Result<(), String> {
+        let (kind, body) = payload.split_first().ok_or("an empty record")?;
+        let bad = |e: crate::storage::codec::CodecError| format!("a record of kind {kind} does not decode: {e}");
+        match *kind {
+            ENTRY => self.append(decode(body.get(8..).ok_or("an entry record is cut short")?).map_err(bad)?),
+            TRUNCATE => self.truncate(record_index(body)?),
+            PURGE => self.purge(decode(body).map_err(bad)?),
+            VOTE => self.vote = Some(decode(body).map_err(bad)?),
+            COMMITTED => self.committed = decode(body).map_err(bad)?,
+            other => return Err(format!("unknown record kind {other}")),
+        }
+        Ok(())
+    }
+
+    /// Checks that the entries follow the purge point without gaps.
+    fn check(&self) -> Result<(), String> {
+        let mut expected = self.purged.map(|p| p.index + 1);
+        for index in self.entries.keys() {
+            if expected.is_some_and(|e| e != *index) {
+                return Err(format!(
+                    "the log has a gap: entry {index} follows entry {}",
+                    expected.unwrap_or(1) - 1
+                ));
+            }
+            expected = Some(index + 1);
+        }
+        Ok(())
+    }
+
+    fn last_log_id(&self) -> Option<LogId<NodeId>> {
+        self.entries.values().next_back().map(|e| e.log_id).or(self.purged)
+    }
+}
+
+/// What the WAL writer needs to know about the records (see SEGMENTS above).
+#[derive(Default)]
+struct SegmentTracker {
+    vote: Option<Vec<u8>>,
+    committed: Option<Vec<u8>>,
+    purge: Option<Vec<u8>>,
+    purged_index: Option<u64>,
+    /// Highest entry index written to each segment that has entries.
+    last_index: BTreeMap<u64, u64>,
+}
+
+impl Tracker for SegmentTracker {
+    fn observe(&mut self, segment: u64, payload: &[u8]) {
+        match payload.first() {
+            Some(&ENTRY) => {
+                let index = record_index(&payload[1..]).expect("entry records carry their index");
+                let last = self.last_index.entry(segment).or_default();
+                *last = (*last).max(index);
+            }
+            Some(&VOTE) => self.vote = Some(payload.to_vec()),
+            Some(&COMMITTED) => self.committed = Some(payload.to_vec()),
+            Some(&PURGE) => {
+                let upto: LogId<NodeId> = decode(&payload[1..]).expect("purge records decode");
+                if self.purged_index.is_none_or(|p| p < upto.index) {
+                    self.purged_index = Some(upto.index);
+                    self.purge = Some(payload.to_vec());
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn head(&self) -> Vec<Vec<u8>> {
+        [&self.vote, &self.committed, &self.purge]
+            .into_iter()
+            .flatten()
+            .cloned()
+            .collect()
+    }
+
+    fn disposable(&self, segment: u64) -> bool {
+        match self.last_index.get(&segment) {
+            None => true,
+            Some(last) => self.purged_index.is_some_and(|p| *last <= p),
+        }
+    }
+
+    fn forget(&mut self, segment: u64) {
+        self.last_index.remove(&segment);
+    }
+}
+
+struct Shared {
+    log: Mutex<RaftLog>,
+    writer: Writer,
+}
+
+/// The Raft log store; clones share the log (openraft's reader is a clone).
+#[derive(Clone)]
+pub struct LogStore {
+    shared: Arc<Shared>,
+}
+
+impl LogStore {
+    /// Opens (or creates) the log in the directory `dir`.
+    pub fn open(dir: &Path) -> Result<Self, Error> {
+        let disk = RealDisk::open(dir)
+            .map_err(|e| Error::Storage(format!("cannot open the Raft log directory {}: {e}", dir.display())))?;
+        Self::open_on(Arc::new(disk), WalOptions::default())
+    }
+
+    /// Opens the log on any disk (tests use a simulated one).
+    pub(crate) fn open_on(disk: Arc<dyn Disk>, options: WalOptions) -> Result<Self, Error> {
+        let mut log = RaftLog::default();
+        let mut tracker = SegmentTracker::default();
+        let wal = Wal::open(disk, options, |segment, payload| {
+            tracker.observe(segment, payload);
+            log.replay(payload)
+        })
+        .map_err(|e| Error::Storage(format!("cannot recover the Raft log: {e}")))?;
+        log.check()
+            .map_err(|e| Error::Storage(format!("the recovered Raft log is inconsistent: {e}")))?;
+        let writer = Writer::start(wal, tracker)
+            .map_err(|e| Error::Storage(format!("cannot start the Raft log writer: {e}")))?;
+        Ok(Self {
+            shared: Arc::new(Shared {
+                log: Mutex::new(log),
+                writer,
+            }),
+        })
+    }
+
+    fn log(&self) -> MutexGuard<'_, RaftLog> {
+        self.shared.log.lock().expect("the Raft log lock is never poisoned")
     }
 
     /// Number of entries currently held (for metrics).
     pub fn len(&self) -> usize {
-        self.log.len()
+        self.log().entries.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.log.is_empty()
+        self.log().entries.is_empty()
     }
 
-    /// The commit index last persisted by `save_committed` (0 when none or unreadable).
+    /// The commit index last saved by `save_committed` (0 when none).
     pub fn committed_index(&self) -> u64 {
-        self.read_meta::<Option<LogId<NodeId>>>(COMMITTED)
-            .ok()
-            .flatten()
-            .flatten()
-            .map_or(0, |l| l.index)
+        self.log().committed.map_or(0, |l| l.index)
     }
+
+    /// A copy of the log as this store holds it (tests compare it with a model).
+    #[cfg(test)]
+    pub(crate) fn snapshot(&self) -> RaftLog {
+        self.log().clone()
+    }
+
+    /// Appends entries; `done` hears when they are durable. The order of calls is the order
+    /// on disk.
+    pub(crate) async fn append_entries(
+        &self,
+        entries: impl IntoIterator<Item = Entry<TypeConfig>>,
+        done: Done,
+    ) -> Result<(), Error> {
+        let entries: Vec<_> = entries.into_iter().collect();
+        let records: Vec<Vec<u8>> = entries.iter().map(entry_record).collect();
+        if let Some(big) = records.iter().find(|r| r.len() > RECORD_BYTES_MAX) {
+            return Err(Error::InvalidInput(format!(
+                "a Raft entry of {} bytes is over the log's record limit of {RECORD_BYTES_MAX} bytes",
+                big.len()
+            )));
+        }
+        {
+            let mut log = self.log();
+            entries.into_iter().for_each(|e| log.append(e));
+        }
+        self.shared.writer.submit(records, Some(done)).await;
+        Ok(())
+    }
+
+    pub(crate) async fn truncate_from(&self, from: u64) -> std::io::Result<()> {
+        self.log().truncate(from);
+        let body = from.to_le_bytes();
+        self.shared.writer.write(vec![record(TRUNCATE, &body)]).await
+    }
+
+    pub(crate) async fn purge_upto(&self, upto: LogId<NodeId>) -> std::io::Result<()> {
+        self.log().purge(upto);
+        self.shared.writer.write(vec![record(PURGE, &encode(&upto))]).await
+    }
+
+    pub(crate) async fn save_vote_durably(&self, vote: &Vote<NodeId>) -> std::io::Result<()> {
+        self.log().vote = Some(*vote);
+        self.shared.writer.write(vec![record(VOTE, &encode(vote))]).await
+    }
+
+    pub(crate) async fn save_committed_lazily(&self, committed: Option<LogId<NodeId>>) {
+        self.log().committed = committed;
+        let records = vec![record(COMMITTED, &encode(&committed))];
+        self.shared.writer.submit(records, None).await;
+    }
+}
+
+/// Refuses a data dir whose Raft log or vote is in sled (written by capkv before the WAL):
+/// starting without them could vote twice in a term or lose acknowledged entries.
+pub fn refuse_sled_log(db: &sled::Db, data_dir: &Path) -> Result<(), Error> {
+    let mut has_old_log = false;
+    for name in db.tree_names() {
+        if name.as_ref() == b"raft_log" || name.as_ref() == b"raft_meta" {
+            has_old_log |= !db.open_tree(name)?.is_empty();
+        }
+    }
+    if has_old_log {
+        return Err(Error::Refused(format!(
+            "the data dir {} was written by an older capkv that kept its Raft log in sled; this version keeps it \
+             in {}/wal and cannot read the old one. Start this node with an empty --data-dir: it then catches \
+             up from its peers (or, for a whole cluster, export the data with the old version first)",
+            data_dir.display(),
+            data_dir.display()
+        )));
+    }
+    Ok(())
 }
 
 impl RaftLogReader<TypeConfig> for LogStore {
@@ -87,22 +334,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
         &mut self,
         range: RB,
     ) -> StorageResult<Vec<Entry<TypeConfig>>> {
-        let start = match range.start_bound() {
-            Bound::Included(i) => Bound::Included(index_key(*i)),
-            Bound::Excluded(i) => Bound::Excluded(index_key(*i)),
-            Bound::Unbounded => Bound::Unbounded,
-        };
-        let end = match range.end_bound() {
-            Bound::Included(i) => Bound::Included(index_key(*i)),
-            Bound::Excluded(i) => Bound::Excluded(index_key(*i)),
-            Bound::Unbounded => Bound::Unbounded,
-        };
-        let mut entries = Vec::new();
-        for item in self.log.range::<[u8; 8], _>((start, end)) {
-            let (_, bytes) = item.map_err(read_err)?;
-            entries.push(decode(&bytes).map_err(read_err)?);
-        }
-        Ok(entries)
+        Ok(self.log().entries.range(range).map(|(_, e)| e.clone()).collect())
     }
 }
 
@@ -110,14 +342,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = Self;
 
     async fn get_log_state(&mut self) -> StorageResult<LogState<TypeConfig>> {
-        let last_purged_log_id: Option<LogId<NodeId>> = self.read_meta(LAST_PURGED)?.flatten();
-        let last_log_id = match self.log.last().map_err(read_err)? {
-            Some((_, bytes)) => Some(decode::<Entry<TypeConfig>>(&bytes).map_err(read_err)?.log_id),
-            None => last_purged_log_id,
-        };
+        let log = self.log();
         Ok(LogState {
-            last_purged_log_id,
-            last_log_id,
+            last_purged_log_id: log.purged,
+            last_log_id: log.last_log_id(),
         })
     }
 
@@ -126,23 +354,20 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> StorageResult<()> {
-        self.meta
-            .insert(VOTE, encode(vote))
-            .map_err(|e| StorageError::from(StorageIOError::write_vote(openraft::AnyError::error(e.to_string()))))?;
-        self.flush().await
+        self.save_vote_durably(vote).await.map_err(vote_err)
     }
 
     async fn read_vote(&mut self) -> StorageResult<Option<Vote<NodeId>>> {
-        self.read_meta(VOTE)
+        Ok(self.log().vote)
     }
 
     async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> StorageResult<()> {
-        self.meta.insert(COMMITTED, encode(&committed)).map_err(write_err)?;
+        self.save_committed_lazily(committed).await;
         Ok(())
     }
 
     async fn read_committed(&mut self) -> StorageResult<Option<LogId<NodeId>>> {
-        Ok(self.read_meta::<Option<LogId<NodeId>>>(COMMITTED)?.flatten())
+        Ok(self.log().committed)
     }
 
     async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> StorageResult<()>
@@ -150,49 +375,19 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry<TypeConfig>> + Send,
         I::IntoIter: Send,
     {
-        let mut batch = sled::Batch::default();
-        for entry in entries {
-            batch.insert(&index_key(entry.log_id.index), encode(&entry));
-        }
-        self.log.apply_batch(batch).map_err(write_err)?;
-        let flushed = self.flusher.flush().await;
-        callback.log_io_completed(flushed);
-        Ok(())
+        let done: Done = Box::new(move |outcome| callback.log_io_completed(outcome));
+        self.append_entries(entries, done).await.map_err(write_err)
     }
 
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> StorageResult<()> {
-        self.remove_range(log_id.index..)?;
-        self.flush().await
+        self.truncate_from(log_id.index).await.map_err(write_err)
     }
 
     async fn purge(&mut self, log_id: LogId<NodeId>) -> StorageResult<()> {
-        // Record the purge point first: a crash between the two steps leaves extra entries
-        // below it, which are harmless, never a gap above it.
-        self.meta
-            .insert(LAST_PURGED, encode(&Some(log_id)))
-            .map_err(write_err)?;
-        self.remove_range(..=log_id.index)?;
-        self.flush().await
+        self.purge_upto(log_id).await.map_err(write_err)
     }
 }
 
-impl LogStore {
-    fn remove_range(&self, range: impl RangeBounds<u64>) -> StorageResult<()> {
-        let start = match range.start_bound() {
-            Bound::Included(i) => *i,
-            Bound::Excluded(i) => i + 1,
-            Bound::Unbounded => 0,
-        };
-        let end = match range.end_bound() {
-            Bound::Included(i) => Bound::Included(index_key(*i)),
-            Bound::Excluded(i) => Bound::Excluded(index_key(*i)),
-            Bound::Unbounded => Bound::Unbounded,
-        };
-        let mut batch = sled::Batch::default();
-        for item in self.log.range::<[u8; 8], _>((Bound::Included(index_key(start)), end)) {
-            let (key, _) = item.map_err(write_err)?;
-            batch.remove(key);
-        }
-        self.log.apply_batch(batch).map_err(write_err)
-    }
-}
+#[cfg(test)]
+#[path = "log_store_test.rs"]
+mod tests;

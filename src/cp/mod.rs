@@ -42,6 +42,7 @@
 //! - Membership is static (`--peers`); adding and removing members at run time comes later.
 
 pub mod apply;
+pub mod batch;
 pub mod command;
 pub mod forward;
 pub mod keys;
@@ -52,6 +53,7 @@ pub mod network;
 pub mod path;
 pub mod propose;
 pub mod raft;
+pub mod read_index;
 pub mod route;
 pub mod state_machine;
 pub mod watchdog;

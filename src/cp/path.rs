@@ -15,8 +15,11 @@ use std::sync::Mutex;
 use openraft::RaftMetrics;
 use tonic::transport::Channel;
 
+use super::batch::WriteBatcher;
 use super::log_store::LogStore;
+use super::propose::{confirm_leadership, propose_entry, WriteError};
 use super::raft::{self, RaftOptions};
+use super::read_index::ReadBatcher;
 use super::state_machine::SmReader;
 use super::{NodeId, Raft};
 use crate::error::Error;
@@ -36,6 +39,10 @@ pub struct Cp {
     pub(super) peers: BTreeMap<NodeId, String>,
     /// One lazily connecting channel per leader, reused by every forwarded request.
     pub(super) forward_channels: Mutex<HashMap<NodeId, Channel>>,
+    /// Linearizable reads, confirmed in batches.
+    pub(super) reads: ReadBatcher,
+    /// Writes, proposed in batches.
+    pub(super) writes: WriteBatcher<WriteError>,
 }
 
 impl Cp {
@@ -48,8 +55,20 @@ impl Cp {
         peers: BTreeMap<NodeId, String>,
     ) -> Result<Cp, Error> {
         let started = raft::start(id, &options, flusher, reach.fault().clone()).await?;
+        let raft = started.raft.clone();
+        let reads = ReadBatcher::start(move |deadline| {
+            let raft = raft.clone();
+            async move { confirm_leadership(&raft, id, deadline).await }
+        });
+        let raft = started.raft.clone();
+        let writes = WriteBatcher::start(move |command| {
+            let raft = raft.clone();
+            async move { propose_entry(&raft, command).await }
+        });
         Ok(Cp {
             id,
+            reads,
+            writes,
             raft: started.raft,
             reader: started.reader,
             log: started.log,

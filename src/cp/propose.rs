@@ -1,7 +1,7 @@
 //! Proposing a command on the leader, and the read barrier of linearizable reads.
 //!
 //! [`Cp::propose`] takes a typed proposal (`Put`, `Cas`, ...), appends it to the Raft log on this
-//! node (which must lead), waits until it is committed and applied, and returns the proposal's
+//! node (which must lead; concurrent proposals share entries, see [`super::batch`]), waits until it is committed and applied, and returns the proposal's
 //! own answer type. A proposal that was sent but not confirmed before the deadline may still be
 //! applied: it answers "outcome unknown", and so does one whose Raft stopped with a fatal error
 //! or that lost the leadership after taking it (the entry may be on other nodes' logs, and a
@@ -9,8 +9,9 @@
 //! state machine refused (unknown keyspace, not a cp keyspace) changed nothing and says why.
 //! A read whose barrier meets a stopped Raft changed nothing: "no quorum", try another node.
 //!
-//! [`Cp::read_barrier`] is ReadIndex through openraft's `ensure_linearizable()`: after it, the
-//! local state machine reflects every write acknowledged before the read began.
+//! [`Cp::read_barrier`] is ReadIndex through openraft's `ensure_linearizable()`, one confirmation
+//! per batch of concurrent reads ([`super::read_index`]): after it, the local state machine
+//! reflects every write acknowledged before the read began.
 //!
 //! Caveats: the negative-control build `unsafe-local-reads` skips the read barrier on purpose,
 //! so the Jepsen-style suite can prove it catches stale reads.
@@ -19,11 +20,9 @@ use std::time::Instant;
 
 use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
 
-use openraft::BasicNode;
-
-use super::command::{Proposal, Refusal};
+use super::command::{Applied, Command, Proposal, Refusal};
 use super::path::Cp;
-use super::NodeId;
+use super::{NodeId, Raft};
 use crate::error::Error;
 
 impl Cp {
@@ -32,7 +31,11 @@ impl Cp {
         let command = proposal.into();
         let op = command.op_name();
         let budget = deadline.saturating_duration_since(Instant::now());
-        let applied = match tokio::time::timeout(budget, self.raft.client_write(command)).await {
+        let proposed = async {
+            // A stopped batcher means a stopped Raft group: nothing was proposed.
+            (self.writes.propose(command).await).unwrap_or(Err(RaftError::Fatal(openraft::error::Fatal::Stopped)))
+        };
+        let applied = match tokio::time::timeout(budget, proposed).await {
             Err(_) => {
                 return Err(Error::OutcomeUnknown(format!(
                     "node {} proposed the {op} but no majority confirmed it within {} ms; it may still be applied",
@@ -40,40 +43,51 @@ impl Cp {
                     budget.as_millis()
                 )))
             }
-            Ok(Ok(response)) => response.data,
+            Ok(Ok(applied)) => applied,
             Ok(Err(e)) => return Err(write_error(self.id, op, e)),
         };
         let answer = applied.map_err(|refusal| refusal_error(refusal, op))?;
         Ok(P::answer(answer).unwrap_or_else(|| panic!("the state machine answered a {op} with another kind")))
     }
 
-    /// Makes the local state machine linearizable for a read that starts now (ReadIndex).
+    /// Makes the local state machine linearizable for a read that starts now (ReadIndex,
+    /// batched with concurrent reads: see [`super::read_index`]).
     pub async fn read_barrier(&self, deadline: Instant) -> Result<(), Error> {
         if cfg!(feature = "unsafe-local-reads") {
             // Negative control: a deliberately broken build that skips ReadIndex.
             return Ok(());
         }
-        let budget = deadline.saturating_duration_since(Instant::now());
-        match tokio::time::timeout(budget, self.raft.ensure_linearizable()).await {
-            Err(_) => Err(Error::NoQuorum(format!(
-                "node {} could not confirm its leadership with a majority within {} ms",
-                self.id,
-                budget.as_millis()
-            ))),
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_)))) => Err(Error::NoQuorum(format!(
-                "node {} lost the leadership while confirming a read; retry",
-                self.id
-            ))),
-            Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(q)))) => Err(Error::NoQuorum(format!(
-                "node {} could not confirm its leadership: {q}",
-                self.id
-            ))),
-            Ok(Err(RaftError::Fatal(fatal))) => Err(Error::NoQuorum(format!(
-                "node {}'s Raft stopped ({fatal}) while confirming a read; nothing was changed, retry on another node",
-                self.id
-            ))),
-        }
+        self.reads.confirm(self.id, deadline).await
+    }
+}
+
+/// The error of proposing one entry, shared by every write in it.
+pub(super) type WriteError = RaftError<NodeId, ClientWriteError<NodeId, openraft::BasicNode>>;
+
+/// Proposes one entry (a command, or a batch of them) and returns what applying it gave.
+pub(super) async fn propose_entry(raft: &Raft, command: Command) -> Result<Applied, WriteError> {
+    raft.client_write(command).await.map(|response| response.data)
+}
+
+/// One leadership confirmation for a batch of reads: ReadIndex through openraft's
+/// `ensure_linearizable()`, bounded by `deadline`.
+pub(super) async fn confirm_leadership(raft: &Raft, id: NodeId, deadline: Instant) -> Result<(), Error> {
+    let budget = deadline.saturating_duration_since(Instant::now());
+    match tokio::time::timeout(budget, raft.ensure_linearizable()).await {
+        Err(_) => Err(Error::NoQuorum(format!(
+            "node {id} could not confirm its leadership with a majority within {} ms",
+            budget.as_millis()
+        ))),
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_)))) => Err(Error::NoQuorum(format!(
+            "node {id} lost the leadership while confirming a read; retry"
+        ))),
+        Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(q)))) => Err(Error::NoQuorum(format!(
+            "node {id} could not confirm its leadership: {q}"
+        ))),
+        Ok(Err(RaftError::Fatal(fatal))) => Err(Error::NoQuorum(format!(
+            "node {id}'s Raft stopped ({fatal}) while confirming a read; nothing was changed, retry on another node"
+        ))),
     }
 }
 
@@ -84,7 +98,7 @@ impl Cp {
 /// and from one whose uncommitted entry a new leader truncated, while another node may still
 /// hold a copy that a later leader commits; openraft reports the two alike. A fatal error
 /// (storage failure, stopped core) may strike after the append and replication.
-fn write_error(id: NodeId, op: &str, error: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>) -> Error {
+fn write_error(id: NodeId, op: &str, error: WriteError) -> Error {
     match error {
         RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => Error::OutcomeUnknown(format!(
             "node {id} lost the leadership before the {op} was committed (leader now: {}); it may still be applied if another node kept a copy",

@@ -115,7 +115,8 @@ pub struct Started {
     pub log: LogStore,
 }
 
-/// Opens the log and the state machine on `flusher`'s database and starts openraft.
+/// Opens the Raft log (`<data-dir>/wal`) and the state machine (in `flusher`'s database) and
+/// starts openraft.
 pub async fn start(
     id: NodeId,
     options: &RaftOptions,
@@ -123,7 +124,15 @@ pub async fn start(
     fault: Arc<FaultFilter>,
 ) -> Result<Started, Error> {
     let config = Arc::new(options.config()?);
-    let log = LogStore::open(flusher)?;
+    let data_dir = flusher
+        .data_dir()
+        .ok_or_else(|| Error::Internal("the Raft log needs a data dir; this database was opened without one".into()))?;
+    super::log_store::refuse_sled_log(flusher.db(), data_dir)?;
+    // Recovery reads every segment: off the async worker threads.
+    let wal_dir = data_dir.join("wal");
+    let log = tokio::task::spawn_blocking(move || LogStore::open(&wal_dir))
+        .await
+        .map_err(|e| Error::Internal(format!("opening the Raft log panicked: {e}")))??;
     let sm = StateMachineStore::open(flusher)?;
     let reader = sm.reader();
     let raft = Raft::new(id, config, Network::new(id, fault), log.clone(), sm)

@@ -4,6 +4,15 @@
 //! see earlier ones), then writes the data, the last applied log id and the membership in one
 //! atomic sled batch. A snapshot is a point-in-time copy of the whole `sm` tree taken between two
 //! applies; installing one replaces the tree's contents in one atomic batch.
+//!
+//! Applies and snapshot installs hold the apply gate; a backup export holds it too while it copies
+//! keyspaces ([`SmReader::copy_keyspaces`]), so the copy shows exactly one applied index.
+//!
+//! DURABILITY. Applying does not sync: the Raft log (`log_store.rs`) holds every applied entry,
+//! and after a crash openraft re-applies from the last applied id sled kept. The log may drop
+//! entries only behind a snapshot, so building and installing a snapshot end with a
+//! [`Flusher::flush`], which fsyncs sled's files: the snapshot and the state machine it covers
+//! are on stable storage before openraft purges the log behind them.
 // openraft's StorageError is large; its traits fix the error type, so helpers share it.
 #![allow(clippy::result_large_err)]
 
@@ -54,6 +63,9 @@ pub struct StateMachineStore {
     sm: sled::Tree,
     snapshots: sled::Tree,
     snapshot_seq: u64,
+    /// Held while a batch is applied or a snapshot installed, and while a backup copies a
+    /// keyspace: the copy then sees no half-applied state and one applied index.
+    apply_gate: std::sync::Arc<tokio::sync::Mutex<()>>,
 }
 
 impl StateMachineStore {
@@ -64,12 +76,16 @@ impl StateMachineStore {
             sm: db.open_tree("sm")?,
             snapshots: db.open_tree("snapshot")?,
             snapshot_seq: 0,
+            apply_gate: Default::default(),
         })
     }
 
     /// A handle for reading the state machine from request handlers.
     pub fn reader(&self) -> SmReader {
-        SmReader { sm: self.sm.clone() }
+        SmReader {
+            sm: self.sm.clone(),
+            apply_gate: self.apply_gate.clone(),
+        }
     }
 
     fn read_applied(&self) -> StorageResult<(Option<LogId<NodeId>>, Membership)> {
@@ -158,6 +174,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         I: IntoIterator<Item = openraft::Entry<TypeConfig>> + Send,
         I::IntoIter: Send,
     {
+        let gate = self.apply_gate.clone();
+        let _applying = gate.lock().await;
         let mut overlay = Overlay {
             tree: &self.sm,
             pending: BTreeMap::new(),
@@ -215,6 +233,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         meta: &SnapshotMeta<NodeId, openraft::BasicNode>,
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> StorageResult<()> {
+        let gate = self.apply_gate.clone();
+        let _installing = gate.lock().await;
         let data = snapshot.into_inner();
         let pairs: Vec<(Vec<u8>, Vec<u8>)> = decode(&data).map_err(snapshot_err)?;
         let mut batch = sled::Batch::default();
@@ -296,6 +316,12 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     }
 }
 
+/// Receives the keys of [`SmReader::copy_keyspaces`]: the keyspace's position in the list asked
+/// for, the key and its value.
+pub trait CopySink: Send + 'static {
+    fn record(&mut self, keyspace: usize, key: Vec<u8>, value: StoredValue) -> Result<(), Error>;
+}
+
 /// Keys with their values, and whether more keys match.
 pub type ScanPage = (Vec<(Vec<u8>, StoredValue)>, bool);
 
@@ -304,6 +330,7 @@ pub type ScanPage = (Vec<(Vec<u8>, StoredValue)>, bool);
 #[derive(Clone)]
 pub struct SmReader {
     sm: sled::Tree,
+    apply_gate: std::sync::Arc<tokio::sync::Mutex<()>>,
 }
 
 impl SmReader {
@@ -358,8 +385,114 @@ impl SmReader {
         self.sm.scan_prefix(keys::data_prefix(keyspace, b"")).count()
     }
 
+    /// Hands every key of each keyspace to `sink`, in key order, with no apply in between, and
+    /// returns the applied log index the copy shows (and the sink). Applies wait meanwhile
+    /// (they are not lost), so the sink should be quick: a backup writes to a local spool file.
+    /// The copy runs on a blocking thread.
+    pub async fn copy_keyspaces<S: CopySink>(&self, keyspaces: Vec<String>, mut sink: S) -> Result<(u64, S), Error> {
+        let no_applies = self.apply_gate.clone().lock_owned().await;
+        let sm = self.sm.clone();
+        let copy = tokio::task::spawn_blocking(move || {
+            let _no_applies = no_applies;
+            let index = read_applied(&sm)?.0.map_or(0, |id| id.index);
+            for (i, keyspace) in keyspaces.iter().enumerate() {
+                for kv in sm.scan_prefix(keys::data_prefix(keyspace, b"")) {
+                    let (key, value) = kv?;
+                    sink.record(i, keys::user_key(keyspace, &key).to_vec(), decode(&value)?)?;
+                }
+            }
+            Ok((index, sink))
+        });
+        copy.await
+            .map_err(|e| Error::Internal(format!("copying keyspaces for a backup stopped: {e}")))?
+    }
+
     /// The applied log id and membership of the local replica.
     pub fn applied(&self) -> Result<(Option<LogId<NodeId>>, Membership), Error> {
         read_applied(&self.sm)
+    }
+}
+
+#[cfg(test)]
+mod copy_tests {
+    use std::sync::mpsc;
+
+    use openraft::{CommittedLeaderId, Entry};
+
+    use super::*;
+    use crate::cp::command::{Command, CreateKeyspace, Put};
+
+    fn entry(index: u64, command: Command) -> Entry<TypeConfig> {
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(command),
+        }
+    }
+
+    fn put(key: &str) -> Command {
+        Command::Put(Put {
+            keyspace: "bank".into(),
+            key: key.into(),
+            value: b"v".to_vec(),
+        })
+    }
+
+    /// Sends every copied key to the test, then waits for a go-ahead before the next one.
+    struct Gated {
+        seen: mpsc::Sender<Vec<u8>>,
+        go: mpsc::Receiver<()>,
+    }
+
+    impl CopySink for Gated {
+        fn record(&mut self, _keyspace: usize, key: Vec<u8>, _value: StoredValue) -> Result<(), Error> {
+            self.seen.send(key).unwrap();
+            self.go.recv().unwrap();
+            Ok(())
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_copy_shows_one_applied_index_while_applies_wait() {
+        let db = sled::Config::new().temporary(true).open().unwrap();
+        let mut sm = StateMachineStore::open(&crate::storage::Flusher::new(db)).unwrap();
+        let create = Command::CreateKeyspace(CreateKeyspace {
+            name: "bank".into(),
+            mode: crate::mode::Mode::Cp,
+        });
+        sm.apply(vec![entry(1, create), entry(2, put("a")), entry(3, put("b"))])
+            .await
+            .unwrap();
+        let reader = sm.reader();
+        let (seen_tx, seen) = mpsc::channel();
+        let (go, go_rx) = mpsc::channel();
+        let sink = Gated {
+            seen: seen_tx,
+            go: go_rx,
+        };
+        let copy = tokio::spawn(async move { reader.copy_keyspaces(vec!["bank".into()], sink).await });
+        // The copy is under way (it holds the first key): an apply now must wait for it.
+        let first = tokio::task::spawn_blocking(move || seen.recv().map(|k| (k, seen)))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(first.0, b"a");
+        let apply = tokio::spawn(async move {
+            sm.apply(vec![entry(4, put("c"))]).await.unwrap();
+            sm
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        assert!(!apply.is_finished(), "an apply ran in the middle of a copy");
+        go.send(()).unwrap();
+        go.send(()).unwrap();
+        let (index, _) = copy.await.unwrap().unwrap();
+        let rest: Vec<Vec<u8>> = first.1.try_iter().collect();
+        assert_eq!(index, 3, "the copy shows the index applied when it began");
+        assert_eq!(
+            rest,
+            [b"b".to_vec()],
+            "the key applied after the copy began is not in it"
+        );
+        let sm = apply.await.unwrap();
+        assert_eq!(sm.reader().applied().unwrap().0.map(|l| l.index), Some(4));
     }
 }

@@ -1,4 +1,4 @@
-//! openraft's storage test suite against the sled log store and state machine.
+//! openraft's storage test suite against the WAL log store and the sled state machine.
 
 use openraft::testing::{StoreBuilder, Suite};
 use openraft::StorageError;
@@ -14,14 +14,14 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, tempfile::TempDir> fo
     async fn build(&self) -> Result<(tempfile::TempDir, LogStore, StateMachineStore), StorageError<NodeId>> {
         let dir = tempfile::tempdir().expect("a temp dir can be created");
         let db = crate::storage::open(dir.path()).expect("a fresh database opens");
-        let flusher = Flusher::new(db);
-        let log = LogStore::open(&flusher).expect("log trees open");
+        let flusher = Flusher::durable(db, dir.path());
+        let log = LogStore::open(&dir.path().join("wal")).expect("a fresh Raft log opens");
         let sm = StateMachineStore::open(&flusher).expect("state machine trees open");
         Ok((dir, log, sm))
     }
 }
 
 #[test]
-fn openraft_storage_suite_passes_on_sled() {
+fn openraft_storage_suite_passes_on_wal_and_sled() {
     Suite::test_all(SledStoreBuilder).expect("openraft's storage suite passes");
 }

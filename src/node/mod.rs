@@ -6,7 +6,8 @@
 //! it binds the ports, serves the gRPC and HTTP APIs, starts the background tasks (liveness
 //! pings, the election watchdog, AP repair, metrics), and stops everything in order.
 //!
-//! Caveats: one database per node holds both paths' trees; they share one group-commit flusher.
+//! Caveats: one sled database per node holds both paths' trees (the Raft log alone lives in
+//! `<data-dir>/wal`); they share one group-commit flusher.
 
 pub mod options;
 pub mod run;
@@ -42,7 +43,7 @@ impl Node {
     pub async fn open(options: NodeOptions) -> Result<Arc<Node>, Error> {
         options.validate()?;
         let db = crate::storage::open(&options.data_dir)?;
-        let flusher = Flusher::new(db.clone());
+        let flusher = Flusher::durable(db.clone(), &options.data_dir);
         let fault = Arc::new(FaultFilter::new(options.fault_injection));
         let liveness = Liveness::new(options.id, options.peers.keys().copied());
         let reach = Reach::new(options.id, liveness, fault);
@@ -118,9 +119,18 @@ impl Node {
         self.cp.local_keyspace(name)
     }
 
-    /// Bytes the node's database takes on disk.
+    /// Bytes the node's storage takes on disk: the sled database and the Raft log's segments.
     pub fn storage_bytes(&self) -> u64 {
-        self.db.size_on_disk().unwrap_or(0)
+        let wal = std::fs::read_dir(self.options.data_dir.join("wal"))
+            .map(|entries| {
+                entries
+                    .flatten()
+                    .filter_map(|e| e.metadata().ok())
+                    .map(|m| m.len())
+                    .sum()
+            })
+            .unwrap_or(0);
+        self.db.size_on_disk().unwrap_or(0) + wal
     }
 
     /// Writes and reads back a probe record: does this node's storage work?

@@ -24,6 +24,8 @@ pub struct NodeOptions {
     pub fault_injection: bool,
     pub raft: RaftOptions,
     pub ap: ReplicaOptions,
+    /// Scheduled backups (`--backup-every`, `--backup-to`, `--backup-keep`), when configured.
+    pub backup: Option<crate::backup::schedule::ScheduleOptions>,
 }
 
 impl NodeOptions {
@@ -44,6 +46,9 @@ impl NodeOptions {
             )));
         }
         self.raft.validate()?;
+        if let Some(backup) = &self.backup {
+            backup.validate()?;
+        }
         self.ap.validate()
     }
 }

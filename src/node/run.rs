@@ -47,6 +47,15 @@ pub async fn run(options: NodeOptions) -> Result<(), Error> {
         spawn_ap_repair(&node),
         tokio::spawn(metrics::run_gauge_updater(node.clone())),
     ];
+    let backups = options.backup.clone().map(|schedule| {
+        let leader_node = node.clone();
+        let is_leader = move || leader_node.cp().metrics().current_leader == Some(leader_node.id());
+        tokio::spawn(crate::backup::schedule::run(
+            schedule,
+            options.listen.to_string(),
+            is_leader,
+        ))
+    });
     node.cp().bootstrap_if_fresh().await?;
 
     let result = tokio::select! {
@@ -56,7 +65,7 @@ pub async fn run(options: NodeOptions) -> Result<(), Error> {
     tracing::info!(id = node.id(), "node stopping");
     let _ = stop_tx.send(true);
     let _ = http.await;
-    for task in background {
+    for task in background.into_iter().chain(backups) {
         task.abort();
     }
     node.cp().shutdown().await;

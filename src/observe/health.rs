@@ -1,7 +1,7 @@
 //! Health of a node: storage works, a leader is known, the replica keeps up.
 //!
 //! `ok`: storage works and a leader is known with the local replica caught up;
-//! `degraded`: a leader is known but this replica lags it;
+//! `degraded`: a leader is known but this replica lags it, or a scheduled backup is overdue;
 //! `failing`: no leader known, or storage does not work. `/health` answers 200 unless failing.
 //!
 //! PROBES: two verdicts for orchestrators, each a [`Check`]:
@@ -52,6 +52,9 @@ pub struct HealthReport {
     pub fault_injection: bool,
     pub partition: Vec<Vec<u64>>,
     pub peers: Vec<PeerReport>,
+    /// Scheduled backups (absent without `--backup-every`): not ok when one is overdue.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backup: Option<Check>,
 }
 
 #[derive(Debug, Serialize)]
@@ -159,7 +162,10 @@ pub fn report(node: &Node) -> HealthReport {
     let m = node.cp().metrics();
     let storage = storage_check(node);
     let raft = raft_check(node, &m);
-    let lagging = apply_lag(&m).is_some();
+    let backup =
+        crate::backup::schedule::health(m.current_leader == Some(node.id())).map(|(ok, detail)| Check { ok, detail });
+    let overdue = backup.as_ref().is_some_and(|b| !b.ok);
+    let lagging = apply_lag(&m).is_some() || overdue;
     let status = match (storage.ok && raft.ok, lagging) {
         (false, _) => "failing",
         (true, true) => "degraded",
@@ -183,6 +189,7 @@ pub fn report(node: &Node) -> HealthReport {
             .map(|g| g.into_iter().collect())
             .collect(),
         peers: peer_liveness(node),
+        backup,
     }
 }
 

@@ -2,6 +2,7 @@
 //! and HTTP (`/metrics`, `/health`, `/ready`) on `--http`. Handlers check input, pick the path
 //! by keyspace mode ([`kv`]), and map errors to statuses in one place ([`crate::error`]).
 
+pub mod backup;
 pub mod cluster;
 pub mod fault;
 pub mod http;
@@ -93,6 +94,9 @@ pub async fn serve_grpc(
         )))
         .add_service(public!(proto::fault_server::FaultServer::new(
             fault::FaultService::new(node.clone())
+        )))
+        .add_service(public!(proto::backup_server::BackupServer::new(
+            backup::BackupService::new(node.clone())
         )))
         .add_service(
             proto::peer_server::PeerServer::new(peer::PeerService::new(node.clone()))

@@ -5,6 +5,7 @@
 //! `cargo test --test it -- --test-threads=1` (the harness also serializes clusters itself).
 
 mod ap;
+mod backup;
 mod bad_input;
 mod bench;
 mod cli;
@@ -14,4 +15,5 @@ mod harness;
 mod limits;
 mod ops;
 mod probes;
+mod syscalls;
 mod tour;

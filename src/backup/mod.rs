@@ -1,0 +1,38 @@
+//! Backups of keyspaces to external storage (`file://` and `s3://`), and their restore.
+//!
+//! DESIGN
+//!
+//! The `capkv backup` commands coordinate; the nodes export and import. [`create`] asks the
+//! leader for every cp keyspace (one export, copied at one applied Raft index after a read
+//! barrier) and every member for each ap keyspace (merged by last-writer-wins as the pages
+//! stream in, tombstones and versions kept). Records become [`chunk`]s: framed, compressed data
+//! objects of at most [`chunk::CHUNK_BYTES_DEFAULT`] bytes each (`--chunk-bytes`), uploaded as soon as they fill,
+//! each with its SHA-256. The [`manifest`] is written last, so an interrupted backup has none and
+//! [`target::Target::list`] never offers it. [`restore`] verifies every checksum before it loads
+//! anything, creates each keyspace with its mode, and loads cp keyspaces through Raft and ap
+//! keyspaces with their original versions.
+//!
+//! GUARANTEES
+//!
+//! - cp: the backup is the state at one Raft index that is at or after every write acknowledged
+//!   before `backup create` began (linearizable point in time).
+//! - ap: every write that reached at least one replica the backup could read is in it, with its
+//!   version; the manifest names the replicas that contributed and those that could not be read.
+//! - Memory stays bounded by a few pages and one chunk, whatever the data size.
+//!
+//! CAVEATS
+//!
+//! - The CLI streams every byte between the nodes and the storage (nodes do not upload
+//!   directly); the data passes through the machine running the CLI.
+//! - No incremental backups yet. Scheduled backups and retention: [`schedule`].
+//! - An ap backup is not a point in time: writes made during the backup may or may not be in it.
+
+pub mod chunk;
+pub mod create;
+pub mod manifest;
+pub mod restore;
+pub mod schedule;
+pub mod target;
+
+pub use manifest::Manifest;
+pub use target::Target;
