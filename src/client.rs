@@ -2,12 +2,16 @@
 //!
 //! Every call has one deadline (the client timeout). The client tries endpoints in turn,
 //! starting with the last one that worked, and moves on when a node could not be reached (the
-//! request was never sent) or answered "no quorum" (it certainly did not apply the request);
-//! any other answer, or a failure after the request was sent, ends the call.
+//! request was never sent: the connection was refused or timed out while opening, also when a
+//! cached connection to a node that died is reopened) or answered "no quorum" (it certainly did
+//! not apply the request); any other answer, or a failure after the request was sent, ends the
+//! call. A node that hears a majority but knows no leader (a failover) holds the request until a
+//! leader is elected, so a client rides through a failover without retrying itself.
 //!
 //! Errors keep the classification of [`crate::error`]: `exit_code()` says whether the operation
-//! may have happened. Caveat: a failure of an already open connection is reported as "outcome
-//! unknown" even when the request never left, because the client cannot tell the two apart.
+//! may have happened. Caveat: a connection that breaks after the request was written (the node
+//! died while handling it) is "outcome unknown", even when the node never read the request,
+//! because the client cannot tell the two apart.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;

@@ -132,6 +132,10 @@ impl Error {
             Code::DeadlineExceeded | Code::Cancelled => Error::OutcomeUnknown(format!(
                 "no answer before the deadline ({message}); the operation may or may not have been applied"
             )),
+            // The connection could not be opened: the request never left this process.
+            Code::Unavailable if never_sent(status) => {
+                Error::Unreachable(format!("could not connect ({message}); the request was never sent"))
+            }
             // A transport failure after the request went out: we cannot know whether it arrived.
             Code::Unavailable | Code::Unknown => Error::OutcomeUnknown(format!(
                 "the connection failed after the request was sent ({message}); it may or may not have been applied"
@@ -139,6 +143,22 @@ impl Error {
             _ => Error::Internal(format!("{}: {message}", status.code())),
         }
     }
+}
+
+/// True when `status` reports a connection that could not be opened (refused, timed out while
+/// connecting, no route): the request was never sent, so it certainly was not applied.
+///
+/// tonic marks every failure of its connector with [`tonic::ConnectError`] in the status's
+/// source chain; a failure on a connection that was open (reset, closed mid-call) has none.
+pub fn never_sent(status: &Status) -> bool {
+    let mut source = std::error::Error::source(status);
+    while let Some(error) = source {
+        if error.is::<tonic::ConnectError>() {
+            return true;
+        }
+        source = error.source();
+    }
+    false
 }
 
 impl From<sled::Error> for Error {
@@ -169,5 +189,67 @@ impl From<Error> for Status {
             err.kind().parse().expect("error kinds are ASCII header values"),
         );
         status
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn connect_error(kind: std::io::ErrorKind) -> Status {
+        Status::from_error(Box::new(tonic::ConnectError(Box::new(std::io::Error::from(kind)))))
+    }
+
+    #[test]
+    fn a_connect_failure_is_never_sent_and_retryable() {
+        for kind in [std::io::ErrorKind::ConnectionRefused, std::io::ErrorKind::TimedOut] {
+            let status = connect_error(kind);
+            assert_eq!(status.code(), Code::Unavailable);
+            assert!(never_sent(&status), "{kind:?}");
+            let e = Error::from_status(&status);
+            assert!(e.definitely_not_applied(), "{e:?}");
+            assert_eq!(e.exit_code(), 3, "{e:?}");
+        }
+    }
+
+    #[test]
+    fn a_failure_after_sending_is_outcome_unknown() {
+        for status in [
+            Status::unavailable("connection reset by peer"),
+            Status::unknown("h2 protocol error"),
+            Status::deadline_exceeded("timeout"),
+        ] {
+            assert!(!never_sent(&status), "{status:?}");
+            let e = Error::from_status(&status);
+            assert_eq!(e.exit_code(), 4, "{e:?}");
+        }
+    }
+
+    #[test]
+    fn our_own_errors_keep_their_kind() {
+        for e in [
+            Error::NoQuorum("x".into()),
+            Error::Unreachable("y".into()),
+            Error::OutcomeUnknown("z".into()),
+        ] {
+            assert_eq!(Error::from_status(&Status::from(e.clone())), e);
+        }
+    }
+
+    /// A real connection attempt to a closed loopback port: tonic's error is recognized.
+    #[tokio::test]
+    async fn a_refused_connection_on_a_lazy_channel_is_never_sent() {
+        let port = {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
+            listener.local_addr().expect("local address").port()
+        }; // dropped: nothing listens on the port now
+        let channel = crate::net::peer_channel(&format!("127.0.0.1:{port}")).expect("a valid address");
+        let mut client = crate::net::peer_client(channel);
+        let status = client
+            .ping(crate::proto::PingRequest { from: 1 })
+            .await
+            .expect_err("nothing listens on the port");
+        assert!(never_sent(&status), "{status:?}");
+        assert_eq!(Error::from_status(&status).exit_code(), 3);
     }
 }

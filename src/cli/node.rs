@@ -18,7 +18,7 @@ pub struct NodeArgs {
     /// gRPC address to listen on.
     #[arg(long)]
     pub listen: std::net::SocketAddr,
-    /// HTTP address for /metrics, /health and /ready.
+    /// HTTP address for /metrics, /health, /livez and /readyz.
     #[arg(long)]
     pub http: std::net::SocketAddr,
     /// Where this node keeps its data and logs.

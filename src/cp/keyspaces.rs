@@ -11,9 +11,8 @@ use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
 use super::command::CreateKeyspace;
-use super::forward::{forward, Effect};
+use super::forward::Effect;
 use super::path::Cp;
-use super::route::Route;
 use crate::error::Error;
 use crate::keyspace::KeyspaceDef;
 use crate::mode::Mode;
@@ -29,13 +28,11 @@ impl Cp {
         create: CreateKeyspace,
         req: proto::CreateKeyspaceRequest,
     ) -> Result<proto::KeyspaceInfo, Error> {
-        let answer = match self.route(ctx.deadline, ctx.forwarded_from).await? {
-            Route::Forward { leader, channel } => {
-                let call = |c, r| async move { keyspaces_client(c).create(r).await };
-                return forward(self.id, ctx, leader, channel, req, Effect::Write, call).await;
-            }
-            Route::Local => self.propose(create, ctx.deadline).await?,
-        };
+        let call = |c, r| async move { keyspaces_client(c).create(r).await };
+        if let Some(answer) = self.at_leader(ctx, req, Effect::Write, call).await? {
+            return Ok(answer);
+        }
+        let answer = self.propose(create, ctx.deadline).await?;
         if !answer.created {
             return Err(Error::AlreadyExists(format!(
                 "keyspace '{}' already exists (mode {})",
@@ -53,7 +50,8 @@ impl Cp {
         call: F,
     ) -> Result<Option<Resp>, Error>
     where
-        F: FnOnce(Channel, Request<Req>) -> Fut,
+        Req: Clone,
+        F: Fn(Channel, Request<Req>) -> Fut,
         Fut: std::future::Future<Output = Result<Response<Resp>, Status>>,
     {
         self.linearize_or_forward(ctx, Consistency::Linearizable, message, call)

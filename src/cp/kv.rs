@@ -13,9 +13,8 @@ use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
 use super::command::{self, Compare, CompareOp, CompareTarget, Proposal, StoredValue, TxnOp};
-use super::forward::{forward, Effect};
+use super::forward::Effect;
 use super::path::Cp;
-use super::route::Route;
 use crate::error::Error;
 use crate::kv::KvPath;
 use crate::limits::scan_page_items;
@@ -41,15 +40,13 @@ impl Cp {
     ) -> Result<Ran<P::Answer, Resp>, Error>
     where
         P: Proposal,
-        F: FnOnce(Channel, Request<Req>) -> Fut,
+        Req: Clone,
+        F: Fn(Channel, Request<Req>) -> Fut,
         Fut: Future<Output = Result<Response<Resp>, Status>>,
     {
-        match self.route(ctx.deadline, ctx.forwarded_from).await? {
-            Route::Forward { leader, channel } => {
-                let answer = forward(self.id, ctx, leader, channel, message, Effect::Write, call).await?;
-                Ok(Ran::Leader(answer))
-            }
-            Route::Local => Ok(Ran::Here(self.propose(proposal, ctx.deadline).await?)),
+        match self.at_leader(ctx, message, Effect::Write, call).await? {
+            Some(answer) => Ok(Ran::Leader(answer)),
+            None => Ok(Ran::Here(self.propose(proposal, ctx.deadline).await?)),
         }
     }
 
@@ -62,17 +59,16 @@ impl Cp {
         call: F,
     ) -> Result<Option<Resp>, Error>
     where
-        F: FnOnce(Channel, Request<Req>) -> Fut,
+        Req: Clone,
+        F: Fn(Channel, Request<Req>) -> Fut,
         Fut: Future<Output = Result<Response<Resp>, Status>>,
     {
         if consistency == Consistency::Serializable || cfg!(feature = "unsafe-local-reads") {
             return Ok(None);
         }
-        match self.route(ctx.deadline, ctx.forwarded_from).await? {
-            Route::Forward { leader, channel } => Ok(Some(
-                forward(self.id, ctx, leader, channel, message, Effect::Read, call).await?,
-            )),
-            Route::Local => {
+        match self.at_leader(ctx, message, Effect::Read, call).await? {
+            Some(answer) => Ok(Some(answer)),
+            None => {
                 self.read_barrier(ctx.deadline).await?;
                 Ok(None)
             }

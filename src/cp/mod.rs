@@ -4,8 +4,10 @@
 //!
 //! A cp request reaches [`kv`] (data) or [`keyspaces`] (metadata) through the public services.
 //! [`route`] decides where it runs: here when this node leads and a majority acknowledged it
-//! lately (check-quorum), at the leader when one is known and reachable ([`forward`], once), or
-//! nowhere ("no quorum") when no leader shows up within about one election. A write becomes a
+//! lately (check-quorum), at the leader when one is known and reachable ([`forward`]; a forward
+//! that could not be sent is routed again, to the next leader), or nowhere ("no quorum") when no
+//! leader shows up before the request's deadline (within about one election when this node
+//! hears no majority and so cannot help elect one). A write becomes a
 //! [`command::Command`] in the Raft log ([`propose`]); the leader replicates it over
 //! [`network`] to a majority, each of which makes it durable in its [`log_store`] before
 //! answering; then every node applies it with the pure [`apply`] function to its
@@ -22,14 +24,21 @@
 //! - A node without a majority refuses (no quorum) instead of serving stale data. A leader that
 //!   loses its majority notices it (check-quorum, from `millis_since_quorum_ack`) and refuses new
 //!   writes; writes it had already proposed answer "outcome unknown".
+//! - "Definitely not applied" (exit 3) only for requests that never reached a leader's log: a
+//!   forward or client connection that could not be opened, a refusal before proposing.
 //!
 //! CAVEATS
 //!
 //! - One Raft group for everything: throughput is bounded by one leader. Peer messages carry a
 //!   group id so multi-raft can come later.
 //! - openraft 0.9 has no pre-vote; the watchdog's stand-in keeps a node that hears no majority
-//!   from campaigning, but a node may still campaign in the moment between a heal and its first
-//!   successful ping.
+//!   from campaigning, and keeps it from campaigning for one election timeout after it hears a
+//!   majority again (so the leader's heartbeat reaches a healed node first). A node whose leader
+//!   stays unreachable to it alone for longer than that still campaigns.
+//! - Failover waits out the voters' leader lease (the maximum election timeout): under a second
+//!   when the old leader's process is gone, lease plus a random election timeout (about
+//!   1.0-1.5 s) when it is only cut off ([`raft::RaftOptions`], [`watchdog`]).
+//! - A follower whose leader answers its pings never campaigns, however slow its AppendEntries.
 //! - Membership is static (`--peers`); adding and removing members at run time comes later.
 
 pub mod apply;

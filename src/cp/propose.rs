@@ -3,8 +3,11 @@
 //! [`Cp::propose`] takes a typed proposal (`Put`, `Cas`, ...), appends it to the Raft log on this
 //! node (which must lead; concurrent proposals share entries, see [`super::batch`]), waits until it is committed and applied, and returns the proposal's
 //! own answer type. A proposal that was sent but not confirmed before the deadline may still be
-//! applied: it answers "outcome unknown". A proposal the state machine refused (unknown
-//! keyspace, not a cp keyspace) changed nothing and says why.
+//! applied: it answers "outcome unknown", and so does one whose Raft stopped with a fatal error
+//! or that lost the leadership after taking it (the entry may be on other nodes' logs, and a
+//! later leader may commit it; see [`write_error`]). A proposal the
+//! state machine refused (unknown keyspace, not a cp keyspace) changed nothing and says why.
+//! A read whose barrier meets a stopped Raft changed nothing: "no quorum", try another node.
 //!
 //! [`Cp::read_barrier`] is ReadIndex through openraft's `ensure_linearizable()`, one confirmation
 //! per batch of concurrent reads ([`super::read_index`]): after it, the local state machine
@@ -41,14 +44,7 @@ impl Cp {
                 )))
             }
             Ok(Ok(applied)) => applied,
-            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
-                return Err(Error::NoQuorum(format!(
-                    "node {} lost the leadership before the {op} was committed (leader now: {}); it was not applied",
-                    self.id,
-                    f.leader_id.map_or("unknown".into(), |l| format!("node {l}"))
-                )))
-            }
-            Ok(Err(e)) => return Err(Error::Internal(format!("Raft refused the {op}: {e}"))),
+            Ok(Err(e)) => return Err(write_error(self.id, op, e)),
         };
         let answer = applied.map_err(|refusal| refusal_error(refusal, op))?;
         Ok(P::answer(answer).unwrap_or_else(|| panic!("the state machine answered a {op} with another kind")))
@@ -89,7 +85,31 @@ pub(super) async fn confirm_leadership(raft: &Raft, id: NodeId, deadline: Instan
         Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(q)))) => Err(Error::NoQuorum(format!(
             "node {id} could not confirm its leadership: {q}"
         ))),
-        Ok(Err(e)) => Err(Error::Internal(format!("Raft refused the read: {e}"))),
+        Ok(Err(RaftError::Fatal(fatal))) => Err(Error::NoQuorum(format!(
+            "node {id}'s Raft stopped ({fatal}) while confirming a read; nothing was changed, retry on another node"
+        ))),
+    }
+}
+
+/// The error of a proposal that openraft took and then failed.
+///
+/// Both failures may follow an append to this node's log, so the write may still be applied:
+/// "lost the leadership" comes both from a leader deposed before it appended (nothing happened)
+/// and from one whose uncommitted entry a new leader truncated, while another node may still
+/// hold a copy that a later leader commits; openraft reports the two alike. A fatal error
+/// (storage failure, stopped core) may strike after the append and replication.
+fn write_error(id: NodeId, op: &str, error: WriteError) -> Error {
+    match error {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => Error::OutcomeUnknown(format!(
+            "node {id} lost the leadership before the {op} was committed (leader now: {}); it may still be applied if another node kept a copy",
+            f.leader_id.map_or("unknown".into(), |l| format!("node {l}"))
+        )),
+        RaftError::Fatal(fatal) => Error::OutcomeUnknown(format!(
+            "node {id}'s Raft stopped ({fatal}) after it took the {op}; it may still be applied by the next leader"
+        )),
+        RaftError::APIError(e @ ClientWriteError::ChangeMembershipError(_)) => {
+            Error::Internal(format!("Raft refused the {op}: {e}"))
+        }
     }
 }
 
@@ -100,5 +120,24 @@ fn refusal_error(refusal: Refusal, op: &str) -> Error {
         Refusal::WrongMode { keyspace, .. } => Error::Refused(format!(
             "keyspace '{keyspace}' is ap and the leader only just learned of it; retry the {op}"
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::error::{Fatal, ForwardToLeader};
+
+    use super::*;
+
+    #[test]
+    fn a_proposal_that_openraft_took_and_failed_may_have_been_applied() {
+        let deposed = RaftError::APIError(ClientWriteError::ForwardToLeader(ForwardToLeader::empty()));
+        let e = write_error(1, "put", deposed);
+        assert_eq!(e.exit_code(), 4, "{e}");
+        for fatal in [Fatal::Stopped, Fatal::Panicked] {
+            let e = write_error(1, "put", RaftError::Fatal(fatal));
+            assert_eq!(e.exit_code(), 4, "{e}");
+            assert!(e.to_string().contains("may still be applied"), "{e}");
+        }
     }
 }

@@ -24,12 +24,26 @@ use crate::storage::Flusher;
 /// from the log; one further behind gets the snapshot.
 const LOG_ENTRIES_KEPT_AFTER_SNAPSHOT: u64 = 100;
 
-/// Timing of the Raft group, tuned for a loaded 2-core machine.
+/// Timing of the Raft group.
+///
+/// FAILOVER: openraft 0.9 derives a leader lease from `election_timeout_ms_max`: a follower
+/// that heard from its leader waits the lease plus a random election timeout before it
+/// campaigns (checked on ticks of 1.5 heartbeats), and a voter refuses to vote while its lease
+/// on the old leader runs. With the defaults that is 0.6 s + 0.4..0.6 s + up to 0.3 s when the
+/// leader is only cut off. When its process is gone (connections refused), the election
+/// watchdog campaigns as soon as the voters' leases ran out, about 0.8..1.0 s after the leader's
+/// last answer (`cp::watchdog`), and the first write commits a round trip after the vote.
+///
+/// The heartbeat interval is also openraft's AppendEntries timeout (it cannot be set apart): a
+/// 1 MiB entry must be sent and made durable on a follower within it, also on a loaded
+/// machine, so it stays at 200 ms. The election timeout only needs to exceed two heartbeats: a
+/// follower campaigns after 1.0 s or more without one (five missed heartbeats).
 #[derive(Clone, Debug)]
 pub struct RaftOptions {
     /// openraft also uses this as the AppendEntries timeout.
     pub heartbeat_interval_ms: u64,
     pub election_timeout_ms_min: u64,
+    /// Also openraft's leader lease (see above).
     pub election_timeout_ms_max: u64,
 }
 
@@ -37,8 +51,8 @@ impl Default for RaftOptions {
     fn default() -> Self {
         Self {
             heartbeat_interval_ms: 200,
-            election_timeout_ms_min: 1000,
-            election_timeout_ms_max: 2500,
+            election_timeout_ms_min: 400,
+            election_timeout_ms_max: 600,
         }
     }
 }
@@ -52,11 +66,11 @@ impl RaftOptions {
                 self.heartbeat_interval_ms
             ));
         }
-        if self.election_timeout_ms_min < 3 * self.heartbeat_interval_ms {
+        if self.election_timeout_ms_min < 2 * self.heartbeat_interval_ms {
             return bad(format!(
-                "the minimum election timeout ({} ms) must be at least three heartbeat intervals ({} ms)",
+                "the minimum election timeout ({} ms) must be at least two heartbeat intervals ({} ms)",
                 self.election_timeout_ms_min,
-                3 * self.heartbeat_interval_ms
+                2 * self.heartbeat_interval_ms
             ));
         }
         if self.election_timeout_ms_max <= self.election_timeout_ms_min {
@@ -86,9 +100,11 @@ impl RaftOptions {
             .map_err(|e| Error::InvalidInput(format!("invalid Raft configuration: {e}")))
     }
 
-    /// How long a leader may go without a majority's acknowledgement before it refuses writes.
+    /// How long a leader may go without a majority's acknowledgement before it refuses writes:
+    /// twice the voters' lease on it (after one lease they may elect another leader), so that a
+    /// loaded machine that delays a few acknowledgements does not make a healthy leader refuse.
     pub fn check_quorum_ms(&self) -> u64 {
-        self.election_timeout_ms_min
+        2 * self.election_timeout_ms_max
     }
 }
 
@@ -155,12 +171,12 @@ mod tests {
     fn defaults_validate_and_relations_are_checked() {
         assert!(RaftOptions::default().validate().is_ok());
         let o = RaftOptions {
-            heartbeat_interval_ms: 500,
+            heartbeat_interval_ms: 250,
             ..Default::default()
         };
-        assert!(o.validate().is_err(), "election timeout below three heartbeats");
+        assert!(o.validate().is_err(), "election timeout below two heartbeats");
         let o = RaftOptions {
-            election_timeout_ms_max: 1000,
+            election_timeout_ms_max: 400,
             ..Default::default()
         };
         assert!(o.validate().is_err(), "max not above min");

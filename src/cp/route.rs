@@ -6,11 +6,16 @@
 //! 2. Another node leads and is reachable (liveness hears it, the fault filter lets messages
 //!    through): the operation is forwarded to it, once. A request that was itself forwarded is
 //!    never forwarded again.
-//! 3. No leader is known, or it cannot be reached: wait up to one election timeout for that to
-//!    change, then answer "no quorum" (definitely not applied).
+//! 3. No leader is known, or it cannot be reached: wait for that to change. While this node
+//!    hears from a majority an election is under way or imminent (a leader crashed), so the
+//!    request waits until its deadline and then runs: a client rides through a failover. A node
+//!    that hears no majority (the minority side of a partition) cannot help elect anyone; it
+//!    waits at most one election timeout and answers "no quorum" (definitely not applied), so
+//!    the client has time left to try another node. A forwarded request that finds this node
+//!    not leading answers at once: its forwarder routes it again ([`super::forward`]).
 //!
 //! Caveats: the check-quorum test relies on openraft's `millis_since_quorum_ack`; in the window
-//! between losing the majority and noticing it (one election timeout), new writes are proposed
+//! between losing the majority and noticing it (the check-quorum limit), new writes are proposed
 //! and then answer "outcome unknown" rather than "no quorum".
 
 use std::time::{Duration, Instant};
@@ -24,7 +29,7 @@ use crate::error::Error;
 use crate::net::peer_channel;
 
 /// How often a request that waits for a leader looks again.
-const ROUTE_POLL_INTERVAL: Duration = Duration::from_millis(50);
+const ROUTE_POLL_INTERVAL: Duration = Duration::from_millis(20);
 
 /// Where a CP operation runs.
 pub enum Route {
@@ -33,16 +38,27 @@ pub enum Route {
 }
 
 impl Cp {
-    /// Decides where a CP operation runs, waiting up to about one election for a leader.
+    /// Decides where a CP operation runs, waiting for a leader until `deadline` (or about one
+    /// election, when this node hears no majority).
     pub async fn route(&self, deadline: Instant, forwarded_from: Option<NodeId>) -> Result<Route, Error> {
-        let leader_wait = Duration::from_millis(self.options.election_timeout_ms_max);
-        let wait_until = deadline.min(Instant::now() + leader_wait);
+        let minority_wait_until = Instant::now() + Duration::from_millis(self.options.election_timeout_ms_max);
         loop {
-            match self.try_route(forwarded_from) {
+            let e = match self.try_route(forwarded_from) {
                 Ok(route) => return Ok(route),
-                Err(e) if Instant::now() + ROUTE_POLL_INTERVAL >= wait_until => return Err(e),
-                Err(_) => tokio::time::sleep(ROUTE_POLL_INTERVAL).await,
+                Err(e) => e,
+            };
+            let wait_until = if forwarded_from.is_some() {
+                // The forwarder thought this node leads; it routes again sooner than we would.
+                Instant::now()
+            } else if self.reach.hears_majority() {
+                deadline
+            } else {
+                deadline.min(minority_wait_until)
+            };
+            if Instant::now() + ROUTE_POLL_INTERVAL >= wait_until {
+                return Err(e);
             }
+            tokio::time::sleep(ROUTE_POLL_INTERVAL).await;
         }
     }
 

@@ -1,8 +1,11 @@
 //! Liveness: which peers a node hears from, and whether it may start elections.
 //!
-//! Every node pings every peer a few times a second over the peer API (through the fault
+//! Every node pings every peer ten times a second over the peer API (through the fault
 //! filter, like all peer traffic). A peer heard from recently is `alive`, one silent for a while
-//! `suspect`, one silent for long `down`. `cluster status` and `/health` show the result.
+//! `suspect`, one silent for long `down`. A peer whose connection was refused since it was last
+//! heard from (its process is gone: nothing listens on its port) is at once no longer alive, so a
+//! crashed leader stops counting within one ping interval instead of a silence threshold.
+//! `cluster status` and `/health` show the result.
 //!
 //! The same view stands in for Raft's pre-vote, which openraft 0.9 lacks: a node that hears from
 //! no majority keeps its election timer off, so a node cut off by a partition does not inflate
@@ -22,12 +25,13 @@ use std::time::{Duration, Instant};
 
 pub use reach::Reach;
 
-/// How often a node pings each peer.
-pub const PING_INTERVAL: Duration = Duration::from_millis(200);
+/// How often a node pings each peer (half a heartbeat interval of the default Raft timing).
+pub const PING_INTERVAL: Duration = Duration::from_millis(100);
 /// How long one ping may take.
 pub const PING_TIMEOUT: Duration = Duration::from_millis(400);
-/// Silence after which a peer is suspect.
-pub const SUSPECT_AFTER: Duration = Duration::from_millis(700);
+/// Silence after which a peer is suspect: six missed pings, so a loaded machine that delays a
+/// few does not make a live peer look dead (a refused connection is faster, see above).
+pub const SUSPECT_AFTER: Duration = Duration::from_millis(600);
 /// Silence after which a peer is down.
 pub const DOWN_AFTER: Duration = Duration::from_secs(3);
 
@@ -54,6 +58,8 @@ pub struct Liveness {
     self_id: u64,
     peers: BTreeSet<u64>,
     last_heard: BTreeMap<u64, Instant>,
+    /// When a connection to the peer was last refused.
+    last_refused: BTreeMap<u64, Instant>,
 }
 
 impl Liveness {
@@ -64,6 +70,7 @@ impl Liveness {
             self_id,
             peers,
             last_heard: BTreeMap::new(),
+            last_refused: BTreeMap::new(),
         }
     }
 
@@ -82,13 +89,39 @@ impl Liveness {
         }
     }
 
+    /// Records that a connection to `peer` was refused at `at`: nothing listens there now.
+    pub fn refused(&mut self, peer: u64, at: Instant) {
+        if self.peers.contains(&peer) {
+            let last = self.last_refused.entry(peer).or_insert(at);
+            *last = (*last).max(at);
+        }
+    }
+
     pub fn silence(&self, peer: u64, now: Instant) -> Option<Duration> {
         self.last_heard.get(&peer).map(|at| now.saturating_duration_since(*at))
     }
 
+    /// Was a connection to `peer` refused after it was last heard from (its process is gone)?
+    fn refused_since_heard(&self, peer: u64) -> bool {
+        match (self.last_refused.get(&peer), self.last_heard.get(&peer)) {
+            (Some(refused), Some(heard)) => refused >= heard,
+            _ => false,
+        }
+    }
+
+    /// How long `peer` has been silent, when its connection was refused since it last answered:
+    /// its process is gone, not merely slow or cut off. `None` otherwise.
+    pub fn gone_for(&self, peer: u64, now: Instant) -> Option<Duration> {
+        if self.refused_since_heard(peer) {
+            self.silence(peer, now)
+        } else {
+            None
+        }
+    }
+
     pub fn state(&self, peer: u64, now: Instant) -> PeerState {
         match self.silence(peer, now) {
-            Some(s) if s < SUSPECT_AFTER => PeerState::Alive,
+            Some(s) if s < SUSPECT_AFTER && !self.refused_since_heard(peer) => PeerState::Alive,
             Some(s) if s < DOWN_AFTER => PeerState::Suspect,
             _ => PeerState::Down,
         }
@@ -127,6 +160,31 @@ mod tests {
         );
         l.heard_from(9, t0);
         assert_eq!(l.peers().count(), 2, "strangers are ignored");
+    }
+
+    #[test]
+    fn a_refused_connection_ends_alive_until_heard_again() {
+        let t0 = Instant::now();
+        let mut l = Liveness::new(1, [1, 2, 3]);
+        l.heard_from(2, t0);
+        l.heard_from(3, t0);
+        l.refused(2, t0 + Duration::from_millis(50));
+        let t1 = t0 + Duration::from_millis(100);
+        assert_eq!(l.state(2, t1), PeerState::Suspect, "refused after last heard");
+        assert_eq!(l.state(3, t1), PeerState::Alive);
+        assert_eq!(l.gone_for(2, t1), Some(Duration::from_millis(100)), "silent since t0");
+        assert_eq!(l.gone_for(3, t1), None, "3 was never refused");
+        assert!(l.hears_majority(t1), "1 and 3 are a majority of three");
+        l.refused(3, t1);
+        assert!(!l.hears_majority(t1), "alone of three");
+        l.heard_from(2, t1 + Duration::from_millis(10));
+        assert_eq!(
+            l.state(2, t1 + Duration::from_millis(20)),
+            PeerState::Alive,
+            "an answer after the refusal"
+        );
+        assert_eq!(l.gone_for(2, t1 + Duration::from_millis(20)), None);
+        assert_eq!(l.state(2, t1 + DOWN_AFTER + Duration::from_millis(10)), PeerState::Down);
     }
 
     #[test]

@@ -1,13 +1,15 @@
 //! The IO edge of liveness: pings every peer a few times a second and records who answered.
 //!
 //! A ping goes through the fault filter like every peer message: a partitioned peer is not
-//! pinged at all (the ping would be lost), so it turns suspect and then down.
+//! pinged at all (the ping would be lost), so it turns suspect and then down. A ping whose
+//! connection could not be opened (refused: the peer's process is gone) is reported at once.
 
 use std::time::Duration;
 
 use tonic::transport::Channel;
 
 use super::{Reach, PING_INTERVAL, PING_TIMEOUT};
+use crate::error::never_sent;
 use crate::proto::{self, peer_client::PeerClient};
 
 /// Pings each peer every [`PING_INTERVAL`] until the task is aborted.
@@ -26,7 +28,9 @@ async fn ping(reach: Reach, peer: u64, channel: Channel) {
     let mut request = tonic::Request::new(proto::PingRequest { from: reach.id() });
     request.set_timeout(PING_TIMEOUT);
     let mut client = PeerClient::new(channel);
-    if let Ok(Ok(_)) = tokio::time::timeout(PING_TIMEOUT + Duration::from_millis(10), client.ping(request)).await {
-        reach.heard_from(peer);
+    match tokio::time::timeout(PING_TIMEOUT + Duration::from_millis(10), client.ping(request)).await {
+        Ok(Ok(_)) => reach.heard_from(peer),
+        Ok(Err(status)) if never_sent(&status) => reach.refused(peer),
+        _ => {}
     }
 }

@@ -50,6 +50,11 @@ impl Reach {
         self.with_liveness(|l| l.heard_from(peer, Instant::now()));
     }
 
+    /// Records that a connection to `peer` was refused (its process is gone).
+    pub fn refused(&self, peer: u64) {
+        self.with_liveness(|l| l.refused(peer, Instant::now()));
+    }
+
     /// May a message to `peer` leave this node now? (the fault filter only)
     pub fn can_send(&self, peer: u64) -> bool {
         self.fault.allows(self.id, peer)
@@ -68,6 +73,12 @@ impl Reach {
             PeerState::Alive => None,
             _ => Some(l.silence(peer, now).unwrap_or_else(|| self.started.elapsed())),
         })
+    }
+
+    /// How long `peer` has been silent, when its connection was refused since it last answered
+    /// (its process is gone); `None` while it answers or is merely silent.
+    pub fn gone_for(&self, peer: u64) -> Option<Duration> {
+        self.with_liveness(|l| l.gone_for(peer, Instant::now()))
     }
 
     /// Does this node hear from a majority of its members, itself included?

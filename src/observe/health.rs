@@ -3,13 +3,29 @@
 //! `ok`: storage works and a leader is known with the local replica caught up;
 //! `degraded`: a leader is known but this replica lags it, or a scheduled backup is overdue;
 //! `failing`: no leader known, or storage does not work. `/health` answers 200 unless failing.
+//!
+//! PROBES: two verdicts for orchestrators, each a [`Check`]:
+//! - [`livez`]: the process runs and its storage answers a write and a read. It never depends
+//!   on the network, so a liveness probe does not restart the minority side of a partition
+//!   (restarting it would not help, and would throw away its ap writes' chance to be repaired).
+//! - [`readyz`]: this node can serve requests of a keyspace's mode. For cp: storage works, a
+//!   leader is known and reachable, and this replica is caught up (not lagging by more than
+//!   [`APPLY_LAG_ENTRIES_MAX`]). For ap: storage works (a node serves ap keyspaces from its own
+//!   replica through any partition). Without a keyspace, the node is judged by the modes it
+//!   serves: cp when it knows a cp keyspace or none at all (creating a keyspace needs Raft),
+//!   ap when every keyspace it knows is ap.
+//!
+//! Caveats: readiness is judged per node and per mode, not per key; a node that knows of no
+//! keyspace yet (metadata still replicating) is judged as cp.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use openraft::ServerState;
+use openraft::{RaftMetrics, ServerState};
 use serde::Serialize;
 
+use crate::error::Error;
+use crate::mode::Mode;
 use crate::node::Node;
 use crate::proto;
 
@@ -107,12 +123,18 @@ fn memory_rss_bytes() -> Option<u64> {
     Some(pages * 4096)
 }
 
-pub fn report(node: &Node) -> HealthReport {
-    let m = node.cp().metrics();
-    let storage = storage_check(node);
+/// Entries this replica has yet to apply, when it trails its last log entry by too many.
+fn apply_lag(m: &RaftMetrics<u64, openraft::BasicNode>) -> Option<(u64, u64)> {
     let applied = m.last_applied.map_or(0, |l| l.index);
     let last_log = m.last_log_index.unwrap_or(0);
-    let raft = match m.current_leader {
+    (last_log.saturating_sub(applied) > APPLY_LAG_ENTRIES_MAX).then_some((applied, last_log))
+}
+
+/// Is a leader known, reachable, and (when it is this node) acknowledged by a majority?
+fn raft_check(node: &Node, m: &RaftMetrics<u64, openraft::BasicNode>) -> Check {
+    let applied = m.last_applied.map_or(0, |l| l.index);
+    let last_log = m.last_log_index.unwrap_or(0);
+    match m.current_leader {
         None => Check {
             ok: false,
             detail: format!("no leader known in term {}", m.current_term),
@@ -121,7 +143,7 @@ pub fn report(node: &Node) -> HealthReport {
             ok: false,
             detail: format!("the leader, node {leader}, has not been heard from lately: it is unreachable"),
         },
-        Some(leader) if leader == node.id() && node.cp().check_quorum(&m).is_err() => Check {
+        Some(leader) if leader == node.id() && node.cp().check_quorum(m).is_err() => Check {
             ok: false,
             detail: "this node leads but no majority has acknowledged it lately".into(),
         },
@@ -133,11 +155,17 @@ pub fn report(node: &Node) -> HealthReport {
             ok: true,
             detail: format!("leader is node {leader}; applied {applied}"),
         },
-    };
+    }
+}
+
+pub fn report(node: &Node) -> HealthReport {
+    let m = node.cp().metrics();
+    let storage = storage_check(node);
+    let raft = raft_check(node, &m);
     let backup =
         crate::backup::schedule::health(m.current_leader == Some(node.id())).map(|(ok, detail)| Check { ok, detail });
     let overdue = backup.as_ref().is_some_and(|b| !b.ok);
-    let lagging = last_log.saturating_sub(applied) > APPLY_LAG_ENTRIES_MAX || overdue;
+    let lagging = apply_lag(&m).is_some() || overdue;
     let status = match (storage.ok && raft.ok, lagging) {
         (false, _) => "failing",
         (true, true) => "degraded",
@@ -162,6 +190,68 @@ pub fn report(node: &Node) -> HealthReport {
             .collect(),
         peers: peer_liveness(node),
         backup,
+    }
+}
+
+/// The liveness probe: the process answers and its storage works. Never the network.
+pub fn livez(node: &Node) -> Check {
+    storage_check(node)
+}
+
+/// The readiness probe for `keyspace`'s mode, or for the modes this node serves (see PROBES).
+/// An unknown keyspace is an error (the probe is misconfigured, not the node unready).
+pub fn readyz(node: &Node, keyspace: Option<&str>) -> Result<Check, Error> {
+    let mode = match keyspace {
+        Some(name) => {
+            crate::keyspace::validate_name(name)?;
+            node.local_keyspace(name)?
+                .ok_or_else(|| Error::UnknownKeyspace(name.to_string()))?
+                .mode
+        }
+        None => served_mode(&node.cp().local_keyspaces()?),
+    };
+    let m = node.cp().metrics();
+    let raft = match apply_lag(&m) {
+        Some((applied, last_log)) => Check {
+            ok: false,
+            detail: format!("this replica is catching up: applied {applied} of {last_log}"),
+        },
+        None => raft_check(node, &m),
+    };
+    Ok(readiness(mode, storage_check(node), raft))
+}
+
+/// The mode a node is judged by when the probe names no keyspace: ap only when every keyspace
+/// it knows is ap (and it knows at least one).
+fn served_mode(keyspaces: &[crate::keyspace::KeyspaceDef]) -> Mode {
+    if !keyspaces.is_empty() && keyspaces.iter().all(|k| k.mode == Mode::Ap) {
+        Mode::Ap
+    } else {
+        Mode::Cp
+    }
+}
+
+/// Readiness from the checks: storage always; for cp also Raft (leader known, caught up).
+fn readiness(mode: Mode, storage: Check, raft: Check) -> Check {
+    if !storage.ok {
+        return Check {
+            ok: false,
+            detail: format!("storage: {}", storage.detail),
+        };
+    }
+    match mode {
+        Mode::Ap => Check {
+            ok: true,
+            detail: "serves ap keyspaces from its own replica".into(),
+        },
+        Mode::Cp if raft.ok => Check {
+            ok: true,
+            detail: format!("serves cp keyspaces: {}", raft.detail),
+        },
+        Mode::Cp => Check {
+            ok: false,
+            detail: format!("cannot serve cp keyspaces: {}", raft.detail),
+        },
     }
 }
 
@@ -212,5 +302,44 @@ pub async fn run_grpc_health(node: Arc<Node>, reporter: tonic_health::server::He
             reporter.set_service_status(service, status).await;
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keyspace::KeyspaceDef;
+
+    fn check(ok: bool) -> Check {
+        Check {
+            ok,
+            detail: if ok { "fine" } else { "broken" }.into(),
+        }
+    }
+
+    #[test]
+    fn ap_readiness_ignores_raft_and_cp_needs_it() {
+        assert!(
+            readiness(Mode::Ap, check(true), check(false)).ok,
+            "ap serves through a partition"
+        );
+        assert!(!readiness(Mode::Cp, check(true), check(false)).ok);
+        assert!(readiness(Mode::Cp, check(true), check(true)).ok);
+        for mode in [Mode::Ap, Mode::Cp] {
+            let r = readiness(mode, check(false), check(true));
+            assert!(!r.ok && r.detail.starts_with("storage"), "{r:?}");
+        }
+    }
+
+    #[test]
+    fn a_node_is_judged_ap_only_when_all_it_serves_is_ap() {
+        let def = |name: &str, mode| KeyspaceDef {
+            name: name.into(),
+            mode,
+            created_revision: 1,
+        };
+        assert_eq!(served_mode(&[]), Mode::Cp, "no keyspace yet: creating one needs Raft");
+        assert_eq!(served_mode(&[def("a", Mode::Ap), def("b", Mode::Ap)]), Mode::Ap);
+        assert_eq!(served_mode(&[def("a", Mode::Ap), def("b", Mode::Cp)]), Mode::Cp);
     }
 }

@@ -7,6 +7,10 @@
 //! know yet goes to the CP path, whose leader has the final word. Every request is counted and
 //! timed in the metrics, labelled by keyspace (`unknown` for names this node does not know),
 //! mode, operation and outcome.
+//!
+//! An answer too large to send ([`RESPONSE_BYTES_MAX`]) is an error that says what the client
+//! may assume: a write already ran (it was committed before its answer was built), so its
+//! outcome is unknown to the client (exit 4), never "invalid" (exit 5, "nothing happened").
 
 use std::future::Future;
 use std::sync::Arc;
@@ -16,7 +20,7 @@ use tonic::{Request, Response, Status};
 use crate::error::Error;
 use crate::keyspace::{validate_key, validate_name, validate_value};
 use crate::kv::KvPath;
-use crate::limits::{KEY_BYTES_MAX, TXN_BYTES_MAX, TXN_OPS_MAX};
+use crate::limits::{KEY_BYTES_MAX, RESPONSE_BYTES_MAX, TXN_BYTES_MAX, TXN_OPS_MAX};
 use crate::mode::Mode;
 use crate::node::Node;
 use crate::observe::metrics::record_request;
@@ -68,12 +72,18 @@ impl KvService {
     where
         H: FnOnce(Ctx, Req) -> Fut,
         Fut: Future<Output = Result<Resp, Error>>,
+        Resp: prost::Message,
     {
         let ctx = Ctx::of(&request);
         let message = request.into_inner();
         let labels = self.labels(keyspace(&message));
         let result = match super::admit(&self.node, &ctx).await.and_then(|_| check(&message)) {
-            Ok(()) => handle(ctx, message).await,
+            Ok(()) => handle(ctx, message)
+                .await
+                .and_then(|resp| match oversized_answer(op, resp.encoded_len()) {
+                    Some(e) => Err(e),
+                    None => Ok(resp),
+                }),
             Err(e) => Err(e),
         };
         record_request(&labels.keyspace, labels.mode, op, &result, ctx.started.elapsed());
@@ -197,6 +207,25 @@ impl proto::kv_server::Kv for KvService {
     }
 }
 
+/// The operations that change state (or, for a txn, may): their answer comes after the commit.
+const WRITE_OPS: [&str; 4] = ["put", "delete", "cas", "txn"];
+
+/// The error for an answer of `bytes` over the response limit, or `None` when it fits.
+fn oversized_answer(op: &str, bytes: usize) -> Option<Error> {
+    if bytes <= RESPONSE_BYTES_MAX {
+        return None;
+    }
+    Some(if WRITE_OPS.contains(&op) {
+        Error::OutcomeUnknown(format!(
+            "the {op} was applied, but its answer is {bytes} bytes, over the {RESPONSE_BYTES_MAX}-byte limit of a response; read the keys to see the result"
+        ))
+    } else {
+        Error::InvalidInput(format!(
+            "the {op}'s answer would be {bytes} bytes, over the {RESPONSE_BYTES_MAX}-byte limit of a response; ask for less"
+        ))
+    })
+}
+
 fn data_request(keyspace: &str, key: &[u8]) -> Result<(), Error> {
     validate_name(keyspace)?;
     validate_key(key)
@@ -253,4 +282,22 @@ fn txn_request(req: &proto::TxnRequest) -> Result<(), Error> {
         )));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_oversized_answer_after_a_write_is_outcome_unknown() {
+        assert!(oversized_answer("put", RESPONSE_BYTES_MAX).is_none());
+        for op in WRITE_OPS {
+            let e = oversized_answer(op, RESPONSE_BYTES_MAX + 1).expect("over the limit");
+            assert_eq!(e.exit_code(), 4, "{op}: {e}");
+        }
+        for op in ["get", "scan"] {
+            let e = oversized_answer(op, RESPONSE_BYTES_MAX + 1).expect("over the limit");
+            assert_eq!(e.exit_code(), 5, "{op}: {e}");
+        }
+    }
 }

@@ -1,5 +1,5 @@
 //! The edges of a node: gRPC services (public API, peer API, health, reflection) on `--listen`
-//! and HTTP (`/metrics`, `/health`, `/ready`) on `--http`. Handlers check input, pick the path
+//! and HTTP (`/metrics`, `/health`, `/livez`, `/readyz`) on `--http`. Handlers check input, pick the path
 //! by keyspace mode ([`kv`]), and map errors to statuses in one place ([`crate::error`]).
 
 pub mod backup;
