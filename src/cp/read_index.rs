@@ -48,17 +48,20 @@ impl ReadBatcher {
     /// Returns once a confirmation that started after this call has succeeded, or why not.
     pub async fn confirm(&self, node: u64, deadline: Instant) -> Result<(), Error> {
         let (answer, outcome) = oneshot::channel();
-        self.queue
-            .send(Waiter { deadline, answer })
-            .map_err(|_| Error::Internal(format!("node {node} is shutting down its Raft group")))?;
+        self.queue.send(Waiter { deadline, answer }).map_err(|_| {
+            Error::NoQuorum(format!(
+                "node {node} is shutting down its Raft group; retry on another node"
+            ))
+        })?;
         let budget = deadline.saturating_duration_since(Instant::now());
         match tokio::time::timeout_at(deadline.into(), outcome).await {
             Err(_) => Err(Error::NoQuorum(format!(
                 "node {node} could not confirm its leadership with a majority within {} ms",
                 budget.as_millis()
             ))),
-            Ok(Err(_)) => Err(Error::Internal(format!(
-                "node {node} stopped confirming reads (its Raft group is shutting down)"
+            // A read changes nothing, so a read that got no answer may simply go elsewhere.
+            Ok(Err(_)) => Err(Error::NoQuorum(format!(
+                "node {node} stopped confirming reads (its Raft group is shutting down); retry on another node"
             ))),
             Ok(Ok(outcome)) => outcome,
         }

@@ -70,7 +70,13 @@ impl<T: Transport> Replica<T> {
             },
         };
         self.store.merge(&entry)?;
-        self.store.flush().await?;
+        // Merged but perhaps not durable: readers here may already see it, a crash may lose it.
+        self.store.flush().await.map_err(|e| {
+            Error::OutcomeUnknown(format!(
+                "node {} stored the write but could not make it durable ({e}); it may or may not survive",
+                self.id
+            ))
+        })?;
         Ok(entry)
     }
 
@@ -80,7 +86,14 @@ impl<T: Transport> Replica<T> {
         let (tx, rx) = mpsc::channel(self.peers.len().max(1));
         for peer in self.peers.iter().copied() {
             if !live.contains(&peer) {
-                self.hint(peer, entry)?;
+                // The write is stored and durable here; only its delivery to `peer` is in doubt.
+                self.hint(peer, entry).map_err(|e| {
+                    Error::OutcomeUnknown(format!(
+                        "node {} stored the write but could not queue its hint for node {peer} ({e}); \
+                         it is applied here and anti-entropy may still spread it",
+                        self.id
+                    ))
+                })?;
                 continue;
             }
             let (this, entry, tx) = (self.clone(), entry.clone(), tx.clone());
