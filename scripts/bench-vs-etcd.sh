@@ -35,7 +35,7 @@ if ! command -v etcd >/dev/null 2>&1; then
     # The package starts a system etcd on 2379; this script runs its own on other ports.
     systemctl disable --now etcd >/dev/null 2>&1 || true
 fi
-etcd --version | head -1 >&2
+etcd --version | awk "NR == 1" >&2  # awk reads all: no SIGPIPE under pipefail
 
 cargo build --release -q -p capkv -p capkv-loadgen
 CAPKV=target/release/capkv
@@ -84,7 +84,7 @@ for _ in $(seq 1 50); do
     sleep 0.2
 done
 
-echo "capkv $(git rev-parse --short HEAD 2>/dev/null || echo '?') vs $(etcd --version | head -1), $(nproc) cores," \
+echo "capkv $(git rev-parse --short HEAD 2>/dev/null || echo '?') vs $(etcd --version | awk "NR == 1"), $(nproc) cores," \
     "$(date -u +%Y-%m-%d), rounds $ROUNDS x $DURATION, 256-byte values over 10k keys, 4 connections"
 "$LOADGEN" compare --etcd "$ETCD_ENDPOINTS" --capkv "$CAPKV_ENDPOINTS" --rounds "$ROUNDS" \
     --duration "$DURATION" ${CASES:+--cases "$CASES"} --json "${JSON_OUT:-$WORK/runs.json}"
