@@ -301,15 +301,19 @@ impl Client {
         // The creation is committed on a majority; wait until every reachable node has applied
         // it, so a test that partitions right away finds the keyspace known on both sides.
         let revision = json["created_revision"].as_u64().unwrap_or(0);
-        wait_until(Duration::from_secs(15), "every node to apply the keyspace creation", || {
-            let status = self.run(&["cluster", "status"]);
-            status.code == 0
-                && status.json_obj()["nodes"].as_array().is_some_and(|nodes| {
-                    nodes.iter().all(|n| {
-                        n["reachable"] != true || n["applied_index"].as_u64().unwrap_or(0) >= revision
+        wait_until(
+            Duration::from_secs(15),
+            "every node to apply the keyspace creation",
+            || {
+                let status = self.run(&["cluster", "status"]);
+                status.code == 0
+                    && status.json_obj()["nodes"].as_array().is_some_and(|nodes| {
+                        nodes
+                            .iter()
+                            .all(|n| n["reachable"] != true || n["applied_index"].as_u64().unwrap_or(0) >= revision)
                     })
-                })
-        });
+            },
+        );
     }
 
     /// Puts, retrying for up to `within` while the answer is 3 or 4 (e.g. during an election).
