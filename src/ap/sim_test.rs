@@ -304,30 +304,8 @@ fn sim_tombstones_are_collected_only_when_every_replica_has_them() {
         .build()
         .unwrap();
     runtime.block_on(async {
-        let net = Arc::new(SimNet {
-            nodes: RwLock::new(BTreeMap::new()),
-            partition: RwLock::new(Vec::new()),
-            down: RwLock::new(BTreeSet::new()),
-            rng: Mutex::new(StdRng::seed_from_u64(7)),
-            drop_percent: RwLock::new(0),
-            epoch: tokio::time::Instant::now(),
-        });
         let ids = [1, 2, 3];
-        let eager = ReplicaOptions {
-            hint_lifetime_ms: 0,
-            tombstone_gc_after_ms: 2,
-            max_clock_offset_ms: 1,
-            ..options()
-        };
-        let mut stores = BTreeMap::new();
-        for id in ids {
-            let store = temp_store();
-            stores.insert(id, store.clone());
-            net.nodes
-                .write()
-                .unwrap()
-                .insert(id, replica_with(id, &ids, store, &net, eager.clone()));
-        }
+        let (net, stores) = eager_cluster(7, 0);
         let node = |id: u64| net.nodes.read().unwrap()[&id].clone();
         let far = std::time::Instant::now() + Duration::from_secs(3600);
         let keyspaces = vec![KEYSPACE.to_string()];
