@@ -156,6 +156,7 @@ mod tests {
             value: vec![b'v'; i % 100],
             tombstone: false,
             ap_version: None,
+            removed: false,
         }
     }
 

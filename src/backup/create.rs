@@ -4,7 +4,8 @@
 //! read barrier. Each ap keyspace is read from every member at once and merged by
 //! last-writer-wins as the pages arrive (each node sends its keys in order, so the merge holds
 //! one page per node); tombstones and versions are kept. A member that cannot be read is named
-//! in the manifest and in the command's output.
+//! in the manifest and in the command's output. With `--incremental-from` each keyspace the
+//! parent chain holds goes through a [`Sink`] that stores only what changed ([`super::chain`]).
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -12,8 +13,12 @@ use std::time::{Duration, Instant};
 use tonic::transport::{Channel, Endpoint};
 use tonic::Streaming;
 
+use super::chain::{Chain, Sink, Tally};
 use super::chunk::{ChunkWriter, CHUNK_BYTES_MAX, CHUNK_BYTES_MIN};
-use super::manifest::{new_id, ClusterMember, KeyspaceEntry, Manifest, ObjectEntry, FORMAT_VERSION, MANIFEST_NAME};
+use super::manifest::{
+    new_id, ClusterMember, KeyspaceEntry, Manifest, ObjectEntry, FORMAT_VERSION, FORMAT_VERSION_INCREMENTAL,
+    MANIFEST_NAME,
+};
 use super::target::Target;
 use crate::client::Client;
 use crate::error::Error;
@@ -97,25 +102,6 @@ async fn next_page(
     }
 }
 
-/// Counts of the records of one keyspace as they are written.
-#[derive(Default)]
-struct Tally {
-    keys: u64,
-    bytes: u64,
-    tombstones: u64,
-}
-
-impl Tally {
-    fn add(&mut self, r: &BackupRecord) {
-        if r.tombstone {
-            self.tombstones += 1;
-        } else {
-            self.keys += 1;
-            self.bytes += (r.key.len() + r.value.len()) as u64;
-        }
-    }
-}
-
 /// What `backup create` is asked for.
 pub struct CreateOptions {
     /// Keyspaces to back up; all when empty.
@@ -124,6 +110,8 @@ pub struct CreateOptions {
     pub timeout: Duration,
     /// Bytes of records per data object, before compression.
     pub chunk_bytes: usize,
+    /// Store only the changes since this backup (at the same URL); `latest` names the newest.
+    pub incremental_from: Option<String>,
 }
 
 impl CreateOptions {
@@ -144,6 +132,14 @@ pub async fn create(client: &Client, target: &Target, options: &CreateOptions) -
     let wanted = &options.keyspaces;
     let started = Instant::now();
     let now = chrono::Utc::now();
+    // The parent chain is read (and its checksums checked) before the cluster is asked for anything.
+    let parent = match &options.incremental_from {
+        Some(id) => {
+            let chosen = if id == "latest" { None } else { Some(id.as_str()) };
+            Some(Chain::load(target, target.choose(chosen).await?).await?)
+        }
+        None => None,
+    };
     let view = cluster_view(client).await?;
     let listed = client.list_keyspaces().await?.keyspaces;
     for name in wanted {
@@ -156,7 +152,11 @@ pub async fn create(client: &Client, target: &Target, options: &CreateOptions) -
         .filter(|k| wanted.is_empty() || wanted.contains(&k.name))
         .collect();
     let mut manifest = Manifest {
-        format_version: FORMAT_VERSION,
+        format_version: if parent.is_some() {
+            FORMAT_VERSION_INCREMENTAL
+        } else {
+            FORMAT_VERSION
+        },
         id: new_id(now),
         created_at: now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
         created_unix_ms: now.timestamp_millis() as u64,
@@ -168,6 +168,7 @@ pub async fn create(client: &Client, target: &Target, options: &CreateOptions) -
         keyspaces: Vec::new(),
         objects: Vec::new(),
         seconds: 0.0,
+        parent: parent.as_ref().map(|c| c.last().id.clone()),
     };
     let cp: Vec<String> = chosen
         .iter()
@@ -175,16 +176,35 @@ pub async fn create(client: &Client, target: &Target, options: &CreateOptions) -
         .map(|k| k.name.clone())
         .collect();
     if !cp.is_empty() {
-        backup_cp(&view, target, &mut manifest, cp, options).await?;
+        backup_cp(&view, target, &mut manifest, cp, options, parent.as_ref()).await?;
     }
     for k in chosen.iter().filter(|k| k.mode() == proto::Mode::Ap) {
-        backup_ap(&view, target, &mut manifest, &k.name, options).await?;
+        backup_ap(&view, target, &mut manifest, &k.name, options, parent.as_ref()).await?;
     }
     manifest.seconds = started.elapsed().as_secs_f64();
     target
         .put(&format!("{}/{MANIFEST_NAME}", manifest.id), manifest.to_json())
         .await?;
     Ok(manifest)
+}
+
+/// The writer of one keyspace: incremental when the parent chain holds it in the same mode.
+fn sink<'a>(
+    target: &'a Target,
+    manifest: &Manifest,
+    keyspace: &str,
+    mode: Mode,
+    options: &CreateOptions,
+    parent: Option<&Chain>,
+) -> Result<Sink<'a>, Error> {
+    let writer = ChunkWriter::new(target, &manifest.id, keyspace, options.chunk_bytes);
+    let reader = match parent {
+        Some(chain) if chain.mode_of(keyspace) == Some(mode.to_string().as_str()) => {
+            Some(chain.reader(target, keyspace)?)
+        }
+        _ => None,
+    };
+    Ok(Sink::new(writer, reader))
 }
 
 /// Copies every cp keyspace from the leader at one Raft index.
@@ -194,6 +214,7 @@ async fn backup_cp(
     manifest: &mut Manifest,
     keyspaces: Vec<String>,
     options: &CreateOptions,
+    parent: Option<&Chain>,
 ) -> Result<(), Error> {
     let timeout = options.timeout;
     let leader = view.members.iter().find(|m| m.id == view.leader).ok_or_else(|| {
@@ -202,51 +223,62 @@ async fn backup_cp(
         )
     })?;
     let mut stream = open_export(&leader.address, keyspaces.clone(), timeout).await?;
-    let mut current: Option<(String, ChunkWriter, Tally)> = None;
+    // The export sends keyspace after keyspace, so one writer is open at a time.
+    let mut current: Option<(String, Sink)> = None;
     let mut done = Vec::new();
     while let Some(page) = next_page(&mut stream, leader.id, timeout).await? {
         manifest.raft_index = page.raft_index;
         if current.as_ref().map(|c| &c.0) != Some(&page.keyspace) {
-            if let Some(finished) = current.take() {
-                done.push(finish(finished).await?);
+            if let Some((name, finished)) = current.take() {
+                done.push(finish(name, finished).await?);
             }
-            current = Some((
-                page.keyspace.clone(),
-                ChunkWriter::new(target, &manifest.id, &page.keyspace, options.chunk_bytes),
-                Tally::default(),
-            ));
+            let writer = sink(target, manifest, &page.keyspace, Mode::Cp, options, parent)?;
+            current = Some((page.keyspace.clone(), writer));
         }
-        let (_, writer, tally) = current.as_mut().expect("set above");
+        let (_, writer) = current.as_mut().expect("set above");
         for record in &page.records {
-            tally.add(record);
             writer.push(record).await?;
         }
     }
-    if let Some(finished) = current.take() {
-        done.push(finish(finished).await?);
+    if let Some((name, finished)) = current.take() {
+        done.push(finish(name, finished).await?);
     }
     manifest.cp_exported_by = leader.id;
     for name in keyspaces {
-        let (tally, objects) = done
-            .iter_mut()
-            .find(|(n, _, _)| *n == name)
-            .map(|(_, t, o)| (std::mem::take(t), std::mem::take(o)))
-            .unwrap_or_default();
+        let (tally, objects, incremental) = match done.iter().position(|d| d.0 == name) {
+            Some(i) => {
+                let (_, tally, objects, incremental) = done.swap_remove(i);
+                (tally, objects, incremental)
+            }
+            // An empty keyspace sends no page; in an incremental backup its parent's keys are gone.
+            None => {
+                let (_, tally, objects, incremental) =
+                    finish(name.clone(), sink(target, manifest, &name, Mode::Cp, options, parent)?).await?;
+                (tally, objects, incremental)
+            }
+        };
         manifest.objects.extend(objects);
         manifest
             .keyspaces
-            .push(entry(&name, Mode::Cp, &tally, vec![leader.id], vec![]));
+            .push(entry(&name, Mode::Cp, &tally, incremental, vec![leader.id], vec![]));
     }
     Ok(())
 }
 
-async fn finish(
-    (name, writer, tally): (String, ChunkWriter<'_>, Tally),
-) -> Result<(String, Tally, Vec<ObjectEntry>), Error> {
-    Ok((name, tally, writer.finish().await?))
+async fn finish(name: String, sink: Sink<'_>) -> Result<(String, Tally, Vec<ObjectEntry>, bool), Error> {
+    let incremental = sink.incremental();
+    let (tally, objects) = sink.finish().await?;
+    Ok((name, tally, objects, incremental))
 }
 
-fn entry(name: &str, mode: Mode, t: &Tally, contributors: Vec<u64>, unreachable: Vec<u64>) -> KeyspaceEntry {
+fn entry(
+    name: &str,
+    mode: Mode,
+    t: &Tally,
+    incremental: bool,
+    contributors: Vec<u64>,
+    unreachable: Vec<u64>,
+) -> KeyspaceEntry {
     KeyspaceEntry {
         name: name.to_string(),
         mode: mode.to_string(),
@@ -255,6 +287,8 @@ fn entry(name: &str, mode: Mode, t: &Tally, contributors: Vec<u64>, unreachable:
         tombstones: t.tombstones,
         contributors,
         unreachable,
+        incremental,
+        stored: t.stored,
     }
 }
 
@@ -297,6 +331,7 @@ async fn backup_ap(
     manifest: &mut Manifest,
     keyspace: &str,
     options: &CreateOptions,
+    parent: Option<&Chain>,
 ) -> Result<(), Error> {
     let timeout = options.timeout;
     let (mut sources, mut unreachable) = (Vec::new(), Vec::new());
@@ -320,8 +355,7 @@ async fn backup_ap(
         )));
     }
     let mut hlc = (0u64, 0u32);
-    let mut writer = ChunkWriter::new(target, &manifest.id, keyspace, options.chunk_bytes);
-    let mut tally = Tally::default();
+    let mut writer = sink(target, manifest, keyspace, Mode::Ap, options, parent)?;
     loop {
         for s in sources.iter_mut() {
             s.fill(timeout, &mut hlc).await?;
@@ -343,17 +377,22 @@ async fn backup_ap(
             }
         }
         let record = winner.expect("at least one source holds the smallest key");
-        tally.add(&record);
         writer.push(&record).await?;
     }
-    manifest.objects.extend(writer.finish().await?);
+    let (_, tally, objects, incremental) = finish(keyspace.to_string(), writer).await?;
+    manifest.objects.extend(objects);
     let old = parse_hlc(&manifest.hlc);
     let newest = old.max(hlc);
     manifest.hlc = format!("{}.{}", newest.0, newest.1);
     let contributors = sources.iter().map(|s| s.node).collect();
-    manifest
-        .keyspaces
-        .push(entry(keyspace, Mode::Ap, &tally, contributors, unreachable));
+    manifest.keyspaces.push(entry(
+        keyspace,
+        Mode::Ap,
+        &tally,
+        incremental,
+        contributors,
+        unreachable,
+    ));
     Ok(())
 }
 

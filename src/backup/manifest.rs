@@ -2,14 +2,19 @@
 //!
 //! It names every data object with its size and SHA-256, every keyspace with its mode and
 //! counts, the Raft index the cp keyspaces were copied at, and which replicas contributed to
-//! the ap keyspaces. Its `format_version` lets a later release refuse a format it cannot read.
+//! the ap keyspaces. Its `format_version` lets a release refuse a format it cannot read: a full
+//! backup is written as version 1 and an incremental one as version 2, so a release that knows
+//! nothing of incremental backups refuses one instead of restoring only its changes.
 
 use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
 
-/// The format this release writes and reads.
+/// The format of a full backup.
 pub const FORMAT_VERSION: u32 = 1;
+
+/// The format of an incremental backup (a full one plus `parent` and per-keyspace `incremental`).
+pub const FORMAT_VERSION_INCREMENTAL: u32 = 2;
 
 /// The manifest's object name inside a backup's directory.
 pub const MANIFEST_NAME: &str = "manifest.json";
@@ -37,6 +42,10 @@ pub struct Manifest {
     pub objects: Vec<ObjectEntry>,
     /// Time the backup took, in seconds.
     pub seconds: f64,
+    /// Incremental backups: the id of the backup this one stores the changes since (at the same
+    /// URL). A restore needs every backup of the chain down to a full one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -60,6 +69,14 @@ pub struct KeyspaceEntry {
     pub contributors: Vec<u64>,
     /// ap: the replicas that could not be read (their writes that reached no one else are missing).
     pub unreachable: Vec<u64>,
+    /// True when this backup stores only the records that changed since the parent's copy of
+    /// the keyspace (the counts above still describe the whole keyspace).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub incremental: bool,
+    /// Records stored in this backup for the keyspace: all of them in a full backup; the
+    /// changed ones and the removal markers in an incremental one.
+    #[serde(default)]
+    pub stored: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -88,9 +105,9 @@ impl Manifest {
             ))
         })?;
         let version = value.get("format_version").and_then(|v| v.as_u64()).unwrap_or(0);
-        if version != u64::from(FORMAT_VERSION) {
+        if !(u64::from(FORMAT_VERSION)..=u64::from(FORMAT_VERSION_INCREMENTAL)).contains(&version) {
             return Err(Error::InvalidInput(format!(
-                "the manifest {what} has format version {version}; this capkv reads version {FORMAT_VERSION}: use the capkv release that wrote it"
+                "the manifest {what} has format version {version}; this capkv reads versions {FORMAT_VERSION} to {FORMAT_VERSION_INCREMENTAL}: use the capkv release that wrote it"
             )));
         }
         serde_json::from_value(value).map_err(|e| Error::Storage(format!("the manifest {what} is damaged: {e}")))
@@ -138,6 +155,8 @@ mod tests {
                 tombstones: 0,
                 contributors: vec![1],
                 unreachable: vec![],
+                incremental: false,
+                stored: 2,
             }],
             objects: vec![ObjectEntry {
                 path: "data/bank/000000.pb.gz".into(),
@@ -147,6 +166,7 @@ mod tests {
                 sha256: "ab".repeat(32),
             }],
             seconds: 0.5,
+            parent: None,
         }
     }
 
@@ -155,6 +175,18 @@ mod tests {
         let m = sample();
         assert_eq!(Manifest::from_json(&m.to_json(), "test").unwrap(), m);
         assert_eq!(m.bytes(), 50);
+    }
+
+    #[test]
+    fn an_incremental_manifest_round_trips_and_a_full_one_omits_the_chain_fields() {
+        let full = sample();
+        let text = String::from_utf8(full.to_json()).unwrap();
+        assert!(!text.contains("parent") && !text.contains("incremental"), "{text}");
+        let mut m = sample();
+        m.format_version = FORMAT_VERSION_INCREMENTAL;
+        m.parent = Some("20261204T150000.000Z-0002".into());
+        m.keyspaces[0].incremental = true;
+        assert_eq!(Manifest::from_json(&m.to_json(), "test").unwrap(), m);
     }
 
     #[test]

@@ -10,7 +10,9 @@
 //! each with its SHA-256. The [`manifest`] is written last, so an interrupted backup has none and
 //! [`target::Target::list`] never offers it. [`restore`] verifies every checksum before it loads
 //! anything, creates each keyspace with its mode, and loads cp keyspaces through Raft and ap
-//! keyspaces with their original versions.
+//! keyspaces with their original versions. An incremental backup (`--incremental-from ID`)
+//! stores only the records that changed since its parent and removal markers; a restore reads
+//! the chain back as one keyspace ([`chain`]).
 //!
 //! GUARANTEES
 //!
@@ -24,9 +26,11 @@
 //!
 //! - The CLI streams every byte between the nodes and the storage (nodes do not upload
 //!   directly); the data passes through the machine running the CLI.
-//! - No incremental backups yet. Scheduled backups and retention: [`schedule`].
+//! - Incremental backups store only what changed but still read every record from the cluster
+//!   ([`chain`]). Scheduled backups and retention: [`schedule`].
 //! - An ap backup is not a point in time: writes made during the backup may or may not be in it.
 
+pub mod chain;
 pub mod chunk;
 pub mod create;
 pub mod manifest;

@@ -10,6 +10,9 @@
 //!   node), merged like a peer's push: the restored key has the version it had in the backup.
 //!   A member that cannot be reached catches up through anti-entropy.
 //!
+//! An incremental backup restores its whole chain: each keyspace is read back as the chain's
+//! merge ([`super::chain`]), so the cluster gets the state the last backup saw.
+//!
 //! CAVEATS: `--replace` on a cp keyspace first deletes its keys through Raft, then loads: readers
 //! may see it empty or partly loaded meanwhile. On an ap keyspace `--replace` merges: a key
 //! written after the backup keeps its newer version (last-writer-wins), and a key the backup
@@ -17,7 +20,10 @@
 
 use std::time::Duration;
 
-use super::chunk::{decode, fetch_verified};
+use tonic::transport::Channel;
+
+use super::chain::{Chain, KeyspaceReader};
+use super::chunk::fetch_verified;
 use super::create::{cluster_view, node_client};
 use super::manifest::Manifest;
 use super::target::Target;
@@ -25,17 +31,21 @@ use crate::client::Client;
 use crate::error::Error;
 use crate::limits::{TXN_BYTES_MAX, TXN_OPS_MAX};
 use crate::mode::Mode;
-use crate::proto::{self, BackupRecord};
+use crate::proto::{self, backup_client::BackupClient, BackupRecord};
 
 /// Bytes of records per ap import call, below the request limit.
 const IMPORT_BYTES_MAX: usize = 1024 * 1024;
 
-/// Checks every object of `manifest`; the error names the first bad one.
-pub async fn verify(target: &Target, manifest: &Manifest) -> Result<(), Error> {
-    for entry in &manifest.objects {
-        fetch_verified(target, &manifest.id, entry).await?;
+/// Checks every object of `manifest` and, for an incremental backup, of every backup it
+/// depends on; the error names the first bad one. Returns the chain (oldest first).
+pub async fn verify(target: &Target, manifest: &Manifest) -> Result<Chain, Error> {
+    let chain = Chain::load(target, manifest.clone()).await?;
+    for m in chain.manifests() {
+        for entry in &m.objects {
+            fetch_verified(target, &m.id, entry).await?;
+        }
     }
-    Ok(())
+    Ok(chain)
 }
 
 /// What a restore loaded, per keyspace: (name, mode, records).
@@ -81,8 +91,8 @@ pub async fn restore(
             }
         }
     }
-    // Every object is checked before anything is loaded.
-    verify(target, manifest).await?;
+    // Every object of the chain is checked before anything is loaded.
+    let chain = verify(target, manifest).await?;
     let view = cluster_view(client).await?;
     let mut loaded = Vec::new();
     for k in chosen {
@@ -97,54 +107,67 @@ pub async fn restore(
         } else {
             client.create_keyspace(&k.name, mode).await?;
         }
-        let mut count = 0;
-        for object in manifest.objects.iter().filter(|o| o.keyspace == k.name) {
-            let bytes = fetch_verified(target, &manifest.id, object).await?;
-            let records = decode(&bytes, &format!("{}/{}", manifest.id, object.path))?;
-            count += records.len() as u64;
-            match mode {
-                Mode::Cp => load_cp(client, &k.name, records).await?,
-                Mode::Ap => load_ap(&view.members, &k.name, records, timeout).await?,
-            }
-        }
+        let reader = chain.reader(target, &k.name)?;
+        let count = load(client, &view.members, &k.name, mode, reader, timeout).await?;
         loaded.push((k.name.clone(), k.mode.clone(), count));
     }
     Ok(loaded)
 }
 
-/// Groups records into batches bounded by count and bytes.
-fn batches(records: Vec<BackupRecord>, ops_max: usize, bytes_max: usize) -> Vec<Vec<BackupRecord>> {
-    let mut out: Vec<Vec<BackupRecord>> = Vec::new();
+/// Streams one keyspace from the chain into the cluster in batches bounded by count and bytes;
+/// returns the records loaded.
+async fn load(
+    client: &Client,
+    members: &[super::manifest::ClusterMember],
+    keyspace: &str,
+    mode: Mode,
+    mut reader: KeyspaceReader<'_>,
+    timeout: Duration,
+) -> Result<u64, Error> {
+    let (ops_max, bytes_max) = match mode {
+        Mode::Cp => (TXN_OPS_MAX, TXN_BYTES_MAX / 2),
+        Mode::Ap => (usize::MAX, IMPORT_BYTES_MAX),
+    };
+    let mut clients = match mode {
+        Mode::Cp => Vec::new(),
+        Mode::Ap => ap_clients(members, timeout).await,
+    };
+    let mut count = 0;
+    let mut batch = Vec::new();
     let mut bytes = 0;
-    for r in records {
-        let size = r.key.len() + r.value.len() + 64;
-        let full = out
-            .last()
-            .is_none_or(|b| b.len() >= ops_max || bytes + size > bytes_max);
-        if full {
-            out.push(Vec::new());
+    loop {
+        let record = reader.next().await?;
+        let size = record.as_ref().map_or(0, |r| r.key.len() + r.value.len() + 64);
+        let full = !batch.is_empty() && (batch.len() >= ops_max || bytes + size > bytes_max);
+        if full || (record.is_none() && !batch.is_empty()) {
+            count += batch.len() as u64;
+            let records = std::mem::take(&mut batch);
             bytes = 0;
+            match mode {
+                Mode::Cp => load_cp(client, keyspace, records).await?,
+                Mode::Ap => load_ap(&mut clients, keyspace, records, timeout).await?,
+            }
         }
+        let Some(record) = record else {
+            return Ok(count);
+        };
         bytes += size;
-        out.last_mut().expect("pushed above").push(r);
+        batch.push(record);
     }
-    out
 }
 
+/// Loads one batch (within the transaction limits) through Raft.
 async fn load_cp(client: &Client, keyspace: &str, records: Vec<BackupRecord>) -> Result<(), Error> {
-    for batch in batches(records, TXN_OPS_MAX, TXN_BYTES_MAX / 2) {
-        let success = batch
-            .into_iter()
-            .map(|r| proto::TxnOp {
-                op: Some(proto::txn_op::Op::Put(proto::PutOp {
-                    key: r.key,
-                    value: r.value,
-                })),
-            })
-            .collect();
-        unconditional_txn(client, keyspace, success).await?;
-    }
-    Ok(())
+    let success = records
+        .into_iter()
+        .map(|r| proto::TxnOp {
+            op: Some(proto::txn_op::Op::Put(proto::PutOp {
+                key: r.key,
+                value: r.value,
+            })),
+        })
+        .collect();
+    unconditional_txn(client, keyspace, success).await
 }
 
 /// Runs `ops` as one transaction without compares: all of them apply, atomically, through Raft.
@@ -184,12 +207,12 @@ async fn clear_cp(client: &Client, keyspace: &str) -> Result<(), Error> {
     }
 }
 
-async fn load_ap(
+/// A Backup client for every reachable member; a member that cannot be reached catches up
+/// through anti-entropy.
+async fn ap_clients(
     members: &[super::manifest::ClusterMember],
-    keyspace: &str,
-    records: Vec<BackupRecord>,
     timeout: Duration,
-) -> Result<(), Error> {
+) -> Vec<(u64, BackupClient<Channel>)> {
     let mut clients = Vec::new();
     for m in members {
         match node_client(&m.address, timeout).await {
@@ -199,26 +222,34 @@ async fn load_ap(
             }
         }
     }
-    for batch in batches(records, usize::MAX, IMPORT_BYTES_MAX) {
-        let mut stored = 0;
-        let mut last_error = None;
-        for (id, c) in clients.iter_mut() {
-            let mut request = tonic::Request::new(proto::ImportApRequest {
-                keyspace: keyspace.to_string(),
-                records: batch.clone(),
-            });
-            request.set_timeout(timeout);
-            match c.import_ap(request).await {
-                Ok(_) => stored += 1,
-                Err(status) => last_error = Some(format!("node {id}: {}", Error::from_status(&status))),
-            }
+    clients
+}
+
+/// Imports one batch into every replica it can reach; at least one must take it.
+async fn load_ap(
+    clients: &mut [(u64, BackupClient<Channel>)],
+    keyspace: &str,
+    batch: Vec<BackupRecord>,
+    timeout: Duration,
+) -> Result<(), Error> {
+    let mut stored = 0;
+    let mut last_error = None;
+    for (id, c) in clients.iter_mut() {
+        let mut request = tonic::Request::new(proto::ImportApRequest {
+            keyspace: keyspace.to_string(),
+            records: batch.clone(),
+        });
+        request.set_timeout(timeout);
+        match c.import_ap(request).await {
+            Ok(_) => stored += 1,
+            Err(status) => last_error = Some(format!("node {id}: {}", Error::from_status(&status))),
         }
-        if stored == 0 {
-            return Err(Error::Unreachable(format!(
-                "no replica of ap keyspace '{keyspace}' accepted the restored records ({})",
-                last_error.unwrap_or_else(|| "none reachable".into())
-            )));
-        }
+    }
+    if stored == 0 {
+        return Err(Error::Unreachable(format!(
+            "no replica of ap keyspace '{keyspace}' accepted the restored records ({})",
+            last_error.unwrap_or_else(|| "none reachable".into())
+        )));
     }
     Ok(())
 }

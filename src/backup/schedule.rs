@@ -4,8 +4,9 @@
 //! backup (the same coordinator as `backup create`, talking to its own gRPC address), so one
 //! backup is taken per interval however many nodes have the flags. After a backup succeeds,
 //! retention deletes the oldest complete backups beyond `--backup-keep` ([`expired`]): never the
-//! newest, so never the only complete one. A backup is deleted manifest first, so a deletion
-//! that stops halfway leaves an incomplete backup (never listed), not a damaged complete one.
+//! newest, so never the only complete one, and never one that a kept incremental backup needs.
+//! A backup is deleted manifest first, so a deletion that stops halfway leaves an incomplete
+//! backup (never listed), not a damaged complete one.
 //!
 //! The node's metrics carry the last success time, its duration and size, and the failures;
 //! `/health` reports an overdue backup ([`health`]) on the leader: none succeeded in two
@@ -61,10 +62,27 @@ impl ScheduleOptions {
     }
 }
 
-/// The complete backups to delete (oldest first) so that `keep` remain; `ids` are oldest first.
-pub fn expired(ids: &[String], keep: usize) -> Vec<String> {
+/// The complete backups to delete (oldest first) so that `keep` remain: `backups` are
+/// `(id, parent)` oldest first. A backup that a kept incremental backup depends on (directly or
+/// through its chain) is kept too, so a restore of every kept backup still works.
+pub fn expired(backups: &[(String, Option<String>)], keep: usize) -> Vec<String> {
     let keep = keep.max(1);
-    ids[..ids.len().saturating_sub(keep)].to_vec()
+    let cut = backups.len().saturating_sub(keep);
+    let mut needed: std::collections::HashSet<&str> = std::collections::HashSet::new();
+    for (_, parent) in &backups[cut..] {
+        let mut next = parent.as_deref();
+        while let Some(id) = next {
+            if !needed.insert(id) {
+                break;
+            }
+            next = backups.iter().find(|(b, _)| b == id).and_then(|(_, p)| p.as_deref());
+        }
+    }
+    backups[..cut]
+        .iter()
+        .filter(|(id, _)| !needed.contains(id.as_str()))
+        .map(|(id, _)| id.clone())
+        .collect()
 }
 
 /// What the schedule last did, for `/health`.
@@ -144,6 +162,7 @@ async fn take_one(options: &ScheduleOptions, listen: &str) -> Result<(), Error> 
         keyspaces: Vec::new(),
         timeout: SCHEDULED_CALL_TIMEOUT,
         chunk_bytes: CHUNK_BYTES_DEFAULT,
+        incremental_from: None,
     };
     let manifest = create(&client, &target, &create_options).await?;
     let now_s = manifest.created_unix_ms as f64 / 1000.0 + manifest.seconds;
@@ -153,8 +172,11 @@ async fn take_one(options: &ScheduleOptions, listen: &str) -> Result<(), Error> 
     metrics::counter!("capkv_backup_success_total").increment(1);
     tracing::info!(id = %manifest.id, to = %options.to, seconds = manifest.seconds, "scheduled backup taken");
     let (complete, _) = target.list().await?;
-    let ids: Vec<String> = complete.into_iter().map(|l| l.manifest.id).collect();
-    for id in expired(&ids, options.keep) {
+    let backups: Vec<(String, Option<String>)> = complete
+        .into_iter()
+        .map(|l| (l.manifest.id, l.manifest.parent))
+        .collect();
+    for id in expired(&backups, options.keep) {
         target.delete_backup(&id).await?;
         tracing::info!(%id, "deleted an expired backup (retention)");
     }
@@ -165,8 +187,8 @@ async fn take_one(options: &ScheduleOptions, listen: &str) -> Result<(), Error> 
 mod tests {
     use super::*;
 
-    fn ids(n: usize) -> Vec<String> {
-        (0..n).map(|i| format!("b{i}")).collect()
+    fn ids(n: usize) -> Vec<(String, Option<String>)> {
+        (0..n).map(|i| (format!("b{i}"), None)).collect()
     }
 
     #[test]
@@ -175,6 +197,21 @@ mod tests {
         assert!(expired(&ids(2), 2).is_empty());
         assert!(expired(&ids(1), 1).is_empty());
         assert_eq!(expired(&ids(3), 0), ["b0", "b1"], "keep 0 still keeps the newest");
+    }
+
+    #[test]
+    fn retention_keeps_the_chain_a_kept_incremental_backup_needs() {
+        let chain = |ids: &[(&str, Option<&str>)]| -> Vec<(String, Option<String>)> {
+            ids.iter()
+                .map(|(id, p)| (id.to_string(), p.map(str::to_string)))
+                .collect()
+        };
+        // b0 full, b1 and b2 incremental on it (b2 on b1), b3 full.
+        let backups = chain(&[("b0", None), ("b1", Some("b0")), ("b2", Some("b1")), ("b3", None)]);
+        assert_eq!(expired(&backups, 2), Vec::<String>::new(), "b2 needs b1 and b0");
+        assert_eq!(expired(&backups, 1), ["b0", "b1", "b2"]);
+        let backups = chain(&[("b0", None), ("b1", None), ("b2", Some("b0"))]);
+        assert_eq!(expired(&backups, 1), ["b1"], "b0 is kept for b2");
     }
 
     #[test]

@@ -34,6 +34,10 @@ pub enum BackupCommand {
         /// Bytes of records per data object, before compression (64 KiB to 256 MiB).
         #[arg(long, default_value_t = backup::chunk::CHUNK_BYTES_DEFAULT)]
         chunk_bytes: usize,
+        /// Store only what changed since this backup at the same URL (`latest`: the newest);
+        /// a restore of the new backup reads its whole chain.
+        #[arg(long, value_name = "ID")]
+        incremental_from: Option<String>,
     },
     /// List the complete backups under a URL (an interrupted one has no manifest and is not listed).
     List {
@@ -71,6 +75,11 @@ pub struct KeyspaceView {
     pub mode: String,
     pub keys: u64,
     pub bytes: u64,
+    /// Records this backup stores for the keyspace: all of them, or in an incremental backup
+    /// the changed ones and the removal markers.
+    pub stored: u64,
+    /// Whether only the changes since the parent backup are stored.
+    pub incremental: bool,
     /// ap: replicas that could not be read (empty when all contributed).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub unreachable: Vec<u64>,
@@ -80,6 +89,9 @@ pub struct KeyspaceView {
 pub struct CreateView {
     pub id: String,
     pub url: String,
+    /// The backup this one stores the changes since (absent for a full backup).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub incremental_from: Option<String>,
     pub keyspaces: Vec<KeyspaceView>,
     pub raft_index: u64,
     pub objects: usize,
@@ -95,6 +107,8 @@ fn keyspace_views(m: &Manifest) -> Vec<KeyspaceView> {
             mode: k.mode.clone(),
             keys: k.keys,
             bytes: k.bytes,
+            stored: k.stored,
+            incremental: k.incremental,
             unreachable: k.unreachable.clone(),
         })
         .collect()
@@ -110,6 +124,9 @@ impl View for CreateView {
 pub struct ListedView {
     pub id: String,
     pub time: String,
+    /// The backup this one is incremental from (absent for a full backup).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parent: Option<String>,
     pub keyspaces: Vec<KeyspaceView>,
     pub objects: usize,
     pub bytes: u64,
@@ -128,14 +145,24 @@ impl View for ListView {
     fn text(&self, _hex: bool) -> String {
         let mut table = comfy_table::Table::new();
         table.load_preset(comfy_table::presets::UTF8_BORDERS_ONLY);
-        table.set_header(["ID", "TIME", "KEYSPACES", "BYTES"]);
+        table.set_header(["ID", "TIME", "KIND", "KEYSPACES", "BYTES"]);
         for b in &self.backups {
             let keyspaces: Vec<String> = b
                 .keyspaces
                 .iter()
                 .map(|k| format!("{} ({}, {} keys)", k.name, k.mode, k.keys))
                 .collect();
-            table.add_row([b.id.clone(), b.time.clone(), keyspaces.join(", "), b.bytes.to_string()]);
+            let kind = b
+                .parent
+                .as_ref()
+                .map_or_else(|| "full".to_string(), |p| format!("incremental from {p}"));
+            table.add_row([
+                b.id.clone(),
+                b.time.clone(),
+                kind,
+                keyspaces.join(", "),
+                b.bytes.to_string(),
+            ]);
         }
         let mut text = table.to_string();
         if !self.incomplete.is_empty() {
@@ -152,6 +179,8 @@ impl View for ListView {
 pub struct VerifyView {
     pub id: String,
     pub url: String,
+    /// Every backup checked, oldest first: the backup and, when incremental, those it depends on.
+    pub chain: Vec<String>,
     pub objects: usize,
     pub bytes: u64,
     pub ok: bool,
@@ -159,8 +188,13 @@ pub struct VerifyView {
 
 impl View for VerifyView {
     fn text(&self, _hex: bool) -> String {
+        let chain = if self.chain.len() > 1 {
+            format!(" (with the {} backups it is incremental from)", self.chain.len() - 1)
+        } else {
+            String::new()
+        };
         format!(
-            "backup {} is intact: {} objects, {} bytes, every SHA-256 matches",
+            "backup {} is intact{chain}: {} objects, {} bytes, every SHA-256 matches",
             self.id, self.objects, self.bytes
         )
     }
@@ -199,12 +233,14 @@ pub async fn run(client: &Client, command: &BackupCommand, hex: bool) -> Result<
             to,
             keyspaces,
             chunk_bytes,
+            incremental_from,
         } => {
             let target = Target::open(to, timeout)?;
             let options = backup::create::CreateOptions {
                 keyspaces: keyspaces.clone(),
                 timeout,
                 chunk_bytes: *chunk_bytes,
+                incremental_from: incremental_from.clone(),
             };
             let m = backup::create::create(client, &target, &options).await?;
             for k in m.keyspaces.iter().filter(|k| !k.unreachable.is_empty()) {
@@ -216,6 +252,7 @@ pub async fn run(client: &Client, command: &BackupCommand, hex: bool) -> Result<
             let view = CreateView {
                 id: m.id.clone(),
                 url: target.url().to_string(),
+                incremental_from: m.parent.clone(),
                 keyspaces: keyspace_views(&m),
                 raft_index: m.raft_index,
                 objects: m.objects.len(),
@@ -232,6 +269,7 @@ pub async fn run(client: &Client, command: &BackupCommand, hex: bool) -> Result<
                 .map(|l| ListedView {
                     id: l.manifest.id.clone(),
                     time: l.manifest.created_at.clone(),
+                    parent: l.manifest.parent.clone(),
                     keyspaces: keyspace_views(&l.manifest),
                     objects: l.manifest.objects.len(),
                     bytes: l.manifest.bytes(),
@@ -248,12 +286,13 @@ pub async fn run(client: &Client, command: &BackupCommand, hex: bool) -> Result<
         BackupCommand::Verify { from, id } => {
             let target = Target::open(from, timeout)?;
             let m = target.choose(id.as_deref()).await?;
-            backup::restore::verify(&target, &m).await?;
+            let chain = backup::restore::verify(&target, &m).await?;
             let view = VerifyView {
                 id: m.id.clone(),
                 url: target.url().to_string(),
-                objects: m.objects.len(),
-                bytes: m.bytes(),
+                chain: chain.manifests().iter().map(|c| c.id.clone()).collect(),
+                objects: chain.manifests().iter().map(|c| c.objects.len()).sum(),
+                bytes: chain.manifests().iter().map(Manifest::bytes).sum(),
                 ok: true,
             };
             Ok(Report::of(&view, hex))

@@ -120,6 +120,7 @@ impl CopySink for SpoolWriter {
             value: value.value,
             tombstone: false,
             ap_version: None,
+            removed: false,
         };
         write_framed(&mut self.outs[keyspace], &record).map_err(|e| spool_error(&self.spools[keyspace].path, e))
     }
@@ -290,11 +291,17 @@ fn record_of(entry: Entry) -> proto::BackupRecord {
         tombstone: entry.versioned.is_tombstone(),
         value: entry.versioned.value.unwrap_or_default(),
         ap_version: Some(version_to_proto(entry.versioned.version)),
+        removed: false,
     }
 }
 
 /// The ap entry a restored record stands for, with its original version.
 fn entry_of(keyspace: &str, record: proto::BackupRecord) -> Result<Entry, Error> {
+    if record.removed {
+        return Err(Error::InvalidInput(format!(
+            "a record for keyspace '{keyspace}' is an incremental backup's removal marker, which only a restore of the whole chain may interpret; restore with `capkv backup restore`"
+        )));
+    }
     let Some(v) = record.ap_version else {
         return Err(Error::InvalidInput(format!(
             "an ap record for keyspace '{keyspace}' has no version; restore ap keyspaces from an ap backup"
@@ -394,6 +401,7 @@ mod tests {
             value: vec![7; value_bytes],
             tombstone: false,
             ap_version: None,
+            removed: false,
         }
     }
 

@@ -483,6 +483,15 @@ fn python() -> String {
     std::env::var("CAPKV_TEST_PYTHON").unwrap_or_else(|_| "python3".into())
 }
 
+/// Held by every test that sets the AWS variables: they are process-wide, so two S3 tests run
+/// in parallel (`cargo test` without `--test-threads=1`) would point each other's CLI at the
+/// wrong server.
+static AWS_ENV: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn aws_env_lock() -> std::sync::MutexGuard<'static, ()> {
+    AWS_ENV.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 fn set_aws_env(moto: &Moto) {
     // Only the CLI processes this test starts read these.
     std::env::set_var("AWS_ACCESS_KEY_ID", "test");
@@ -494,6 +503,7 @@ fn set_aws_env(moto: &Moto) {
 
 #[test]
 fn s3_backup_is_readable_by_boto3_verified_and_restored() {
+    let _env = aws_env_lock();
     let port = free_ports(1)[0];
     let Some(moto) = Moto::start(port) else { return };
     set_aws_env(&moto);
@@ -562,6 +572,7 @@ fn s3_backup_is_readable_by_boto3_verified_and_restored() {
 
 #[test]
 fn s3_server_killed_mid_upload_leaves_no_backup_and_the_cluster_serving() {
+    let _env = aws_env_lock();
     let port = free_ports(1)[0];
     let set_up = Instant::now();
     let Some(mut moto) = Moto::start(port) else { return };
@@ -831,5 +842,152 @@ fn a_lost_cluster_is_recovered_with_cluster_up_and_restore() {
         ap_version,
         "the ap version survives\n{}",
         got.describe()
+    );
+}
+
+/// The `stored` count of keyspace `name` in a `backup create -o json` answer.
+fn stored(out: &Output, name: &str) -> u64 {
+    out.ok_json()["keyspaces"]
+        .as_array()
+        .and_then(|ks| ks.iter().find(|k| k["name"] == name))
+        .and_then(|k| k["stored"].as_u64())
+        .unwrap_or_else(|| panic!("no stored count for {name}\n{}", out.describe()))
+}
+
+#[test]
+fn incremental_backups_store_the_changes_and_restore_the_whole_chain() {
+    let rt = runtime();
+    let store = tempfile::tempdir().unwrap();
+    let url = format!("file://{}", store.path().display());
+    let (cp, ap, last) = {
+        let cluster = Cluster::start(3);
+        let client = cluster.client().with_timeout("20s");
+        client.create_keyspace("bank", "cp");
+        client.create_keyspace("carts", "ap");
+        let all = lib(&cluster.endpoints_of(&cluster.ids()));
+        rt.block_on(async {
+            write_cp(&all, "bank", 500).await;
+            for i in 0..200 {
+                all.put("carts", format!("item{i:05}").as_bytes(), &value_of(i))
+                    .await
+                    .unwrap_or_else(|e| panic!("ap put {i}: {e}"));
+            }
+        });
+        let full = client.run(&["backup", "create", "--to", &url]);
+        let base = backup_id(&full);
+        assert_eq!(stored(&full, "bank"), 500, "{}", full.describe());
+
+        // 10 new cp keys, 5 overwritten, 5 deleted; 5 new ap keys and 3 deleted.
+        rt.block_on(async {
+            for i in 500..510 {
+                all.put("bank", format!("acct{i:05}").as_bytes(), b"new").await.unwrap();
+            }
+            for i in 0..5 {
+                all.put("bank", format!("acct{i:05}").as_bytes(), b"changed")
+                    .await
+                    .unwrap();
+            }
+            for i in 100..105 {
+                all.delete("bank", format!("acct{i:05}").as_bytes()).await.unwrap();
+            }
+            for i in 200..205 {
+                all.put("carts", format!("item{i:05}").as_bytes(), b"new")
+                    .await
+                    .unwrap();
+            }
+            for i in 0..3 {
+                all.delete("carts", format!("item{i:05}").as_bytes()).await.unwrap();
+            }
+        });
+        // ap writes reach every replica before the backup reads them (a put waits for one).
+        wait_until(Duration::from_secs(20), "ap writes reach every replica", || {
+            let views: Vec<ApView> = cluster
+                .ids()
+                .into_iter()
+                .map(|id| rt.block_on(async { ap_view(scan_all(&lib(&cluster.endpoint(id)), "carts").await) }))
+                .collect();
+            views.windows(2).all(|w| w[0] == w[1])
+        });
+        let first = client.run(&["backup", "create", "--to", &url, "--incremental-from", &base]);
+        let first_id = backup_id(&first);
+        assert_eq!(
+            first.ok_json()["incremental_from"],
+            base.as_str(),
+            "{}",
+            first.describe()
+        );
+        assert_eq!(
+            stored(&first, "bank"),
+            20,
+            "10 new + 5 changed + 5 removed: {}",
+            first.describe()
+        );
+        assert_eq!(stored(&first, "carts"), 8, "5 new + 3 tombstones: {}", first.describe());
+        let bank = first.ok_json()["keyspaces"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|k| k["name"] == "bank")
+            .unwrap()
+            .clone();
+        assert_eq!(
+            bank["keys"].as_u64(),
+            Some(505),
+            "the count is the whole keyspace's: {bank}"
+        );
+
+        // A second link, from the newest backup: one cp delete.
+        rt.block_on(async { all.delete("bank", b"acct00400").await.unwrap() });
+        let second = client.run(&["backup", "create", "--to", &url, "--incremental-from", "latest"]);
+        assert_eq!(
+            second.ok_json()["incremental_from"],
+            first_id.as_str(),
+            "{}",
+            second.describe()
+        );
+        assert_eq!(stored(&second, "bank"), 1, "{}", second.describe());
+        assert_eq!(stored(&second, "carts"), 0, "{}", second.describe());
+        let last = backup_id(&second);
+
+        let listed = client.run(&["backup", "list", "--from", &url]);
+        let backups = listed.ok_json()["backups"].as_array().unwrap().clone();
+        assert_eq!(backups.len(), 3, "{}", listed.describe());
+        assert!(backups[0].get("parent").is_none(), "{}", listed.describe());
+        assert_eq!(backups[2]["parent"], first_id.as_str(), "{}", listed.describe());
+        let verify = client.run(&["backup", "verify", "--from", &url]);
+        assert_eq!(
+            verify.ok_json()["chain"],
+            serde_json::json!([base, first_id, last]),
+            "{}",
+            verify.describe()
+        );
+
+        let cp = rt.block_on(async { cp_view(scan_all(&all, "bank").await) });
+        let ap = rt.block_on(merged_ap_view(&cluster, "carts"));
+        assert_eq!(cp.len(), 504);
+        (cp, ap, last)
+    };
+
+    // The newest link restores the state it saw, read through the whole chain.
+    let cluster = Cluster::start(3);
+    let client = cluster.client().with_timeout("20s");
+    client
+        .run(&["backup", "restore", "--from", &url, "--id", &last])
+        .expect_code(0);
+    check_restored(&cluster, &rt, &cp, &ap);
+
+    // Without its full backup the chain is broken: restore says so and loads nothing.
+    let base = std::fs::read_dir(store.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .min()
+        .unwrap();
+    std::fs::remove_file(store.path().join(&base).join("manifest.json")).unwrap();
+    let broken = client.run(&["backup", "restore", "--from", &url, "--id", &last, "--replace"]);
+    assert_ne!(broken.code, 0, "{}", broken.describe());
+    assert!(
+        broken.stderr.contains("chain is broken") && broken.stderr.contains(&base),
+        "{}",
+        broken.describe()
     );
 }
