@@ -55,13 +55,12 @@ pub mod propose;
 pub mod raft;
 pub mod read_index;
 pub mod route;
+mod snapshot;
 pub mod state_machine;
 pub mod watchdog;
 
 #[cfg(test)]
 mod suite_test;
-
-use std::io::Cursor;
 
 openraft::declare_raft_types!(
     /// The openraft type configuration of capkv's Raft group.
@@ -71,7 +70,7 @@ openraft::declare_raft_types!(
         NodeId = u64,
         Node = openraft::BasicNode,
         Entry = openraft::Entry<TypeConfig>,
-        SnapshotData = Cursor<Vec<u8>>,
+        SnapshotData = tokio::fs::File,
         AsyncRuntime = openraft::TokioRuntime,
 );
 

@@ -2,8 +2,9 @@
 //!
 //! Applying a batch of entries builds every change in an overlay (so later entries of the batch
 //! see earlier ones), then writes the data, the last applied log id and the membership in one
-//! atomic sled batch. A snapshot is a point-in-time copy of the whole `sm` tree taken between two
-//! applies; installing one replaces the tree's contents in one atomic batch.
+//! atomic sled batch. A snapshot is a file holding the state machine as of one applied index,
+//! written copy-on-write while applies go on; installing one loads it into a fresh tree and
+//! switches to it atomically ([`super::snapshot`]).
 //!
 //! Applies and snapshot installs hold the apply gate; a backup export holds it too while it copies
 //! keyspaces ([`SmReader::copy_keyspaces`]), so the copy shows exactly one applied index.
@@ -11,13 +12,14 @@
 //! DURABILITY. Applying does not sync: the Raft log (`log_store.rs`) holds every applied entry,
 //! and after a crash openraft re-applies from the last applied id sled kept. The log may drop
 //! entries only behind a snapshot, so building and installing a snapshot end with a
-//! [`Flusher::flush`], which fsyncs sled's files: the snapshot and the state machine it covers
-//! are on stable storage before openraft purges the log behind them.
+//! [`Flusher::flush`], which fsyncs sled's files, and the snapshot file is fsynced before it is
+//! named current: the snapshot and the state machine it covers are on stable storage before
+//! openraft purges the log behind them.
 // openraft's StorageError is large; its traits fix the error type, so helpers share it.
 #![allow(clippy::result_large_err)]
 
 use std::collections::BTreeMap;
-use std::io::Cursor;
+use std::sync::{Arc, RwLock};
 
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{
@@ -27,6 +29,7 @@ use openraft::{
 use super::apply::{apply, State};
 use super::command::{Answer, Applied, StoredValue};
 use super::keys;
+use super::snapshot::{load_snapshot, write_snapshot, Capture, SnapshotDir};
 use super::{NodeId, TypeConfig};
 use crate::error::Error;
 use crate::keyspace::KeyspaceDef;
@@ -37,7 +40,17 @@ use crate::storage::Flusher;
 type StorageResult<T> = Result<T, StorageError<NodeId>>;
 type Membership = StoredMembership<NodeId, openraft::BasicNode>;
 
-const CURRENT_SNAPSHOT: &[u8] = b"current";
+/// Keys of the `snapshot` tree: the current snapshot (metadata and file), and the name of the
+/// tree that holds the state machine.
+const CURRENT_SNAPSHOT: &[u8] = b"current_file";
+const CURRENT_TREE: &[u8] = b"tree";
+/// The snapshot of capkv before snapshot files: metadata and data in one sled value.
+const LEGACY_SNAPSHOT: &[u8] = b"current";
+/// The state machine's first tree; installed snapshots make `sm.1`, `sm.2`, ...
+const FIRST_TREE: &str = "sm";
+/// How long an old state machine tree is kept after a snapshot replaced it, so that reads
+/// already running on it finish.
+const OLD_TREE_GRACE: std::time::Duration = std::time::Duration::from_secs(30);
 
 fn sm_read_err(e: impl ToString) -> StorageError<NodeId> {
     StorageIOError::read_state_machine(openraft::AnyError::error(e.to_string())).into()
@@ -51,17 +64,36 @@ fn snapshot_err(e: impl ToString) -> StorageError<NodeId> {
     StorageIOError::write_snapshot(None, openraft::AnyError::error(e.to_string())).into()
 }
 
-/// The stored form of a snapshot: its metadata and the encoded `sm` tree.
+/// The current snapshot: its metadata and its file in the snapshot directory.
 #[derive(serde::Serialize, serde::Deserialize)]
-struct StoredSnapshot {
+struct CurrentSnapshot {
+    meta: SnapshotMeta<NodeId, openraft::BasicNode>,
+    file: String,
+}
+
+/// The snapshot format before snapshot files, converted at start-up.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct LegacySnapshot {
     meta: SnapshotMeta<NodeId, openraft::BasicNode>,
     data: Vec<u8>,
 }
 
 pub struct StateMachineStore {
     flusher: Flusher,
+    /// The tree applies write (also in `shared`, for readers).
     sm: sled::Tree,
+    shared: Arc<RwLock<sled::Tree>>,
+    /// The current snapshot and the current tree's name.
     snapshots: sled::Tree,
+    dir: Arc<SnapshotDir>,
+    capture: Capture,
+    /// Held while a snapshot is written; an install waits for it.
+    building: Arc<tokio::sync::Mutex<()>>,
+    /// Incremented by every install: a builder whose capture began before one has nothing
+    /// left to copy (its tree was replaced) and serves the installed snapshot instead.
+    generation: Arc<std::sync::atomic::AtomicU64>,
+    /// The file openraft is writing a received snapshot into.
+    receiving: Option<String>,
     snapshot_seq: u64,
     /// Held while a batch is applied or a snapshot installed, and while a backup copies a
     /// keyspace: the copy then sees no half-applied state and one applied index.
@@ -69,34 +101,92 @@ pub struct StateMachineStore {
 }
 
 impl StateMachineStore {
-    pub fn open(flusher: &Flusher) -> Result<Self, sled::Error> {
+    pub fn open(flusher: &Flusher) -> Result<Self, Error> {
         let db = flusher.db();
-        Ok(Self {
+        let snapshots = db.open_tree("snapshot")?;
+        let tree_name = match snapshots.get(CURRENT_TREE)? {
+            Some(name) => String::from_utf8_lossy(&name).into_owned(),
+            None => FIRST_TREE.to_string(),
+        };
+        // Trees of installs that did not finish, and old trees whose drop was cut short.
+        for name in db.tree_names() {
+            let name = String::from_utf8_lossy(&name).into_owned();
+            if name.starts_with("sm.") && name != tree_name {
+                db.drop_tree(name.as_bytes())?;
+            }
+        }
+        let sm = db.open_tree(tree_name.as_bytes())?;
+        let dir = Arc::new(SnapshotDir::open(flusher.data_dir())?);
+        let store = Self {
             flusher: flusher.clone(),
-            sm: db.open_tree("sm")?,
-            snapshots: db.open_tree("snapshot")?,
+            shared: Arc::new(RwLock::new(sm.clone())),
+            sm,
+            snapshots,
+            dir,
+            capture: Capture::default(),
+            building: Default::default(),
+            generation: Default::default(),
+            receiving: None,
             snapshot_seq: 0,
             apply_gate: Default::default(),
-        })
+        };
+        store.convert_legacy_snapshot()?;
+        let current = store.current()?.map(|c| c.file);
+        store
+            .dir
+            .remove_all_but(&current.iter().map(String::as_str).collect::<Vec<_>>());
+        Ok(store)
+    }
+
+    /// A snapshot stored the old way (in one sled value) becomes a snapshot file.
+    fn convert_legacy_snapshot(&self) -> Result<(), Error> {
+        let Some(bytes) = self.snapshots.get(LEGACY_SNAPSHOT)? else {
+            return Ok(());
+        };
+        let legacy: LegacySnapshot = decode(&bytes)?;
+        let pairs: Vec<(Vec<u8>, Vec<u8>)> = decode(&legacy.data)?;
+        let name = self.dir.temp_name("converted");
+        let path = self.dir.path(&name);
+        let io = |e: std::io::Error| Error::Storage(format!("cannot convert the old snapshot: {e}"));
+        let file = std::fs::File::create(&path).map_err(io)?;
+        let mut out = super::snapshot::FrameWriter::new(std::io::BufWriter::new(file)).map_err(io)?;
+        for (k, v) in &pairs {
+            out.push(k, v).map_err(io)?;
+        }
+        let file = out.finish().map_err(io)?.into_inner().map_err(|e| io(e.into_error()))?;
+        file.sync_all().map_err(io)?;
+        let final_name = format!("snapshot-{}.bin", legacy.meta.snapshot_id);
+        self.dir.publish(&name, &final_name)?;
+        let mut batch = sled::Batch::default();
+        batch.insert(
+            CURRENT_SNAPSHOT,
+            encode(&CurrentSnapshot {
+                meta: legacy.meta,
+                file: final_name,
+            }),
+        );
+        batch.remove(LEGACY_SNAPSHOT);
+        self.snapshots.apply_batch(batch)?;
+        Ok(())
+    }
+
+    fn current(&self) -> Result<Option<CurrentSnapshot>, Error> {
+        match self.snapshots.get(CURRENT_SNAPSHOT)? {
+            Some(bytes) => Ok(Some(decode(&bytes)?)),
+            None => Ok(None),
+        }
     }
 
     /// A handle for reading the state machine from request handlers.
     pub fn reader(&self) -> SmReader {
         SmReader {
-            sm: self.sm.clone(),
+            sm: self.shared.clone(),
             apply_gate: self.apply_gate.clone(),
         }
     }
 
     fn read_applied(&self) -> StorageResult<(Option<LogId<NodeId>>, Membership)> {
         read_applied(&self.sm).map_err(sm_read_err)
-    }
-
-    fn store_snapshot(&self, stored: &StoredSnapshot) -> StorageResult<()> {
-        self.snapshots
-            .insert(CURRENT_SNAPSHOT, encode(stored))
-            .map_err(snapshot_err)?;
-        Ok(())
     }
 }
 
@@ -198,6 +288,13 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let Some(last_applied) = last_applied else {
             return Ok(outcomes);
         };
+        // A snapshot being written keeps the values these keys have now.
+        let changed = overlay
+            .pending
+            .keys()
+            .map(Vec::as_slice)
+            .chain([keys::APPLIED, keys::MEMBERSHIP]);
+        self.capture.record(&self.sm, changed).map_err(sm_write_err)?;
         let mut batch = overlay.into_batch();
         batch.insert(keys::APPLIED, encode(&Some(last_applied)));
         if let Some(membership) = membership {
@@ -208,87 +305,195 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     }
 
     async fn get_snapshot_builder(&mut self) -> SnapshotBuilder {
-        // Copy now, between two applies: this is the point in time the snapshot shows.
-        let data: Vec<(Vec<u8>, Vec<u8>)> = self
-            .sm
-            .iter()
-            .map(|kv| kv.map(|(k, v)| (k.to_vec(), v.to_vec())))
-            .collect::<Result<_, _>>()
-            .expect("the sm tree is readable when a snapshot starts");
+        // Between two applies: this is the point in time the snapshot shows.
+        self.capture.start();
+        let applied = self.read_applied();
         self.snapshot_seq += 1;
         SnapshotBuilder {
-            data,
-            store: self.snapshots.clone(),
+            tree: self.sm.clone(),
+            capture: self.capture.clone(),
+            applied,
+            snapshots: self.snapshots.clone(),
+            dir: self.dir.clone(),
             flusher: self.flusher.clone(),
             seq: self.snapshot_seq,
+            building: self.building.clone(),
+            generation: self.generation.clone(),
+            started_at: self.generation.load(std::sync::atomic::Ordering::SeqCst),
         }
     }
 
-    async fn begin_receiving_snapshot(&mut self) -> StorageResult<Box<Cursor<Vec<u8>>>> {
-        Ok(Box::new(Cursor::new(Vec::new())))
+    async fn begin_receiving_snapshot(&mut self) -> StorageResult<Box<tokio::fs::File>> {
+        let name = self.dir.temp_name("receiving");
+        let file = tokio::fs::File::options()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(self.dir.path(&name))
+            .await
+            .map_err(snapshot_err)?;
+        if let Some(old) = self.receiving.replace(name) {
+            let _ = std::fs::remove_file(self.dir.path(&old));
+        }
+        Ok(Box::new(file))
     }
 
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMeta<NodeId, openraft::BasicNode>,
-        snapshot: Box<Cursor<Vec<u8>>>,
+        snapshot: Box<tokio::fs::File>,
     ) -> StorageResult<()> {
         let gate = self.apply_gate.clone();
         let _installing = gate.lock().await;
-        let data = snapshot.into_inner();
-        let pairs: Vec<(Vec<u8>, Vec<u8>)> = decode(&data).map_err(snapshot_err)?;
-        let mut batch = sled::Batch::default();
-        for key in self.sm.iter().keys() {
-            batch.remove(key.map_err(sm_read_err)?);
-        }
-        for (key, value) in pairs {
-            batch.insert(key, value);
-        }
-        self.sm.apply_batch(batch).map_err(sm_write_err)?;
-        self.store_snapshot(&StoredSnapshot {
-            meta: meta.clone(),
-            data,
-        })?;
+        // A snapshot being written finishes first; one whose builder exists but has not started
+        // will find the generation moved on and serve the installed snapshot.
+        let _no_build = self.building.clone().lock_owned().await;
+        self.capture.stop();
+        self.generation.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        // The data may come from any file openraft hands over (normally the one received):
+        // read it from the start, and keep a copy as the snapshot this node serves from now on.
+        let mut data = *snapshot;
+        tokio::io::AsyncSeekExt::seek(&mut data, std::io::SeekFrom::Start(0))
+            .await
+            .map_err(snapshot_err)?;
+        let data = data.into_std().await;
+        let copy = self.dir.temp_name("installing");
+
+        // Load into a fresh tree; the current one serves until the switch.
+        let db = self.flusher.db().clone();
+        let tree_name = next_tree_name(&db);
+        let copy_path = self.dir.path(&copy);
+        let name = tree_name.clone();
+        let loaded = tokio::task::spawn_blocking(move || -> Result<sled::Tree, Error> {
+            let tree = db.open_tree(name.as_bytes())?;
+            tree.clear()?;
+            if let Err(e) = load_snapshot(&tree, data, &copy_path) {
+                drop(tree);
+                let _ = db.drop_tree(name.as_bytes());
+                return Err(e);
+            }
+            Ok(tree)
+        })
+        .await
+        .map_err(snapshot_err)?;
+        self.receiving = None;
+        let tree = match loaded {
+            Ok(tree) => tree,
+            Err(e) => {
+                let _ = std::fs::remove_file(self.dir.path(&copy));
+                return Err(snapshot_err(e));
+            }
+        };
+        let file = format!("snapshot-{}.bin", meta.snapshot_id);
+        self.dir.publish(&copy, &file).map_err(snapshot_err)?;
         self.flusher.flush().await.map_err(snapshot_err)?;
+
+        // The switch: one batch names the new tree and the new snapshot.
+        let mut batch = sled::Batch::default();
+        batch.insert(CURRENT_TREE, tree_name.as_bytes());
+        batch.insert(
+            CURRENT_SNAPSHOT,
+            encode(&CurrentSnapshot {
+                meta: meta.clone(),
+                file: file.clone(),
+            }),
+        );
+        self.snapshots.apply_batch(batch).map_err(sm_write_err)?;
+        self.flusher.flush().await.map_err(snapshot_err)?;
+        let old = std::mem::replace(&mut self.sm, tree.clone());
+        *self.shared.write().unwrap_or_else(|p| p.into_inner()) = tree;
+        self.dir.remove_all_but(&[&file]);
+        drop_later(self.flusher.db().clone(), old);
         metrics::counter!("capkv_raft_snapshots_installed_total").increment(1);
         Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> StorageResult<Option<Snapshot<TypeConfig>>> {
-        let Some(bytes) = self.snapshots.get(CURRENT_SNAPSHOT).map_err(sm_read_err)? else {
+        let Some(current) = self.current().map_err(sm_read_err)? else {
             return Ok(None);
         };
-        let stored: StoredSnapshot = decode(&bytes).map_err(sm_read_err)?;
+        let file = tokio::fs::File::open(self.dir.path(&current.file))
+            .await
+            .map_err(sm_read_err)?;
         Ok(Some(Snapshot {
-            meta: stored.meta,
-            snapshot: Box::new(Cursor::new(stored.data)),
+            meta: current.meta,
+            snapshot: Box::new(file),
         }))
     }
 }
 
-/// Builds a snapshot from the copy taken between two applies; the tree moves on meanwhile.
+/// A tree name no tree has: `sm.N` with N one more than the largest.
+fn next_tree_name(db: &sled::Db) -> String {
+    let largest = db
+        .tree_names()
+        .iter()
+        .filter_map(|n| std::str::from_utf8(n).ok()?.strip_prefix("sm.")?.parse::<u64>().ok())
+        .max()
+        .unwrap_or(0);
+    format!("sm.{}", largest + 1)
+}
+
+/// Drops a replaced state machine tree once reads that started on it are done.
+fn drop_later(db: sled::Db, old: sled::Tree) {
+    let name = old.name();
+    drop(old);
+    tokio::spawn(async move {
+        tokio::time::sleep(OLD_TREE_GRACE).await;
+        let dropped = tokio::task::spawn_blocking(move || db.drop_tree(&name)).await;
+        if let Ok(Err(e)) = dropped {
+            tracing::warn!(error = %e, "cannot drop a replaced state machine tree; it is dropped at the next start");
+        }
+    });
+}
+
+/// Writes a snapshot from the point in time its capture began; applies go on meanwhile.
 pub struct SnapshotBuilder {
-    data: Vec<(Vec<u8>, Vec<u8>)>,
-    store: sled::Tree,
+    tree: sled::Tree,
+    capture: Capture,
+    /// The applied log id and membership when the capture began.
+    applied: StorageResult<(Option<LogId<NodeId>>, Membership)>,
+    snapshots: sled::Tree,
+    dir: Arc<SnapshotDir>,
     flusher: Flusher,
     seq: u64,
+    building: Arc<tokio::sync::Mutex<()>>,
+    generation: Arc<std::sync::atomic::AtomicU64>,
+    /// The generation when the capture began.
+    started_at: u64,
+}
+
+impl SnapshotBuilder {
+    async fn installed(&self) -> StorageResult<Snapshot<TypeConfig>> {
+        let bytes = self
+            .snapshots
+            .get(CURRENT_SNAPSHOT)
+            .map_err(sm_read_err)?
+            .ok_or_else(|| sm_read_err("a snapshot was installed but none is recorded as current"))?;
+        let current: CurrentSnapshot = decode(&bytes).map_err(sm_read_err)?;
+        let file = tokio::fs::File::open(self.dir.path(&current.file))
+            .await
+            .map_err(sm_read_err)?;
+        Ok(Snapshot {
+            meta: current.meta,
+            snapshot: Box::new(file),
+        })
+    }
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> StorageResult<Snapshot<TypeConfig>> {
-        let find = |key: &[u8]| {
-            self.data
-                .iter()
-                .find(|(k, _)| k.as_slice() == key)
-                .map(|(_, v)| v.clone())
-        };
-        let last_log_id: Option<LogId<NodeId>> = match find(keys::APPLIED) {
-            Some(bytes) => decode(&bytes).map_err(snapshot_err)?,
-            None => None,
-        };
-        let last_membership: Membership = match find(keys::MEMBERSHIP) {
-            Some(bytes) => decode(&bytes).map_err(snapshot_err)?,
-            None => Membership::default(),
+        let _building = self.building.clone().lock_owned().await;
+        if self.generation.load(std::sync::atomic::Ordering::SeqCst) != self.started_at {
+            // A snapshot was installed since the capture began: that one is newer than anything
+            // this builder could write.
+            return self.installed().await;
+        }
+        let (last_log_id, last_membership) = match &self.applied {
+            Ok(applied) => applied.clone(),
+            Err(e) => {
+                self.capture.stop();
+                return Err(e.clone());
+            }
         };
         let snapshot_id = match last_log_id {
             Some(id) => format!("{}-{}-{}", id.leader_id.term, id.index, self.seq),
@@ -299,19 +504,35 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             last_membership,
             snapshot_id,
         };
-        let data = encode(&self.data);
-        let stored = StoredSnapshot {
-            meta: meta.clone(),
-            data,
-        };
-        self.store
-            .insert(CURRENT_SNAPSHOT, encode(&stored))
+        let name = self.dir.temp_name("building");
+        let (tree, capture, path) = (self.tree.clone(), self.capture.clone(), self.dir.path(&name));
+        let written = tokio::task::spawn_blocking(move || write_snapshot(&tree, &capture, &path))
+            .await
+            .map_err(snapshot_err)?;
+        if let Err(e) = written {
+            let _ = std::fs::remove_file(self.dir.path(&name));
+            return Err(snapshot_err(e));
+        }
+        let file = format!("snapshot-{}.bin", meta.snapshot_id);
+        self.dir.publish(&name, &file).map_err(snapshot_err)?;
+        self.snapshots
+            .insert(
+                CURRENT_SNAPSHOT,
+                encode(&CurrentSnapshot {
+                    meta: meta.clone(),
+                    file: file.clone(),
+                }),
+            )
             .map_err(snapshot_err)?;
         self.flusher.flush().await.map_err(snapshot_err)?;
+        self.dir.remove_all_but(&[&file]);
         metrics::counter!("capkv_raft_snapshots_built_total").increment(1);
+        let data = tokio::fs::File::open(self.dir.path(&file))
+            .await
+            .map_err(snapshot_err)?;
         Ok(Snapshot {
             meta,
-            snapshot: Box::new(Cursor::new(stored.data)),
+            snapshot: Box::new(data),
         })
     }
 }
@@ -329,27 +550,32 @@ pub type ScanPage = (Vec<(Vec<u8>, StoredValue)>, bool);
 /// request path decides whether that is linearizable (after ReadIndex) or serializable.
 #[derive(Clone)]
 pub struct SmReader {
-    sm: sled::Tree,
+    /// The current state machine tree (a snapshot install replaces it).
+    sm: Arc<RwLock<sled::Tree>>,
     apply_gate: std::sync::Arc<tokio::sync::Mutex<()>>,
 }
 
 impl SmReader {
+    fn tree(&self) -> sled::Tree {
+        self.sm.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
     pub fn keyspace(&self, name: &str) -> Result<Option<KeyspaceDef>, Error> {
-        match self.sm.get(keys::keyspace(name))? {
+        match self.tree().get(keys::keyspace(name))? {
             Some(bytes) => Ok(Some(decode(&bytes)?)),
             None => Ok(None),
         }
     }
 
     pub fn keyspaces(&self) -> Result<Vec<KeyspaceDef>, Error> {
-        self.sm
+        self.tree()
             .scan_prefix(keys::keyspaces_prefix())
             .map(|kv| Ok(decode(&kv?.1)?))
             .collect()
     }
 
     pub fn get(&self, keyspace: &str, key: &[u8]) -> Result<Option<StoredValue>, Error> {
-        match self.sm.get(keys::data(keyspace, key))? {
+        match self.tree().get(keys::data(keyspace, key))? {
             Some(bytes) => Ok(Some(decode(&bytes)?)),
             None => Ok(None),
         }
@@ -367,7 +593,7 @@ impl SmReader {
         };
         let mut items = Vec::new();
         let mut page = PageBudget::new(limit);
-        for kv in self.sm.range::<Vec<u8>, _>((start, std::ops::Bound::Unbounded)) {
+        for kv in self.tree().range::<Vec<u8>, _>((start, std::ops::Bound::Unbounded)) {
             let (key, value) = kv?;
             if !key.starts_with(&range_prefix) {
                 break;
@@ -382,7 +608,7 @@ impl SmReader {
 
     /// Number of keys the local replica holds in `keyspace`.
     pub fn count(&self, keyspace: &str) -> usize {
-        self.sm.scan_prefix(keys::data_prefix(keyspace, b"")).count()
+        self.tree().scan_prefix(keys::data_prefix(keyspace, b"")).count()
     }
 
     /// Hands every key of each keyspace to `sink`, in key order, with no apply in between, and
@@ -391,7 +617,7 @@ impl SmReader {
     /// The copy runs on a blocking thread.
     pub async fn copy_keyspaces<S: CopySink>(&self, keyspaces: Vec<String>, mut sink: S) -> Result<(u64, S), Error> {
         let no_applies = self.apply_gate.clone().lock_owned().await;
-        let sm = self.sm.clone();
+        let sm = self.tree();
         let copy = tokio::task::spawn_blocking(move || {
             let _no_applies = no_applies;
             let index = read_applied(&sm)?.0.map_or(0, |id| id.index);
@@ -409,7 +635,7 @@ impl SmReader {
 
     /// The applied log id and membership of the local replica.
     pub fn applied(&self) -> Result<(Option<LogId<NodeId>>, Membership), Error> {
-        read_applied(&self.sm)
+        read_applied(&self.tree())
     }
 }
 
