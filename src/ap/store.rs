@@ -35,6 +35,7 @@ use crate::storage::codec::{decode, encode};
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Entry {
     pub keyspace: String,
+    #[serde(with = "serde_bytes")]
     pub key: Vec<u8>,
     pub versioned: Versioned,
 }

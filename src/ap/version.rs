@@ -30,6 +30,7 @@ impl std::fmt::Display for Version {
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Versioned {
     pub version: Version,
+    #[serde(with = "serde_bytes")]
     pub value: Option<Vec<u8>>,
 }
 

@@ -23,6 +23,7 @@ use crate::mode::Mode;
 /// One stored cp value and its revisions.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StoredValue {
+    #[serde(with = "serde_bytes")]
     pub value: Vec<u8>,
     pub create_revision: u64,
     pub mod_revision: u64,
@@ -32,7 +33,7 @@ pub struct StoredValue {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum CompareTarget {
-    Value(Vec<u8>),
+    Value(#[serde(with = "serde_bytes")] Vec<u8>),
     Exists(bool),
     ModRevision(u64),
     Version(u64),
@@ -55,9 +56,18 @@ pub struct Compare {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum TxnOp {
-    Put { key: Vec<u8>, value: Vec<u8> },
-    Delete { key: Vec<u8> },
-    Get { key: Vec<u8> },
+    Put {
+        #[serde(with = "serde_bytes")]
+        key: Vec<u8>,
+        #[serde(with = "serde_bytes")]
+        value: Vec<u8>,
+    },
+    Delete {
+        key: Vec<u8>,
+    },
+    Get {
+        key: Vec<u8>,
+    },
 }
 
 /// What one transaction operation saw: for a get the value, for a put or delete the value
@@ -78,7 +88,9 @@ pub struct CreateKeyspace {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Put {
     pub keyspace: String,
+    #[serde(with = "serde_bytes")]
     pub key: Vec<u8>,
+    #[serde(with = "serde_bytes")]
     pub value: Vec<u8>,
 }
 
@@ -92,8 +104,11 @@ pub struct Delete {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Cas {
     pub keyspace: String,
+    #[serde(with = "serde_bytes")]
     pub key: Vec<u8>,
+    #[serde(with = "serde_bytes")]
     pub expected: Option<Vec<u8>>,
+    #[serde(with = "serde_bytes")]
     pub new_value: Vec<u8>,
 }
 

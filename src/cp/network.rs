@@ -179,13 +179,17 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
-        let payload = encode(&rpc);
-        if payload.len() > RAFT_MESSAGE_BYTES_MAX && rpc.entries.len() > 1 {
-            // Too many bytes for one message: openraft retries with as many entries as fit.
+        if rpc.entries.len() > 1 {
+            // Sized before the whole batch is encoded: openraft may hand over 64 entries of
+            // 1 MiB, and encoding them only to refuse them costs a worker thread that also
+            // carries heartbeats. Too many bytes: openraft retries with as many as fit.
             let fit = entries_that_fit(&rpc.entries);
-            metrics::counter!("capkv_raft_batches_split_total").increment(1);
-            return Err(RPCError::PayloadTooLarge(PayloadTooLarge::new_entries_hint(fit)));
+            if fit < rpc.entries.len() as u64 {
+                metrics::counter!("capkv_raft_batches_split_total").increment(1);
+                return Err(RPCError::PayloadTooLarge(PayloadTooLarge::new_entries_hint(fit)));
+            }
         }
+        let payload = encode(&rpc);
         let entries = rpc.entries.len() as u64;
         let call = self.call(Rpc::AppendEntries, payload, option.hard_ttl());
         match tokio::time::timeout(option.soft_ttl(), call).await {

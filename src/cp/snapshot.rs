@@ -103,47 +103,28 @@ pub fn read_frames(
     }
     crc.update(&magic);
     let mut frames = 0u64;
-    let read_u32 = |input: &mut BufReader<_>, what: &str| -> Result<[u8; 4], Error> {
-        let mut b = [0u8; 4];
-        input
-            .read_exact(&mut b)
-            .map_err(|e| damaged(format!("it ends inside a {what} ({e})")))?;
-        Ok(b)
-    };
     loop {
-        let len_bytes = read_u32(&mut input, "frame")?;
+        let len_bytes = read_array::<4>(&mut input, "frame")?;
         let key_len = u32::from_le_bytes(len_bytes);
         if key_len == END {
             break;
         }
-        let key_len = key_len as usize;
-        if key_len > KEY_BYTES_MAX {
-            return Err(damaged(format!("a key of {key_len} bytes")));
-        }
         crc.update(&len_bytes);
-        let mut key = vec![0u8; key_len];
-        input
-            .read_exact(&mut key)
-            .map_err(|e| damaged(format!("it ends inside a key ({e})")))?;
+        let key = read_part(&mut input, key_len as usize, KEY_BYTES_MAX, "key")?;
         crc.update(&key);
-        let len_bytes = read_u32(&mut input, "value length")?;
-        let value_len = u32::from_le_bytes(len_bytes) as usize;
-        if value_len > VALUE_BYTES_MAX {
-            return Err(damaged(format!("a value of {value_len} bytes")));
-        }
+        let len_bytes = read_array::<4>(&mut input, "value length")?;
         crc.update(&len_bytes);
-        let mut value = vec![0u8; value_len];
-        input
-            .read_exact(&mut value)
-            .map_err(|e| damaged(format!("it ends inside a value ({e})")))?;
+        let value = read_part(
+            &mut input,
+            u32::from_le_bytes(len_bytes) as usize,
+            VALUE_BYTES_MAX,
+            "value",
+        )?;
         crc.update(&value);
         each(key, value)?;
         frames += 1;
     }
-    let mut trailer = [0u8; 12];
-    input
-        .read_exact(&mut trailer)
-        .map_err(|e| damaged(format!("its trailer is cut ({e})")))?;
+    let trailer = read_array::<12>(&mut input, "trailer")?;
     let count = u64::from_le_bytes(trailer[..8].try_into().expect("eight bytes"));
     let stored_crc = u32::from_le_bytes(trailer[8..].try_into().expect("four bytes"));
     if count != frames {
@@ -157,6 +138,27 @@ pub fn read_frames(
         return Err(damaged("bytes follow its trailer"));
     }
     Ok(frames)
+}
+
+/// Reads `N` bytes, or names the part the file ends inside.
+fn read_array<const N: usize>(input: &mut impl Read, what: &str) -> Result<[u8; N], Error> {
+    let mut bytes = [0u8; N];
+    input
+        .read_exact(&mut bytes)
+        .map_err(|e| damaged(format!("it ends inside a {what} ({e})")))?;
+    Ok(bytes)
+}
+
+/// Reads a key or value of `len` bytes, refusing one over `max` before allocating it.
+fn read_part(input: &mut impl Read, len: usize, max: usize, what: &str) -> Result<Vec<u8>, Error> {
+    if len > max {
+        return Err(damaged(format!("a {what} of {len} bytes")));
+    }
+    let mut part = vec![0u8; len];
+    input
+        .read_exact(&mut part)
+        .map_err(|e| damaged(format!("it ends inside a {what} ({e})")))?;
+    Ok(part)
 }
 
 /// Pre-images of the keys changed since a snapshot began: `Some(None)` for a key that did not
@@ -205,10 +207,7 @@ impl Capture {
 /// Writes the state of `tree` as of `capture`'s start to `path` (fsynced); returns its size.
 /// Applies may run meanwhile. Stops the capture.
 pub fn write_snapshot(tree: &sled::Tree, capture: &Capture, path: &Path) -> Result<u64, Error> {
-    let io = |e: std::io::Error| Error::Storage(format!("cannot write the snapshot {}: {e}", path.display()));
-    let result = (|| {
-        let file = File::create(path).map_err(io)?;
-        let mut out = FrameWriter::new(BufWriter::new(file)).map_err(io)?;
+    let result = write_file(path, |out, io| {
         for kv in tree.iter() {
             let (key, value) = kv?;
             match capture.pre_image(&key) {
@@ -223,12 +222,29 @@ pub fn write_snapshot(tree: &sled::Tree, capture: &Capture, path: &Path) -> Resu
         for (key, value) in rest {
             out.push(&key, &value).map_err(io)?;
         }
-        let file = out.finish().map_err(io)?.into_inner().map_err(|e| io(e.into_error()))?;
-        file.sync_all().map_err(io)?;
-        Ok(file.metadata().map_err(io)?.len())
-    })();
+        Ok(())
+    });
     capture.stop();
     result
+}
+
+/// The writer [`write_file`] fills, and the error its IO failures become.
+type FileFrames = FrameWriter<BufWriter<File>>;
+type IoError<'a> = &'a dyn Fn(std::io::Error) -> Error;
+
+/// Creates the snapshot file `path`, lets `fill` push its frames, then ends and fsyncs it;
+/// returns its size.
+pub fn write_file(
+    path: &Path,
+    fill: impl FnOnce(&mut FileFrames, IoError<'_>) -> Result<(), Error>,
+) -> Result<u64, Error> {
+    let io = |e: std::io::Error| Error::Storage(format!("cannot write the snapshot {}: {e}", path.display()));
+    let file = File::create(path).map_err(io)?;
+    let mut out = FrameWriter::new(BufWriter::new(file)).map_err(io)?;
+    fill(&mut out, &io)?;
+    let file = out.finish().map_err(io)?.into_inner().map_err(|e| io(e.into_error()))?;
+    file.sync_all().map_err(io)?;
+    Ok(file.metadata().map_err(io)?.len())
 }
 
 /// Loads the snapshot read from `input` into the empty tree `tree` in bounded batches, and

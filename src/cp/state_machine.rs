@@ -146,15 +146,9 @@ impl StateMachineStore {
         let legacy: LegacySnapshot = decode(&bytes)?;
         let pairs: Vec<(Vec<u8>, Vec<u8>)> = decode(&legacy.data)?;
         let name = self.dir.temp_name("converted");
-        let path = self.dir.path(&name);
-        let io = |e: std::io::Error| Error::Storage(format!("cannot convert the old snapshot: {e}"));
-        let file = std::fs::File::create(&path).map_err(io)?;
-        let mut out = super::snapshot::FrameWriter::new(std::io::BufWriter::new(file)).map_err(io)?;
-        for (k, v) in &pairs {
-            out.push(k, v).map_err(io)?;
-        }
-        let file = out.finish().map_err(io)?.into_inner().map_err(|e| io(e.into_error()))?;
-        file.sync_all().map_err(io)?;
+        super::snapshot::write_file(&self.dir.path(&name), |out, io| {
+            pairs.iter().try_for_each(|(k, v)| out.push(k, v).map_err(io))
+        })?;
         let final_name = format!("snapshot-{}.bin", legacy.meta.snapshot_id);
         self.dir.publish(&name, &final_name)?;
         let mut batch = sled::Batch::default();
