@@ -8,12 +8,20 @@
 //! call. A node that hears a majority but knows no leader (a failover) holds the request until a
 //! leader is elected, so a client rides through a failover without retrying itself.
 //!
+//! Every write carries a request id: this client's random 16-byte id and a sequence number of
+//! its own (or the id the caller set). On a cp keyspace the cluster applies a request id at
+//! most once ([`crate::cp::session`]), so after "outcome unknown" the client sends the same write
+//! again, to the next endpoint, while its deadline lasts: a write whose first attempt died with
+//! its leader is applied once, and the answer is the one it got. ap keyspaces ignore the ids
+//! the library sets, so a retried ap write is written again (last writer wins).
+//!
 //! Errors keep the classification of [`crate::error`]: `exit_code()` says whether the operation
 //! may have happened. Caveat: a connection that breaks after the request was written (the node
 //! died while handling it) is "outcome unknown", even when the node never read the request,
-//! because the client cannot tell the two apart.
+//! because the client cannot tell the two apart; when no time is left to retry, that is what the
+//! caller hears.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -33,11 +41,13 @@ const CONNECT_TIMEOUT: Duration = Duration::from_millis(1000);
 /// The default endpoints: a local cluster started by `capkv cluster up`.
 pub const DEFAULT_ENDPOINTS: &str = "127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003";
 
-/// Whether a call may be retried on another endpoint after an ambiguous failure.
+/// Whether a call may be retried after an ambiguous failure.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Effect {
     Read,
     Write,
+    /// A write with a request id: the cluster applies it at most once, so it may be retried.
+    WriteOnce,
 }
 
 /// Splits a comma-separated `HOST:PORT` list, ignoring blanks (checked by [`Client::new`]).
@@ -54,6 +64,9 @@ pub struct Client {
     timeout: Duration,
     channels: Mutex<Vec<Option<Channel>>>,
     preferred: AtomicUsize,
+    /// This client's id in request ids, and the next sequence number.
+    client_id: [u8; 16],
+    sequence: AtomicU64,
 }
 
 impl Client {
@@ -73,6 +86,8 @@ impl Client {
             timeout,
             channels,
             preferred: AtomicUsize::new(0),
+            client_id: rand::random(),
+            sequence: AtomicU64::new(1),
         })
     }
 
@@ -138,7 +153,9 @@ impl Client {
         let deadline = Instant::now() + self.timeout;
         let start = self.preferred.load(Ordering::Relaxed);
         let mut last_error = None;
-        for attempt in 0..self.endpoints.len() {
+        // A write once may also go back to the endpoint it started at.
+        let attempts = self.endpoints.len() + usize::from(effect == Effect::WriteOnce);
+        for attempt in 0..attempts {
             let index = (start + attempt) % self.endpoints.len();
             let remaining = deadline.saturating_duration_since(Instant::now());
             if remaining.is_zero() {
@@ -166,8 +183,8 @@ impl Client {
                     self.timeout.as_millis()
                 )),
             };
-            let retry =
-                error.definitely_not_applied() || (effect == Effect::Read && matches!(error, Error::OutcomeUnknown(_)));
+            let retry = error.definitely_not_applied()
+                || (effect != Effect::Write && matches!(error, Error::OutcomeUnknown(_)));
             if !retry || Instant::now() >= deadline {
                 return Err(error);
             }
@@ -208,14 +225,20 @@ impl Client {
         value: &[u8],
         acks: u32,
     ) -> Result<proto::PutResponse, Error> {
-        let req = proto::PutRequest {
+        self.put_request(proto::PutRequest {
             keyspace: keyspace.into(),
             key: key.to_vec(),
             value: value.to_vec(),
             acks,
-        };
-        self.call(Effect::Write, req, |c, r| async move { kv(c).put(r).await })
-            .await
+            request_id: None,
+        })
+        .await
+    }
+
+    /// A put as the caller built it; without a request id it gets this client's next one.
+    pub async fn put_request(&self, mut req: proto::PutRequest) -> Result<proto::PutResponse, Error> {
+        let effect = self.identify(&mut req.request_id);
+        self.call(effect, req, |c, r| async move { kv(c).put(r).await }).await
     }
 
     pub async fn delete(&self, keyspace: &str, key: &[u8]) -> Result<proto::DeleteResponse, Error> {
@@ -224,12 +247,19 @@ impl Client {
 
     /// A delete that, on an ap keyspace, returns only once `acks` replicas stored the tombstone.
     pub async fn delete_acks(&self, keyspace: &str, key: &[u8], acks: u32) -> Result<proto::DeleteResponse, Error> {
-        let req = proto::DeleteRequest {
+        self.delete_request(proto::DeleteRequest {
             keyspace: keyspace.into(),
             key: key.to_vec(),
             acks,
-        };
-        self.call(Effect::Write, req, |c, r| async move { kv(c).delete(r).await })
+            request_id: None,
+        })
+        .await
+    }
+
+    /// A delete as the caller built it; without a request id it gets this client's next one.
+    pub async fn delete_request(&self, mut req: proto::DeleteRequest) -> Result<proto::DeleteResponse, Error> {
+        let effect = self.identify(&mut req.request_id);
+        self.call(effect, req, |c, r| async move { kv(c).delete(r).await })
             .await
     }
 
@@ -246,24 +276,41 @@ impl Client {
         expected: Option<&[u8]>,
         new_value: &[u8],
     ) -> Result<proto::CasResponse, Error> {
-        let req = proto::CasRequest {
+        self.cas_request(proto::CasRequest {
             keyspace: keyspace.into(),
             key: key.to_vec(),
             expect_absent: expected.is_none(),
             expected: expected.map(<[u8]>::to_vec).unwrap_or_default(),
             new_value: new_value.to_vec(),
-        };
-        self.call(
-            Effect::Write,
-            req,
-            |c, r| async move { kv(c).compare_and_swap(r).await },
-        )
+            request_id: None,
+        })
         .await
     }
 
-    pub async fn txn(&self, req: proto::TxnRequest) -> Result<proto::TxnResponse, Error> {
-        self.call(Effect::Write, req, |c, r| async move { kv(c).txn(r).await })
+    /// A CAS as the caller built it; without a request id it gets this client's next one.
+    pub async fn cas_request(&self, mut req: proto::CasRequest) -> Result<proto::CasResponse, Error> {
+        let effect = self.identify(&mut req.request_id);
+        self.call(effect, req, |c, r| async move { kv(c).compare_and_swap(r).await })
             .await
+    }
+
+    /// A transaction; without a request id it gets this client's next one.
+    pub async fn txn(&self, mut req: proto::TxnRequest) -> Result<proto::TxnResponse, Error> {
+        let effect = self.identify(&mut req.request_id);
+        self.call(effect, req, |c, r| async move { kv(c).txn(r).await }).await
+    }
+
+    /// Gives a write this client's next request id unless it has one; every write with an id
+    /// may be retried.
+    fn identify(&self, id: &mut Option<proto::RequestId>) -> Effect {
+        if id.is_none() {
+            *id = Some(proto::RequestId {
+                client: self.client_id.to_vec(),
+                sequence: self.sequence.fetch_add(1, Ordering::Relaxed),
+                automatic: true,
+            });
+        }
+        Effect::WriteOnce
     }
 
     pub async fn create_keyspace(&self, name: &str, mode: crate::Mode) -> Result<proto::KeyspaceInfo, Error> {

@@ -178,6 +178,7 @@ async fn unconditional_txn(client: &Client, keyspace: &str, ops: Vec<proto::TxnO
             compares: vec![],
             success: ops,
             failure: vec![],
+            request_id: None,
         })
         .await?;
     Ok(())

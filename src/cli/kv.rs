@@ -50,6 +50,11 @@ pub struct PutArgs {
     /// ap keyspaces: replicas that must store the write before it is acknowledged.
     #[arg(long, default_value_t = 1)]
     pub acks: u32,
+    /// Apply this write at most once per ID (cp keyspaces): a second write with the same ID
+    /// changes nothing and answers as the first did. CLIENT:SEQ (32 hex digits, a number), or
+    /// any other text, which names one write of its own.
+    #[arg(long, value_name = "ID", value_parser = parse_request_id)]
+    pub request_id: Option<proto::RequestId>,
 }
 
 #[derive(Args, Debug)]
@@ -71,6 +76,11 @@ pub struct DeleteArgs {
     /// ap keyspaces: replicas that must store the tombstone before it is acknowledged.
     #[arg(long, default_value_t = 1)]
     pub acks: u32,
+    /// Apply this write at most once per ID (cp keyspaces): a second write with the same ID
+    /// changes nothing and answers as the first did. CLIENT:SEQ (32 hex digits, a number), or
+    /// any other text, which names one write of its own.
+    #[arg(long, value_name = "ID", value_parser = parse_request_id)]
+    pub request_id: Option<proto::RequestId>,
 }
 
 #[derive(Args, Debug)]
@@ -103,6 +113,11 @@ pub struct CasArgs {
     /// The new value; `-` reads it from stdin.
     #[arg(value_name = "NEW")]
     pub new_value: String,
+    /// Apply this write at most once per ID (cp keyspaces): a second write with the same ID
+    /// changes nothing and answers as the first did. CLIENT:SEQ (32 hex digits, a number), or
+    /// any other text, which names one write of its own.
+    #[arg(long, value_name = "ID", value_parser = parse_request_id)]
+    pub request_id: Option<proto::RequestId>,
 }
 
 #[derive(Debug, Serialize)]
@@ -272,10 +287,43 @@ impl View for CasView {
     }
 }
 
+/// Parses `--request-id`: `CLIENT:SEQ` with a 32-hex-digit client id and a decimal sequence
+/// number, or any other text, hashed into an id of its own (the same text, the same id).
+pub fn parse_request_id(text: &str) -> Result<proto::RequestId, String> {
+    if text.trim().is_empty() {
+        return Err("a request id cannot be empty; write CLIENT:SEQ or any text that names this write".into());
+    }
+    let exact = text.split_once(':').and_then(|(client, sequence)| {
+        let client = hex::decode(client).ok().filter(|c| c.len() == 16)?;
+        Some((client, sequence.parse::<u64>().ok()?))
+    });
+    let (client, sequence) = exact.unwrap_or_else(|| {
+        use sha2::Digest;
+        let digest = sha2::Sha256::digest(text.as_bytes());
+        (
+            digest[..16].to_vec(),
+            u64::from_be_bytes(digest[16..24].try_into().expect("8 bytes")),
+        )
+    });
+    Ok(proto::RequestId {
+        client,
+        sequence,
+        automatic: false,
+    })
+}
+
 pub async fn put(client: &Client, a: &PutArgs, hex: bool) -> Result<PutView, Error> {
     let key = input::key(&a.key, hex)?;
     let value = input::value(a.value.as_deref(), a.value_file.as_deref(), hex)?;
-    let r = client.put_acks(&a.keyspace, &key, &value, a.acks).await?;
+    let r = client
+        .put_request(proto::PutRequest {
+            keyspace: a.keyspace.clone(),
+            key,
+            value,
+            acks: a.acks,
+            request_id: a.request_id.clone(),
+        })
+        .await?;
     Ok(PutView {
         keyspace: a.keyspace.clone(),
         key: a.key.clone(),
@@ -292,7 +340,14 @@ pub async fn get(client: &Client, a: &GetArgs, hex: bool) -> Result<GetView, Err
 
 pub async fn delete(client: &Client, a: &DeleteArgs, hex: bool) -> Result<DeleteView, Error> {
     let key = input::key(&a.key, hex)?;
-    let r = client.delete_acks(&a.keyspace, &key, a.acks).await?;
+    let r = client
+        .delete_request(proto::DeleteRequest {
+            keyspace: a.keyspace.clone(),
+            key,
+            acks: a.acks,
+            request_id: a.request_id.clone(),
+        })
+        .await?;
     Ok(DeleteView {
         keyspace: a.keyspace.clone(),
         key: a.key.clone(),
@@ -348,7 +403,16 @@ pub async fn cas(client: &Client, a: &CasArgs, hex: bool) -> Result<CasView, Err
         None => None,
     };
     let new_value = input::value(Some(&a.new_value), None, hex)?;
-    let r = client.cas(&a.keyspace, &key, expected.as_deref(), &new_value).await?;
+    let r = client
+        .cas_request(proto::CasRequest {
+            keyspace: a.keyspace.clone(),
+            key,
+            expect_absent: expected.is_none(),
+            expected: expected.clone().unwrap_or_default(),
+            new_value,
+            request_id: a.request_id.clone(),
+        })
+        .await?;
     Ok(CasView {
         keyspace: a.keyspace.clone(),
         key: a.key.clone(),
@@ -404,6 +468,25 @@ mod tests {
         assert_eq!(ap.json["version"]["hlc"], "5.1");
         assert_eq!(ap.json["write_count"], 0);
         assert_eq!(ap.text, "39ff");
+    }
+
+    #[test]
+    fn request_ids_are_exact_or_hashed_and_never_empty() {
+        let exact = parse_request_id("00112233445566778899aabbccddeeff:42").unwrap();
+        assert_eq!(exact.client, hex::decode("00112233445566778899aabbccddeeff").unwrap());
+        assert_eq!(exact.sequence, 42);
+        assert!(!exact.automatic);
+        let text = parse_request_id("order-1234").unwrap();
+        assert_eq!(text.client.len(), 16);
+        assert_eq!(
+            text,
+            parse_request_id("order-1234").unwrap(),
+            "the same text, the same id"
+        );
+        assert_ne!(text, parse_request_id("order-1235").unwrap());
+        // Not a 32-digit client: hashed as text, not refused.
+        assert_eq!(parse_request_id("abc:1").unwrap().client.len(), 16);
+        assert!(parse_request_id(" ").is_err());
     }
 
     #[test]

@@ -36,6 +36,10 @@ pub struct NodeArgs {
     pub election_timeout_ms_min: u64,
     #[arg(long, default_value_t = RaftOptions::default().election_timeout_ms_max)]
     pub election_timeout_ms_max: u64,
+    /// Exactly-once sessions of clients idle for longer than this expire (e.g. 10m); a request
+    /// retried after its session expired is applied again.
+    #[arg(long, value_parser = crate::request::parse_duration, default_value = "10m")]
+    pub session_ttl: std::time::Duration,
     /// How often this node compares ap digests with peers.
     #[arg(long, default_value_t = ReplicaOptions::default().anti_entropy_interval_ms)]
     pub anti_entropy_interval_ms: u64,
@@ -83,6 +87,7 @@ pub fn node_options(args: &NodeArgs) -> Result<NodeOptions, Error> {
             heartbeat_interval_ms: args.heartbeat_interval_ms,
             election_timeout_ms_min: args.election_timeout_ms_min,
             election_timeout_ms_max: args.election_timeout_ms_max,
+            session_ttl_ms: args.session_ttl.as_millis().try_into().unwrap_or(u64::MAX),
         },
         ap: ReplicaOptions {
             anti_entropy_interval_ms: args.anti_entropy_interval_ms,

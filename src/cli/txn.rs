@@ -72,6 +72,9 @@ pub struct TxnArgs {
     /// An operation run when a compare does not hold, e.g. 'get alice' (repeatable).
     #[arg(long, value_name = "OP")]
     pub failure: Vec<String>,
+    /// Apply this transaction at most once per ID (see `capkv put --help`).
+    #[arg(long, value_name = "ID", value_parser = super::kv::parse_request_id)]
+    pub request_id: Option<proto::RequestId>,
 }
 
 /// A parsed transaction, ready to send.
@@ -479,6 +482,7 @@ pub async fn run(client: &Client, a: &TxnArgs, hex: bool) -> Result<TxnView, Err
         compares: parsed.compares.clone(),
         success: parsed.success.clone(),
         failure: parsed.failure.clone(),
+        request_id: a.request_id.clone(),
     };
     let r = client.txn(req).await?;
     Ok(TxnView::new(&a.keyspace, &parsed, r))

@@ -16,11 +16,12 @@ use super::command::{
     Answer, Applied, Cas, CasAnswer, Command, Compare, CompareOp, CompareTarget, CreateKeyspace, CreateKeyspaceAnswer,
     Delete, DeleteAnswer, Put, PutAnswer, Refusal, StoredValue, Txn, TxnAnswer, TxnOp, TxnOpResult,
 };
+use super::session::{apply_once, ClientId, Kept, Session, Sessions};
 use crate::keyspace::KeyspaceDef;
 use crate::mode::Mode;
 
-/// The state a command reads and writes.
-pub trait State {
+/// The state a command reads and writes, with the session table of exactly-once writes.
+pub trait State: Sessions {
     fn keyspace(&self, name: &str) -> Option<KeyspaceDef>;
     fn get(&self, keyspace: &str, key: &[u8]) -> Option<StoredValue>;
     fn put_keyspace(&mut self, def: KeyspaceDef);
@@ -36,6 +37,7 @@ pub fn apply(command: &Command, index: u64, state: &mut impl State) -> Applied {
         Command::Batch(commands) => {
             return Ok(Answer::Batch(commands.iter().map(|c| apply(c, index, state)).collect()))
         }
+        Command::Once(once) => return apply_once(once, index, state),
         _ => {}
     }
     let keyspace = command.keyspace().expect("data commands name a keyspace");
@@ -50,7 +52,7 @@ pub fn apply(command: &Command, index: u64, state: &mut impl State) -> Applied {
         Some(_) => {}
     }
     Ok(match command {
-        Command::CreateKeyspace(_) | Command::Batch(_) => unreachable!("handled above"),
+        Command::CreateKeyspace(_) | Command::Batch(_) | Command::Once(_) => unreachable!("handled above"),
         Command::Put(put) => Answer::Put(apply_put(put, index, state)),
         Command::Delete(delete) => Answer::Delete(apply_delete(delete, index, state)),
         Command::Cas(cas) => Answer::Cas(apply_cas(cas, index, state)),
@@ -188,6 +190,49 @@ fn run_txn_op(op: &TxnOp, keyspace: &str, index: u64, state: &mut impl State) ->
 pub struct MemState {
     pub keyspaces: std::collections::BTreeMap<String, KeyspaceDef>,
     pub data: std::collections::BTreeMap<(String, Vec<u8>), StoredValue>,
+    pub sessions: std::collections::BTreeMap<ClientId, Session>,
+    pub kept: std::collections::BTreeMap<(ClientId, u64), Kept>,
+    /// (last_ms, client) of every session: the idle order.
+    pub idle: std::collections::BTreeSet<(u64, ClientId)>,
+    pub clock_ms: u64,
+}
+
+impl Sessions for MemState {
+    fn session(&self, client: &ClientId) -> Option<Session> {
+        self.sessions.get(client).cloned()
+    }
+    fn put_session(&mut self, client: &ClientId, before: Option<&Session>, after: Option<&Session>) {
+        if let Some(before) = before {
+            self.idle.remove(&(before.last_ms, *client));
+        }
+        match after {
+            Some(after) => {
+                self.idle.insert((after.last_ms, *client));
+                self.sessions.insert(*client, after.clone());
+            }
+            None => {
+                self.sessions.remove(client);
+            }
+        }
+    }
+    fn kept(&self, client: &ClientId, sequence: u64) -> Option<Kept> {
+        self.kept.get(&(*client, sequence)).cloned()
+    }
+    fn put_kept(&mut self, client: &ClientId, sequence: u64, kept: Option<Kept>) {
+        match kept {
+            Some(kept) => self.kept.insert((*client, sequence), kept),
+            None => self.kept.remove(&(*client, sequence)),
+        };
+    }
+    fn idlest(&self, limit: usize) -> Vec<(u64, ClientId)> {
+        self.idle.iter().take(limit).copied().collect()
+    }
+    fn table_meta(&self) -> (u64, u64) {
+        (self.sessions.len() as u64, self.clock_ms)
+    }
+    fn put_table_meta(&mut self, _sessions: u64, clock_ms: u64) {
+        self.clock_ms = clock_ms;
+    }
 }
 
 impl State for MemState {

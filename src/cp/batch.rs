@@ -211,6 +211,7 @@ fn payload_bytes(command: &Command) -> usize {
             keyspace.len() + compared + operated
         }
         Command::Batch(commands) => commands.iter().map(payload_bytes).sum(),
+        Command::Once(once) => payload_bytes(&once.command) + 40,
     }
 }
 

@@ -12,11 +12,12 @@
 //!
 //! Revisions are log indexes: a key's `mod_revision` is the index of the entry that last wrote it.
 //!
-//! Caveats: no per-client sequence numbers yet, so a write retried by a client after an unknown
-//! outcome may be applied twice (as with etcd's put); CAS and transactions make retries safe.
+//! A write that carries a request id is wrapped in [`Command::Once`] and applied at most once
+//! per id ([`super::session`]).
 
 use serde::{Deserialize, Serialize};
 
+pub use super::session::Once;
 use crate::keyspace::KeyspaceDef;
 use crate::mode::Mode;
 
@@ -133,6 +134,8 @@ pub enum Command {
     /// order, each with its own answer. No two of them touch the same key, so each key's
     /// `mod_revision` (the entry's index) still names exactly one write of it.
     Batch(Vec<Command>),
+    /// A data command applied at most once per request id ([`super::session`]).
+    Once(Once),
 }
 
 impl Command {
@@ -140,6 +143,7 @@ impl Command {
     pub fn keyspace(&self) -> Option<&str> {
         match self {
             Command::CreateKeyspace(_) | Command::Batch(_) => None,
+            Command::Once(once) => once.command.keyspace(),
             Command::Put(Put { keyspace, .. })
             | Command::Delete(Delete { keyspace, .. })
             | Command::Cas(Cas { keyspace, .. })
@@ -156,6 +160,7 @@ impl Command {
             Command::Cas(_) => "cas",
             Command::Txn(_) => "txn",
             Command::Batch(_) => "batch",
+            Command::Once(once) => once.command.op_name(),
         }
     }
 
@@ -164,6 +169,7 @@ impl Command {
     pub fn touched_keys(&self) -> Option<Vec<(&str, &[u8])>> {
         let keys = match self {
             Command::CreateKeyspace(_) | Command::Batch(_) => return None,
+            Command::Once(once) => return once.command.touched_keys(),
             Command::Put(Put { keyspace, key, .. })
             | Command::Delete(Delete { keyspace, key })
             | Command::Cas(Cas { keyspace, key, .. }) => vec![(keyspace.as_str(), key.as_slice())],
@@ -237,6 +243,13 @@ pub enum Refusal {
     /// The keyspace exists, but its data does not go through Raft.
     #[error("keyspace '{keyspace}' is {mode}, not cp")]
     WrongMode { keyspace: String, mode: Mode },
+    /// A request id older than every answer its client's session keeps: it may have been
+    /// applied, and the table can no longer tell.
+    #[error("request {id} is older than the answers kept for its client (oldest kept: {oldest})")]
+    RequestTooOld { id: String, oldest: u64 },
+    /// A replay of a request that was applied, whose answer was too large to keep.
+    #[error("request {id} was already applied at revision {revision}; its answer was too large to keep")]
+    AnswerNotKept { id: String, revision: u64 },
 }
 
 /// What applying one entry gave: the Raft response type of capkv's group.

@@ -7,6 +7,34 @@ pub const MEMBERSHIP: &[u8] = b"m/membership";
 const KEYSPACE_PREFIX: &[u8] = b"k/";
 const DATA_PREFIX: &[u8] = b"d/";
 
+/// The session table of exactly-once writes ([`super::session`]): its count and clock, one
+/// record per client, one kept answer per (client, sequence), and the idle order
+/// `i/<last_ms big-endian><client>`, so the session idle longest is the first key.
+pub const SESSIONS_META: &[u8] = b"m/sessions";
+const SESSION_PREFIX: &[u8] = b"s/";
+const KEPT_PREFIX: &[u8] = b"r/";
+pub const IDLE_PREFIX: &[u8] = b"i/";
+
+pub fn session(client: &[u8]) -> Vec<u8> {
+    [SESSION_PREFIX, client].concat()
+}
+
+pub fn kept(client: &[u8], sequence: u64) -> Vec<u8> {
+    [KEPT_PREFIX, client, &sequence.to_be_bytes()].concat()
+}
+
+pub fn idle(last_ms: u64, client: &[u8]) -> Vec<u8> {
+    [IDLE_PREFIX, &last_ms.to_be_bytes(), client].concat()
+}
+
+/// The (last_ms, client) of an idle-order key made by [`idle`].
+pub fn parse_idle(key: &[u8]) -> Option<(u64, [u8; 16])> {
+    let rest = key.strip_prefix(IDLE_PREFIX)?;
+    let last_ms = u64::from_be_bytes(rest.get(..8)?.try_into().ok()?);
+    let client = rest.get(8..)?.try_into().ok()?;
+    Some((last_ms, client))
+}
+
 /// The key of a keyspace definition.
 pub fn keyspace(name: &str) -> Vec<u8> {
     [KEYSPACE_PREFIX, name.as_bytes()].concat()
@@ -36,6 +64,14 @@ pub fn user_key<'a>(keyspace: &str, data_key: &'a [u8]) -> &'a [u8] {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn the_idle_order_is_time_order_and_parses_back() {
+        let (early, late) = (idle(5, &[9; 16]), idle(256, &[1; 16]));
+        assert!(early < late);
+        assert_eq!(parse_idle(&late), Some((256, [1; 16])));
+        assert_eq!(parse_idle(b"i/short"), None);
+    }
 
     #[test]
     fn keyspaces_do_not_overlap() {

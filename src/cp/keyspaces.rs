@@ -32,7 +32,7 @@ impl Cp {
         if let Some(answer) = self.at_leader(ctx, req, Effect::Write, call).await? {
             return Ok(answer);
         }
-        let answer = self.propose(create, ctx.deadline).await?;
+        let answer = self.propose(create, None, ctx.deadline).await?;
         if !answer.created {
             return Err(Error::AlreadyExists(format!(
                 "keyspace '{}' already exists (mode {})",

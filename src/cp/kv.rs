@@ -15,6 +15,7 @@ use tonic::{Request, Response, Status};
 use super::command::{self, Compare, CompareOp, CompareTarget, Proposal, StoredValue, TxnOp};
 use super::forward::Effect;
 use super::path::Cp;
+use super::session::{RequestId, CLIENT_ID_BYTES};
 use crate::error::Error;
 use crate::kv::KvPath;
 use crate::limits::scan_page_items;
@@ -35,6 +36,7 @@ impl Cp {
         &self,
         ctx: &Ctx,
         proposal: P,
+        id: Option<&proto::RequestId>,
         message: Req,
         call: F,
     ) -> Result<Ran<P::Answer, Resp>, Error>
@@ -46,7 +48,7 @@ impl Cp {
     {
         match self.at_leader(ctx, message, Effect::Write, call).await? {
             Some(answer) => Ok(Ran::Leader(answer)),
-            None => Ok(Ran::Here(self.propose(proposal, ctx.deadline).await?)),
+            None => Ok(Ran::Here(self.propose(proposal, request_id(id)?, ctx.deadline).await?)),
         }
     }
 
@@ -127,14 +129,17 @@ impl KvPath for Cp {
             value: req.value.clone(),
         };
         let call = |c, r| async move { kv_client(c).put(r).await };
-        Ok(match self.propose_or_forward(ctx, proposal, req, call).await? {
-            Ran::Leader(answer) => answer,
-            Ran::Here(put) => proto::PutResponse {
-                revision: put.revision,
-                had_previous: put.had_previous,
-                version: None,
+        let id = req.request_id.clone();
+        Ok(
+            match self.propose_or_forward(ctx, proposal, id.as_ref(), req, call).await? {
+                Ran::Leader(answer) => answer,
+                Ran::Here(put) => proto::PutResponse {
+                    revision: put.revision,
+                    had_previous: put.had_previous,
+                    version: None,
+                },
             },
-        })
+        )
     }
 
     async fn delete(&self, ctx: &Ctx, req: proto::DeleteRequest) -> Result<proto::DeleteResponse, Error> {
@@ -143,14 +148,17 @@ impl KvPath for Cp {
             key: req.key.clone(),
         };
         let call = |c, r| async move { kv_client(c).delete(r).await };
-        Ok(match self.propose_or_forward(ctx, proposal, req, call).await? {
-            Ran::Leader(answer) => answer,
-            Ran::Here(delete) => proto::DeleteResponse {
-                deleted: delete.deleted,
-                revision: delete.revision,
-                version: None,
+        let id = req.request_id.clone();
+        Ok(
+            match self.propose_or_forward(ctx, proposal, id.as_ref(), req, call).await? {
+                Ran::Leader(answer) => answer,
+                Ran::Here(delete) => proto::DeleteResponse {
+                    deleted: delete.deleted,
+                    revision: delete.revision,
+                    version: None,
+                },
             },
-        })
+        )
     }
 
     async fn scan(&self, ctx: &Ctx, req: proto::ScanRequest) -> Result<proto::ScanResponse, Error> {
@@ -170,36 +178,59 @@ impl KvPath for Cp {
             new_value: req.new_value.clone(),
         };
         let call = |c, r| async move { kv_client(c).compare_and_swap(r).await };
-        Ok(match self.propose_or_forward(ctx, proposal, req, call).await? {
-            Ran::Leader(answer) => answer,
-            Ran::Here(cas) => proto::CasResponse {
-                succeeded: cas.succeeded,
-                current_found: cas.current.is_some(),
-                current: cas.current.map(|c| c.value).unwrap_or_default(),
-                revision: cas.revision,
+        let id = req.request_id.clone();
+        Ok(
+            match self.propose_or_forward(ctx, proposal, id.as_ref(), req, call).await? {
+                Ran::Leader(answer) => answer,
+                Ran::Here(cas) => proto::CasResponse {
+                    succeeded: cas.succeeded,
+                    current_found: cas.current.is_some(),
+                    current: cas.current.map(|c| c.value).unwrap_or_default(),
+                    revision: cas.revision,
+                },
             },
-        })
+        )
     }
 
     async fn txn(&self, ctx: &Ctx, req: proto::TxnRequest) -> Result<proto::TxnResponse, Error> {
         let proposal = txn_proposal(&req)?;
         let call = |c, r| async move { kv_client(c).txn(r).await };
-        Ok(match self.propose_or_forward(ctx, proposal, req, call).await? {
-            Ran::Leader(answer) => answer,
-            Ran::Here(txn) => proto::TxnResponse {
-                succeeded: txn.succeeded,
-                results: txn
-                    .results
-                    .into_iter()
-                    .map(|r| proto::TxnOpResult {
-                        found: r.found.is_some(),
-                        kv: r.found.map(|v| to_kv(r.key, v)),
-                    })
-                    .collect(),
-                revision: txn.revision,
+        let id = req.request_id.clone();
+        Ok(
+            match self.propose_or_forward(ctx, proposal, id.as_ref(), req, call).await? {
+                Ran::Leader(answer) => answer,
+                Ran::Here(txn) => proto::TxnResponse {
+                    succeeded: txn.succeeded,
+                    results: txn
+                        .results
+                        .into_iter()
+                        .map(|r| proto::TxnOpResult {
+                            found: r.found.is_some(),
+                            kv: r.found.map(|v| to_kv(r.key, v)),
+                        })
+                        .collect(),
+                    revision: txn.revision,
+                },
             },
-        })
+        )
     }
+}
+
+/// The request id of a write, checked: a client id is exactly [`CLIENT_ID_BYTES`] bytes.
+pub fn request_id(id: Option<&proto::RequestId>) -> Result<Option<RequestId>, Error> {
+    let Some(id) = id else {
+        return Ok(None);
+    };
+    let client = id.client.as_slice().try_into().map_err(|_| {
+        Error::InvalidInput(format!(
+            "a request id's client is {} bytes; it must be {CLIENT_ID_BYTES} (nothing was applied)",
+            id.client.len()
+        ))
+    })?;
+    Ok(Some(RequestId {
+        client,
+        sequence: id.sequence,
+    }))
 }
 
 fn to_kv(key: Vec<u8>, v: StoredValue) -> proto::KeyValue {

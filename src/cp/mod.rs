@@ -55,6 +55,7 @@ pub mod propose;
 pub mod raft;
 pub mod read_index;
 pub mod route;
+pub mod session;
 mod snapshot;
 pub mod state_machine;
 pub mod watchdog;

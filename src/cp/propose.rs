@@ -22,13 +22,28 @@ use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
 
 use super::command::{Applied, Command, Proposal, Refusal};
 use super::path::Cp;
+use super::session::{Once, RequestId};
 use super::{NodeId, Raft};
 use crate::error::Error;
 
 impl Cp {
-    /// Proposes on this node, which must lead, and waits for the proposal's answer.
-    pub async fn propose<P: Proposal>(&self, proposal: P, deadline: Instant) -> Result<P::Answer, Error> {
-        let command = proposal.into();
+    /// Proposes on this node, which must lead, and waits for the proposal's answer. With a
+    /// request id the command is applied at most once per id ([`super::session`]).
+    pub async fn propose<P: Proposal>(
+        &self,
+        proposal: P,
+        id: Option<RequestId>,
+        deadline: Instant,
+    ) -> Result<P::Answer, Error> {
+        let command = match id {
+            None => proposal.into(),
+            Some(id) => Command::Once(Once {
+                id,
+                at_ms: wall_clock_ms(),
+                session_ttl_ms: self.options.session_ttl_ms,
+                command: Box::new(proposal.into()),
+            }),
+        };
         let op = command.op_name();
         let budget = deadline.saturating_duration_since(Instant::now());
         let proposed = async {
@@ -59,6 +74,14 @@ impl Cp {
         }
         self.reads.confirm(self.id, deadline).await
     }
+}
+
+/// This node's wall clock in ms since the epoch (the real one: fault injection's clock skew is
+/// for ap timestamps), for session expiry.
+fn wall_clock_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis().try_into().unwrap_or(u64::MAX))
 }
 
 /// The error of proposing one entry, shared by every write in it.
@@ -119,6 +142,12 @@ fn refusal_error(refusal: Refusal, op: &str) -> Error {
         Refusal::UnknownKeyspace(name) => Error::UnknownKeyspace(name),
         Refusal::WrongMode { keyspace, .. } => Error::Refused(format!(
             "keyspace '{keyspace}' is ap and the leader only just learned of it; retry the {op}"
+        )),
+        Refusal::RequestTooOld { id, oldest } => Error::OutcomeUnknown(format!(
+            "the {op} with request id {id} is older than every answer kept for its client (the oldest kept is sequence {oldest}); it may or may not have been applied, read the keys to find out"
+        )),
+        Refusal::AnswerNotKept { id, revision } => Error::AlreadyExists(format!(
+            "the {op} with request id {id} was already applied at revision {revision}; its answer was too large to keep, so read the keys for the result"
         )),
     }
 }

@@ -45,6 +45,8 @@ pub struct RaftOptions {
     pub election_timeout_ms_min: u64,
     /// Also openraft's leader lease (see above).
     pub election_timeout_ms_max: u64,
+    /// Exactly-once sessions idle for longer than this expire ([`super::session`]).
+    pub session_ttl_ms: u64,
 }
 
 impl Default for RaftOptions {
@@ -53,6 +55,7 @@ impl Default for RaftOptions {
             heartbeat_interval_ms: 200,
             election_timeout_ms_min: 400,
             election_timeout_ms_max: 600,
+            session_ttl_ms: 10 * 60 * 1000,
         }
     }
 }

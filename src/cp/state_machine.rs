@@ -29,6 +29,7 @@ use openraft::{
 use super::apply::{apply, State};
 use super::command::{Answer, Applied, StoredValue};
 use super::keys;
+use super::session::{ClientId, Kept, Session, Sessions};
 use super::snapshot::{load_snapshot, write_snapshot, Capture, SnapshotDir};
 use super::{NodeId, TypeConfig};
 use crate::error::Error;
@@ -214,6 +215,25 @@ impl Overlay<'_> {
         }
     }
 
+    /// Up to `limit` keys under `prefix`, in order, as the batch so far sees them.
+    fn first_keys(&self, prefix: &[u8], limit: usize) -> Vec<Vec<u8>> {
+        let mut keys = std::collections::BTreeSet::new();
+        let pending = self
+            .pending
+            .range(prefix.to_vec()..)
+            .take_while(|(k, _)| k.starts_with(prefix));
+        keys.extend(pending.filter(|(_, v)| v.is_some()).map(|(k, _)| k.clone()).take(limit));
+        let stored = self
+            .tree
+            .scan_prefix(prefix)
+            .keys()
+            .map(|k| k.expect("the sm tree is readable while applying").to_vec())
+            .filter(|k| !matches!(self.pending.get(k), Some(None)))
+            .take(limit);
+        keys.extend(stored);
+        keys.into_iter().take(limit).collect()
+    }
+
     fn into_batch(self) -> sled::Batch {
         let mut batch = sled::Batch::default();
         for (key, value) in self.pending {
@@ -243,6 +263,45 @@ impl State for Overlay<'_> {
     }
     fn delete(&mut self, keyspace: &str, key: &[u8]) {
         self.pending.insert(keys::data(keyspace, key), None);
+    }
+}
+
+impl Sessions for Overlay<'_> {
+    fn session(&self, client: &ClientId) -> Option<Session> {
+        self.read(&keys::session(client))
+            .map(|b| decode(&b).expect("sessions decode"))
+    }
+    fn put_session(&mut self, client: &ClientId, before: Option<&Session>, after: Option<&Session>) {
+        if let Some(before) = before {
+            self.pending.insert(keys::idle(before.last_ms, client), None);
+        }
+        let record = after.map(|after| {
+            self.pending.insert(keys::idle(after.last_ms, client), Some(Vec::new()));
+            encode(after)
+        });
+        self.pending.insert(keys::session(client), record);
+    }
+    fn kept(&self, client: &ClientId, sequence: u64) -> Option<Kept> {
+        self.read(&keys::kept(client, sequence))
+            .map(|b| decode(&b).expect("kept answers decode"))
+    }
+    fn put_kept(&mut self, client: &ClientId, sequence: u64, kept: Option<Kept>) {
+        self.pending
+            .insert(keys::kept(client, sequence), kept.map(|k| encode(&k)));
+    }
+    fn idlest(&self, limit: usize) -> Vec<(u64, ClientId)> {
+        self.first_keys(keys::IDLE_PREFIX, limit)
+            .iter()
+            .filter_map(|k| keys::parse_idle(k))
+            .collect()
+    }
+    fn table_meta(&self) -> (u64, u64) {
+        self.read(keys::SESSIONS_META)
+            .map_or((0, 0), |b| decode(&b).expect("the session table's meta decodes"))
+    }
+    fn put_table_meta(&mut self, sessions: u64, clock_ms: u64) {
+        self.pending
+            .insert(keys::SESSIONS_META.to_vec(), Some(encode(&(sessions, clock_ms))));
     }
 }
 
@@ -714,5 +773,84 @@ mod copy_tests {
         );
         let sm = apply.await.unwrap();
         assert_eq!(sm.reader().applied().unwrap().0.map(|l| l.index), Some(4));
+    }
+}
+
+#[cfg(test)]
+mod session_tests {
+    use openraft::{CommittedLeaderId, Entry};
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::cp::apply::MemState;
+    use crate::cp::command::{Command, CreateKeyspace, Put};
+    use crate::cp::session::{Once, RequestId};
+
+    fn entry(index: u64, command: Command) -> Entry<TypeConfig> {
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(command),
+        }
+    }
+
+    fn once(client: u8, sequence: u64, at_ms: u64) -> Command {
+        Command::Once(Once {
+            id: RequestId {
+                client: [client; 16],
+                sequence,
+            },
+            at_ms,
+            session_ttl_ms: 50,
+            command: Box::new(Command::Put(Put {
+                keyspace: "bank".into(),
+                key: vec![client],
+                value: sequence.to_be_bytes().to_vec(),
+            })),
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(32))]
+
+        /// The sled state machine keeps the session table as the in-memory model does, whether
+        /// a session's records are still pending in the same apply call or already stored:
+        /// same answers (replays included), same sessions after expiry.
+        #[test]
+        fn sled_sessions_follow_the_model(
+            writes in prop::collection::vec((0u8..4, 0u64..6, 0u64..40), 1..60),
+            split in prop::collection::vec(1usize..6, 1..60),
+        ) {
+            let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            let db = sled::Config::new().temporary(true).open().unwrap();
+            let mut sm = StateMachineStore::open(&crate::storage::Flusher::new(db)).unwrap();
+            let mut model = MemState::default();
+            let create = Command::CreateKeyspace(CreateKeyspace { name: "bank".into(), mode: crate::mode::Mode::Cp });
+            let mut entries = vec![entry(1, create)];
+            let mut now = 1000;
+            for (i, (client, sequence, step)) in writes.into_iter().enumerate() {
+                now += step;
+                entries.push(entry(i as u64 + 2, once(client, sequence, now)));
+            }
+            let mut expected = Vec::new();
+            for e in &entries {
+                let EntryPayload::Normal(c) = &e.payload else { unreachable!() };
+                expected.push(crate::cp::apply::apply(c, e.log_id.index, &mut model));
+            }
+            let mut got = Vec::new();
+            let mut rest = entries.as_slice();
+            let mut sizes = split.into_iter().cycle();
+            while !rest.is_empty() {
+                let n = sizes.next().unwrap().min(rest.len());
+                let (now_apply, later) = rest.split_at(n);
+                got.extend(runtime.block_on(sm.apply(now_apply.to_vec())).unwrap());
+                rest = later;
+            }
+            prop_assert_eq!(got, expected);
+            let overlay = Overlay { tree: &sm.sm, pending: BTreeMap::new() };
+            let stored: Vec<_> = overlay.idlest(usize::MAX);
+            let modelled: Vec<_> = model.idle.iter().copied().collect();
+            prop_assert_eq!(stored, modelled);
+            prop_assert_eq!(overlay.table_meta(), model.table_meta());
+        }
     }
 }

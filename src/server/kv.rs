@@ -116,6 +116,7 @@ impl proto::kv_server::Kv for KvService {
     async fn put(&self, request: Request<proto::PutRequest>) -> Result<Response<proto::PutResponse>, Status> {
         let check = |r: &proto::PutRequest| {
             data_request(&r.keyspace, &r.key)?;
+            request_id(&r.request_id)?;
             validate_value(&r.value)
         };
         self.serve(
@@ -126,7 +127,10 @@ impl proto::kv_server::Kv for KvService {
             |ctx, req| async move {
                 match self.mode(&req.keyspace)? {
                     Mode::Cp => self.node.cp().put(&ctx, req).await,
-                    Mode::Ap => self.node.ap().put(&ctx, req).await,
+                    Mode::Ap => {
+                        ap_request_id(&req.keyspace, &req.request_id)?;
+                        self.node.ap().put(&ctx, req).await
+                    }
                 }
             },
         )
@@ -134,7 +138,10 @@ impl proto::kv_server::Kv for KvService {
     }
 
     async fn delete(&self, request: Request<proto::DeleteRequest>) -> Result<Response<proto::DeleteResponse>, Status> {
-        let check = |r: &proto::DeleteRequest| data_request(&r.keyspace, &r.key);
+        let check = |r: &proto::DeleteRequest| {
+            data_request(&r.keyspace, &r.key)?;
+            request_id(&r.request_id)
+        };
         self.serve(
             request,
             "delete",
@@ -143,7 +150,10 @@ impl proto::kv_server::Kv for KvService {
             |ctx, req| async move {
                 match self.mode(&req.keyspace)? {
                     Mode::Cp => self.node.cp().delete(&ctx, req).await,
-                    Mode::Ap => self.node.ap().delete(&ctx, req).await,
+                    Mode::Ap => {
+                        ap_request_id(&req.keyspace, &req.request_id)?;
+                        self.node.ap().delete(&ctx, req).await
+                    }
                 }
             },
         )
@@ -172,6 +182,7 @@ impl proto::kv_server::Kv for KvService {
     ) -> Result<Response<proto::CasResponse>, Status> {
         let check = |r: &proto::CasRequest| {
             data_request(&r.keyspace, &r.key)?;
+            request_id(&r.request_id)?;
             validate_value(&r.expected)?;
             validate_value(&r.new_value)
         };
@@ -183,7 +194,10 @@ impl proto::kv_server::Kv for KvService {
             |ctx, req| async move {
                 match self.mode(&req.keyspace)? {
                     Mode::Cp => self.node.cp().cas(&ctx, req).await,
-                    Mode::Ap => self.node.ap().cas(&ctx, req).await,
+                    Mode::Ap => {
+                        ap_request_id(&req.keyspace, &req.request_id)?;
+                        self.node.ap().cas(&ctx, req).await
+                    }
                 }
             },
         )
@@ -199,7 +213,10 @@ impl proto::kv_server::Kv for KvService {
             |ctx, req| async move {
                 match self.mode(&req.keyspace)? {
                     Mode::Cp => self.node.cp().txn(&ctx, req).await,
-                    Mode::Ap => self.node.ap().txn(&ctx, req).await,
+                    Mode::Ap => {
+                        ap_request_id(&req.keyspace, &req.request_id)?;
+                        self.node.ap().txn(&ctx, req).await
+                    }
                 }
             },
         )
@@ -226,6 +243,22 @@ fn oversized_answer(op: &str, bytes: usize) -> Option<Error> {
     })
 }
 
+/// Checks a write's request id (a client id of the right length).
+fn request_id(id: &Option<proto::RequestId>) -> Result<(), Error> {
+    crate::cp::kv::request_id(id.as_ref()).map(|_| ())
+}
+
+/// ap keyspaces ignore the ids the client library sets by itself, and refuse ids a user set:
+/// they cannot honour "at most once", and saying nothing would suggest they do.
+fn ap_request_id(keyspace: &str, id: &Option<proto::RequestId>) -> Result<(), Error> {
+    match id {
+        Some(id) if !id.automatic => Err(Error::InvalidInput(format!(
+            "'{keyspace}' is an ap keyspace, and request ids (--request-id) make only cp writes exactly-once; drop the id (nothing was written)"
+        ))),
+        _ => Ok(()),
+    }
+}
+
 fn data_request(keyspace: &str, key: &[u8]) -> Result<(), Error> {
     validate_name(keyspace)?;
     validate_key(key)
@@ -248,6 +281,7 @@ fn scan_request(req: &proto::ScanRequest) -> Result<(), Error> {
 fn txn_request(req: &proto::TxnRequest) -> Result<(), Error> {
     use proto::txn_op::Op;
     validate_name(&req.keyspace)?;
+    request_id(&req.request_id)?;
     let total = req.compares.len() + req.success.len() + req.failure.len();
     if total > TXN_OPS_MAX {
         return Err(Error::InvalidInput(format!(

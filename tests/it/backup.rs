@@ -64,6 +64,7 @@ async fn write_cp(client: &Lib, keyspace: &str, keys: usize) {
                 compares: vec![],
                 success,
                 failure: vec![],
+                request_id: None,
             })
             .await
             .unwrap_or_else(|e| panic!("cp txn at {start}: {e}"));

@@ -154,6 +154,7 @@ fn oversized_transactions_are_refused_and_store_nothing() {
                     compares,
                     success,
                     failure: vec![],
+                    request_id: None,
                 })
                 .await
                 .expect_err(what);

@@ -11,6 +11,7 @@ mod bad_input;
 mod bench;
 mod cli;
 mod durability;
+mod exactly_once;
 mod failover;
 mod harness;
 mod limits;
