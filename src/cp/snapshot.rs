@@ -293,10 +293,7 @@ impl SnapshotDir {
                 true,
             ),
         };
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode_0700()
-            .create(&dir)
+        crate::storage::create_private_dir(&dir)
             .map_err(|e| Error::Storage(format!("cannot create the snapshot directory {}: {e}", dir.display())))?;
         Ok(Self { dir, temporary })
     }
@@ -338,22 +335,6 @@ impl Drop for SnapshotDir {
         if self.temporary {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
-    }
-}
-
-/// `DirBuilder::mode` on Unix, a no-op elsewhere.
-trait Mode0700 {
-    fn mode_0700(&mut self) -> &mut Self;
-}
-
-impl Mode0700 for std::fs::DirBuilder {
-    fn mode_0700(&mut self) -> &mut Self {
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::DirBuilderExt;
-            self.mode(0o700);
-        }
-        self
     }
 }
 
