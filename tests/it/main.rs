@@ -12,6 +12,7 @@ mod bench;
 mod cli;
 mod durability;
 mod failover;
+mod garbage;
 mod harness;
 mod limits;
 mod ops;
