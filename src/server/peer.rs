@@ -6,8 +6,8 @@
 //! ping cannot mark an unknown id alive and random ids cannot grow per-peer state; a Raft
 //! message must also agree with the node its openraft request names ([`check_raft_sender`]),
 //! and an InstallSnapshot chunk must end within [`SNAPSHOT_BYTES_MAX`] ([`check_snapshot_chunk`])
-//! before openraft writes it to disk at the offset it names. A peer's clock offset passes the
-//! same bound as the public `Fault` service (inside [`crate::fault::FaultFilter`]).
+//! before openraft writes it to disk at the offset it names. A peer's clock offset and partition
+//! pass the same checks as the public `Fault` service's.
 //!
 //! Caveats: these checks stop malformed and absurd messages, not a liar. Without peer
 //! authentication (no mTLS yet) anyone who can reach the port can name a real member as the
@@ -208,6 +208,10 @@ impl proto::peer_server::Peer for PeerService {
             .into_iter()
             .map(|g| g.nodes.into_iter().collect())
             .collect::<Vec<_>>();
+        // The same check as the public Fault service's; empty heals.
+        if !groups.is_empty() {
+            crate::fault::validate_partition(&groups, &self.node.cp().member_ids())?;
+        }
         tracing::warn!(
             from = request.from,
             ?groups,

@@ -181,7 +181,9 @@ fn value(rng: &mut StdRng) -> Vec<u8> {
     (0..rng.gen_range(0..64)).map(|_| rng.gen()).collect()
 }
 
-/// A valid request message for a public `method`, with random contents.
+/// A valid request message for a public `method`, with random contents. Fields this test does
+/// not fill (request messages gain fields over time) keep their defaults.
+#[allow(clippy::needless_update)]
 fn public_request(rng: &mut StdRng, method: &str) -> Vec<u8> {
     use capkv::proto::*;
     let name = method.rsplit('/').next().unwrap_or_default();
@@ -482,5 +484,157 @@ fn random_payloads_at_every_method_change_nothing_and_kill_nothing() {
     c.put("bank", "after", "garbage").expect_code(0);
     c.put("notes", "after", "garbage").expect_code(0);
     expect_value(&c.get("bank", "after"), "garbage");
+    cluster.assert_running();
+}
+
+/// Sends one prost message to a peer method of `endpoint`; the status it ended with.
+fn send_peer<M: Message + 'static>(
+    rt: &tokio::runtime::Runtime,
+    endpoint: &str,
+    method: &'static str,
+    message: M,
+) -> Status {
+    rt.block_on(async {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{endpoint}"))
+            .expect("endpoint")
+            .connect()
+            .await
+            .expect("connect");
+        match throw(channel, method, message.encode_to_vec()).await {
+            (Code::Ok, _) => Status::ok(""),
+            (code, message) => Status::new(code, message),
+        }
+    })
+}
+
+/// The term node `id` reports.
+fn term_of(cluster: &Cluster, id: u64) -> u64 {
+    let out = cluster.client_at(id).run(&["cluster", "status", "-o", "json"]);
+    let json = out.ok_json();
+    let nodes = json["nodes"].as_array().cloned().unwrap_or_else(|| vec![json.clone()]);
+    nodes
+        .iter()
+        .find(|n| n["node_id"].as_u64() == Some(id) || n["id"].as_u64() == Some(id))
+        .and_then(|n| n["term"].as_u64())
+        .unwrap_or_else(|| panic!("no term for node {id} in {json}"))
+}
+
+/// Forged peer messages on the wire: each bound of the peer service refuses them with
+/// `invalid_argument` and a sentence naming what was wrong, and the term does not move.
+#[test]
+fn forged_peer_messages_are_refused_with_a_reason() {
+    use capkv::proto::{ClockRequest, Group, PingRequest, RaftMessage, SetPartitionRequest};
+    use openraft::raft::{InstallSnapshotRequest, VoteRequest};
+    use openraft::{SnapshotMeta, Vote};
+
+    let cluster = Cluster::start(3);
+    let leader = cluster.leader_id();
+    let target = cluster.other_than(leader);
+    let endpoint = cluster.endpoint(target);
+    let term = term_of(&cluster, target);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let raft = |from: u64, payload: Vec<u8>| RaftMessage {
+        group_id: 0,
+        from,
+        payload: payload.into(),
+    };
+    let vote = |term: u64, candidate: u64| {
+        capkv::storage::codec::encode(&VoteRequest::<u64>::new(Vote::new(term, candidate), None))
+    };
+    let member = cluster
+        .ids()
+        .into_iter()
+        .find(|id| *id != target)
+        .expect("another member");
+    let other = cluster
+        .ids()
+        .into_iter()
+        .find(|id| *id != target && *id != member)
+        .expect("a third member");
+    let snapshot = capkv::storage::codec::encode(&InstallSnapshotRequest::<capkv::cp::TypeConfig> {
+        vote: Vote::new_committed(term + 100, member),
+        meta: SnapshotMeta::default(),
+        offset: u64::MAX - 4,
+        data: vec![0; 8],
+        done: false,
+    });
+
+    let cases: Vec<(&str, Status, &str)> = vec![
+        (
+            "a ping from a stranger",
+            send_peer(&rt, &endpoint, "/capkv.v1.Peer/Ping", PingRequest { from: 99 }),
+            "node 99 is not a member",
+        ),
+        (
+            "a ping in this node's own name",
+            send_peer(&rt, &endpoint, "/capkv.v1.Peer/Ping", PingRequest { from: target }),
+            "names this node",
+        ),
+        (
+            "a vote from a stranger",
+            send_peer(&rt, &endpoint, "/capkv.v1.Peer/Vote", raft(7, vote(term + 100, 7))),
+            "node 7 is not a member",
+        ),
+        (
+            "a vote whose candidate is another member",
+            send_peer(
+                &rt,
+                &endpoint,
+                "/capkv.v1.Peer/Vote",
+                raft(member, vote(term + 100, other)),
+            ),
+            "must name the same node",
+        ),
+        (
+            "a snapshot chunk past the limit",
+            send_peer(&rt, &endpoint, "/capkv.v1.Peer/InstallSnapshot", raft(member, snapshot)),
+            "beyond the snapshot limit",
+        ),
+        (
+            "a clock offset of two days",
+            send_peer(
+                &rt,
+                &endpoint,
+                "/capkv.v1.Peer/SetClockOffset",
+                ClockRequest {
+                    node_id: target,
+                    offset_ms: 2 * 86_400_000,
+                },
+            ),
+            "one day",
+        ),
+        (
+            "a partition naming a stranger",
+            send_peer(
+                &rt,
+                &endpoint,
+                "/capkv.v1.Peer/SetPartition",
+                SetPartitionRequest {
+                    from: member,
+                    groups: vec![Group { nodes: vec![1, 2] }, Group { nodes: vec![9] }],
+                    reset_clock: false,
+                },
+            ),
+            "node 9 is not a member",
+        ),
+    ];
+    for (what, status, reason) in &cases {
+        assert_eq!(status.code(), Code::InvalidArgument, "{what}: {status:?}");
+        assert!(
+            status.message().contains(reason),
+            "{what}: '{}' should say '{reason}'",
+            status.message()
+        );
+    }
+    assert_eq!(term_of(&cluster, target), term, "a refused vote must not move the term");
+    let out = cluster.client().run(&["fault", "status", "-o", "json"]);
+    let text = out.stdout.clone();
+    assert!(
+        !text.contains("86400000") && !text.contains("172800000"),
+        "no clock offset was set: {text}"
+    );
     cluster.assert_running();
 }
