@@ -126,7 +126,8 @@ fn check_port_free(addr: &str, what: &str) -> Result<(), Error> {
 
 fn spawn_node(args: &UpArgs, id: u64, peers: &str, exe: &Path) -> Result<(Child, NodeRecord), Error> {
     let dir = args.data_dir.join(format!("node-{id}"));
-    std::fs::create_dir_all(&dir).map_err(|e| Error::InvalidInput(format!("cannot create {}: {e}", dir.display())))?;
+    crate::storage::create_private_dir(&dir)
+        .map_err(|e| Error::InvalidInput(format!("cannot create {}: {e}", dir.display())))?;
     let log = dir.join("node.log");
     let file = std::fs::OpenOptions::new()
         .create(true)
@@ -176,7 +177,7 @@ fn log_tail(path: &Path, lines: usize) -> String {
 
 pub async fn up(args: UpArgs, exe: PathBuf) -> Result<(), Error> {
     args.validate()?;
-    std::fs::create_dir_all(&args.data_dir)
+    crate::storage::create_private_dir(&args.data_dir)
         .map_err(|e| Error::InvalidInput(format!("cannot create the data dir {}: {e}", args.data_dir.display())))?;
     if let Some(state) = read_state(&args.data_dir) {
         let running: Vec<String> = state

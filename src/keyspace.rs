@@ -27,7 +27,7 @@ pub fn validate_name(name: &str) -> Result<(), Error> {
     let bad = |why: &str| {
         Err(Error::InvalidInput(format!(
             "keyspace name '{}' is invalid: {why}; names match [a-z][a-z0-9_-]{{0,62}}",
-            name.escape_default()
+            shown(name)
         )))
     };
     let Some(first) = name.bytes().next() else {
@@ -47,6 +47,15 @@ pub fn validate_name(name: &str) -> Result<(), Error> {
         return bad("it may only hold lowercase letters, digits, '_' and '-'");
     }
     Ok(())
+}
+
+/// `name` escaped and cut to a little over the name limit, for an error message: the message
+/// travels back in a gRPC header, and one that echoed a 64 KiB name whole would exceed the
+/// client's header limit, so the client would see a protocol error instead of the reason.
+fn shown(name: &str) -> String {
+    let cut: String = name.chars().take(KEYSPACE_NAME_BYTES_MAX + 1).collect();
+    let ellipsis = if cut.len() < name.len() { "..." } else { "" };
+    format!("{}{ellipsis}", cut.escape_default())
 }
 
 /// Checks a key against the size limit; empty keys are refused too.
@@ -80,6 +89,16 @@ pub fn validate_value(value: &[u8]) -> Result<(), Error> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn a_huge_bad_name_is_not_echoed_whole() {
+        let name = "\u{1}".repeat(64 * 1024);
+        let err = validate_name(&name).unwrap_err().to_string();
+        assert!(err.len() < 1024, "{} bytes of error message", err.len());
+        assert!(err.contains("...") && err.contains("65536 bytes long"), "{err}");
+        let err = validate_name("Bank").unwrap_err().to_string();
+        assert!(err.contains("'Bank'") && !err.contains("..."), "{err}");
+    }
 
     #[test]
     fn names_follow_the_pattern() {

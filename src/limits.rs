@@ -111,6 +111,15 @@ pub const SNAPSHOT_EVERY_ENTRIES: u64 = 500;
 /// Snapshot chunk size for InstallSnapshot; several chunks per message keep memory flat.
 pub const SNAPSHOT_CHUNK_BYTES: u64 = 1024 * 1024;
 
+/// Largest Raft snapshot a node receives (InstallSnapshot: a chunk's offset plus its length).
+/// openraft writes each chunk at the offset the sender names into a file on this node's disk
+/// (`begin_receiving_snapshot`), so without a bound one message with an offset near 2^64 makes
+/// a sparse file of exabytes or fails deep in the file system, and a stream of chunks fills the
+/// disk. A snapshot holds a node's whole cp state in sled; capkv's nodes are meant for data
+/// that fits one laptop's sled database, so 64 GiB is far above any snapshot a node builds
+/// while it still stops absurd offsets before they reach the disk.
+pub const SNAPSHOT_BYTES_MAX: u64 = 64 * 1024 * 1024 * 1024;
+
 /// Default client timeout, and the server's budget when a request carries no deadline.
 pub const REQUEST_TIMEOUT_MS_DEFAULT: u64 = 5_000;
 

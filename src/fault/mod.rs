@@ -72,8 +72,11 @@ impl FaultFilter {
         &self.clock
     }
 
-    /// Shifts this node's clock by `offset_ms` (0 restores it); refused when fault injection is off.
+    /// Shifts this node's clock by `offset_ms` (0 restores it); refused when fault injection is
+    /// off or the offset is beyond [`CLOCK_OFFSET_MS_MAX`]. Both ways in (the public `Fault`
+    /// service and a peer's `SetClockOffset`) end here, so both enforce the bound.
     pub fn set_clock_offset(&self, offset_ms: i64) -> Result<(), Error> {
+        validate_clock_offset(offset_ms)?;
         if !self.enabled {
             return Err(Error::Refused(
                 "fault injection is off on this node; start nodes with --fault-injection (cluster up does)".into(),
@@ -86,6 +89,21 @@ impl FaultFilter {
     pub fn groups(&self) -> Vec<BTreeSet<u64>> {
         self.groups.read().expect("fault filter lock is never poisoned").clone()
     }
+}
+
+/// Largest clock offset fault injection accepts: a day either way. An ap write stamped with a
+/// clock far ahead wins every conflict until real time catches up, so the bound also bounds how
+/// long one injected (or forged) offset can distort last-writer-wins.
+pub const CLOCK_OFFSET_MS_MAX: i64 = 24 * 3600 * 1000;
+
+/// Refuses a clock offset beyond [`CLOCK_OFFSET_MS_MAX`] either way.
+pub fn validate_clock_offset(offset_ms: i64) -> Result<(), Error> {
+    if offset_ms.unsigned_abs() > CLOCK_OFFSET_MS_MAX.unsigned_abs() {
+        return Err(Error::InvalidInput(format!(
+            "a clock offset of {offset_ms} ms is beyond the limit of ±{CLOCK_OFFSET_MS_MAX} ms (one day); give a smaller offset"
+        )));
+    }
+    Ok(())
 }
 
 /// Parses one group as written on the command line: node ids joined by commas (`1,2`).
@@ -166,6 +184,30 @@ mod tests {
         assert_eq!(clock.apply(1_000), 750);
         f.set_clock_offset(0).unwrap();
         assert_eq!(clock.apply(1_000), 1_000);
+    }
+
+    #[test]
+    fn clock_offsets_beyond_a_day_are_refused_whoever_asks() {
+        let f = FaultFilter::new(true);
+        f.set_clock_offset(CLOCK_OFFSET_MS_MAX).unwrap();
+        f.set_clock_offset(-CLOCK_OFFSET_MS_MAX).unwrap();
+        assert_eq!(f.clock().offset_ms(), -CLOCK_OFFSET_MS_MAX);
+        for bad in [CLOCK_OFFSET_MS_MAX + 1, -CLOCK_OFFSET_MS_MAX - 1, i64::MAX, i64::MIN] {
+            let err = f.set_clock_offset(bad).unwrap_err();
+            assert_eq!(err.exit_code(), 5, "{bad} is invalid input: {err}");
+            assert!(err.to_string().contains("one day"), "{err}");
+        }
+        assert_eq!(
+            f.clock().offset_ms(),
+            -CLOCK_OFFSET_MS_MAX,
+            "a refused offset changes nothing"
+        );
+        let off = FaultFilter::new(false);
+        assert_eq!(
+            off.set_clock_offset(i64::MIN).unwrap_err().exit_code(),
+            5,
+            "the bound comes first"
+        );
     }
 
     #[test]

@@ -11,15 +11,12 @@ use std::time::Duration;
 use tonic::{Request, Response, Status};
 
 use crate::error::Error;
-use crate::fault::validate_partition;
+use crate::fault::{validate_clock_offset, validate_partition};
 use crate::node::Node;
 use crate::proto::{self, peer_client::PeerClient};
 
 /// How long telling one peer about a fault may take.
 const CONTROL_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// Largest clock offset fault injection accepts: a day either way.
-const CLOCK_OFFSET_MS_MAX: i64 = 24 * 3600 * 1000;
 
 pub struct FaultService {
     node: Arc<Node>,
@@ -174,13 +171,8 @@ impl proto::fault_server::Fault for FaultService {
         request: Request<proto::ClockRequest>,
     ) -> Result<Response<proto::FaultStatusResponse>, Status> {
         let request = request.into_inner();
-        if request.offset_ms.abs() > CLOCK_OFFSET_MS_MAX {
-            return Err(Error::InvalidInput(format!(
-                "a clock offset of {} ms is beyond the limit of ±{CLOCK_OFFSET_MS_MAX} ms (one day)",
-                request.offset_ms
-            ))
-            .into());
-        }
+        // Checked here too, before any peer is told, so the caller learns of a bad offset at once.
+        validate_clock_offset(request.offset_ms)?;
         let members = self.node.members();
         let Some(addr) = members.get(&request.node_id).cloned() else {
             return Err(

@@ -110,3 +110,6 @@ pub async fn serve_grpc(
         .await
         .map_err(|e| Error::Internal(format!("the gRPC server failed: {e}")))
 }
+
+#[cfg(test)]
+mod fuzz_test;

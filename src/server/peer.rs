@@ -1,16 +1,94 @@
-//! The internal peer service: openraft's RPCs and the fault-injection control plane.
+//! The internal peer service: openraft's RPCs, liveness pings, the ap protocol and the
+//! fault-injection control plane.
+//!
+//! Every message a peer sends names its sender (`from`). Before anything else looks at a message,
+//! [`check_sender`] refuses a sender that is not another member of this cluster, so a forged
+//! ping cannot mark an unknown id alive and random ids cannot grow per-peer state; a Raft
+//! message must also agree with the node its openraft request names ([`check_raft_sender`]),
+//! and an InstallSnapshot chunk must end within [`SNAPSHOT_BYTES_MAX`] ([`check_snapshot_chunk`])
+//! before openraft writes it to disk at the offset it names. A peer's clock offset and partition
+//! pass the same checks as the public `Fault` service's.
+//!
+//! Caveats: these checks stop malformed and absurd messages, not a liar. Without peer
+//! authentication (no mTLS yet) anyone who can reach the port can name a real member as the
+//! sender and be believed.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
+use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tonic::{Request, Response, Status};
 
-use crate::cp::GROUP_ID;
+use crate::cp::{NodeId, TypeConfig, GROUP_ID};
+use crate::error::Error;
+use crate::limits::SNAPSHOT_BYTES_MAX;
 use crate::node::Node;
 use crate::proto::{self, RaftMessage};
 use crate::request::Ctx;
 use crate::storage::codec::{decode, encode};
+
+/// Refuses a peer message whose sender `from` is not another member of this cluster.
+pub fn check_sender(from: NodeId, self_id: NodeId, members: &BTreeSet<NodeId>) -> Result<(), Error> {
+    if from == self_id {
+        return Err(Error::InvalidInput(format!(
+            "a peer message names this node ({self_id}) as its sender; only other members send peer messages"
+        )));
+    }
+    if !members.contains(&from) {
+        return Err(Error::InvalidInput(format!(
+            "node {from} is not a member of this cluster (members: {members:?}); peer messages are accepted only from members"
+        )));
+    }
+    Ok(())
+}
+
+/// Refuses a Raft message whose `from` differs from the node its openraft request names.
+pub fn check_raft_sender(from: NodeId, named: Option<NodeId>) -> Result<(), Error> {
+    match named {
+        Some(named) if named != from => Err(Error::InvalidInput(format!(
+            "a Raft message from node {from} carries the vote of node {named}; the sender and the vote must name the same node"
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// Refuses an InstallSnapshot chunk of `len` bytes at `offset` that ends beyond
+/// [`SNAPSHOT_BYTES_MAX`] (or beyond `u64`).
+pub fn check_snapshot_chunk(offset: u64, len: usize) -> Result<(), Error> {
+    let end = u64::try_from(len).ok().and_then(|len| offset.checked_add(len));
+    match end {
+        Some(end) if end <= SNAPSHOT_BYTES_MAX => Ok(()),
+        _ => Err(Error::InvalidInput(format!(
+            "a snapshot chunk of {len} bytes at offset {offset} ends beyond the snapshot limit of {SNAPSHOT_BYTES_MAX} bytes"
+        ))),
+    }
+}
+
+/// The node an openraft request names as its sender: the candidate of a vote request, the
+/// leader of an AppendEntries or InstallSnapshot.
+pub trait NamedSender {
+    fn named_sender(&self) -> Option<NodeId>;
+}
+
+impl NamedSender for AppendEntriesRequest<TypeConfig> {
+    fn named_sender(&self) -> Option<NodeId> {
+        self.vote.leader_id().voted_for()
+    }
+}
+
+impl NamedSender for VoteRequest<NodeId> {
+    fn named_sender(&self) -> Option<NodeId> {
+        self.vote.leader_id().voted_for()
+    }
+}
+
+impl NamedSender for InstallSnapshotRequest<TypeConfig> {
+    fn named_sender(&self) -> Option<NodeId> {
+        self.vote.leader_id().voted_for()
+    }
+}
 
 pub struct PeerService {
     node: Arc<Node>,
@@ -21,8 +99,20 @@ impl PeerService {
         Self { node }
     }
 
-    /// Checks group and fault filter, then decodes the openraft request.
-    async fn accept<T: DeserializeOwned>(&self, request: Request<RaftMessage>) -> Result<T, Status> {
+    /// Refuses a sender that is not another member, then holds a message the fault filter
+    /// drops: silence until the sender gives up, and never handled.
+    async fn admit(&self, ctx: &Ctx, from: NodeId) -> Result<(), Status> {
+        check_sender(from, self.node.id(), &self.node.cp().member_ids())?;
+        if !self.node.fault().allows(from, self.node.id()) {
+            tokio::time::sleep(ctx.remaining()).await;
+            return Err(Status::unavailable("dropped by fault injection"));
+        }
+        Ok(())
+    }
+
+    /// Checks group, sender and fault filter, then decodes the openraft request and checks that
+    /// it names the same sender.
+    async fn accept<T: DeserializeOwned + NamedSender>(&self, request: Request<RaftMessage>) -> Result<T, Status> {
         let ctx = Ctx::of(&request);
         let message = request.into_inner();
         if message.group_id != GROUP_ID {
@@ -31,12 +121,11 @@ impl PeerService {
                 message.group_id
             )));
         }
-        if !self.node.fault().allows(message.from, self.node.id()) {
-            // Silence: hold the request until the sender gives up, and never handle it.
-            tokio::time::sleep(ctx.remaining()).await;
-            return Err(Status::unavailable("dropped by fault injection"));
-        }
-        decode(&message.payload).map_err(|e| Status::invalid_argument(format!("bad Raft message: {e}")))
+        self.admit(&ctx, message.from).await?;
+        let rpc: T =
+            decode(&message.payload).map_err(|e| Status::invalid_argument(format!("bad Raft message: {e}")))?;
+        check_raft_sender(message.from, rpc.named_sender())?;
+        Ok(rpc)
     }
 
     fn answer<T: Serialize>(&self, result: &T) -> Result<Response<RaftMessage>, Status> {
@@ -63,7 +152,9 @@ impl proto::peer_server::Peer for PeerService {
     }
 
     async fn install_snapshot(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
-        let rpc = self.accept(request).await?;
+        let rpc: InstallSnapshotRequest<TypeConfig> = self.accept(request).await?;
+        // openraft seeks to the chunk's offset in the file it receives into and writes there.
+        check_snapshot_chunk(rpc.offset, rpc.data.len())?;
         let result = self.node.cp().raft().install_snapshot(rpc).await;
         self.answer(&result)
     }
@@ -71,10 +162,7 @@ impl proto::peer_server::Peer for PeerService {
     async fn ping(&self, request: Request<proto::PingRequest>) -> Result<Response<proto::PingResponse>, Status> {
         let ctx = Ctx::of(&request);
         let from = request.into_inner().from;
-        if !self.node.fault().allows(from, self.node.id()) {
-            tokio::time::sleep(ctx.remaining()).await;
-            return Err(Status::unavailable("dropped by fault injection"));
-        }
+        self.admit(&ctx, from).await?;
         self.node.reach().heard_from(from);
         Ok(Response::new(proto::PingResponse {
             node_id: self.node.id(),
@@ -85,10 +173,7 @@ impl proto::peer_server::Peer for PeerService {
     async fn ap(&self, request: Request<proto::ApMessage>) -> Result<Response<proto::ApMessage>, Status> {
         let ctx = Ctx::of(&request);
         let message = request.into_inner();
-        if !self.node.fault().allows(message.from, self.node.id()) {
-            tokio::time::sleep(ctx.remaining()).await;
-            return Err(Status::unavailable("dropped by fault injection"));
-        }
+        self.admit(&ctx, message.from).await?;
         let ap_request: crate::ap::replica::Request =
             decode(&message.payload).map_err(|e| Status::invalid_argument(format!("bad AP message: {e}")))?;
         let response = self.node.ap().replica().handle(message.from, ap_request).await?;
@@ -123,6 +208,10 @@ impl proto::peer_server::Peer for PeerService {
             .into_iter()
             .map(|g| g.nodes.into_iter().collect())
             .collect::<Vec<_>>();
+        // The same check as the public Fault service's; empty heals.
+        if !groups.is_empty() {
+            crate::fault::validate_partition(&groups, &self.node.cp().member_ids())?;
+        }
         tracing::warn!(
             from = request.from,
             ?groups,
@@ -135,5 +224,79 @@ impl proto::peer_server::Peer for PeerService {
         Ok(Response::new(proto::SetPartitionResponse {
             node_id: self.node.id(),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::{CommittedLeaderId, LogId, SnapshotMeta, Vote};
+
+    use super::*;
+
+    fn members() -> BTreeSet<NodeId> {
+        [1, 2, 3].into_iter().collect()
+    }
+
+    #[test]
+    fn only_other_members_may_send() {
+        assert!(check_sender(2, 1, &members()).is_ok());
+        assert!(check_sender(3, 1, &members()).is_ok());
+        let own = check_sender(1, 1, &members()).unwrap_err();
+        assert!(own.to_string().contains("this node (1)"), "{own}");
+        for stranger in [0, 4, 99, u64::MAX] {
+            let err = check_sender(stranger, 1, &members()).unwrap_err();
+            assert_eq!(err.exit_code(), 5, "{err}");
+            assert!(
+                err.to_string().contains(&format!("node {stranger} is not a member")),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_raft_message_must_name_its_sender() {
+        let vote = VoteRequest::new(Vote::new(7, 2), None);
+        assert!(check_raft_sender(2, vote.named_sender()).is_ok());
+        let err = check_raft_sender(3, vote.named_sender()).unwrap_err();
+        assert!(
+            err.to_string().contains("from node 3 carries the vote of node 2"),
+            "{err}"
+        );
+
+        let append = AppendEntriesRequest::<TypeConfig> {
+            vote: Vote::new_committed(7, 3),
+            prev_log_id: Some(LogId::new(CommittedLeaderId::new(7, 3), 10)),
+            entries: vec![],
+            leader_commit: None,
+        };
+        assert_eq!(append.named_sender(), Some(3));
+        assert!(check_raft_sender(3, append.named_sender()).is_ok());
+        assert!(check_raft_sender(1, append.named_sender()).is_err());
+
+        let snapshot = InstallSnapshotRequest::<TypeConfig> {
+            vote: Vote::new_committed(9, 1),
+            meta: SnapshotMeta::default(),
+            offset: 0,
+            data: vec![1, 2, 3],
+            done: true,
+        };
+        assert_eq!(snapshot.named_sender(), Some(1));
+        assert!(check_raft_sender(2, snapshot.named_sender()).is_err());
+        assert!(
+            check_raft_sender(2, None).is_ok(),
+            "nothing named, nothing to disagree with"
+        );
+    }
+
+    #[test]
+    fn snapshot_chunks_end_within_the_limit() {
+        assert!(check_snapshot_chunk(0, 1024 * 1024).is_ok());
+        assert!(check_snapshot_chunk(SNAPSHOT_BYTES_MAX - 10, 10).is_ok());
+        assert!(check_snapshot_chunk(SNAPSHOT_BYTES_MAX, 0).is_ok());
+        assert!(check_snapshot_chunk(SNAPSHOT_BYTES_MAX - 10, 11).is_err());
+        assert!(check_snapshot_chunk(SNAPSHOT_BYTES_MAX + 1, 0).is_err());
+        let err = check_snapshot_chunk(u64::MAX, 1).unwrap_err();
+        assert!(err.to_string().contains("ends beyond the snapshot limit"), "{err}");
+        assert_eq!(err.exit_code(), 5);
     }
 }

@@ -6,10 +6,19 @@
 //! megabytes of log entries. Both forms write the same bytes (a length, then the bytes), so
 //! records written before the marking still decode.
 //!
-//! Caveat: there is no format version inside each record; a format change needs a migration.
+//! Decoding takes bytes a peer sent, so it must refuse anything without panicking or aborting.
+//! bincode allocates a string's bytes as soon as it has read the string's length prefix; without
+//! a limit, one forged prefix (2^60) made the allocator abort the whole node. [`decode`] runs
+//! with bincode's limit [`DECODE_CLAIM_BYTES_MAX`], which refuses a claim before allocating it.
+//!
+//! Caveats: there is no format version inside each record; a format change needs a migration.
+//! A record whose decoded size exceeds the limit (only conceivable for a snapshot stored in one
+//! value by capkv before snapshot files, converted once at start-up) does not decode.
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+
+use crate::limits::PEER_MESSAGE_BYTES_MAX;
 
 /// Encodes a value; encoding our own types into a Vec cannot fail.
 pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
@@ -26,10 +35,17 @@ pub enum CodecError {
     TrailingBytes(usize),
 }
 
-/// Decodes a value, rejecting trailing bytes.
+/// Most bytes one [`decode`] may claim: bincode counts every decoded value at its in-memory size
+/// (a `u64` as 8 bytes however short its varint) and every string at its length. One encoded
+/// byte claims at most 8, so every message under [`PEER_MESSAGE_BYTES_MAX`] decodes, while a
+/// forged length prefix is refused before anything of its size is allocated.
+pub const DECODE_CLAIM_BYTES_MAX: usize = 8 * PEER_MESSAGE_BYTES_MAX;
+
+/// Decodes a value, rejecting trailing bytes and claims beyond [`DECODE_CLAIM_BYTES_MAX`].
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
-    let (value, read) = bincode::serde::decode_from_slice(bytes, bincode::config::standard())
-        .map_err(|e| CodecError::Malformed(e.to_string()))?;
+    let config = bincode::config::standard().with_limit::<DECODE_CLAIM_BYTES_MAX>();
+    let (value, read) =
+        bincode::serde::decode_from_slice(bytes, config).map_err(|e| CodecError::Malformed(e.to_string()))?;
     if read != bytes.len() {
         return Err(CodecError::TrailingBytes(bytes.len() - read));
     }
@@ -79,6 +95,25 @@ mod tests {
             prop_assert_eq!(&plain, &marked);
             prop_assert_eq!(decode::<Marked>(&plain).unwrap(), Marked { key, value });
         }
+    }
+
+    #[test]
+    fn a_message_of_the_peer_limit_decodes() {
+        // The worst case for claims: every byte a one-byte varint that claims eight.
+        let numbers = vec![1u64; PEER_MESSAGE_BYTES_MAX - 16];
+        let bytes = encode(&numbers);
+        assert!(bytes.len() <= PEER_MESSAGE_BYTES_MAX);
+        assert_eq!(decode::<Vec<u64>>(&bytes).unwrap().len(), numbers.len());
+        let text = "x".repeat(PEER_MESSAGE_BYTES_MAX - 16);
+        assert_eq!(decode::<String>(&encode(&text)).unwrap().len(), text.len());
+    }
+
+    #[test]
+    fn a_forged_length_is_refused_before_it_is_allocated() {
+        let mut bytes = vec![253];
+        bytes.extend((1u64 << 60).to_le_bytes());
+        let err = decode::<String>(&bytes).unwrap_err();
+        assert!(err.to_string().contains("does not decode"), "{err}");
     }
 
     #[test]

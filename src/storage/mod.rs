@@ -19,13 +19,23 @@ use std::path::{Path, PathBuf};
 use crate::error::Error;
 use crate::limits::SLED_CACHE_BYTES;
 
-/// Opens (or creates) the node's database under `dir`.
+/// Creates `dir` and any missing parents with mode 0700 (before the umask): a node's data is
+/// readable only by the user who runs it. Directories that exist keep their mode.
+pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)
+}
+
+/// Opens (or creates, mode 0700) the node's database under `dir`.
 pub fn open(dir: &Path) -> Result<sled::Db, Error> {
     if !dir.exists() {
-        std::fs::create_dir_all(dir)
+        create_private_dir(dir)
             .and_then(|()| wal::disk::sync_parent(dir))
             .map_err(|e| Error::InvalidInput(format!("cannot create the data dir {}: {e}", dir.display())))?;
     }
+    // sled would create its directory with the umask's mode; make it first.
+    create_private_dir(&dir.join("db"))
+        .map_err(|e| Error::InvalidInput(format!("cannot create the database dir in {}: {e}", dir.display())))?;
     sled::Config::new()
         .path(dir.join("db"))
         .cache_capacity(SLED_CACHE_BYTES)
@@ -158,4 +168,26 @@ fn fsync_tree(dir: &Path) -> std::io::Result<()> {
         }
     }
     wal::disk::sync_dir(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    fn mode(path: &Path) -> u32 {
+        std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
+    #[test]
+    fn a_new_data_dir_and_its_parents_are_private() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("cluster").join("node-1");
+        let db = open(&dir).unwrap();
+        drop(db);
+        assert_eq!(mode(&dir), 0o700, "the data dir");
+        assert_eq!(mode(&root.path().join("cluster")), 0o700, "a parent it created");
+        assert_eq!(mode(&dir.join("db")), 0o700, "sled's directory inside");
+    }
 }

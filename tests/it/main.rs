@@ -13,6 +13,7 @@ mod cli;
 mod durability;
 mod exactly_once;
 mod failover;
+mod garbage;
 mod harness;
 mod limits;
 mod ops;

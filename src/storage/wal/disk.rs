@@ -40,10 +40,10 @@ pub struct RealDisk {
 }
 
 impl RealDisk {
-    /// Opens `dir`, creating it (and syncing its parent) when missing.
+    /// Opens `dir`, creating it (mode 0700, and syncing its parent) when missing.
     pub fn open(dir: &Path) -> io::Result<Self> {
         if !dir.exists() {
-            std::fs::create_dir_all(dir)?;
+            crate::storage::create_private_dir(dir)?;
             sync_parent(dir)?;
         }
         Ok(Self {
