@@ -429,6 +429,7 @@ impl ClientTask {
             compares: Vec::new(),
             success,
             failure: Vec::new(),
+            request_id: None,
         };
         let resp = self.client.txn(req).await?;
         Ok(resp
@@ -510,6 +511,7 @@ fn transfer(from: usize, to: usize, bf: i64, bt: i64, amount: i64) -> proto::Txn
         compares: vec![value_is(account(from), bf), value_is(account(to), bt)],
         success: vec![put(account(from), bf - amount), put(account(to), bt + amount)],
         failure: Vec::new(),
+        request_id: None,
     }
 }
 
@@ -520,6 +522,7 @@ pub fn open_accounts() -> proto::TxnRequest {
         compares: Vec::new(),
         success: (0..BANK_ACCOUNTS).map(|i| put(account(i), BANK_BALANCE)).collect(),
         failure: Vec::new(),
+        request_id: None,
     }
 }
 
