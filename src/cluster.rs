@@ -40,6 +40,10 @@ pub struct UpArgs {
     /// HTTP port of node 1; node i serves HTTP on http-base-port + i - 1.
     #[arg(long, default_value_t = 8001)]
     pub http_base_port: u16,
+    /// Peer port of node 1 (Raft and replication between nodes, apart from clients); node i
+    /// uses peer-base-port + i - 1.
+    #[arg(long, default_value_t = 7101)]
+    pub peer_base_port: u16,
     #[arg(long, default_value = "./capkv-data")]
     pub data_dir: PathBuf,
     /// Leave the nodes running in the background; stop them with `capkv cluster down`.
@@ -52,6 +56,9 @@ struct NodeRecord {
     id: u64,
     pid: i32,
     listen: String,
+    /// Empty in the state file of a cluster started before peer ports existed.
+    #[serde(default)]
+    peer: String,
     http: String,
     log: PathBuf,
 }
@@ -69,28 +76,37 @@ impl UpArgs {
                 self.nodes
             )));
         }
-        let (grpc_end, http_end) = (
-            self.base_port as u32 + self.nodes as u32,
-            self.http_base_port as u32 + self.nodes as u32,
-        );
-        if grpc_end > 65536 || http_end > 65536 {
-            return Err(Error::InvalidInput(
-                "the port ranges run past 65535; lower --base-port or --http-base-port".into(),
-            ));
+        let ranges = [
+            ("--base-port", self.base_port),
+            ("--peer-base-port", self.peer_base_port),
+            ("--http-base-port", self.http_base_port),
+        ];
+        for (flag, base) in ranges {
+            if base as u32 + self.nodes as u32 > 65536 {
+                return Err(Error::InvalidInput(format!(
+                    "the port range of {flag} runs past 65535; lower {flag}"
+                )));
+            }
         }
-        let grpc = self.base_port as u32..grpc_end;
-        if grpc.contains(&(self.http_base_port as u32))
-            || (self.http_base_port as u32..http_end).contains(&(self.base_port as u32))
-        {
-            return Err(Error::InvalidInput(
-                "the gRPC and HTTP port ranges overlap; move --http-base-port".into(),
-            ));
+        for (i, (flag_a, a)) in ranges.iter().enumerate() {
+            for (flag_b, b) in &ranges[i + 1..] {
+                let (a, b, n) = (*a as u32, *b as u32, self.nodes as u32);
+                if a < b + n && b < a + n {
+                    return Err(Error::InvalidInput(format!(
+                        "the port ranges of {flag_a} and {flag_b} overlap ({n} nodes each); move one of them"
+                    )));
+                }
+            }
         }
         Ok(())
     }
 
     fn grpc(&self, id: u64) -> String {
         format!("127.0.0.1:{}", self.base_port as u64 + id - 1)
+    }
+
+    fn peer(&self, id: u64) -> String {
+        format!("127.0.0.1:{}", self.peer_base_port as u64 + id - 1)
     }
 
     fn http(&self, id: u64) -> String {
@@ -120,7 +136,7 @@ fn is_capkv_node(pid: i32) -> bool {
 
 fn check_port_free(addr: &str, what: &str) -> Result<(), Error> {
     TcpListener::bind(addr).map(drop).map_err(|e| {
-        Error::Refused(format!("{addr} ({what}) is not free ({e}); stop what uses it or choose other ports with --base-port/--http-base-port"))
+        Error::Refused(format!("{addr} ({what}) is not free ({e}); stop what uses it or choose other ports with --base-port/--peer-base-port/--http-base-port"))
     })
 }
 
@@ -145,6 +161,8 @@ fn spawn_node(args: &UpArgs, id: u64, peers: &str, exe: &Path) -> Result<(Child,
             &id.to_string(),
             "--listen",
             &args.grpc(id),
+            "--peer-listen",
+            &args.peer(id),
             "--http",
             &args.http(id),
         ])
@@ -163,6 +181,7 @@ fn spawn_node(args: &UpArgs, id: u64, peers: &str, exe: &Path) -> Result<(Child,
         id,
         pid: child.id() as i32,
         listen: args.grpc(id),
+        peer: args.peer(id),
         http: args.http(id),
         log,
     };
@@ -197,10 +216,11 @@ pub async fn up(args: UpArgs, exe: PathBuf) -> Result<(), Error> {
     }
     for id in 1..=args.nodes as u64 {
         check_port_free(&args.grpc(id), &format!("node {id} gRPC"))?;
+        check_port_free(&args.peer(id), &format!("node {id} peer"))?;
         check_port_free(&args.http(id), &format!("node {id} HTTP"))?;
     }
     let peers: Vec<String> = (1..=args.nodes as u64)
-        .map(|id| format!("{id}={}", args.grpc(id)))
+        .map(|id| format!("{id}={}", args.peer(id)))
         .collect();
     let peers = peers.join(",");
     let mut children = Vec::new();
@@ -288,11 +308,12 @@ async fn wait_ready(records: &[NodeRecord], children: &mut [(u64, Child)]) -> Re
 fn print_endpoints(records: &[NodeRecord], args: &UpArgs) {
     let mut t = Table::new();
     t.load_preset(UTF8_BORDERS_ONLY)
-        .set_header(vec!["NODE", "GRPC", "HTTP", "PID", "LOG"]);
+        .set_header(vec!["NODE", "GRPC (CLIENTS)", "PEER", "HTTP", "PID", "LOG"]);
     for r in records {
         t.add_row(vec![
             r.id.to_string(),
             r.listen.clone(),
+            r.peer.clone(),
             format!("http://{}", r.http),
             r.pid.to_string(),
             r.log.display().to_string(),
@@ -373,4 +394,32 @@ pub async fn down(data_dir: &Path) -> Result<(), Error> {
     let _ = std::fs::remove_file(state_path(data_dir));
     println!("stopped {} node(s)", running.len());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn up(base: u16, peer: u16, http: u16) -> UpArgs {
+        UpArgs {
+            nodes: 3,
+            base_port: base,
+            peer_base_port: peer,
+            http_base_port: http,
+            data_dir: "./capkv-data".into(),
+            detach: false,
+        }
+    }
+
+    #[test]
+    fn the_three_port_ranges_must_not_overlap_or_overflow() {
+        assert!(up(7001, 7101, 8001).validate().is_ok(), "the defaults");
+        let err = up(7001, 7003, 8001).validate().unwrap_err().to_string();
+        assert!(err.contains("--base-port and --peer-base-port overlap"), "{err}");
+        let err = up(7001, 7101, 7102).validate().unwrap_err().to_string();
+        assert!(err.contains("--peer-base-port and --http-base-port"), "{err}");
+        let err = up(7001, 65534, 8001).validate().unwrap_err().to_string();
+        assert!(err.contains("past 65535"), "{err}");
+        assert!(up(7001, 7004, 7007).validate().is_ok(), "adjacent ranges are fine");
+    }
 }

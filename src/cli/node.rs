@@ -15,16 +15,22 @@ pub struct NodeArgs {
     /// This node's id (1, 2, ...), as listed in --peers.
     #[arg(long)]
     pub id: u64,
-    /// gRPC address to listen on.
+    /// gRPC address of the public API (clients).
     #[arg(long)]
     pub listen: std::net::SocketAddr,
+    /// gRPC address of the peer API (Raft, ap replication, fault control, forwarded requests),
+    /// like etcd's peer port: keep it on a network only members reach. Without it the peer API
+    /// shares --listen.
+    #[arg(long)]
+    pub peer_listen: Option<std::net::SocketAddr>,
     /// HTTP address for /metrics, /health, /livez and /readyz.
     #[arg(long)]
     pub http: std::net::SocketAddr,
     /// Where this node keeps its data and logs.
     #[arg(long)]
     pub data_dir: PathBuf,
-    /// Every member as ID=HOST:PORT, comma-separated (this node included).
+    /// Every member as ID=HOST:PORT, comma-separated (this node included): their peer
+    /// addresses (--peer-listen, or --listen for nodes without one).
     #[arg(long)]
     pub peers: String,
     /// Allow `capkv fault` commands to partition this node.
@@ -79,6 +85,7 @@ pub fn node_options(args: &NodeArgs) -> Result<NodeOptions, Error> {
     Ok(NodeOptions {
         id: args.id,
         listen: args.listen,
+        peer_listen: args.peer_listen,
         http: args.http,
         data_dir: args.data_dir.clone(),
         peers: parse_peers(&args.peers)?,

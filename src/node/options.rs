@@ -17,9 +17,12 @@ use crate::error::Error;
 pub struct NodeOptions {
     pub id: NodeId,
     pub listen: SocketAddr,
+    /// Where the peer API is served (`--peer-listen`); `None`: on `listen`, with the public API.
+    pub peer_listen: Option<SocketAddr>,
     pub http: SocketAddr,
     pub data_dir: PathBuf,
-    /// Every member's gRPC address, this node included.
+    /// Every member's peer address (its `--peer-listen`, or its `--listen` without one), this
+    /// node included.
     pub peers: BTreeMap<NodeId, String>,
     pub fault_injection: bool,
     pub raft: RaftOptions,
@@ -44,6 +47,13 @@ impl NodeOptions {
                 "--listen and --http are both {}; give them different ports",
                 self.listen
             )));
+        }
+        if let Some(peer) = self.peer_listen {
+            if peer == self.listen || peer == self.http {
+                return Err(Error::InvalidInput(format!(
+                    "--peer-listen {peer} is also --listen or --http; give the peer API a port of its own"
+                )));
+            }
         }
         self.raft.validate()?;
         if let Some(backup) = &self.backup {

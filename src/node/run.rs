@@ -22,20 +22,38 @@ pub async fn run(options: NodeOptions) -> Result<(), Error> {
     metrics::install()?;
     // Bind first: a taken port should fail before anything touches the data dir.
     let grpc_listener = server::bind(options.listen, "--listen").await?;
+    let peer_listener = match options.peer_listen {
+        Some(addr) => Some(server::bind(addr, "--peer-listen").await?),
+        None => None,
+    };
     let http_listener = server::bind(options.http, "--http").await?;
     let node = Node::open(options.clone()).await?;
-    tracing::info!(id = node.id(), listen = %options.listen, http = %options.http, data_dir = %options.data_dir.display(),
-        fault_injection = options.fault_injection, "node starting");
+    tracing::info!(id = node.id(), listen = %options.listen, peer_listen = ?options.peer_listen, http = %options.http,
+        data_dir = %options.data_dir.display(), fault_injection = options.fault_injection, "node starting");
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
     };
+    let client_ports = if peer_listener.is_some() {
+        server::Ports::Client
+    } else {
+        server::Ports::Shared
+    };
     let grpc = tokio::spawn(server::serve_grpc(
         node.clone(),
         grpc_listener,
+        client_ports,
         stopped(stop_rx.clone()),
     ));
+    let peer_grpc = peer_listener.map(|listener| {
+        tokio::spawn(server::serve_grpc(
+            node.clone(),
+            listener,
+            server::Ports::Peer,
+            stopped(stop_rx.clone()),
+        ))
+    });
     let http = tokio::spawn(server::http::serve_http(
         node.clone(),
         http_listener,
@@ -58,9 +76,16 @@ pub async fn run(options: NodeOptions) -> Result<(), Error> {
     });
     node.cp().bootstrap_if_fresh().await?;
 
+    let peer_ended = async {
+        match peer_grpc {
+            Some(task) => grpc_task_ended(task).await,
+            None => std::future::pending().await,
+        }
+    };
     let result = tokio::select! {
         _ = shutdown_signal() => Ok(()),
         r = grpc_task_ended(grpc) => r,
+        r = peer_ended => r,
     };
     tracing::info!(id = node.id(), "node stopping");
     let _ = stop_tx.send(true);

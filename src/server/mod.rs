@@ -1,5 +1,9 @@
 //! The edges of a node: gRPC services (public API, peer API, health, reflection) on `--listen`
-//! and HTTP (`/metrics`, `/health`, `/livez`, `/readyz`) on `--http`. Handlers check input, pick the path
+//! and HTTP (`/metrics`, `/health`, `/livez`, `/readyz`) on `--http`. With `--peer-listen` the
+//! peer API moves to a port of its own ([`Ports`]): the client port no longer serves it, so a
+//! firewall can keep clients away from Raft. The peer port also serves the public API, because
+//! members call each other there (a follower forwards a client's request to its leader's peer
+//! address). Handlers check input, pick the path
 //! by keyspace mode ([`kv`]), and map errors to statuses in one place ([`crate::error`]).
 
 pub mod backup;
@@ -51,10 +55,22 @@ pub async fn bind(addr: std::net::SocketAddr, flag: &str) -> Result<TcpListener,
     })
 }
 
-/// Serves every gRPC service of the node until `shutdown` completes.
+/// Which services one gRPC port serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ports {
+    /// The public and the peer API on one port (no `--peer-listen`).
+    Shared,
+    /// The client port of a node with a peer port: everything but the peer API.
+    Client,
+    /// The peer port: the peer API, and the public API for calls between members.
+    Peer,
+}
+
+/// Serves the gRPC services of `ports` until `shutdown` completes.
 pub async fn serve_grpc(
     node: Arc<Node>,
     listener: TcpListener,
+    ports: Ports,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
@@ -98,11 +114,11 @@ pub async fn serve_grpc(
         .add_service(public!(proto::backup_server::BackupServer::new(
             backup::BackupService::new(node.clone())
         )))
-        .add_service(
+        .add_optional_service((ports != Ports::Client).then(|| {
             proto::peer_server::PeerServer::new(peer::PeerService::new(node.clone()))
                 .max_decoding_message_size(PEER_MESSAGE_BYTES_MAX)
-                .max_encoding_message_size(PEER_MESSAGE_BYTES_MAX),
-        )
+                .max_encoding_message_size(PEER_MESSAGE_BYTES_MAX)
+        }))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

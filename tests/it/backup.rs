@@ -815,7 +815,7 @@ fn a_lost_cluster_is_recovered_with_cluster_up_and_restore() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("fresh");
     let _down = DetachedCluster(data.clone());
-    let (base, http) = (three_free_ports(), three_free_ports());
+    let (base, http, peer) = (three_free_ports(), three_free_ports(), three_free_ports());
     let up = run(&[
         "cluster",
         "up",
@@ -826,6 +826,8 @@ fn a_lost_cluster_is_recovered_with_cluster_up_and_restore() {
         &base.to_string(),
         "--http-base-port",
         &http.to_string(),
+        "--peer-base-port",
+        &peer.to_string(),
     ]);
     up.expect_code(0);
     let endpoints = (0..3)

@@ -44,7 +44,8 @@ fn cluster_up_detach_status_down_and_reuse() {
     let data_arg = data.to_str().expect("utf-8 temp path").to_string();
     let base = consecutive_free_ports(3);
     let http = consecutive_free_ports(3);
-    let (base_arg, http_arg) = (base.to_string(), http.to_string());
+    let peer = consecutive_free_ports(3);
+    let (base_arg, http_arg, peer_arg) = (base.to_string(), http.to_string(), peer.to_string());
     let up = [
         "cluster",
         "up",
@@ -52,6 +53,8 @@ fn cluster_up_detach_status_down_and_reuse() {
         &base_arg,
         "--http-base-port",
         &http_arg,
+        "--peer-base-port",
+        &peer_arg,
         "--data-dir",
         &data_arg,
         "--detach",
@@ -84,6 +87,12 @@ fn cluster_up_detach_status_down_and_reuse() {
     }
     client.create_keyspace("bank", "cp");
     client.put("bank", "alice", "100").expect_code(0);
+    assert!(
+        started.stdout.contains(&format!("127.0.0.1:{peer}")),
+        "{}",
+        started.describe()
+    );
+    peer_api_only_on_peer_ports(base, peer);
 
     let again = run(&up);
     again.expect_code(3);
@@ -111,6 +120,40 @@ fn cluster_up_detach_status_down_and_reuse() {
         refused.describe()
     );
     assert!(refused.stderr.contains("not free"), "{}", refused.describe());
+}
+
+/// `cluster up` gives every node a peer port: the client ports refuse the peer API, the peer
+/// ports serve it, and writes sent to every node (followers forward to the leader's peer port)
+/// succeed.
+fn peer_api_only_on_peer_ports(base: u16, peer: u16) {
+    use capkv::proto::{peer_client::PeerClient, PingRequest};
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let ping = |port: u16| {
+        rt.block_on(async move {
+            let mut peer = PeerClient::connect(format!("http://127.0.0.1:{port}"))
+                .await
+                .expect("connects");
+            peer.ping(PingRequest { from: 1 }).await
+        })
+    };
+    for i in 0..3u16 {
+        let refused = ping(base + i).expect_err("the client port has no peer API");
+        assert_eq!(refused.code(), tonic::Code::Unimplemented, "{refused:?}");
+        // From node 1 (a member); node 1 itself refuses its own id as a sender.
+        let answered = ping(peer + i);
+        if i == 0 {
+            assert_eq!(answered.expect_err("own id").code(), tonic::Code::InvalidArgument);
+        } else {
+            assert!(answered.is_ok(), "peer port of node {}: {answered:?}", i + 1);
+        }
+    }
+    for i in 0..3u16 {
+        let through = Client::new(format!("127.0.0.1:{}", base + i));
+        through.put("bank", &format!("via{i}"), "1").expect_code(0);
+    }
 }
 
 #[test]
