@@ -67,6 +67,8 @@ pub struct Client {
     /// This client's id in request ids, and the next sequence number.
     client_id: [u8; 16],
     sequence: AtomicU64,
+    /// `Bearer TOKEN` for nodes that check tokens (`--token`), ready to attach.
+    authorization: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
 }
 
 impl Client {
@@ -88,7 +90,34 @@ impl Client {
             preferred: AtomicUsize::new(0),
             client_id: rand::random(),
             sequence: AtomicU64::new(1),
+            authorization: None,
         })
+    }
+
+    /// Sends `token` with every request (`authorization: Bearer TOKEN`), for nodes started with
+    /// `--auth-token-file`. An empty token sends none.
+    pub fn with_token(mut self, token: Option<&str>) -> Result<Self, Error> {
+        let token = token.map(str::trim).filter(|t| !t.is_empty());
+        self.authorization = match token {
+            None => None,
+            Some(t) => Some(format!("Bearer {t}").parse().map_err(|_| {
+                Error::InvalidInput(
+                    "the token holds characters a header cannot carry; use the token file's text".into(),
+                )
+            })?),
+        };
+        Ok(self)
+    }
+
+    /// A request carrying this client's token, if it has one.
+    fn request<T>(&self, message: T) -> Request<T> {
+        let mut request = Request::new(message);
+        if let Some(authorization) = &self.authorization {
+            request
+                .metadata_mut()
+                .insert(crate::auth::AUTHORIZATION, authorization.clone());
+        }
+        request
     }
 
     /// Parses a comma-separated endpoint list.
@@ -169,7 +198,7 @@ impl Client {
                 }
             };
             let remaining = deadline.saturating_duration_since(Instant::now());
-            let mut request = Request::new(message.clone());
+            let mut request = self.request(message.clone());
             request.set_timeout(remaining);
             let error = match tokio::time::timeout(remaining, call(channel, request)).await {
                 Ok(Ok(response)) => {
@@ -346,7 +375,7 @@ impl Client {
     /// The status of one specific endpoint (no failover: the caller asks each node).
     pub async fn status_of(&self, index: usize) -> Result<proto::StatusResponse, Error> {
         let channel = self.channel(index, self.timeout).await?;
-        let mut request = Request::new(proto::StatusRequest {});
+        let mut request = self.request(proto::StatusRequest {});
         request.set_timeout(self.timeout);
         match tokio::time::timeout(self.timeout, ClusterClient::new(channel).status(request)).await {
             Ok(Ok(r)) => Ok(r.into_inner()),

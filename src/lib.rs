@@ -31,6 +31,7 @@
 #![forbid(unsafe_code)]
 
 pub mod ap;
+pub mod auth;
 pub mod backup;
 pub mod bench;
 pub mod cli;

@@ -70,6 +70,9 @@ pub struct ClientFlags {
     /// Keys and values are hex, on input and output (output without it escapes non-UTF-8 bytes).
     #[arg(long)]
     pub hex: bool,
+    /// Token for nodes started with --auth-token-file (sent as `authorization: Bearer TOKEN`).
+    #[arg(long, env = "CAPKV_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
 }
 
 /// The same client flags given after the command; each one set overrides [`ClientFlags`].
@@ -87,6 +90,9 @@ pub struct ClientOverrides {
     /// Keys and values are hex, on input and output.
     #[arg(long = "hex", global = true)]
     pub hex: bool,
+    /// Token for nodes that check tokens (default: CAPKV_TOKEN).
+    #[arg(long = "token", global = true, value_name = "TOKEN")]
+    pub token: Option<String>,
 }
 
 impl ClientFlags {
@@ -96,6 +102,7 @@ impl ClientFlags {
             timeout: later.timeout.unwrap_or(self.timeout),
             output: later.output.unwrap_or(self.output),
             hex: self.hex || later.hex,
+            token: later.token.clone().or_else(|| self.token.clone()),
         }
     }
 }
@@ -165,7 +172,7 @@ impl Cli {
 /// Runs a client command against the cluster.
 pub async fn run_client(cli: &Cli) -> Result<Report, Error> {
     let flags = cli.client_flags();
-    let client = Client::from_list(&flags.endpoints, flags.timeout)?;
+    let client = Client::from_list(&flags.endpoints, flags.timeout)?.with_token(flags.token.as_deref())?;
     let hex = flags.hex;
     match &cli.command {
         Command::Put(a) => Ok(Report::of(&kv::put(&client, a, hex).await?, hex)),

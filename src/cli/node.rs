@@ -33,6 +33,10 @@ pub struct NodeArgs {
     /// addresses (--peer-listen, or --listen for nodes without one).
     #[arg(long)]
     pub peers: String,
+    /// Check tokens on the client port: a file of `ROLE TOKEN` lines (roles readonly, readwrite,
+    /// admin). Needs --peer-listen.
+    #[arg(long, value_name = "FILE")]
+    pub auth_token_file: Option<PathBuf>,
     /// Allow `capkv fault` commands to partition this node.
     #[arg(long)]
     pub fault_injection: bool,
@@ -90,6 +94,7 @@ pub fn node_options(args: &NodeArgs) -> Result<NodeOptions, Error> {
         data_dir: args.data_dir.clone(),
         peers: parse_peers(&args.peers)?,
         fault_injection: args.fault_injection,
+        auth_token_file: args.auth_token_file.clone(),
         raft: RaftOptions {
             heartbeat_interval_ms: args.heartbeat_interval_ms,
             election_timeout_ms_min: args.election_timeout_ms_min,

@@ -25,6 +25,8 @@ pub struct NodeOptions {
     /// node included.
     pub peers: BTreeMap<NodeId, String>,
     pub fault_injection: bool,
+    /// Tokens and roles the client port checks (`--auth-token-file`); `None`: no checks.
+    pub auth_token_file: Option<PathBuf>,
     pub raft: RaftOptions,
     pub ap: ReplicaOptions,
     /// Scheduled backups (`--backup-every`, `--backup-to`, `--backup-keep`), when configured.
@@ -54,6 +56,11 @@ impl NodeOptions {
                     "--peer-listen {peer} is also --listen or --http; give the peer API a port of its own"
                 )));
             }
+        }
+        if self.auth_token_file.is_some() && self.peer_listen.is_none() {
+            return Err(Error::InvalidInput(
+                "--auth-token-file needs --peer-listen: members call each other on the peer port, which does not check tokens; give the peer API a port of its own".into(),
+            ));
         }
         self.raft.validate()?;
         if let Some(backup) = &self.backup {

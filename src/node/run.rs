@@ -27,6 +27,10 @@ pub async fn run(options: NodeOptions) -> Result<(), Error> {
         None => None,
     };
     let http_listener = server::bind(options.http, "--http").await?;
+    let tokens = match &options.auth_token_file {
+        Some(path) => Some(std::sync::Arc::new(crate::auth::Tokens::load(path)?)),
+        None => None,
+    };
     let node = Node::open(options.clone()).await?;
     tracing::info!(id = node.id(), listen = %options.listen, peer_listen = ?options.peer_listen, http = %options.http,
         data_dir = %options.data_dir.display(), fault_injection = options.fault_injection, "node starting");
@@ -44,6 +48,7 @@ pub async fn run(options: NodeOptions) -> Result<(), Error> {
         node.clone(),
         grpc_listener,
         client_ports,
+        crate::auth::AuthLayer::new(tokens.clone(), options.id),
         stopped(stop_rx.clone()),
     ));
     let peer_grpc = peer_listener.map(|listener| {
@@ -51,6 +56,7 @@ pub async fn run(options: NodeOptions) -> Result<(), Error> {
             node.clone(),
             listener,
             server::Ports::Peer,
+            crate::auth::AuthLayer::new(None, options.id),
             stopped(stop_rx.clone()),
         ))
     });
@@ -70,7 +76,8 @@ pub async fn run(options: NodeOptions) -> Result<(), Error> {
         let is_leader = move || leader_node.cp().metrics().current_leader == Some(leader_node.id());
         tokio::spawn(crate::backup::schedule::run(
             schedule,
-            options.listen.to_string(),
+            // The peer address: it needs no token when the client port checks them.
+            node.address(),
             is_leader,
         ))
     });

@@ -71,6 +71,7 @@ pub async fn serve_grpc(
     node: Arc<Node>,
     listener: TcpListener,
     ports: Ports,
+    auth: crate::auth::AuthLayer,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
@@ -99,6 +100,7 @@ pub async fn serve_grpc(
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     Server::builder()
         .concurrency_limit_per_connection(GRPC_CONCURRENCY_PER_CONNECTION_MAX)
+        .layer(auth)
         .add_service(public!(proto::kv_server::KvServer::new(kv::KvService::new(
             node.clone()
         ))))

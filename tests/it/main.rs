@@ -6,6 +6,7 @@
 
 mod ap;
 mod ap_scale;
+mod auth;
 mod backup;
 mod bad_input;
 mod bench;
