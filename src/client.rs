@@ -69,6 +69,8 @@ pub struct Client {
     sequence: AtomicU64,
     /// `Bearer TOKEN` for nodes that check tokens (`--token`), ready to attach.
     authorization: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
+    /// TLS settings (`--cacert`, `--cert`, `--key`), for nodes that serve TLS.
+    tls: Option<tonic::transport::ClientTlsConfig>,
 }
 
 impl Client {
@@ -91,6 +93,7 @@ impl Client {
             client_id: rand::random(),
             sequence: AtomicU64::new(1),
             authorization: None,
+            tls: None,
         })
     }
 
@@ -107,6 +110,25 @@ impl Client {
             })?),
         };
         Ok(self)
+    }
+
+    /// Connects over TLS with `tls` (None: plain text).
+    pub fn with_tls(mut self, tls: Option<tonic::transport::ClientTlsConfig>) -> Self {
+        self.tls = tls;
+        self
+    }
+
+    /// A plain-text client whose connection breaks may be talking to a node that serves TLS:
+    /// says so, since the transport error alone does not.
+    fn hint_tls(&self, status: &Status, error: Error) -> Error {
+        match error {
+            Error::OutcomeUnknown(text) if self.tls.is_none() && status.code() == tonic::Code::Unknown => {
+                Error::OutcomeUnknown(format!(
+                    "{text} (if the cluster serves TLS, pass --cacert or set CAPKV_CACERT)"
+                ))
+            }
+            other => other,
+        }
     }
 
     /// A request carrying this client's token, if it has one.
@@ -138,8 +160,7 @@ impl Client {
             return Ok(c);
         }
         let endpoint = &self.endpoints[index];
-        let target = Endpoint::from_shared(format!("http://{endpoint}"))
-            .map_err(|_| Error::InvalidInput(format!("endpoint '{endpoint}' is not HOST:PORT")))?
+        let target = crate::net::endpoint(endpoint, self.tls.as_ref())?
             .connect_timeout(CONNECT_TIMEOUT.min(budget))
             .tcp_nodelay(true);
         let connect = target.connect();
@@ -205,7 +226,7 @@ impl Client {
                     self.preferred.store(index, Ordering::Relaxed);
                     return Ok(response.into_inner());
                 }
-                Ok(Err(status)) => Error::from_status(&status),
+                Ok(Err(status)) => self.hint_tls(&status, Error::from_status(&status)),
                 Err(_) => Error::OutcomeUnknown(format!(
                     "{} did not answer within the timeout of {} ms; the operation may or may not have been applied",
                     self.endpoints[index],

@@ -52,6 +52,7 @@ pub mod proto;
 pub mod request;
 pub mod server;
 pub mod storage;
+pub mod tls;
 
 pub use client::Client;
 pub use error::Error;

@@ -9,6 +9,7 @@ use crate::cp::raft::RaftOptions;
 use crate::error::Error;
 use crate::node::{parse_peers, NodeOptions};
 use crate::observe::logging::LogFormat;
+use crate::tls::TlsFiles;
 
 #[derive(Args, Debug)]
 pub struct NodeArgs {
@@ -37,6 +38,25 @@ pub struct NodeArgs {
     /// admin). Needs --peer-listen.
     #[arg(long, value_name = "FILE")]
     pub auth_token_file: Option<PathBuf>,
+    /// TLS on the client port: this node's certificate (PEM).
+    #[arg(long, value_name = "FILE")]
+    pub cert_file: Option<PathBuf>,
+    /// The key of --cert-file (PEM).
+    #[arg(long, value_name = "FILE")]
+    pub key_file: Option<PathBuf>,
+    /// Demand client certificates signed by this CA on the client port.
+    #[arg(long, value_name = "FILE")]
+    pub trusted_ca_file: Option<PathBuf>,
+    /// Mutual TLS on the peer port: this member's certificate, naming node-ID.capkv. Needs
+    /// --peer-listen and --peer-trusted-ca-file.
+    #[arg(long, value_name = "FILE")]
+    pub peer_cert_file: Option<PathBuf>,
+    /// The key of --peer-cert-file (PEM).
+    #[arg(long, value_name = "FILE")]
+    pub peer_key_file: Option<PathBuf>,
+    /// The CA that signed every member's peer certificate.
+    #[arg(long, value_name = "FILE")]
+    pub peer_trusted_ca_file: Option<PathBuf>,
     /// Allow `capkv fault` commands to partition this node.
     #[arg(long)]
     pub fault_injection: bool,
@@ -95,6 +115,18 @@ pub fn node_options(args: &NodeArgs) -> Result<NodeOptions, Error> {
         peers: parse_peers(&args.peers)?,
         fault_injection: args.fault_injection,
         auth_token_file: args.auth_token_file.clone(),
+        tls: TlsFiles::from_flags(
+            args.cert_file.as_deref(),
+            args.key_file.as_deref(),
+            args.trusted_ca_file.as_deref(),
+            "",
+        )?,
+        peer_tls: TlsFiles::from_flags(
+            args.peer_cert_file.as_deref(),
+            args.peer_key_file.as_deref(),
+            args.peer_trusted_ca_file.as_deref(),
+            "peer-",
+        )?,
         raft: RaftOptions {
             heartbeat_interval_ms: args.heartbeat_interval_ms,
             election_timeout_ms_min: args.election_timeout_ms_min,

@@ -31,6 +31,11 @@ pub async fn run(options: NodeOptions) -> Result<(), Error> {
         Some(path) => Some(std::sync::Arc::new(crate::auth::Tokens::load(path)?)),
         None => None,
     };
+    let client_tls = options.tls.as_ref().map(|t| t.server_config()).transpose()?;
+    let peer_tls = options.peer_tls.as_ref().map(|t| t.server_config()).transpose()?;
+    if let Some(files) = &options.peer_tls {
+        crate::tls::set_peer_client(files.client_config()?);
+    }
     let node = Node::open(options.clone()).await?;
     tracing::info!(id = node.id(), listen = %options.listen, peer_listen = ?options.peer_listen, http = %options.http,
         data_dir = %options.data_dir.display(), fault_injection = options.fault_injection, "node starting");
@@ -48,6 +53,7 @@ pub async fn run(options: NodeOptions) -> Result<(), Error> {
         node.clone(),
         grpc_listener,
         client_ports,
+        client_tls,
         crate::auth::AuthLayer::new(tokens.clone(), options.id),
         stopped(stop_rx.clone()),
     ));
@@ -56,6 +62,7 @@ pub async fn run(options: NodeOptions) -> Result<(), Error> {
             node.clone(),
             listener,
             server::Ports::Peer,
+            peer_tls,
             crate::auth::AuthLayer::new(None, options.id),
             stopped(stop_rx.clone()),
         ))

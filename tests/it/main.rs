@@ -20,4 +20,5 @@ mod limits;
 mod ops;
 mod probes;
 mod syscalls;
+mod tls;
 mod tour;
