@@ -120,13 +120,21 @@ impl Client {
 
     /// A plain-text client whose connection breaks may be talking to a node that serves TLS:
     /// says so, since the transport error alone does not.
+    /// (A node that serves TLS drops the plain-text connection; the client sees either a
+    /// transport error or an HTTP/2 protocol error, after it sent the request.)
     fn hint_tls(&self, status: &Status, error: Error) -> Error {
+        const HINT: &str = "if the cluster serves TLS, pass --cacert or set CAPKV_CACERT";
+        if self.tls.is_some() {
+            return error;
+        }
         match error {
-            Error::OutcomeUnknown(text) if self.tls.is_none() && status.code() == tonic::Code::Unknown => {
-                Error::OutcomeUnknown(format!(
-                    "{text} (if the cluster serves TLS, pass --cacert or set CAPKV_CACERT)"
-                ))
+            Error::OutcomeUnknown(text) if status.code() == tonic::Code::Unknown => {
+                Error::OutcomeUnknown(format!("{text} ({HINT})"))
             }
+            Error::Internal(_) if status.message().contains("h2 protocol error") => Error::OutcomeUnknown(format!(
+                "the connection broke after the request was sent ({}); it may or may not have been applied ({HINT})",
+                status.message()
+            )),
             other => other,
         }
     }

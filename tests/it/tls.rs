@@ -1,8 +1,8 @@
 //! TLS as `cluster up --tls` sets it up: TLS on the client ports, mutual TLS on the peer ports,
 //! and node ids bound to certificates.
 //!
-//! `tls_keeps_strangers_out_and_members_to_their_own_name`: a client that trusts the cluster's CA
-//! works; a plaintext client and a client that trusts another CA are refused (exit 3, never
+//! `tls_keeps_strangers_out_and_members_to_their_own_name` (with `--auth` as well): a client that
+//! trusts the cluster's CA works; a plaintext client and a client that trusts another CA are refused (exit 3, never
 //! sent); on the peer port, a TLS client without a member certificate cannot even connect, and
 //! node 3's certificate cannot send a message as node 1 (while it can as node 3).
 
@@ -25,6 +25,7 @@ fn tls_keeps_strangers_out_and_members_to_their_own_name() {
         "up",
         "--detach",
         "--tls",
+        "--auth",
         "--data-dir",
         data.to_str().unwrap(),
         "--base-port",
@@ -47,8 +48,11 @@ fn tls_keeps_strangers_out_and_members_to_their_own_name() {
         .collect::<Vec<_>>()
         .join(",");
     let ca_arg = ca.to_str().unwrap();
+    // With --auth too: the tokens ride inside TLS.
+    let admin = std::fs::read_to_string(data.join("auth").join("admin.token")).unwrap();
+    let admin = admin.trim();
     let with = |extra: &[&str], args: &[&str]| {
-        let mut all = vec!["--endpoints", &endpoints, "--timeout", "3s"];
+        let mut all = vec!["--endpoints", &endpoints, "--timeout", "3s", "--token", admin];
         all.extend(extra);
         all.extend(args);
         run(&all)
