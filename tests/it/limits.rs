@@ -6,19 +6,11 @@ use std::time::Duration;
 use capkv::proto::{self, compare, txn_op};
 use capkv::Client as Lib;
 
-use crate::harness::{poll_for, Cluster};
+use crate::harness::{poll_for, runtime, Cluster};
 
 const MIB: usize = 1024 * 1024;
 /// Values written while a follower is down: 100 MiB in all, far over one Raft message.
 const LARGE_VALUES: usize = 100;
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("a test runtime starts")
-}
 
 /// A 1 MiB value whose bytes say which key it belongs to.
 fn large_value(i: usize) -> Vec<u8> {
