@@ -7,7 +7,7 @@ use clap::Args;
 use crate::ap::replica::ReplicaOptions;
 use crate::cp::raft::RaftOptions;
 use crate::error::Error;
-use crate::node::{parse_peers, NodeOptions};
+use crate::node::{own_peer_address, parse_peers, NodeOptions};
 use crate::observe::logging::LogFormat;
 
 #[derive(Args, Debug)]
@@ -30,9 +30,15 @@ pub struct NodeArgs {
     #[arg(long)]
     pub data_dir: PathBuf,
     /// Every member as ID=HOST:PORT, comma-separated (this node included): their peer
-    /// addresses (--peer-listen, or --listen for nodes without one).
-    #[arg(long)]
-    pub peers: String,
+    /// addresses (--peer-listen, or --listen for nodes without one). Starts a new cluster
+    /// (the lowest id initializes it).
+    #[arg(long, required_unless_present = "join", conflicts_with = "join")]
+    pub peers: Option<String>,
+    /// Join a running cluster instead: endpoints (HOST:PORT, comma-separated) of some of its
+    /// members. The node asks them to add it (`member add` with --id and its peer address),
+    /// catches up, and votes; the membership then lives in its data dir.
+    #[arg(long, value_name = "ENDPOINTS")]
+    pub join: Option<String>,
     /// Allow `capkv fault` commands to partition this node.
     #[arg(long)]
     pub fault_injection: bool,
@@ -88,7 +94,11 @@ pub fn node_options(args: &NodeArgs) -> Result<NodeOptions, Error> {
         peer_listen: args.peer_listen,
         http: args.http,
         data_dir: args.data_dir.clone(),
-        peers: parse_peers(&args.peers)?,
+        peers: match &args.peers {
+            Some(peers) => parse_peers(peers)?,
+            None => [(args.id, own_peer_address(args.listen, args.peer_listen))].into(),
+        },
+        join: args.join.as_deref().map(crate::client::parse_endpoints).unwrap_or_default(),
         fault_injection: args.fault_injection,
         raft: RaftOptions {
             heartbeat_interval_ms: args.heartbeat_interval_ms,

@@ -49,6 +49,7 @@ pub mod keys;
 pub mod keyspaces;
 pub mod kv;
 pub mod log_store;
+pub mod members;
 pub mod network;
 pub mod path;
 pub mod propose;

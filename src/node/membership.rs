@@ -1,0 +1,76 @@
+//! Following the replicated membership, and joining a running cluster.
+//!
+//! [`follow`] watches the Raft group's membership and hands every change to the parts built
+//! for a member set: liveness (whom to ping, whose majority counts) and the ap replica (whom
+//! to push to and hint for; a removed member's hints are dropped). A new member receives
+//! earlier ap data through anti-entropy, like a replica that was away.
+//!
+//! [`join`] is what `capkv node --join ENDPOINTS` does once the node serves: when its own Raft
+//! log holds no membership yet, it asks the cluster (`member add` with its own id and peer
+//! address, forwarded to the leader) to add it, and retries until that succeeds or the
+//! membership lists it. The leader's messages then bring the log and the membership, which
+//! stay in this node's log and state machine: a restart needs no `--join` (it does no harm).
+//!
+//! Caveats: a node added by an operator's `capkv member add` before it started is not
+//! added twice: [`join`] first asks whether it is already listed.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::Node;
+use crate::client::Client;
+
+/// How long one join attempt may take: the leader answers after the node caught up, which for
+/// a large snapshot takes a while.
+const JOIN_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(60);
+/// Pause between join attempts that failed.
+const JOIN_RETRY_PAUSE: Duration = Duration::from_secs(1);
+
+/// Applies each membership the Raft group adopts until the task is aborted.
+pub async fn follow(node: Arc<Node>) {
+    let mut metrics = node.cp().raft().metrics();
+    let mut applied = None;
+    loop {
+        let log_id = metrics.borrow_and_update().membership_config.log_id().to_owned();
+        if applied != Some(log_id) {
+            node.apply_membership();
+            applied = Some(log_id);
+        }
+        if metrics.changed().await.is_err() {
+            return; // Raft stopped
+        }
+    }
+}
+
+/// Asks the cluster at `endpoints` to add this node, until it is a member.
+pub async fn join(node: Arc<Node>, endpoints: Vec<String>) {
+    let (id, address) = (node.id(), node.address());
+    let client = match Client::new(endpoints, JOIN_ATTEMPT_TIMEOUT) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!("--join: {e}");
+            return;
+        }
+    };
+    loop {
+        if node.cp().has_membership() {
+            tracing::info!(id, "this node has the cluster's membership; joined");
+            return;
+        }
+        let listed = match client.member_list().await {
+            Ok(list) => list.members.iter().any(|m| m.id == id),
+            Err(e) => {
+                tracing::warn!(id, "--join: cannot list the members yet: {e}");
+                false
+            }
+        };
+        if !listed {
+            tracing::info!(id, %address, "--join: asking the cluster to add this node");
+            match client.member_add(id, &address).await {
+                Ok(_) => tracing::info!(id, "--join: the cluster added this node as a voter"),
+                Err(e) => tracing::warn!(id, "--join: adding this node failed, retrying: {e}"),
+            }
+        }
+        tokio::time::sleep(JOIN_RETRY_PAUSE).await;
+    }
+}
