@@ -16,6 +16,7 @@ mod failover;
 mod garbage;
 mod harness;
 mod limits;
+mod members;
 mod ops;
 mod probes;
 mod syscalls;

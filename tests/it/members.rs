@@ -1,0 +1,151 @@
+//! Membership at run time, as an operator does it with the CLI.
+//!
+//! - `a_node_joins_under_write_load_and_the_old_leader_leaves`: a 3-node cluster with cp and ap
+//!   data takes a stream of writes while a 4th node starts with `--join`; the 4th node becomes
+//!   a voter (`member list`: 4 voters) and ends up holding the earlier cp data (a serializable
+//!   read of its own state machine) and ap data (its own replica, filled by anti-entropy). Then
+//!   the leader is removed: writes continue through the others and `member list` shows 3.
+//!   Requests that cannot work (adding a member's id, removing a stranger) exit 5.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::Duration;
+
+use crate::harness::{has_value, poll_for, Client, Cluster};
+
+/// A join includes catching up; on a loaded 2-core machine that can take a while.
+const JOIN_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// `member list -o json` through `client`: (id, role) of each member, or why not.
+fn members(client: &Client) -> Result<Vec<(u64, String)>, String> {
+    let out = client.run(&["member", "list"]);
+    if out.code != 0 {
+        return Err(out.describe());
+    }
+    let list = out.json_obj()["members"]
+        .as_array()
+        .ok_or_else(|| format!("no members array: {}", out.describe()))?;
+    Ok(list
+        .iter()
+        .map(|m| {
+            (
+                m["id"].as_u64().unwrap_or(0),
+                m["role"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect())
+}
+
+fn voters(client: &Client) -> Result<Vec<u64>, String> {
+    Ok(members(client)?
+        .into_iter()
+        .filter(|(_, role)| role == "voter")
+        .map(|(id, _)| id)
+        .collect())
+}
+
+/// Writes `load-N` keys through `client` until `stop`; records each exit code.
+fn spawn_writer(client: Client, codes: Arc<Mutex<Vec<i32>>>, stop: Arc<AtomicBool>) -> thread::JoinHandle<()> {
+    thread::spawn(move || {
+        let mut n = 0u64;
+        while !stop.load(Ordering::SeqCst) {
+            let out = client.put("bank", &format!("load-{n}"), &n.to_string());
+            codes.lock().unwrap().push(out.code);
+            n += 1;
+        }
+    })
+}
+
+#[test]
+fn a_node_joins_under_write_load_and_the_old_leader_leaves() {
+    let mut cluster = Cluster::start(3);
+    let client = cluster.client();
+    client.create_keyspace("bank", "cp");
+    client.create_keyspace("cart", "ap");
+    for i in 0..20 {
+        client.put("bank", &format!("early-{i}"), &format!("v{i}")).ok_json();
+    }
+    client.put("cart", "item", "apple").ok_json();
+
+    let codes = Arc::new(Mutex::new(Vec::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = spawn_writer(client.clone(), Arc::clone(&codes), Arc::clone(&stop));
+
+    let new = cluster.start_joining_node();
+    poll_for(JOIN_TIMEOUT, "the joined node to be the 4th voter", || {
+        cluster.assert_running();
+        let v = voters(&client)?;
+        if v == vec![1, 2, 3, new] {
+            Ok(())
+        } else {
+            Err(format!("voters {v:?}"))
+        }
+    });
+    let at_new = cluster.client_at(new);
+    poll_for(JOIN_TIMEOUT, "the earlier cp data on the new node", || {
+        let out = at_new.get_local("bank", "early-19");
+        if has_value(&out, "v19") {
+            Ok(())
+        } else {
+            Err(out.describe())
+        }
+    });
+    poll_for(JOIN_TIMEOUT, "the earlier ap data on the new node", || {
+        let out = at_new.get_local("cart", "item");
+        if has_value(&out, "apple") {
+            Ok(())
+        } else {
+            Err(out.describe())
+        }
+    });
+    let during_join = codes.lock().unwrap().len();
+    assert!(during_join > 0, "the writer ran while the node joined");
+
+    // Requests that cannot work are refused as bad input, and change nothing.
+    client.run(&["member", "add", "2", &cluster.endpoint(new)]).expect_error(5);
+    client.run(&["member", "remove", "9"]).expect_error(5);
+    assert_eq!(voters(&client).unwrap(), vec![1, 2, 3, new]);
+
+    let old_leader = cluster.leader_id();
+    let rest: Vec<u64> = cluster.ids().into_iter().filter(|id| *id != old_leader).collect();
+    let through_rest = cluster.client_of(&rest).with_timeout("10s");
+    let removed = through_rest.run(&["member", "remove", &old_leader.to_string()]);
+    let list: Vec<u64> = removed.ok_json()["members"]
+        .as_array()
+        .expect("the remove answers with the members")
+        .iter()
+        .filter_map(|m| m["id"].as_u64())
+        .collect();
+    assert!(!list.contains(&old_leader), "{}", removed.describe());
+    cluster.stop(old_leader);
+
+    let leader = cluster.wait_for_leader_among(&rest, Duration::from_secs(30));
+    assert_ne!(leader, old_leader);
+    let written = through_rest.put_retrying("bank", "after-removal", "yes", Duration::from_secs(30));
+    written.ok_json();
+    stop.store(true, Ordering::SeqCst);
+    writer.join().expect("the writer does not panic");
+    let after = cluster.client_of(&rest);
+    assert_eq!(voters(&after).unwrap(), rest, "member list shows the three that are left");
+    let codes = codes.lock().unwrap().clone();
+    eprintln!(
+        "[members] {} writes during the change, {} acknowledged, codes of the rest: {:?}",
+        codes.len(),
+        codes.iter().filter(|c| **c == 0).count(),
+        codes.iter().filter(|c| **c != 0).collect::<Vec<_>>()
+    );
+    assert!(
+        codes.iter().all(|c| [0, 3, 4].contains(c)),
+        "writes fail only as not applied or unknown: {codes:?}"
+    );
+    let out = cluster.client_at(new).get_local("bank", "after-removal");
+    assert!(
+        has_value(&out, "yes") || {
+            thread::sleep(Duration::from_secs(2));
+            has_value(&cluster.client_at(new).get_local("bank", "after-removal"), "yes")
+        },
+        "{}",
+        out.describe()
+    );
+}
