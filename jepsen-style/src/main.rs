@@ -80,6 +80,8 @@ struct Common {
     capkv_bin: Option<PathBuf>,
 }
 
+// Parsed once per process: the size of the node's flags does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Run one test: start a cluster, drive clients under a nemesis, check, write the report.

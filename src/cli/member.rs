@@ -125,6 +125,9 @@ mod tests {
         );
         let text = view.text(false);
         assert!(text.contains("learner"), "{text}");
-        assert!(text.lines().any(|l| l.contains("127.0.0.1:7004") && l.contains(" no ")), "{text}");
+        assert!(
+            text.lines().any(|l| l.contains("127.0.0.1:7004") && l.contains(" no ")),
+            "{text}"
+        );
     }
 }

@@ -98,7 +98,11 @@ pub fn node_options(args: &NodeArgs) -> Result<NodeOptions, Error> {
             Some(peers) => parse_peers(peers)?,
             None => [(args.id, own_peer_address(args.listen, args.peer_listen))].into(),
         },
-        join: args.join.as_deref().map(crate::client::parse_endpoints).unwrap_or_default(),
+        join: args
+            .join
+            .as_deref()
+            .map(crate::client::parse_endpoints)
+            .unwrap_or_default(),
         fault_injection: args.fault_injection,
         raft: RaftOptions {
             heartbeat_interval_ms: args.heartbeat_interval_ms,

@@ -69,7 +69,11 @@ pub fn plan_add(set: &MemberSet, id: NodeId, address: &str) -> Result<AddPlan, E
             "'{address}' is not HOST:PORT; give the new node's peer address (its --peer-listen, or --listen without one)"
         )));
     }
-    if let Some((other, _)) = set.nodes.iter().find(|(other, a)| a.as_str() == address && **other != id) {
+    if let Some((other, _)) = set
+        .nodes
+        .iter()
+        .find(|(other, a)| a.as_str() == address && **other != id)
+    {
         return Err(Error::InvalidInput(format!(
             "{address} is already the address of node {other}; each member needs an address of its own"
         )));
@@ -137,7 +141,11 @@ impl Cp {
     }
 
     /// `member list`: the leader's view (forwarded there).
-    pub async fn member_list(&self, ctx: &Ctx, req: proto::MemberListRequest) -> Result<proto::MemberListResponse, Error> {
+    pub async fn member_list(
+        &self,
+        ctx: &Ctx,
+        req: proto::MemberListRequest,
+    ) -> Result<proto::MemberListResponse, Error> {
         let call = |c, r| async move { ClusterClient::new(c).member_list(r).await };
         if let Some(answer) = self.at_leader(ctx, req, Effect::Read, call).await? {
             return Ok(answer);
@@ -146,7 +154,11 @@ impl Cp {
     }
 
     /// `member add`: learner, catch-up, voter; returns once the node votes.
-    pub async fn member_add(&self, ctx: &Ctx, req: proto::MemberAddRequest) -> Result<proto::MemberListResponse, Error> {
+    pub async fn member_add(
+        &self,
+        ctx: &Ctx,
+        req: proto::MemberAddRequest,
+    ) -> Result<proto::MemberListResponse, Error> {
         plan_add(&MemberSet::default(), req.id, &req.address)?; // input checks before forwarding
         let call = |c, r| async move { ClusterClient::new(c).member_add(r).await };
         if let Some(answer) = self.at_leader(ctx, req.clone(), Effect::Write, call).await? {
@@ -174,7 +186,7 @@ impl Cp {
         req: proto::MemberRemoveRequest,
     ) -> Result<proto::MemberListResponse, Error> {
         let call = |c, r| async move { ClusterClient::new(c).member_remove(r).await };
-        if let Some(answer) = self.at_leader(ctx, req.clone(), Effect::Write, call).await? {
+        if let Some(answer) = self.at_leader(ctx, req, Effect::Write, call).await? {
             return Ok(answer);
         }
         let id = req.id;
@@ -273,7 +285,10 @@ mod tests {
         assert_eq!(plan_remove(&set, 1).unwrap(), RemovePlan::Voter);
         let e = plan_remove(&set, 9).unwrap_err();
         assert_eq!(e.exit_code(), 5);
-        assert!(e.to_string().contains("node 9 is not a member (members: 1, 2, 3)"), "{e}");
+        assert!(
+            e.to_string().contains("node 9 is not a member (members: 1, 2, 3)"),
+            "{e}"
+        );
         set.nodes.insert(4, "127.0.0.1:7004".into());
         assert_eq!(plan_remove(&set, 4).unwrap(), RemovePlan::Learner);
         let single = MemberSet {

@@ -217,7 +217,10 @@ mod tests {
         l.heard_from(3, t0);
         assert_eq!(l.silence(3, t0), None, "a stranger again");
         l.set_members([1, 2, 3, 4], [2, 3, 4].into());
-        assert!(!l.hears_majority(t0), "a learner does not count itself: only 2 of 2, 3, 4");
+        assert!(
+            !l.hears_majority(t0),
+            "a learner does not count itself: only 2 of 2, 3, 4"
+        );
         l.heard_from(3, t0);
         assert!(l.hears_majority(t0), "2 and 3 of 2, 3, 4");
     }

@@ -31,7 +31,9 @@ impl proto::cluster_server::Cluster for ClusterService {
     ) -> Result<Response<proto::MemberListResponse>, Status> {
         let ctx = Ctx::of(&request);
         super::admit(&self.node, &ctx).await?;
-        Ok(Response::new(self.node.cp().member_list(&ctx, request.into_inner()).await?))
+        Ok(Response::new(
+            self.node.cp().member_list(&ctx, request.into_inner()).await?,
+        ))
     }
 
     async fn member_add(
@@ -40,7 +42,9 @@ impl proto::cluster_server::Cluster for ClusterService {
     ) -> Result<Response<proto::MemberListResponse>, Status> {
         let ctx = Ctx::of(&request);
         super::admit(&self.node, &ctx).await?;
-        Ok(Response::new(self.node.cp().member_add(&ctx, request.into_inner()).await?))
+        Ok(Response::new(
+            self.node.cp().member_add(&ctx, request.into_inner()).await?,
+        ))
     }
 
     async fn member_remove(
@@ -49,6 +53,8 @@ impl proto::cluster_server::Cluster for ClusterService {
     ) -> Result<Response<proto::MemberListResponse>, Status> {
         let ctx = Ctx::of(&request);
         super::admit(&self.node, &ctx).await?;
-        Ok(Response::new(self.node.cp().member_remove(&ctx, request.into_inner()).await?))
+        Ok(Response::new(
+            self.node.cp().member_remove(&ctx, request.into_inner()).await?,
+        ))
     }
 }

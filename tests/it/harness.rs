@@ -623,7 +623,12 @@ impl Cluster {
     pub fn start_joining_node(&mut self) -> u64 {
         let id = self.nodes.iter().map(|n| n.id).max().unwrap_or(0) + 1;
         let join = self.endpoints_of(&self.running_ids());
-        let dir = self.dir.as_ref().expect("the cluster directory exists").path().to_path_buf();
+        let dir = self
+            .dir
+            .as_ref()
+            .expect("the cluster directory exists")
+            .path()
+            .to_path_buf();
         let ports = free_ports(2);
         self.nodes.push(Node {
             id,

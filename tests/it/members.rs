@@ -104,7 +104,9 @@ fn a_node_joins_under_write_load_and_the_old_leader_leaves() {
     assert!(during_join > 0, "the writer ran while the node joined");
 
     // Requests that cannot work are refused as bad input, and change nothing.
-    client.run(&["member", "add", "2", &cluster.endpoint(new)]).expect_error(5);
+    client
+        .run(&["member", "add", "2", &cluster.endpoint(new)])
+        .expect_error(5);
     client.run(&["member", "remove", "9"]).expect_error(5);
     assert_eq!(voters(&client).unwrap(), vec![1, 2, 3, new]);
 
@@ -128,7 +130,11 @@ fn a_node_joins_under_write_load_and_the_old_leader_leaves() {
     stop.store(true, Ordering::SeqCst);
     writer.join().expect("the writer does not panic");
     let after = cluster.client_of(&rest);
-    assert_eq!(voters(&after).unwrap(), rest, "member list shows the three that are left");
+    assert_eq!(
+        voters(&after).unwrap(),
+        rest,
+        "member list shows the three that are left"
+    );
     let codes = codes.lock().unwrap().clone();
     eprintln!(
         "[members] {} writes during the change, {} acknowledged, codes of the rest: {:?}",
@@ -140,20 +146,26 @@ fn a_node_joins_under_write_load_and_the_old_leader_leaves() {
         codes.iter().all(|c| [0, 3, 4].contains(c)),
         "writes fail only as not applied or unknown: {codes:?}"
     );
-    poll_for(Duration::from_secs(10), "the write after the removal on the new node", || {
-        let out = cluster.client_at(new).get_local("bank", "after-removal");
-        if has_value(&out, "yes") {
-            Ok(())
-        } else {
-            Err(out.describe())
-        }
-    });
+    poll_for(
+        Duration::from_secs(10),
+        "the write after the removal on the new node",
+        || {
+            let out = cluster.client_at(new).get_local("bank", "after-removal");
+            if has_value(&out, "yes") {
+                Ok(())
+            } else {
+                Err(out.describe())
+            }
+        },
+    );
 
     // The joined node's membership is in its data dir: after a crash it serves as a member.
     cluster.kill9(new);
     cluster.restart(new);
     cluster.wait_for_leader_among(&rest, Duration::from_secs(30));
     let via_new = cluster.client_at(new).with_timeout("10s");
-    via_new.put_retrying("bank", "via-restarted", "yes", Duration::from_secs(30)).ok_json();
+    via_new
+        .put_retrying("bank", "via-restarted", "yes", Duration::from_secs(30))
+        .ok_json();
     assert_eq!(voters(&via_new).unwrap(), rest);
 }

@@ -214,7 +214,11 @@ impl<T: Transport> Replica<T> {
             self.stats
                 .hints_dropped_expired
                 .fetch_add(dropped as u64, Ordering::Relaxed);
-            tracing::info!(peer = gone, hints_dropped = dropped, "node left the membership; its hints are dropped");
+            tracing::info!(
+                peer = gone,
+                hints_dropped = dropped,
+                "node left the membership; its hints are dropped"
+            );
         }
         Ok(())
     }
