@@ -67,6 +67,10 @@ pub struct Client {
     /// This client's id in request ids, and the next sequence number.
     client_id: [u8; 16],
     sequence: AtomicU64,
+    /// `Bearer TOKEN` for nodes that check tokens (`--token`), ready to attach.
+    authorization: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
+    /// TLS settings (`--cacert`, `--cert`, `--key`), for nodes that serve TLS.
+    tls: Option<tonic::transport::ClientTlsConfig>,
 }
 
 impl Client {
@@ -88,7 +92,62 @@ impl Client {
             preferred: AtomicUsize::new(0),
             client_id: rand::random(),
             sequence: AtomicU64::new(1),
+            authorization: None,
+            tls: None,
         })
+    }
+
+    /// Sends `token` with every request (`authorization: Bearer TOKEN`), for nodes started with
+    /// `--auth-token-file`. An empty token sends none.
+    pub fn with_token(mut self, token: Option<&str>) -> Result<Self, Error> {
+        let token = token.map(str::trim).filter(|t| !t.is_empty());
+        self.authorization = match token {
+            None => None,
+            Some(t) => Some(format!("Bearer {t}").parse().map_err(|_| {
+                Error::InvalidInput(
+                    "the token holds characters a header cannot carry; use the token file's text".into(),
+                )
+            })?),
+        };
+        Ok(self)
+    }
+
+    /// Connects over TLS with `tls` (None: plain text).
+    pub fn with_tls(mut self, tls: Option<tonic::transport::ClientTlsConfig>) -> Self {
+        self.tls = tls;
+        self
+    }
+
+    /// A plain-text client whose connection breaks may be talking to a node that serves TLS:
+    /// says so, since the transport error alone does not.
+    /// (A node that serves TLS drops the plain-text connection; the client sees either a
+    /// transport error or an HTTP/2 protocol error, after it sent the request.)
+    fn hint_tls(&self, status: &Status, error: Error) -> Error {
+        const HINT: &str = "if the cluster serves TLS, pass --cacert or set CAPKV_CACERT";
+        if self.tls.is_some() {
+            return error;
+        }
+        match error {
+            Error::OutcomeUnknown(text) if status.code() == tonic::Code::Unknown => {
+                Error::OutcomeUnknown(format!("{text} ({HINT})"))
+            }
+            Error::Internal(_) if status.message().contains("h2 protocol error") => Error::OutcomeUnknown(format!(
+                "the connection broke after the request was sent ({}); it may or may not have been applied ({HINT})",
+                status.message()
+            )),
+            other => other,
+        }
+    }
+
+    /// A request carrying this client's token, if it has one.
+    fn request<T>(&self, message: T) -> Request<T> {
+        let mut request = Request::new(message);
+        if let Some(authorization) = &self.authorization {
+            request
+                .metadata_mut()
+                .insert(crate::auth::AUTHORIZATION, authorization.clone());
+        }
+        request
     }
 
     /// Parses a comma-separated endpoint list.
@@ -109,8 +168,7 @@ impl Client {
             return Ok(c);
         }
         let endpoint = &self.endpoints[index];
-        let target = Endpoint::from_shared(format!("http://{endpoint}"))
-            .map_err(|_| Error::InvalidInput(format!("endpoint '{endpoint}' is not HOST:PORT")))?
+        let target = crate::net::endpoint(endpoint, self.tls.as_ref())?
             .connect_timeout(CONNECT_TIMEOUT.min(budget))
             .tcp_nodelay(true);
         let connect = target.connect();
@@ -169,14 +227,14 @@ impl Client {
                 }
             };
             let remaining = deadline.saturating_duration_since(Instant::now());
-            let mut request = Request::new(message.clone());
+            let mut request = self.request(message.clone());
             request.set_timeout(remaining);
             let error = match tokio::time::timeout(remaining, call(channel, request)).await {
                 Ok(Ok(response)) => {
                     self.preferred.store(index, Ordering::Relaxed);
                     return Ok(response.into_inner());
                 }
-                Ok(Err(status)) => Error::from_status(&status),
+                Ok(Err(status)) => self.hint_tls(&status, Error::from_status(&status)),
                 Err(_) => Error::OutcomeUnknown(format!(
                     "{} did not answer within the timeout of {} ms; the operation may or may not have been applied",
                     self.endpoints[index],
@@ -375,7 +433,7 @@ impl Client {
     /// The status of one specific endpoint (no failover: the caller asks each node).
     pub async fn status_of(&self, index: usize) -> Result<proto::StatusResponse, Error> {
         let channel = self.channel(index, self.timeout).await?;
-        let mut request = Request::new(proto::StatusRequest {});
+        let mut request = self.request(proto::StatusRequest {});
         request.set_timeout(self.timeout);
         match tokio::time::timeout(self.timeout, ClusterClient::new(channel).status(request)).await {
             Ok(Ok(r)) => Ok(r.into_inner()),

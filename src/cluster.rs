@@ -49,6 +49,14 @@ pub struct UpArgs {
     /// Leave the nodes running in the background; stop them with `capkv cluster down`.
     #[arg(long)]
     pub detach: bool,
+    /// TLS: makes a CA and a certificate per node under <data-dir>/tls/ (kept when they exist),
+    /// serves the client ports over TLS and the peer ports over mutual TLS.
+    #[arg(long)]
+    pub tls: bool,
+    /// Check tokens: writes admin.token, readwrite.token and readonly.token (mode 0600) under
+    /// <data-dir>/auth/ (kept when they exist) and starts the nodes with them.
+    #[arg(long)]
+    pub auth: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -140,7 +148,53 @@ fn check_port_free(addr: &str, what: &str) -> Result<(), Error> {
     })
 }
 
-fn spawn_node(args: &UpArgs, id: u64, peers: &str, exe: &Path) -> Result<(Child, NodeRecord), Error> {
+/// The TLS flags of node `id` with the certificates `cluster up --tls` made under `dir`: the same
+/// certificate on both ports, client certificates demanded on the peer port only.
+fn tls_flags(dir: &Path, id: u64) -> Vec<std::ffi::OsString> {
+    let cert = dir.join(format!("node-{id}.pem"));
+    let key = dir.join(format!("node-{id}.key"));
+    let ca = dir.join("ca.pem");
+    let mut flags = Vec::new();
+    for (flag, path) in [
+        ("--cert-file", &cert),
+        ("--key-file", &key),
+        ("--peer-cert-file", &cert),
+        ("--peer-key-file", &key),
+        ("--peer-trusted-ca-file", &ca),
+    ] {
+        flags.push(flag.into());
+        flags.push(path.as_os_str().to_owned());
+    }
+    flags
+}
+
+/// The node token file under `dir` and the admin token: written when missing, kept otherwise
+/// (so tokens a user exported still work after a restart).
+fn cluster_tokens(dir: &Path) -> Result<(PathBuf, String), Error> {
+    let file = dir.join("tokens");
+    let file = if file.exists() {
+        file
+    } else {
+        crate::auth::write_cluster_tokens(dir)?
+    };
+    let admin = dir.join("admin.token");
+    let token = std::fs::read_to_string(&admin).map_err(|e| {
+        Error::InvalidInput(format!(
+            "cannot read {} ({e}); remove {} to make new tokens",
+            admin.display(),
+            dir.display()
+        ))
+    })?;
+    Ok((file, token.trim().to_string()))
+}
+
+fn spawn_node(
+    args: &UpArgs,
+    id: u64,
+    peers: &str,
+    tokens: Option<&PathBuf>,
+    exe: &Path,
+) -> Result<(Child, NodeRecord), Error> {
     let dir = args.data_dir.join(format!("node-{id}"));
     crate::storage::create_private_dir(&dir)
         .map_err(|e| Error::InvalidInput(format!("cannot create {}: {e}", dir.display())))?;
@@ -169,6 +223,17 @@ fn spawn_node(args: &UpArgs, id: u64, peers: &str, exe: &Path) -> Result<(Child,
         .arg("--data-dir")
         .arg(&dir)
         .args(["--peers", peers, "--fault-injection"])
+        .args(
+            tokens
+                .map(|t| [std::ffi::OsStr::new("--auth-token-file"), t.as_os_str()])
+                .into_iter()
+                .flatten(),
+        )
+        .args(if args.tls {
+            tls_flags(&args.data_dir.join("tls"), id)
+        } else {
+            Vec::new()
+        })
         .stdin(Stdio::null())
         .stdout(file)
         .stderr(stderr);
@@ -223,10 +288,21 @@ pub async fn up(args: UpArgs, exe: PathBuf) -> Result<(), Error> {
         .map(|id| format!("{id}={}", args.peer(id)))
         .collect();
     let peers = peers.join(",");
+    let auth = if args.auth {
+        Some(cluster_tokens(&args.data_dir.join("auth"))?)
+    } else {
+        None
+    };
+    let tls_dir = args.data_dir.join("tls");
+    let certs_missing = !tls_dir.join("ca.pem").exists()
+        || (1..=args.nodes as u64).any(|id| !tls_dir.join(format!("node-{id}.pem")).exists());
+    if args.tls && certs_missing {
+        crate::tls::write_cluster_certs(&tls_dir, args.nodes as u64)?;
+    }
     let mut children = Vec::new();
     let mut records = Vec::new();
     for id in 1..=args.nodes as u64 {
-        let (child, record) = match spawn_node(&args, id, &peers, &exe) {
+        let (child, record) = match spawn_node(&args, id, &peers, auth.as_ref().map(|a| &a.0), &exe) {
             Ok(spawned) => spawned,
             Err(e) => {
                 stop_children(&mut children).await;
@@ -247,7 +323,12 @@ pub async fn up(args: UpArgs, exe: PathBuf) -> Result<(), Error> {
         args.nodes,
         args.data_dir.display()
     );
-    if let Err(e) = wait_ready(&records, &mut children).await {
+    let admin_token = auth.as_ref().map(|a| a.1.as_str());
+    let client_tls = match args.tls {
+        true => Some(crate::tls::client_config(&tls_dir.join("ca.pem"), None, None)?),
+        false => None,
+    };
+    if let Err(e) = wait_ready(&records, &mut children, admin_token, client_tls).await {
         stop_children(&mut children).await;
         let _ = std::fs::remove_file(state_path(&args.data_dir));
         return Err(e);
@@ -270,7 +351,12 @@ pub async fn up(args: UpArgs, exe: PathBuf) -> Result<(), Error> {
 }
 
 /// Waits until every node answers, agrees on one leader, and reports itself healthy.
-async fn wait_ready(records: &[NodeRecord], children: &mut [(u64, Child)]) -> Result<(), Error> {
+async fn wait_ready(
+    records: &[NodeRecord],
+    children: &mut [(u64, Child)],
+    token: Option<&str>,
+    tls: Option<tonic::transport::ClientTlsConfig>,
+) -> Result<(), Error> {
     let endpoints: Vec<String> = records.iter().map(|r| r.listen.clone()).collect();
     let started = Instant::now();
     loop {
@@ -284,7 +370,9 @@ async fn wait_ready(records: &[NodeRecord], children: &mut [(u64, Child)]) -> Re
                 )));
             }
         }
-        let client = Client::new(endpoints.clone(), Duration::from_millis(1000))?;
+        let client = Client::new(endpoints.clone(), Duration::from_millis(1000))?
+            .with_token(token)?
+            .with_tls(tls.clone());
         let mut leaders = Vec::new();
         for index in 0..endpoints.len() {
             match client.status_of(index).await {
@@ -323,6 +411,19 @@ fn print_endpoints(records: &[NodeRecord], args: &UpArgs) {
     let endpoints: Vec<String> = records.iter().map(|r| r.listen.clone()).collect();
     println!("cluster ready: {} nodes, leader elected, all healthy", args.nodes);
     println!("export CAPKV_ENDPOINTS={}", endpoints.join(","));
+    if args.tls {
+        println!(
+            "export CAPKV_CACERT={}",
+            args.data_dir.join("tls").join("ca.pem").display()
+        );
+    }
+    if args.auth {
+        let auth = args.data_dir.join("auth");
+        println!(
+            "export CAPKV_TOKEN=$(cat {})   # or readwrite.token, readonly.token in the same directory",
+            auth.join("admin.token").display()
+        );
+    }
 }
 
 /// Runs until Ctrl-C or SIGTERM; reports a node that exits on its own.
@@ -408,6 +509,8 @@ mod tests {
             http_base_port: http,
             data_dir: "./capkv-data".into(),
             detach: false,
+            tls: false,
+            auth: false,
         }
     }
 

@@ -31,6 +31,7 @@
 #![forbid(unsafe_code)]
 
 pub mod ap;
+pub mod auth;
 pub mod backup;
 pub mod bench;
 pub mod cli;
@@ -51,6 +52,7 @@ pub mod proto;
 pub mod request;
 pub mod server;
 pub mod storage;
+pub mod tls;
 
 pub use client::Client;
 pub use error::Error;

@@ -3,11 +3,12 @@
 //! gets, so every peer client (Raft, AP replication, liveness pings, forwarding, fault control)
 //! has the same settings.
 //!
-//! Caveats: plain-text HTTP/2 only; peers are trusted by their address.
+//! With peer TLS ([`crate::tls::set_peer_client`]) every peer channel is TLS with this node's
+//! certificate; otherwise plain-text HTTP/2.
 
 use std::time::Duration;
 
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
 use crate::error::Error;
 use crate::limits::{PEER_MESSAGE_BYTES_MAX, REQUEST_BYTES_MAX, RESPONSE_BYTES_MAX};
@@ -18,11 +19,28 @@ use crate::proto::peer_client::PeerClient;
 /// How long a fresh connection to a peer may take before the peer counts as unreachable.
 pub const PEER_CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 
+/// The endpoint of a peer's gRPC address (`HOST:PORT`): TLS with this node's certificate when
+/// the node has peer TLS.
+pub fn peer_endpoint(addr: &str) -> Result<Endpoint, Error> {
+    endpoint(addr, crate::tls::peer_client())
+}
+
+/// The endpoint of `addr`, over TLS with `tls` when given.
+pub fn endpoint(addr: &str, tls: Option<&ClientTlsConfig>) -> Result<Endpoint, Error> {
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let endpoint = Endpoint::from_shared(format!("{scheme}://{addr}"))
+        .map_err(|e| Error::InvalidInput(format!("'{addr}' is not HOST:PORT ({e})")))?;
+    match tls {
+        Some(tls) => endpoint
+            .tls_config(tls.clone())
+            .map_err(|e| Error::InvalidInput(format!("cannot use the TLS settings for {addr}: {e}"))),
+        None => Ok(endpoint),
+    }
+}
+
 /// Opens a lazily connecting channel to a peer's gRPC address (`HOST:PORT`).
 pub fn peer_channel(addr: &str) -> Result<Channel, Error> {
-    let endpoint = Endpoint::from_shared(format!("http://{addr}"))
-        .map_err(|e| Error::InvalidInput(format!("bad peer address {addr}: {e}")))?;
-    Ok(endpoint
+    Ok(peer_endpoint(addr)?
         .connect_timeout(PEER_CONNECT_TIMEOUT)
         .tcp_nodelay(true)
         .connect_lazy())

@@ -126,6 +126,8 @@ impl Load {
 pub async fn run_capkv(endpoints: &[String], keyspace: &str, load: &Load) -> Result<Report, Error> {
     let options = bench::capkv::Options {
         endpoints: endpoints.to_vec(),
+        token: None,
+        tls: None,
         timeout: load.args.timeout,
         keyspace: keyspace.to_string(),
         workload: load.workload(),

@@ -10,7 +10,7 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::Streaming;
 
 use super::chain::{Chain, Sink, Tally};
@@ -59,9 +59,7 @@ pub async fn cluster_view(client: &Client) -> Result<ClusterView, Error> {
 
 /// A Backup client for one node's address.
 pub async fn node_client(address: &str, timeout: Duration) -> Result<BackupClient<Channel>, Error> {
-    let endpoint = Endpoint::from_shared(format!("http://{address}"))
-        .map_err(|_| Error::InvalidInput(format!("member address '{address}' is not HOST:PORT")))?
-        .connect_timeout(timeout);
+    let endpoint = crate::net::peer_endpoint(address)?.connect_timeout(timeout);
     let channel = tokio::time::timeout(timeout, endpoint.connect())
         .await
         .map_err(|_| Error::Unreachable(format!("{address} did not accept a connection in time")))?

@@ -156,7 +156,9 @@ pub async fn run(options: ScheduleOptions, listen: String, is_leader: impl Fn() 
 
 /// Takes one backup through this node, then applies retention.
 async fn take_one(options: &ScheduleOptions, listen: &str) -> Result<(), Error> {
-    let client = Client::new(vec![listen.to_string()], SCHEDULED_CALL_TIMEOUT)?;
+    // This node's peer address, with its peer certificate when the peer port demands one.
+    let client =
+        Client::new(vec![listen.to_string()], SCHEDULED_CALL_TIMEOUT)?.with_tls(crate::tls::peer_client().cloned());
     let target = Target::open(&options.to, SCHEDULED_CALL_TIMEOUT)?;
     let create_options = CreateOptions {
         keyspaces: Vec::new(),

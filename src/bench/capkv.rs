@@ -16,6 +16,10 @@ use crate::proto;
 #[derive(Clone, Debug)]
 pub struct Options {
     pub endpoints: Vec<String>,
+    /// Sent with every request to nodes that check tokens.
+    pub token: Option<String>,
+    /// TLS settings for nodes that serve TLS.
+    pub tls: Option<tonic::transport::ClientTlsConfig>,
     /// Per-request timeout.
     pub timeout: Duration,
     pub keyspace: String,
@@ -43,7 +47,9 @@ pub async fn bench(options: &Options) -> Result<Report, Error> {
             "no endpoints given; pass --endpoints HOST:PORT[,HOST:PORT...]".into(),
         ));
     }
-    let probe = Client::new(options.endpoints.clone(), options.timeout)?;
+    let probe = Client::new(options.endpoints.clone(), options.timeout)?
+        .with_token(options.token.as_deref())?
+        .with_tls(options.tls.clone());
     let mode = match probe.describe_keyspace(&options.keyspace).await?.mode() {
         proto::Mode::Cp => Mode::Cp,
         proto::Mode::Ap => Mode::Ap,
@@ -66,7 +72,9 @@ pub async fn bench(options: &Options) -> Result<Report, Error> {
     for c in 0..connections {
         let mut endpoints = options.endpoints.clone();
         endpoints.rotate_left(c % options.endpoints.len());
-        let client = Client::new(endpoints, options.timeout)?;
+        let client = Client::new(endpoints, options.timeout)?
+            .with_token(options.token.as_deref())?
+            .with_tls(options.tls.clone());
         targets.push(Arc::new(CapkvTarget::new(client, &options.keyspace, consistency)));
     }
 

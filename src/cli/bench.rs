@@ -65,6 +65,8 @@ pub async fn run(cli: &ClientFlags, args: &BenchArgs) -> Result<BenchView, Error
     }
     let options = crate::bench::capkv::Options {
         endpoints: crate::client::parse_endpoints(&cli.endpoints),
+        token: cli.token.clone(),
+        tls: cli.tls()?,
         timeout: cli.timeout,
         keyspace: args.keyspace.clone(),
         workload: crate::bench::Workload {

@@ -71,6 +71,18 @@ pub struct ClientFlags {
     /// Keys and values are hex, on input and output (output without it escapes non-UTF-8 bytes).
     #[arg(long)]
     pub hex: bool,
+    /// Token for nodes started with --auth-token-file (sent as `authorization: Bearer TOKEN`).
+    #[arg(long, env = "CAPKV_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Connect over TLS, trusting this CA (PEM) for the nodes' certificates.
+    #[arg(long, env = "CAPKV_CACERT", value_name = "FILE")]
+    pub cacert: Option<std::path::PathBuf>,
+    /// Client certificate (PEM), for nodes started with --trusted-ca-file; needs --key.
+    #[arg(long = "cert", env = "CAPKV_CERT", value_name = "FILE")]
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// The client certificate's key (PEM).
+    #[arg(long = "key", env = "CAPKV_KEY", value_name = "FILE")]
+    pub tls_key: Option<std::path::PathBuf>,
 }
 
 /// The same client flags given after the command; each one set overrides [`ClientFlags`].
@@ -88,15 +100,42 @@ pub struct ClientOverrides {
     /// Keys and values are hex, on input and output.
     #[arg(long = "hex", global = true)]
     pub hex: bool,
+    /// Token for nodes that check tokens (default: CAPKV_TOKEN).
+    #[arg(long = "token", global = true, value_name = "TOKEN")]
+    pub token: Option<String>,
+    /// CA to trust over TLS (default: CAPKV_CACERT).
+    #[arg(long = "cacert", global = true, value_name = "FILE")]
+    pub cacert: Option<std::path::PathBuf>,
+    /// Client certificate (default: CAPKV_CERT).
+    #[arg(long = "cert", global = true, value_name = "FILE")]
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// Client certificate key (default: CAPKV_KEY).
+    #[arg(long = "key", global = true, value_name = "FILE")]
+    pub tls_key: Option<std::path::PathBuf>,
 }
 
 impl ClientFlags {
+    /// The TLS settings the flags ask for: `--cacert` turns TLS on.
+    pub fn tls(&self) -> Result<Option<tonic::transport::ClientTlsConfig>, Error> {
+        match &self.cacert {
+            Some(ca) => crate::tls::client_config(ca, self.tls_cert.as_deref(), self.tls_key.as_deref()).map(Some),
+            None if self.tls_cert.is_some() || self.tls_key.is_some() => Err(Error::InvalidInput(
+                "--cert and --key need --cacert (the CA that signed the nodes' certificates)".into(),
+            )),
+            None => Ok(None),
+        }
+    }
+
     fn merged(&self, later: &ClientOverrides) -> Self {
         Self {
             endpoints: later.endpoints.clone().unwrap_or_else(|| self.endpoints.clone()),
             timeout: later.timeout.unwrap_or(self.timeout),
             output: later.output.unwrap_or(self.output),
             hex: self.hex || later.hex,
+            token: later.token.clone().or_else(|| self.token.clone()),
+            cacert: later.cacert.clone().or_else(|| self.cacert.clone()),
+            tls_cert: later.tls_cert.clone().or_else(|| self.tls_cert.clone()),
+            tls_key: later.tls_key.clone().or_else(|| self.tls_key.clone()),
         }
     }
 }
@@ -169,7 +208,9 @@ impl Cli {
 /// Runs a client command against the cluster.
 pub async fn run_client(cli: &Cli) -> Result<Report, Error> {
     let flags = cli.client_flags();
-    let client = Client::from_list(&flags.endpoints, flags.timeout)?;
+    let client = Client::from_list(&flags.endpoints, flags.timeout)?
+        .with_token(flags.token.as_deref())?
+        .with_tls(flags.tls()?);
     let hex = flags.hex;
     match &cli.command {
         Command::Put(a) => Ok(Report::of(&kv::put(&client, a, hex).await?, hex)),

@@ -9,6 +9,7 @@ use crate::cp::raft::RaftOptions;
 use crate::error::Error;
 use crate::node::{own_peer_address, parse_peers, NodeOptions};
 use crate::observe::logging::LogFormat;
+use crate::tls::TlsFiles;
 
 #[derive(Args, Debug)]
 pub struct NodeArgs {
@@ -34,11 +35,34 @@ pub struct NodeArgs {
     /// (the lowest id initializes it).
     #[arg(long, required_unless_present = "join", conflicts_with = "join")]
     pub peers: Option<String>,
-    /// Join a running cluster instead: endpoints (HOST:PORT, comma-separated) of some of its
-    /// members. The node asks them to add it (`member add` with --id and its peer address),
+    /// Join a running cluster instead: peer addresses (HOST:PORT, comma-separated) of some of
+    /// its members. The node asks them to add it (`member add` with --id and its peer address),
     /// catches up, and votes; the membership then lives in its data dir.
-    #[arg(long, value_name = "ENDPOINTS")]
+    #[arg(long, value_name = "PEERS")]
     pub join: Option<String>,
+    /// Check tokens on the client port: a file of `ROLE TOKEN` lines (roles readonly, readwrite,
+    /// admin). Needs --peer-listen.
+    #[arg(long, value_name = "FILE")]
+    pub auth_token_file: Option<PathBuf>,
+    /// TLS on the client port: this node's certificate (PEM).
+    #[arg(long, value_name = "FILE")]
+    pub cert_file: Option<PathBuf>,
+    /// The key of --cert-file (PEM).
+    #[arg(long, value_name = "FILE")]
+    pub key_file: Option<PathBuf>,
+    /// Demand client certificates signed by this CA on the client port.
+    #[arg(long, value_name = "FILE")]
+    pub trusted_ca_file: Option<PathBuf>,
+    /// Mutual TLS on the peer port: this member's certificate, naming node-ID.capkv. Needs
+    /// --peer-listen and --peer-trusted-ca-file.
+    #[arg(long, value_name = "FILE")]
+    pub peer_cert_file: Option<PathBuf>,
+    /// The key of --peer-cert-file (PEM).
+    #[arg(long, value_name = "FILE")]
+    pub peer_key_file: Option<PathBuf>,
+    /// The CA that signed every member's peer certificate.
+    #[arg(long, value_name = "FILE")]
+    pub peer_trusted_ca_file: Option<PathBuf>,
     /// Allow `capkv fault` commands to partition this node.
     #[arg(long)]
     pub fault_injection: bool,
@@ -104,6 +128,19 @@ pub fn node_options(args: &NodeArgs) -> Result<NodeOptions, Error> {
             .map(crate::client::parse_endpoints)
             .unwrap_or_default(),
         fault_injection: args.fault_injection,
+        auth_token_file: args.auth_token_file.clone(),
+        tls: TlsFiles::from_flags(
+            args.cert_file.as_deref(),
+            args.key_file.as_deref(),
+            args.trusted_ca_file.as_deref(),
+            "",
+        )?,
+        peer_tls: TlsFiles::from_flags(
+            args.peer_cert_file.as_deref(),
+            args.peer_key_file.as_deref(),
+            args.peer_trusted_ca_file.as_deref(),
+            "peer-",
+        )?,
         raft: RaftOptions {
             heartbeat_interval_ms: args.heartbeat_interval_ms,
             election_timeout_ms_min: args.election_timeout_ms_min,

@@ -6,8 +6,8 @@
 //! earlier ap data through anti-entropy, like a replica that was away.
 //!
 //! [`join`] is what `capkv node --join ENDPOINTS` does once the node serves: when its own Raft
-//! log holds no membership yet, it asks the cluster (`member add` with its own id and peer
-//! address, forwarded to the leader) to add it, and retries until that succeeds or the
+//! log holds no membership yet, it asks the cluster at the members' peer addresses (`member
+//! add` with its own id and peer address, forwarded to the leader) to add it, and retries until that succeeds or the
 //! membership lists it. The leader's messages then bring the log and the membership, which
 //! stay in this node's log and state machine: a restart needs no `--join` (it does no harm).
 //!
@@ -18,7 +18,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::Node;
-use crate::client::Client;
+use crate::error::Error;
+use crate::net::peer_channel;
+use crate::proto::{self, cluster_client::ClusterClient};
 
 /// How long one join attempt may take: the leader answers after the node caught up, which for
 /// a large snapshot takes a while.
@@ -42,22 +44,16 @@ pub async fn follow(node: Arc<Node>) {
     }
 }
 
-/// Asks the cluster at `endpoints` to add this node, until it is a member.
+/// Asks the cluster at `endpoints` (members' peer addresses) to add this node, until it is a
+/// member.
 pub async fn join(node: Arc<Node>, endpoints: Vec<String>) {
     let (id, address) = (node.id(), node.address());
-    let client = match Client::new(endpoints, JOIN_ATTEMPT_TIMEOUT) {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::error!("--join: {e}");
-            return;
-        }
-    };
     loop {
         if node.cp().has_membership() {
             tracing::info!(id, "this node has the cluster's membership; joined");
             return;
         }
-        let listed = match client.member_list().await {
+        let listed = match ask(&endpoints, Ask::List).await {
             Ok(list) => list.members.iter().any(|m| m.id == id),
             Err(e) => {
                 tracing::warn!(id, "--join: cannot list the members yet: {e}");
@@ -66,11 +62,60 @@ pub async fn join(node: Arc<Node>, endpoints: Vec<String>) {
         };
         if !listed {
             tracing::info!(id, %address, "--join: asking the cluster to add this node");
-            match client.member_add(id, &address).await {
+            match ask(
+                &endpoints,
+                Ask::Add {
+                    id,
+                    address: address.clone(),
+                },
+            )
+            .await
+            {
                 Ok(_) => tracing::info!(id, "--join: the cluster added this node as a voter"),
                 Err(e) => tracing::warn!(id, "--join: adding this node failed, retrying: {e}"),
             }
         }
         tokio::time::sleep(JOIN_RETRY_PAUSE).await;
     }
+}
+
+enum Ask {
+    List,
+    Add { id: u64, address: String },
+}
+
+/// Sends one request to the endpoints in turn, over peer channels (the peer port serves the
+/// public services without a client token, and carries this node's peer certificate).
+async fn ask(endpoints: &[String], what: Ask) -> Result<proto::MemberListResponse, String> {
+    let mut errors = Vec::new();
+    for endpoint in endpoints {
+        let mut client = match peer_channel(endpoint) {
+            Ok(channel) => ClusterClient::new(channel),
+            Err(e) => {
+                errors.push(e.to_string());
+                continue;
+            }
+        };
+        let answer = match &what {
+            Ask::List => client.member_list(timed(proto::MemberListRequest {})).await,
+            Ask::Add { id, address } => {
+                let req = proto::MemberAddRequest {
+                    id: *id,
+                    address: address.clone(),
+                };
+                client.member_add(timed(req)).await
+            }
+        };
+        match answer {
+            Ok(answer) => return Ok(answer.into_inner()),
+            Err(status) => errors.push(format!("{endpoint}: {}", Error::from_status(&status))),
+        }
+    }
+    Err(errors.join("; "))
+}
+
+fn timed<T>(message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.set_timeout(JOIN_ATTEMPT_TIMEOUT);
+    request
 }

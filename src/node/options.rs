@@ -28,6 +28,13 @@ pub struct NodeOptions {
     /// `peers`, bootstrapped by its lowest id. A joining node's `peers` is itself only.
     pub join: Vec<String>,
     pub fault_injection: bool,
+    /// Tokens and roles the client port checks (`--auth-token-file`); `None`: no checks.
+    pub auth_token_file: Option<PathBuf>,
+    /// TLS of the client port (`--cert-file`, `--key-file`, `--trusted-ca-file`).
+    pub tls: Option<crate::tls::TlsFiles>,
+    /// Mutual TLS of the peer port (`--peer-cert-file`, `--peer-key-file`,
+    /// `--peer-trusted-ca-file`).
+    pub peer_tls: Option<crate::tls::TlsFiles>,
     pub raft: RaftOptions,
     pub ap: ReplicaOptions,
     /// Scheduled backups (`--backup-every`, `--backup-to`, `--backup-keep`), when configured.
@@ -61,6 +68,29 @@ impl NodeOptions {
                 return Err(Error::InvalidInput(format!(
                     "--peer-listen {peer} is also --listen or --http; give the peer API a port of its own"
                 )));
+            }
+        }
+        if self.auth_token_file.is_some() && self.peer_listen.is_none() {
+            return Err(Error::InvalidInput(
+                "--auth-token-file needs --peer-listen: members call each other on the peer port, which does not check tokens; give the peer API a port of its own".into(),
+            ));
+        }
+        if self.tls.is_some() && self.peer_listen.is_none() {
+            return Err(Error::InvalidInput(
+                "--cert-file needs --peer-listen: members reach each other on the peer port, which then keeps its own settings".into(),
+            ));
+        }
+        if let Some(peer_tls) = &self.peer_tls {
+            if self.peer_listen.is_none() {
+                return Err(Error::InvalidInput(
+                    "--peer-cert-file needs --peer-listen: the peer port demands member certificates, which clients do not have; give the peer API a port of its own".into(),
+                ));
+            }
+            if peer_tls.trusted_ca.is_none() {
+                return Err(Error::InvalidInput(
+                    "--peer-cert-file needs --peer-trusted-ca-file, the CA that signed every member's certificate"
+                        .into(),
+                ));
             }
         }
         self.raft.validate()?;

@@ -26,6 +26,15 @@ pub async fn run(options: NodeOptions) -> Result<(), Error> {
         None => None,
     };
     let http_listener = server::bind(options.http, "--http").await?;
+    let tokens = match &options.auth_token_file {
+        Some(path) => Some(std::sync::Arc::new(crate::auth::Tokens::load(path)?)),
+        None => None,
+    };
+    let client_tls = options.tls.as_ref().map(|t| t.server_config()).transpose()?;
+    let peer_tls = options.peer_tls.as_ref().map(|t| t.server_config()).transpose()?;
+    if let Some(files) = &options.peer_tls {
+        crate::tls::set_peer_client(files.client_config()?);
+    }
     let node = Node::open(options.clone()).await?;
     tracing::info!(id = node.id(), listen = %options.listen, peer_listen = ?options.peer_listen, http = %options.http,
         data_dir = %options.data_dir.display(), fault_injection = options.fault_injection, "node starting");
@@ -43,6 +52,8 @@ pub async fn run(options: NodeOptions) -> Result<(), Error> {
         node.clone(),
         grpc_listener,
         client_ports,
+        client_tls,
+        crate::auth::AuthLayer::new(tokens.clone(), options.id),
         stopped(stop_rx.clone()),
     ));
     let peer_grpc = peer_listener.map(|listener| {
@@ -50,6 +61,8 @@ pub async fn run(options: NodeOptions) -> Result<(), Error> {
             node.clone(),
             listener,
             server::Ports::Peer,
+            peer_tls,
+            crate::auth::AuthLayer::new(None, options.id),
             stopped(stop_rx.clone()),
         ))
     });
@@ -73,7 +86,8 @@ pub async fn run(options: NodeOptions) -> Result<(), Error> {
         let is_leader = move || leader_node.cp().metrics().current_leader == Some(leader_node.id());
         tokio::spawn(crate::backup::schedule::run(
             schedule,
-            options.listen.to_string(),
+            // The peer address: it needs no token when the client port checks them.
+            node.address(),
             is_leader,
         ))
     });

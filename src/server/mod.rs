@@ -71,6 +71,8 @@ pub async fn serve_grpc(
     node: Arc<Node>,
     listener: TcpListener,
     ports: Ports,
+    tls: Option<tonic::transport::ServerTlsConfig>,
+    auth: crate::auth::AuthLayer,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
@@ -97,8 +99,15 @@ pub async fn serve_grpc(
     // Small responses must not wait for the client's delayed ACK (Nagle): every accepted
     // socket gets TCP_NODELAY. (`Server::tcp_nodelay` only reaches sockets the server binds.)
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-    Server::builder()
+    let mut builder = Server::builder();
+    if let Some(tls) = tls {
+        builder = builder
+            .tls_config(tls)
+            .map_err(|e| Error::InvalidInput(format!("the TLS certificate or key cannot be used: {e}")))?;
+    }
+    builder
         .concurrency_limit_per_connection(GRPC_CONCURRENCY_PER_CONNECTION_MAX)
+        .layer(auth)
         .add_service(public!(proto::kv_server::KvServer::new(kv::KvService::new(
             node.clone()
         ))))

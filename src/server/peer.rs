@@ -75,6 +75,24 @@ pub fn check_snapshot_chunk(offset: u64, len: usize) -> Result<(), Error> {
     }
 }
 
+/// The certificates a peer showed on its TLS connection.
+type PeerCerts = Arc<Vec<rustls_pki_types::CertificateDer<'static>>>;
+
+/// Refuses a message from `from` over a connection whose certificate does not name node `from`
+/// (peer TLS binds each member's id to its certificate).
+pub fn check_certificate(cert: Option<&rustls_pki_types::CertificateDer<'_>>, from: NodeId) -> Result<(), Error> {
+    match cert {
+        Some(cert) if crate::tls::names_node(cert, from) => Ok(()),
+        Some(_) => Err(Error::InvalidInput(format!(
+            "a peer message says it comes from node {from}, but its TLS certificate does not name {}; a member speaks only for itself",
+            crate::tls::node_name(from)
+        ))),
+        None => Err(Error::InvalidInput(
+            "a peer message came without a TLS client certificate; this node's peer port demands one".into(),
+        )),
+    }
+}
+
 /// The node an openraft request names as its sender: the candidate of a vote request, the
 /// leader of an AppendEntries or InstallSnapshot.
 pub trait NamedSender {
@@ -108,15 +126,19 @@ impl PeerService {
         Self { node }
     }
 
-    /// Refuses a sender that is not another member, then holds a message the fault filter
-    /// drops: silence until the sender gives up, and never handled. A node without a
-    /// membership yet (started with `--join`, waiting to be added) knows no members: it takes
-    /// any other sender, since the leader that adds it is the first to write to it.
-    async fn admit(&self, ctx: &Ctx, from: NodeId) -> Result<(), Status> {
+    /// Refuses a sender that is not another member, or, with peer TLS, whose certificate does
+    /// not name it; then holds a message the fault filter drops: silence until the sender gives
+    /// up, and never handled. A node without a membership yet (started with `--join`, waiting
+    /// to be added) knows no members: it takes any other sender, since the leader that adds it
+    /// is the first to write to it (with peer TLS, still only one whose certificate names it).
+    async fn admit(&self, ctx: &Ctx, certs: Option<PeerCerts>, from: NodeId) -> Result<(), Status> {
         let cp = self.node.cp();
         let joining = !cp.has_membership() && !self.node.options().join.is_empty();
         let members = if joining { BTreeSet::new() } else { cp.member_ids() };
         check_sender_or_joining(from, self.node.id(), &members)?;
+        if self.node.options().peer_tls.is_some() {
+            check_certificate(certs.as_deref().and_then(|c| c.first()), from)?;
+        }
         if !self.node.fault().allows(from, self.node.id()) {
             tokio::time::sleep(ctx.remaining()).await;
             return Err(Status::unavailable("dropped by fault injection"));
@@ -128,6 +150,7 @@ impl PeerService {
     /// it names the same sender.
     async fn accept<T: DeserializeOwned + NamedSender>(&self, request: Request<RaftMessage>) -> Result<T, Status> {
         let ctx = Ctx::of(&request);
+        let certs = request.peer_certs();
         let message = request.into_inner();
         if message.group_id != GROUP_ID {
             return Err(Status::invalid_argument(format!(
@@ -135,7 +158,7 @@ impl PeerService {
                 message.group_id
             )));
         }
-        self.admit(&ctx, message.from).await?;
+        self.admit(&ctx, certs, message.from).await?;
         let rpc: T =
             decode(&message.payload).map_err(|e| Status::invalid_argument(format!("bad Raft message: {e}")))?;
         check_raft_sender(message.from, rpc.named_sender())?;
@@ -175,8 +198,9 @@ impl proto::peer_server::Peer for PeerService {
 
     async fn ping(&self, request: Request<proto::PingRequest>) -> Result<Response<proto::PingResponse>, Status> {
         let ctx = Ctx::of(&request);
+        let certs = request.peer_certs();
         let from = request.into_inner().from;
-        self.admit(&ctx, from).await?;
+        self.admit(&ctx, certs, from).await?;
         self.node.reach().heard_from(from);
         Ok(Response::new(proto::PingResponse {
             node_id: self.node.id(),
@@ -186,8 +210,9 @@ impl proto::peer_server::Peer for PeerService {
 
     async fn ap(&self, request: Request<proto::ApMessage>) -> Result<Response<proto::ApMessage>, Status> {
         let ctx = Ctx::of(&request);
+        let certs = request.peer_certs();
         let message = request.into_inner();
-        self.admit(&ctx, message.from).await?;
+        self.admit(&ctx, certs, message.from).await?;
         let ap_request: crate::ap::replica::Request =
             decode(&message.payload).map_err(|e| Status::invalid_argument(format!("bad AP message: {e}")))?;
         let response = self.node.ap().replica().handle(message.from, ap_request).await?;

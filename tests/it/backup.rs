@@ -17,7 +17,9 @@ use capkv::proto::{self, txn_op};
 use capkv::Client as Lib;
 use serde_json::Value;
 
-use crate::harness::{free_ports, http_get, run, wait_until, Cluster, Output, BIN};
+use crate::harness::{
+    consecutive_free_ports, free_ports, http_get, run, wait_until, Cluster, DetachedCluster, Output, BIN,
+};
 
 /// cp keys written by the round-trip tests (in transactions of [`TXN_PUTS`]).
 const CP_KEYS: usize = 2_000;
@@ -771,26 +773,6 @@ fn an_unreachable_replica_is_named_and_the_others_are_merged() {
 // The crash-restore story: a cluster lost, `cluster up` fresh, `backup restore`
 // ---------------------------------------------------------------------------------------------
 
-/// Three consecutive free loopback ports (for `cluster up --base-port`).
-fn three_free_ports() -> u16 {
-    for _ in 0..200 {
-        let first = free_ports(1)[0];
-        if first < 65000 && (first..first + 3).all(|p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok()) {
-            return first;
-        }
-    }
-    panic!("no three consecutive free ports found");
-}
-
-/// Stops a `cluster up --detach` cluster even when the test fails half-way.
-struct DetachedCluster(PathBuf);
-
-impl Drop for DetachedCluster {
-    fn drop(&mut self) {
-        let _ = run(&["cluster", "down", "--data-dir", self.0.to_str().expect("utf-8 path")]);
-    }
-}
-
 #[test]
 fn a_lost_cluster_is_recovered_with_cluster_up_and_restore() {
     let store = tempfile::tempdir().unwrap();
@@ -815,7 +797,11 @@ fn a_lost_cluster_is_recovered_with_cluster_up_and_restore() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("fresh");
     let _down = DetachedCluster(data.clone());
-    let (base, http, peer) = (three_free_ports(), three_free_ports(), three_free_ports());
+    let (base, http, peer) = (
+        consecutive_free_ports(3),
+        consecutive_free_ports(3),
+        consecutive_free_ports(3),
+    );
     let up = run(&[
         "cluster",
         "up",

@@ -181,6 +181,7 @@ pub fn try_run<S: AsRef<OsStr>>(args: &[S]) -> io::Result<Output> {
     let mut child = Command::new(BIN)
         .args(args)
         .env_remove("CAPKV_ENDPOINTS")
+        .env_remove("CAPKV_TOKEN")
         .env_remove("RUST_LOG")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -395,6 +396,30 @@ pub fn free_ports(n: usize) -> Vec<u16> {
         .iter()
         .map(|l| l.local_addr().expect("local addr").port())
         .collect()
+}
+
+/// `n` consecutive loopback ports that are free now (for `cluster up --base-port` and the like),
+/// starting at the returned port.
+pub fn consecutive_free_ports(n: u16) -> u16 {
+    for _ in 0..200 {
+        let first = free_ports(1)[0];
+        if first > 65535 - n {
+            continue;
+        }
+        if (first..first + n).all(|p| TcpListener::bind(("127.0.0.1", p)).is_ok()) {
+            return first;
+        }
+    }
+    panic!("no {n} consecutive free ports found");
+}
+
+/// Stops a `cluster up --detach` cluster on drop, even when the test fails half-way.
+pub struct DetachedCluster(pub std::path::PathBuf);
+
+impl Drop for DetachedCluster {
+    fn drop(&mut self) {
+        let _ = run(&["cluster", "down", "--data-dir", self.0.to_str().expect("utf-8 path")]);
+    }
 }
 
 #[derive(Debug)]

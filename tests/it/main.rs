@@ -6,6 +6,7 @@
 
 mod ap;
 mod ap_scale;
+mod auth;
 mod backup;
 mod bad_input;
 mod bench;
@@ -20,4 +21,5 @@ mod members;
 mod ops;
 mod probes;
 mod syscalls;
+mod tls;
 mod tour;

@@ -2,40 +2,16 @@
 //! and reflection), resource use at idle, and clock-skew fault injection on ap keyspaces.
 
 use std::net::TcpListener;
-use std::path::Path;
 use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::harness::{expect_value, http_get, run, wait_until, Client, Cluster};
+use crate::harness::{
+    consecutive_free_ports, expect_value, http_get, run, wait_until, Client, Cluster, DetachedCluster,
+};
 
 /// A node must idle under this resident size (DESIGN: under 100 MiB).
 const IDLE_RSS_BYTES_MAX: u64 = 100 * 1024 * 1024;
-
-/// `n` consecutive loopback ports that are free now, starting at the returned port.
-fn consecutive_free_ports(n: u16) -> u16 {
-    for _ in 0..200 {
-        let first = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        if first > 65535 - n {
-            continue;
-        }
-        let all_free = (first..first + n).all(|p| TcpListener::bind(("127.0.0.1", p)).is_ok());
-        if all_free {
-            return first;
-        }
-    }
-    panic!("no {n} consecutive free ports found");
-}
-
-/// Stops a detached cluster even when the test fails half-way.
-struct Detached<'a>(&'a Path);
-
-impl Drop for Detached<'_> {
-    fn drop(&mut self) {
-        let dir = self.0.to_str().expect("utf-8 temp path");
-        let _ = run(&["cluster", "down", "--data-dir", dir]);
-    }
-}
 
 #[test]
 fn cluster_up_detach_status_down_and_reuse() {
@@ -59,7 +35,7 @@ fn cluster_up_detach_status_down_and_reuse() {
         &data_arg,
         "--detach",
     ];
-    let _guard = Detached(&data);
+    let _guard = DetachedCluster(data.clone());
     let started = run(&up);
     started.expect_code(0);
     assert!(started.stdout.contains("cluster ready"), "{}", started.describe());
