@@ -146,6 +146,8 @@ pub enum Output {
     Json,
 }
 
+// Parsed once per process: the size of the node's flags does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run one capkv node (server).
