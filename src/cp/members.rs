@@ -1,8 +1,9 @@
 //! Membership at run time: list, add and remove members of the Raft group, at the leader.
 //!
 //! ADD is two steps, like Raft's §4.2.1 catch-up rule: the node joins as a learner and the
-//! leader waits (openraft's blocking `add_learner`) until it has caught up by log or snapshot;
-//! then one joint-consensus change makes it a voter. The call returns when the new
+//! leader waits until its replication to it matches the log within [`LEARNER_LAG_ENTRIES_MAX`]
+//! entries (caught up by log or snapshot; openraft's blocking `add_learner` would accept 5000
+//! behind, even a node that never answered); then one joint-consensus change makes it a voter. The call returns when the new
 //! configuration is committed, so the node votes from then on. A learner left behind by an
 //! add that ran out of time is promoted by running the same add again.
 //!
@@ -166,11 +167,13 @@ impl Cp {
         }
         let (id, address) = (req.id, req.address);
         if plan_add(&self.member_set(), id, &address)? == AddPlan::LearnThenPromote {
-            tracing::info!(id, %address, "adding a learner; waiting until it caught up");
-            let learn = self.raft.add_learner(id, BasicNode::new(&address), true);
-            let step = format!("node {id} was added as a learner but did not catch up");
+            tracing::info!(id, %address, "adding a learner");
+            // Not openraft's blocking add: it counts a learner within 5000 entries as caught up.
+            let learn = self.raft.add_learner(id, BasicNode::new(&address), false);
+            let step = format!("node {id} was proposed as a learner but not confirmed");
             within(ctx.remaining(), learn, &step, id).await?;
         }
+        self.wait_caught_up(ctx, id).await?;
         tracing::info!(id, "promoting the learner to voter");
         let voters: BTreeSet<NodeId> = [id].into();
         let promote = self.raft.change_membership(ChangeMembers::AddVoterIds(voters), false);
@@ -200,6 +203,39 @@ impl Cp {
         within(ctx.remaining(), self.raft.change_membership(change, false), &step, id).await?;
         Ok(self.member_view())
     }
+}
+
+impl Cp {
+    /// Waits until the leader's replication to learner `id` matches its log within
+    /// [`LEARNER_LAG_ENTRIES_MAX`], or the request's deadline passes (then "outcome unknown":
+    /// the node stays a learner and keeps catching up).
+    async fn wait_caught_up(&self, ctx: &Ctx, id: NodeId) -> Result<(), Error> {
+        tracing::info!(id, "waiting until the learner caught up");
+        let caught_up = |m: &openraft::RaftMetrics<NodeId, BasicNode>| {
+            let matched = m.replication.as_ref().and_then(|r| r.get(&id).cloned().flatten());
+            matched.is_some_and(|log_id| caught_up(log_id.index, m.last_log_index.unwrap_or(0)))
+        };
+        let waited = self
+            .raft
+            .wait(Some(ctx.remaining()))
+            .metrics(caught_up, "the new learner to catch up")
+            .await;
+        waited.map(|_| ()).map_err(|_| {
+            Error::OutcomeUnknown(format!(
+                "node {id} is a learner but did not catch up within the timeout (is it running, at the address given?); it keeps catching up: run the same `capkv member add` again to promote it, or `capkv member remove {id}`"
+            ))
+        })
+    }
+}
+
+/// How far behind the leader's log a learner may be and still count as caught up: close
+/// enough that it gets the rest within a heartbeat or two, so promoting it does not leave the
+/// new configuration waiting on a voter that is far behind. (openraft's own check allows 5000.)
+pub const LEARNER_LAG_ENTRIES_MAX: u64 = 64;
+
+/// Has a learner whose log matches the leader's up to `matched` caught up with `last`?
+pub fn caught_up(matched: u64, last: u64) -> bool {
+    matched.saturating_add(LEARNER_LAG_ENTRIES_MAX) >= last
 }
 
 type ChangeResult = Result<
@@ -277,6 +313,14 @@ mod tests {
         );
         let e = plan_add(&set, 4, "127.0.0.1:7005").unwrap_err();
         assert!(e.to_string().contains("(a learner, at 127.0.0.1:7004)"), "{e}");
+    }
+
+    #[test]
+    fn a_learner_is_caught_up_within_the_lag_bound() {
+        assert!(caught_up(100, 100));
+        assert!(caught_up(100 - LEARNER_LAG_ENTRIES_MAX, 100));
+        assert!(!caught_up(99 - LEARNER_LAG_ENTRIES_MAX, 100));
+        assert!(!caught_up(0, 5000), "openraft would call this caught up");
     }
 
     #[test]

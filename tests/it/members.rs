@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
 
-use crate::harness::{has_value, poll_for, Client, Cluster};
+use crate::harness::{free_ports, has_value, poll_for, Client, Cluster};
 
 /// A join includes catching up; on a loaded 2-core machine that can take a while.
 const JOIN_TIMEOUT: Duration = Duration::from_secs(60);
@@ -168,4 +168,35 @@ fn a_node_joins_under_write_load_and_the_old_leader_leaves() {
         .put_retrying("bank", "via-restarted", "yes", Duration::from_secs(30))
         .ok_json();
     assert_eq!(voters(&via_new).unwrap(), rest);
+}
+
+/// `capkv member add` of a node that never comes up runs out of time with exit 4 (it was
+/// proposed as a learner and may stay one), and `member remove` takes the learner out again;
+/// the voters never change.
+#[test]
+fn an_add_that_cannot_catch_up_is_unknown_and_the_learner_can_be_removed() {
+    let cluster = Cluster::start(3);
+    let client = cluster.client();
+    let nowhere = format!("127.0.0.1:{}", free_ports(1)[0]);
+    let add = client.clone().with_timeout("2s").run(&["member", "add", "5", &nowhere]);
+    add.expect_error(4);
+    let learner = poll_for(Duration::from_secs(10), "node 5 listed as a learner", || {
+        let m = members(&client)?;
+        match m.iter().find(|(id, _)| *id == 5) {
+            Some((_, role)) => Ok(role.clone()),
+            None => Err(format!("members {m:?}")),
+        }
+    });
+    assert_eq!(learner, "learner", "a node that never caught up does not vote");
+    assert_eq!(voters(&client).unwrap(), vec![1, 2, 3]);
+    client.run(&["member", "remove", "5"]).ok_json();
+    assert_eq!(
+        members(&client).unwrap(),
+        vec![
+            (1, "voter".to_string()),
+            (2, "voter".to_string()),
+            (3, "voter".to_string())
+        ]
+    );
+    client.run(&["member", "remove", "5"]).expect_error(5);
 }
