@@ -3,7 +3,8 @@
 //! - `a_node_joins_under_write_load_and_the_old_leader_leaves`: a 3-node cluster with cp and ap
 //!   data takes a stream of writes while a 4th node starts with `--join`; the 4th node becomes
 //!   a voter (`member list`: 4 voters) and ends up holding the earlier cp data (a serializable
-//!   read of its own state machine) and ap data (its own replica, filled by anti-entropy). Then
+//!   read of its own state machine; a bench first writes enough that the leader's log was
+//!   purged below a snapshot, so the new node catches up from the snapshot) and ap data (its own replica, filled by anti-entropy). Then
 //!   the leader is removed: writes continue through the others and `member list` shows 3.
 //!   Requests that cannot work (adding a member's id, removing a stranger) exit 5. Last, the
 //!   new node is killed and restarted: it is still a member and serves writes.
@@ -68,6 +69,23 @@ fn a_node_joins_under_write_load_and_the_old_leader_leaves() {
         client.put("bank", &format!("early-{i}"), &format!("v{i}")).ok_json();
     }
     client.put("cart", "item", "apple").ok_json();
+    // Enough writes that the leader snapshots (every 500 entries) and purges its log below the
+    // snapshot: the new node must catch up from a snapshot, not from the log alone.
+    let bench = client.run(&[
+        "bench",
+        "--keyspace",
+        "bank",
+        "--op",
+        "put",
+        "--concurrency",
+        "8",
+        "--duration",
+        "3s",
+        "--keys",
+        "200",
+    ]);
+    let ops = bench.ok_json()["ops"].as_u64().unwrap_or(0);
+    assert!(ops > 1200, "the bench wrote only {ops} entries: {}", bench.describe());
 
     let codes = Arc::new(Mutex::new(Vec::new()));
     let stop = Arc::new(AtomicBool::new(false));
@@ -100,6 +118,10 @@ fn a_node_joins_under_write_load_and_the_old_leader_leaves() {
             Err(out.describe())
         }
     });
+    assert!(
+        cluster.log_text(new).contains("installing a snapshot from the leader"),
+        "node {new} caught up from a snapshot"
+    );
     let during_join = codes.lock().unwrap().len();
     assert!(during_join > 0, "the writer ran while the node joined");
 
