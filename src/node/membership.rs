@@ -5,14 +5,16 @@
 //! to push to and hint for; a removed member's hints are dropped). A new member receives
 //! earlier ap data through anti-entropy, like a replica that was away.
 //!
-//! [`join`] is what `capkv node --join ENDPOINTS` does once the node serves: when its own Raft
-//! log holds no membership yet, it asks the cluster at the members' peer addresses (`member
-//! add` with its own id and peer address, forwarded to the leader) to add it, and retries until that succeeds or the
-//! membership lists it. The leader's messages then bring the log and the membership, which
-//! stay in this node's log and state machine: a restart needs no `--join` (it does no harm).
+//! [`join`] is what `capkv node --join ENDPOINTS` does once the node serves: until its own Raft
+//! log lists it as a voter, it asks the cluster at the members' peer addresses (`member add`
+//! with its own id and peer address, forwarded to the leader) to add it, and retries. The
+//! leader's messages bring the log and the membership, which stay in this node's log and state
+//! machine: restarted with the same flags, it finds itself a voter there and asks nothing.
 //!
 //! Caveats: a node added by an operator's `capkv member add` before it started is not
-//! added twice: [`join`] first asks whether it is already listed.
+//! added twice: [`join`] first asks whether it is already listed (as a learner, it asks for the
+//! promotion the operator's add could not finish). A node removed while it ran is not added
+//! back, but one restarted with `--join` after its removal is.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -49,19 +51,21 @@ pub async fn follow(node: Arc<Node>) {
 pub async fn join(node: Arc<Node>, endpoints: Vec<String>) {
     let (id, address) = (node.id(), node.address());
     loop {
-        if node.cp().has_membership() {
-            tracing::info!(id, "this node has the cluster's membership; joined");
+        if node.cp().voter_ids().contains(&id) {
+            tracing::info!(id, "this node votes in the cluster's membership; joined");
             return;
         }
-        let listed = match ask(&endpoints, Ask::List).await {
-            Ok(list) => list.members.iter().any(|m| m.id == id),
+        let role = match ask(&endpoints, Ask::List).await {
+            Ok(list) => list.members.into_iter().find(|m| m.id == id).map(|m| m.role),
             Err(e) => {
                 tracing::warn!(id, "--join: cannot list the members yet: {e}");
-                false
+                None
             }
         };
-        if !listed {
-            tracing::info!(id, %address, "--join: asking the cluster to add this node");
+        // Not listed: add it. A learner (an operator's `member add` that ran out of time
+        // before this node started): the same add promotes it once it caught up.
+        if role.as_deref() != Some("voter") {
+            tracing::info!(id, %address, ?role, "--join: asking the cluster to add this node");
             match ask(
                 &endpoints,
                 Ask::Add {
