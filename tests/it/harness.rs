@@ -646,6 +646,13 @@ impl Cluster {
     /// Starts one more node, `capkv node --join` with the endpoints of the nodes running now
     /// (it asks them to add it), and returns its id. It does not wait for the join.
     pub fn start_joining_node(&mut self) -> u64 {
+        let listen = format!("127.0.0.1:{}", free_ports(1)[0]);
+        self.start_joining_node_at(&listen)
+    }
+
+    /// [`Cluster::start_joining_node`] with a given `--listen` address (e.g. one an operator
+    /// already gave `member add`).
+    pub fn start_joining_node_at(&mut self, listen: &str) -> u64 {
         let id = self.nodes.iter().map(|n| n.id).max().unwrap_or(0) + 1;
         let join = self.endpoints_of(&self.running_ids());
         let dir = self
@@ -654,11 +661,11 @@ impl Cluster {
             .expect("the cluster directory exists")
             .path()
             .to_path_buf();
-        let ports = free_ports(2);
+        let http = free_ports(1)[0];
         self.nodes.push(Node {
             id,
-            listen: format!("127.0.0.1:{}", ports[0]),
-            http: format!("127.0.0.1:{}", ports[1]),
+            listen: listen.to_string(),
+            http: format!("127.0.0.1:{http}"),
             data_dir: dir.join(format!("node{id}")),
             log: dir.join(format!("node{id}.log")),
             join: Some(join),
