@@ -48,7 +48,7 @@ trap cleanup EXIT
 start_cluster() {
     local dir="$1" port="$2"
     "$CAPKV_BIN" cluster up --detach --data-dir "$dir" --base-port "$port" \
-        --http-base-port $((port + 1000)) --timeout 60s >/dev/null
+        --http-base-port $((port + 1000)) --peer-base-port $((port + 2000)) --timeout 60s >/dev/null
     echo "127.0.0.1:$port,127.0.0.1:$((port + 1)),127.0.0.1:$((port + 2))"
 }
 

@@ -24,6 +24,7 @@ CASES="${CASES:-}"
 ETCD_PORT="${ETCD_PORT:-12379}"        # members use ETCD_PORT, +10, +20 (peers +1)
 CAPKV_PORT="${CAPKV_PORT:-17001}"      # nodes use CAPKV_PORT..+2, HTTP CAPKV_HTTP_PORT..+2
 CAPKV_HTTP_PORT="${CAPKV_HTTP_PORT:-18001}"
+CAPKV_PEER_PORT="${CAPKV_PEER_PORT:-17101}"  # peer ports CAPKV_PEER_PORT..+2
 
 if ! command -v etcd >/dev/null 2>&1; then
     echo "etcd is missing; installing the Debian package etcd-server" >&2
@@ -71,7 +72,7 @@ done
 
 # --- capkv: 3 nodes -------------------------------------------------------------------------------
 "$CAPKV" cluster up --detach --data-dir "$WORK/capkv" --base-port "$CAPKV_PORT" \
-    --http-base-port "$CAPKV_HTTP_PORT" >"$WORK/capkv-up.log" 2>&1 ||
+    --http-base-port "$CAPKV_HTTP_PORT" --peer-base-port "$CAPKV_PEER_PORT" >"$WORK/capkv-up.log" 2>&1 ||
     { cat "$WORK/capkv-up.log" >&2; exit 1; }
 CAPKV_ENDPOINTS="127.0.0.1:$CAPKV_PORT,127.0.0.1:$((CAPKV_PORT + 1)),127.0.0.1:$((CAPKV_PORT + 2))"
 "$CAPKV" --endpoints "$CAPKV_ENDPOINTS" keyspace create bench --mode cp >/dev/null

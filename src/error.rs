@@ -181,6 +181,16 @@ impl From<UnknownMode> for Error {
     }
 }
 
+impl Error {
+    /// The status of this error with another gRPC code (the kind header still says which error
+    /// it is, so the client classifies it as usual).
+    pub fn status_with_code(self, code: Code) -> Status {
+        let mut status = Status::from(self);
+        let metadata = std::mem::take(status.metadata_mut());
+        Status::with_metadata(code, status.message(), metadata)
+    }
+}
+
 impl From<Error> for Status {
     fn from(err: Error) -> Status {
         let mut status = Status::new(err.code(), err.to_string());

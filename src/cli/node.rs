@@ -44,6 +44,10 @@ pub struct NodeArgs {
     /// admin). Needs --peer-listen.
     #[arg(long, value_name = "FILE")]
     pub auth_token_file: Option<PathBuf>,
+    /// Requests served at once on the client port; more are refused at once with
+    /// RESOURCE_EXHAUSTED (exit 3) instead of queueing.
+    #[arg(long, default_value_t = crate::server::limit::REQUESTS_IN_FLIGHT_MAX)]
+    pub max_requests_in_flight: usize,
     /// TLS on the client port: this node's certificate (PEM).
     #[arg(long, value_name = "FILE")]
     pub cert_file: Option<PathBuf>,
@@ -129,6 +133,7 @@ pub fn node_options(args: &NodeArgs) -> Result<NodeOptions, Error> {
             .unwrap_or_default(),
         fault_injection: args.fault_injection,
         auth_token_file: args.auth_token_file.clone(),
+        max_requests_in_flight: args.max_requests_in_flight,
         tls: TlsFiles::from_flags(
             args.cert_file.as_deref(),
             args.key_file.as_deref(),

@@ -26,6 +26,8 @@
 //!   writes; writes it had already proposed answer "outcome unknown".
 //! - "Definitely not applied" (exit 3) only for requests that never reached a leader's log: a
 //!   forward or client connection that could not be opened, a refusal before proposing.
+//! - A write with a request id is applied at most once per id while its client's session lives
+//!   ([`session`]): a retry gets the first answer.
 //!
 //! CAVEATS
 //!

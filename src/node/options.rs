@@ -30,6 +30,8 @@ pub struct NodeOptions {
     pub fault_injection: bool,
     /// Tokens and roles the client port checks (`--auth-token-file`); `None`: no checks.
     pub auth_token_file: Option<PathBuf>,
+    /// Requests in flight on the client port at most; more are refused (`RESOURCE_EXHAUSTED`).
+    pub max_requests_in_flight: usize,
     /// TLS of the client port (`--cert-file`, `--key-file`, `--trusted-ca-file`).
     pub tls: Option<crate::tls::TlsFiles>,
     /// Mutual TLS of the peer port (`--peer-cert-file`, `--peer-key-file`,
@@ -92,6 +94,11 @@ impl NodeOptions {
                         .into(),
                 ));
             }
+        }
+        if self.max_requests_in_flight == 0 {
+            return Err(Error::InvalidInput(
+                "--max-requests-in-flight must be at least 1".into(),
+            ));
         }
         self.raft.validate()?;
         if let Some(backup) = &self.backup {

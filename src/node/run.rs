@@ -54,6 +54,7 @@ pub async fn run(options: NodeOptions) -> Result<(), Error> {
         client_ports,
         client_tls,
         crate::auth::AuthLayer::new(tokens.clone(), options.id),
+        server::limit::LimitLayer::new(Some(options.max_requests_in_flight), options.id),
         stopped(stop_rx.clone()),
     ));
     let peer_grpc = peer_listener.map(|listener| {
@@ -63,6 +64,7 @@ pub async fn run(options: NodeOptions) -> Result<(), Error> {
             server::Ports::Peer,
             peer_tls,
             crate::auth::AuthLayer::new(None, options.id),
+            server::limit::LimitLayer::new(None, options.id),
             stopped(stop_rx.clone()),
         ))
     });

@@ -12,6 +12,7 @@ pub mod fault;
 pub mod http;
 pub mod keyspaces;
 pub mod kv;
+pub mod limit;
 pub mod peer;
 
 use std::future::Future;
@@ -73,6 +74,7 @@ pub async fn serve_grpc(
     ports: Ports,
     tls: Option<tonic::transport::ServerTlsConfig>,
     auth: crate::auth::AuthLayer,
+    limit: limit::LimitLayer,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
@@ -107,6 +109,7 @@ pub async fn serve_grpc(
     }
     builder
         .concurrency_limit_per_connection(GRPC_CONCURRENCY_PER_CONNECTION_MAX)
+        .layer(limit)
         .layer(auth)
         .add_service(public!(proto::kv_server::KvServer::new(kv::KvService::new(
             node.clone()

@@ -6,34 +6,14 @@
 //! creates keyspaces and injects faults. Refusals are exit 3 with one sentence; health checks
 //! over HTTP need no token.
 
-use crate::harness::{consecutive_free_ports, http_get, run, DetachedCluster, Output};
+use crate::harness::{http_get, run, Output, UpCluster};
 use std::os::unix::fs::PermissionsExt;
 
 #[test]
 fn tokens_and_roles_decide_who_may_do_what() {
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let (base, peer, http) = (
-        consecutive_free_ports(3),
-        consecutive_free_ports(3),
-        consecutive_free_ports(3),
-    );
-    let _down = DetachedCluster(data.clone());
-    let up = run(&[
-        "cluster",
-        "up",
-        "--detach",
-        "--auth",
-        "--data-dir",
-        data.to_str().unwrap(),
-        "--base-port",
-        &base.to_string(),
-        "--peer-base-port",
-        &peer.to_string(),
-        "--http-base-port",
-        &http.to_string(),
-    ]);
-    up.expect_code(0);
+    let cluster = UpCluster::start(dir.path(), &["--auth"]);
+    let (up, data, http) = (&cluster.up, &cluster.data, cluster.http);
     assert!(up.stdout.contains("export CAPKV_TOKEN="), "{}", up.describe());
 
     let token = |role: &str| {
@@ -43,10 +23,7 @@ fn tokens_and_roles_decide_who_may_do_what() {
         std::fs::read_to_string(&path).unwrap().trim().to_string()
     };
     let (admin, readwrite, readonly) = (token("admin"), token("readwrite"), token("readonly"));
-    let endpoints = (0..3)
-        .map(|i| format!("127.0.0.1:{}", base + i))
-        .collect::<Vec<_>>()
-        .join(",");
+    let endpoints = cluster.endpoints();
     let as_role = |token: Option<&str>, args: &[&str]| -> Output {
         let mut all = vec!["--endpoints", &endpoints, "--timeout", "5s"];
         if let Some(t) = token {

@@ -18,7 +18,7 @@ use capkv::Client as Lib;
 use serde_json::Value;
 
 use crate::harness::{
-    consecutive_free_ports, free_ports, http_get, run, wait_until, Cluster, DetachedCluster, Output, BIN,
+    consecutive_free_ports, free_ports, http_get, run, runtime, wait_until, Cluster, DetachedCluster, Output, BIN,
 };
 
 /// cp keys written by the round-trip tests (in transactions of [`TXN_PUTS`]).
@@ -32,14 +32,6 @@ const AP_DELETED: usize = 20;
 
 /// (value, version) of one ap key; version is (physical_ms, logical, node); `None` value = tombstone.
 type ApView = BTreeMap<Vec<u8>, (Vec<u8>, (u64, u32, u64))>;
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("a test runtime starts")
-}
 
 fn lib(endpoints: &str) -> Lib {
     Lib::from_list(endpoints, Duration::from_secs(20)).expect("a client for the endpoints")

@@ -17,15 +17,7 @@ use std::time::{Duration, Instant};
 use capkv::proto::{self, txn_op};
 use capkv::Client as Lib;
 
-use crate::harness::{poll_for, Cluster};
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("a test runtime starts")
-}
+use crate::harness::{poll_for, runtime, Cluster};
 
 #[test]
 fn a_replayed_request_id_changes_nothing_and_answers_as_before() {

@@ -413,6 +413,75 @@ pub fn consecutive_free_ports(n: u16) -> u16 {
     panic!("no {n} consecutive free ports found");
 }
 
+/// A multi-threaded tokio runtime for tests that drive the client library.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a test runtime starts")
+}
+
+/// A `cluster up --detach` cluster of three nodes on free ports, stopped on drop.
+pub struct UpCluster {
+    pub base: u16,
+    pub peer: u16,
+    pub http: u16,
+    pub data: std::path::PathBuf,
+    /// What `cluster up` printed.
+    pub up: Output,
+    _down: DetachedCluster,
+}
+
+impl UpCluster {
+    /// Runs `cluster up --detach` with `flags` (e.g. `--tls`) under `dir`; panics unless it
+    /// succeeds.
+    pub fn start(dir: &std::path::Path, flags: &[&str]) -> UpCluster {
+        let data = dir.join("data");
+        let (base, peer, http) = (
+            consecutive_free_ports(3),
+            consecutive_free_ports(3),
+            consecutive_free_ports(3),
+        );
+        let down = DetachedCluster(data.clone());
+        let ports = [base.to_string(), peer.to_string(), http.to_string()];
+        let mut args = vec![
+            "cluster",
+            "up",
+            "--detach",
+            "--data-dir",
+            data.to_str().expect("utf-8 path"),
+        ];
+        args.extend([
+            "--base-port",
+            &ports[0],
+            "--peer-base-port",
+            &ports[1],
+            "--http-base-port",
+            &ports[2],
+        ]);
+        args.extend(flags);
+        let up = run(&args);
+        up.expect_code(0);
+        UpCluster {
+            base,
+            peer,
+            http,
+            data,
+            up,
+            _down: down,
+        }
+    }
+
+    /// The client endpoints of all three nodes.
+    pub fn endpoints(&self) -> String {
+        (0..3)
+            .map(|i| format!("127.0.0.1:{}", self.base + i))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
 /// Stops a `cluster up --detach` cluster on drop, even when the test fails half-way.
 pub struct DetachedCluster(pub std::path::PathBuf);
 

@@ -6,19 +6,11 @@ use std::time::Duration;
 use capkv::proto::{self, compare, txn_op};
 use capkv::Client as Lib;
 
-use crate::harness::{poll_for, Cluster};
+use crate::harness::{poll_for, runtime, Cluster};
 
 const MIB: usize = 1024 * 1024;
 /// Values written while a follower is down: 100 MiB in all, far over one Raft message.
 const LARGE_VALUES: usize = 100;
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("a test runtime starts")
-}
 
 /// A 1 MiB value whose bytes say which key it belongs to.
 fn large_value(i: usize) -> Vec<u8> {
@@ -170,6 +162,91 @@ fn oversized_transactions_are_refused_and_store_nothing() {
                 .await
                 .unwrap();
             assert!(!r.found, "a refused transaction stored {key}");
+        }
+    });
+}
+
+/// Kills the node process on drop, even when the test fails half-way.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A node past its bound of requests in flight refuses more at once with RESOURCE_EXHAUSTED
+/// (exit 3) instead of queueing them. The node runs alone out of three members, so it never
+/// has a leader and every keyspace creation holds its slot until its deadline.
+#[test]
+fn requests_past_the_in_flight_bound_are_refused_at_once() {
+    use std::time::Instant;
+    let dir = tempfile::tempdir().unwrap();
+    let ports = crate::harness::free_ports(4);
+    let listen = format!("127.0.0.1:{}", ports[0]);
+    let node = std::process::Command::new(crate::harness::BIN)
+        .args(["node", "--id", "1", "--listen", &listen])
+        .args(["--http", &format!("127.0.0.1:{}", ports[1])])
+        .arg("--data-dir")
+        .arg(dir.path().join("node1"))
+        .args([
+            "--peers",
+            &format!("1={listen},2=127.0.0.1:{},3=127.0.0.1:{}", ports[2], ports[3]),
+            "--max-requests-in-flight",
+            "2",
+            // Slow elections: the node gives up on a leader only after its requests' deadline.
+            "--heartbeat-interval-ms",
+            "2000",
+            "--election-timeout-ms-min",
+            "8000",
+            "--election-timeout-ms-max",
+            "9000",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("the node starts");
+    let _node = Killed(node);
+    let rt = runtime();
+    let lib = std::sync::Arc::new(Lib::new(vec![listen.clone()], Duration::from_secs(4)).unwrap());
+    poll_for(Duration::from_secs(20), "the node to answer", || {
+        rt.block_on(lib.status_of(0)).map(|_| ()).map_err(|e| e.to_string())
+    });
+    rt.block_on(async {
+        // Two creations fill both slots and wait for a leader that never comes.
+        let holders: Vec<_> = (0..2)
+            .map(|i| {
+                let lib = lib.clone();
+                tokio::spawn(async move { lib.create_keyspace(&format!("held{i}"), capkv::Mode::Cp).await })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let started = Instant::now();
+        let mut raw = capkv::proto::keyspaces_client::KeyspacesClient::connect(format!("http://{listen}"))
+            .await
+            .unwrap();
+        let refused = raw
+            .create(capkv::proto::CreateKeyspaceRequest {
+                name: "third".into(),
+                mode: capkv::proto::Mode::Cp as i32,
+            })
+            .await
+            .expect_err("past the bound");
+        assert_eq!(refused.code(), tonic::Code::ResourceExhausted, "{refused:?}");
+        assert!(refused.message().contains("limit of 2 requests"), "{refused:?}");
+        let err = lib
+            .create_keyspace("fourth", capkv::Mode::Cp)
+            .await
+            .expect_err("past the bound");
+        assert_eq!(err.exit_code(), 3, "{err}");
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "refused at once, not after a wait"
+        );
+        for holder in holders {
+            let held = holder.await.unwrap().expect_err("no leader, ever");
+            assert_ne!(held.exit_code(), 0, "{held}");
         }
     });
 }

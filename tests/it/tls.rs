@@ -8,34 +8,13 @@
 
 use capkv::proto::{peer_client::PeerClient, PingRequest};
 
-use crate::harness::{consecutive_free_ports, run, DetachedCluster};
+use crate::harness::{run, UpCluster};
 
 #[test]
 fn tls_keeps_strangers_out_and_members_to_their_own_name() {
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let (base, peer, http) = (
-        consecutive_free_ports(3),
-        consecutive_free_ports(3),
-        consecutive_free_ports(3),
-    );
-    let _down = DetachedCluster(data.clone());
-    let up = run(&[
-        "cluster",
-        "up",
-        "--detach",
-        "--tls",
-        "--auth",
-        "--data-dir",
-        data.to_str().unwrap(),
-        "--base-port",
-        &base.to_string(),
-        "--peer-base-port",
-        &peer.to_string(),
-        "--http-base-port",
-        &http.to_string(),
-    ]);
-    up.expect_code(0);
+    let cluster = UpCluster::start(dir.path(), &["--tls", "--auth"]);
+    let (up, data, peer) = (&cluster.up, &cluster.data, cluster.peer);
     let tls = data.join("tls");
     let ca = tls.join("ca.pem");
     assert!(
@@ -43,10 +22,7 @@ fn tls_keeps_strangers_out_and_members_to_their_own_name() {
         "{}",
         up.describe()
     );
-    let endpoints = (0..3)
-        .map(|i| format!("127.0.0.1:{}", base + i))
-        .collect::<Vec<_>>()
-        .join(",");
+    let endpoints = cluster.endpoints();
     let ca_arg = ca.to_str().unwrap();
     // With --auth too: the tokens ride inside TLS.
     let admin = std::fs::read_to_string(data.join("auth").join("admin.token")).unwrap();
