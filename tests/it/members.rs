@@ -6,7 +6,8 @@
 //!   read of its own state machine; a bench first writes enough that the leader's log was
 //!   purged below a snapshot, so the new node catches up from the snapshot) and ap data (its own replica, filled by anti-entropy). Then
 //!   the leader is removed: writes continue through the others and `member list` shows 3.
-//!   Requests that cannot work (adding a member's id, removing a stranger) exit 5. Last, the
+//!   `cluster status` through one endpoint lists all four. Requests that cannot work (adding a
+//!   member's id, removing a stranger) exit 5. Last, the
 //!   new node is killed and restarted: it is still a member and serves writes.
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -131,6 +132,24 @@ fn a_node_joins_under_write_load_and_the_old_leader_leaves() {
     assert!(
         cluster.log_text(new).contains("installing a snapshot from the leader"),
         "node {new} caught up from a snapshot"
+    );
+    // `cluster status` through one endpoint lists every member the cluster knows.
+    poll_for(
+        Duration::from_secs(10),
+        "cluster status via node 1 to list all four",
+        || {
+            let status = cluster.client_at(1).run(&["cluster", "status"]);
+            let mut ids: Vec<u64> = status.ok_json()["nodes"]
+                .as_array()
+                .map(|nodes| nodes.iter().filter_map(|n| n["id"].as_u64()).collect())
+                .unwrap_or_default();
+            ids.sort_unstable();
+            if ids == vec![1, 2, 3, new] {
+                Ok(())
+            } else {
+                Err(status.describe())
+            }
+        },
     );
     let during_join = codes.lock().unwrap().len();
     assert!(during_join > 0, "the writer ran while the node joined");
