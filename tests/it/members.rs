@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
 
-use crate::harness::{free_ports, has_value, poll_for, Client, Cluster};
+use crate::harness::{free_ports, has_value, http_get, metric_value, poll_for, Client, Cluster};
 
 /// A join includes catching up; on a loaded 2-core machine that can take a while.
 const JOIN_TIMEOUT: Duration = Duration::from_secs(60);
@@ -23,6 +23,15 @@ const JOIN_TIMEOUT: Duration = Duration::from_secs(60);
 /// Entries written before the join: twice the snapshot interval (500), so the leader's log is
 /// purged below a snapshot by then.
 const BENCH_ENTRIES_MIN: u64 = 1000;
+
+/// The leader's `capkv_raft_purged_index` (0 while its log starts at the beginning).
+fn purged_index(cluster: &Cluster) -> u64 {
+    let leader = cluster.leader_id();
+    http_get(&cluster.http_addr(leader), "/metrics")
+        .ok()
+        .and_then(|r| metric_value(&r.body, "capkv_raft_purged_index"))
+        .unwrap_or(0.0) as u64
+}
 
 /// `member list -o json` through `client`: (id, role) of each member, or why not.
 fn members(client: &Client) -> Result<Vec<(u64, String)>, String> {
@@ -92,11 +101,12 @@ fn a_node_joins_under_write_load_and_the_old_leader_leaves() {
             "200",
         ]);
         ops += bench.ok_json()["ops"].as_u64().unwrap_or(0);
-        if ops >= BENCH_ENTRIES_MIN {
+        if ops >= BENCH_ENTRIES_MIN && purged_index(&cluster) > 0 {
             break;
         }
     }
     assert!(ops >= BENCH_ENTRIES_MIN, "the bench wrote only {ops} entries");
+    assert!(purged_index(&cluster) > 0, "the leader purged its log below a snapshot");
 
     let codes = Arc::new(Mutex::new(Vec::new()));
     let stop = Arc::new(AtomicBool::new(false));
