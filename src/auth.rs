@@ -64,7 +64,7 @@ pub fn required_role(path: &str) -> Option<(Role, &str)> {
         ("capkv.v1.Kv", "Get" | "Scan") => Role::Readonly,
         ("capkv.v1.Kv", "Put" | "Delete" | "CompareAndSwap" | "Txn") => Role::Readwrite,
         ("capkv.v1.Keyspaces", "List" | "Describe") => Role::Readonly,
-        ("capkv.v1.Cluster", "Status") => Role::Readonly,
+        ("capkv.v1.Cluster", "Status" | "MemberList") => Role::Readonly,
         _ => Role::Admin,
     };
     Some((role, method))

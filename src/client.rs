@@ -401,6 +401,35 @@ impl Client {
         .await
     }
 
+    /// The members of the Raft group, as the leader sees them.
+    pub async fn member_list(&self) -> Result<proto::MemberListResponse, Error> {
+        self.call(Effect::Read, proto::MemberListRequest {}, |c, r| async move {
+            ClusterClient::new(c).member_list(r).await
+        })
+        .await
+    }
+
+    /// Adds node `id` at its peer `address`; returns once it votes.
+    pub async fn member_add(&self, id: u64, address: &str) -> Result<proto::MemberListResponse, Error> {
+        let req = proto::MemberAddRequest {
+            id,
+            address: address.into(),
+        };
+        self.call(Effect::Write, req, |c, r| async move {
+            ClusterClient::new(c).member_add(r).await
+        })
+        .await
+    }
+
+    /// Removes member `id` (a voter or a learner).
+    pub async fn member_remove(&self, id: u64) -> Result<proto::MemberListResponse, Error> {
+        let req = proto::MemberRemoveRequest { id };
+        self.call(Effect::Write, req, |c, r| async move {
+            ClusterClient::new(c).member_remove(r).await
+        })
+        .await
+    }
+
     /// The status of one specific endpoint (no failover: the caller asks each node).
     pub async fn status_of(&self, index: usize) -> Result<proto::StatusResponse, Error> {
         let channel = self.channel(index, self.timeout).await?;

@@ -13,12 +13,14 @@
 //!   input, looks up the keyspace's [`mode`], and dispatches to one of the two implementations of
 //!   [`kv::KvPath`], with the request's deadline and origin in a [`request::Ctx`]:
 //!   - [`cp`]: the CP path. Routing (here, the leader, or "no quorum"), forwarding, proposals to
-//!     the Raft group (openraft), its log store, state machine, network and watchdog.
+//!     the Raft group (openraft), its log store, state machine, network and watchdog, and
+//!     membership changes at the leader ([`cp::members`]).
 //!   - [`ap`]: the AP path. Hybrid logical clocks, last-writer-wins versions, the replica (one
 //!     module per concern: writes, hints, anti-entropy, quorum reads, tombstones, inbound), the
 //!     repair loop ([`ap::repair`]), and its store.
 //! - [`node`]: one running node: opens [`storage`] (sled, group commit), starts both paths, the
-//!   servers and the background tasks, and stops them in order.
+//!   servers and the background tasks, and stops them in order; [`node::membership`] hands
+//!   membership changes to liveness and the ap replica, and joins a running cluster.
 //! - Shared by both paths: [`liveness`] (which peers this node hears, and may reach),
 //!   [`fault`] (the partition filter every peer message passes, and the node's clock skew), [`net`] (peer connections),
 //!   [`keyspace`] (definitions and input validation), [`limits`], and [`error`] (errors named

@@ -4,7 +4,8 @@
 //! transport) and the node's view of which peers it can reach right now, which decides whom a
 //! write is pushed to and whom it is hinted for. Request handling is in [`super::kv`].
 //!
-//! Caveats: every node replicates every ap keyspace to every member listed in `--peers`.
+//! Caveats: every node replicates every ap keyspace to every member (voters and learners of
+//! the Raft membership, or `--peers` before it exists).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -40,6 +41,13 @@ impl Ap {
             replica: Arc::new(replica),
             reach,
         })
+    }
+
+    /// Follows a membership change: `members` (addresses by id, this node may be among them)
+    /// become the replicas writes go to, and a removed member's hints are dropped.
+    pub fn set_members(&self, members: &BTreeMap<u64, String>) -> Result<(), Error> {
+        self.replica.transport().set_peers(members);
+        self.replica.set_peers(members.keys().copied())
     }
 
     pub fn replica(&self) -> &Arc<Replica<GrpcTransport>> {

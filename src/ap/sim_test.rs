@@ -196,7 +196,7 @@ async fn scenario(seed: u64) -> Result<(), String> {
             for peer in r.peers().to_vec() {
                 let _ = r.deliver_hints(peer, 1000).await;
             }
-            r.anti_entropy_round(r.peers(), &keyspaces).await;
+            r.anti_entropy_round(&r.peers(), &keyspaces).await;
         }
         if converged(&stores) {
             break;
@@ -317,7 +317,7 @@ fn sim_tombstones_are_collected_only_when_every_replica_has_them() {
         node(1).write(KEYSPACE, b"x", None, 1, |p| p != 3, far).await.unwrap();
         tokio::time::sleep(Duration::from_millis(50)).await;
         for id in [1, 2] {
-            node(id).anti_entropy_round(node(id).peers(), &keyspaces).await;
+            node(id).anti_entropy_round(&node(id).peers(), &keyspaces).await;
             assert_eq!(
                 node(id).collect_tombstones(KEYSPACE).unwrap(),
                 0,
@@ -334,7 +334,7 @@ fn sim_tombstones_are_collected_only_when_every_replica_has_them() {
         net.partition.write().unwrap().clear();
         for _ in 0..2 {
             for id in ids {
-                node(id).anti_entropy_round(node(id).peers(), &keyspaces).await;
+                node(id).anti_entropy_round(&node(id).peers(), &keyspaces).await;
             }
         }
         let collected: usize = ids
@@ -347,7 +347,7 @@ fn sim_tombstones_are_collected_only_when_every_replica_has_them() {
         );
         for _ in 0..3 {
             for id in ids {
-                node(id).anti_entropy_round(node(id).peers(), &keyspaces).await;
+                node(id).anti_entropy_round(&node(id).peers(), &keyspaces).await;
                 node(id).collect_tombstones(KEYSPACE).unwrap();
             }
         }
@@ -398,7 +398,7 @@ async fn repair_rounds(net: &SimNet, ids: &[u64], rounds: usize) {
             for peer in r.peers().to_vec() {
                 let _ = r.deliver_hints(peer, 1000).await;
             }
-            r.anti_entropy_round(r.peers(), &keyspaces).await;
+            r.anti_entropy_round(&r.peers(), &keyspaces).await;
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }

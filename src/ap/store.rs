@@ -473,6 +473,22 @@ impl ApStore {
         })
     }
 
+    /// Removes every hint queued for `peer` (it left the membership); returns how many.
+    pub fn drop_hints(&self, peer: u64) -> Result<usize, Error> {
+        self.with_hint_queue(peer, |queue| {
+            let mut batch = sled::Batch::default();
+            let mut removed = 0usize;
+            for kv in self.hints.scan_prefix(peer.to_be_bytes()) {
+                let (key, _) = kv?;
+                batch.remove(key);
+                removed += 1;
+            }
+            self.hints.apply_batch(batch)?;
+            *queue = HintQueue::default();
+            Ok(removed)
+        })
+    }
+
     pub fn hint_count(&self, peer: u64) -> usize {
         self.with_hint_queue(peer, |queue| queue.count)
     }

@@ -2,7 +2,7 @@
 //! path; the protocol itself lives in [`super::replica`]).
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tonic::transport::Channel;
@@ -15,20 +15,37 @@ use crate::storage::codec::{decode, encode};
 pub struct GrpcTransport {
     self_id: u64,
     fault: Arc<FaultFilter>,
-    channels: BTreeMap<u64, Channel>,
+    /// One lazily connecting channel per peer, with the address it was made for.
+    channels: Mutex<BTreeMap<u64, (String, Channel)>>,
 }
 
 impl GrpcTransport {
     pub fn new(self_id: u64, peers: &BTreeMap<u64, String>, fault: Arc<FaultFilter>) -> Self {
-        let channels = peers
-            .iter()
-            .filter(|(id, _)| **id != self_id)
-            .filter_map(|(id, addr)| crate::net::peer_channel(addr).ok().map(|c| (*id, c)))
-            .collect();
-        Self {
+        let transport = Self {
             self_id,
             fault,
-            channels,
+            channels: Mutex::new(BTreeMap::new()),
+        };
+        transport.set_peers(peers);
+        transport
+    }
+
+    /// Follows a membership change: keeps the channels of peers whose address did not change,
+    /// opens (lazily) those of new peers, and drops those of peers that left.
+    pub fn set_peers(&self, peers: &BTreeMap<u64, String>) {
+        let mut channels = self.channels.lock().expect("channel lock is never poisoned");
+        let previous = std::mem::take(&mut *channels);
+        for (id, addr) in peers.iter().filter(|(id, _)| **id != self.self_id) {
+            match previous.get(id) {
+                Some((kept, channel)) if kept == addr => {
+                    channels.insert(*id, (addr.clone(), channel.clone()));
+                }
+                _ => {
+                    if let Ok(channel) = crate::net::peer_channel(addr) {
+                        channels.insert(*id, (addr.clone(), channel));
+                    }
+                }
+            }
         }
     }
 }
@@ -42,8 +59,10 @@ impl Transport for GrpcTransport {
         }
         let channel = self
             .channels
+            .lock()
+            .expect("channel lock is never poisoned")
             .get(&to)
-            .cloned()
+            .map(|(_, channel)| channel.clone())
             .ok_or_else(|| Unreachable(format!("node {to} is not a peer")))?;
         let mut client = crate::net::peer_client(channel);
         let mut message = tonic::Request::new(ApMessage {

@@ -206,7 +206,13 @@ fn peers_text(peers: &[PeerView]) -> String {
     }
 }
 
-/// `capkv cluster status`: every endpoint's own view; fails only when no endpoint answered.
+/// How long `cluster status` waits for the member list: without a leader there is none, and
+/// the endpoints' own views should not wait for an election.
+const MEMBER_LIST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// `capkv cluster status`: every endpoint's own view, and that of every other member the
+/// cluster knows (asked at its peer address, which serves the public API too); fails only when
+/// no endpoint answered.
 pub async fn status(client: &Client) -> Result<ClusterStatusView, Error> {
     let mut nodes = Vec::new();
     let mut reasons = Vec::new();
@@ -220,7 +226,33 @@ pub async fn status(client: &Client) -> Result<ClusterStatusView, Error> {
     if nodes.iter().all(|n| !n.reachable) {
         return Err(Error::Unreachable(format!("no node answered: {}", reasons.join("; "))));
     }
+    nodes.extend(other_members(client, &nodes).await);
     Ok(ClusterStatusView::new(nodes))
+}
+
+/// The status of each member that none of the endpoints is (by id), asked at its address.
+async fn other_members(client: &Client, answered: &[NodeStatusView]) -> Vec<NodeStatusView> {
+    let Ok(asker) = Client::new(client.endpoints().to_vec(), MEMBER_LIST_TIMEOUT.min(client.timeout())) else {
+        return Vec::new();
+    };
+    let Ok(list) = asker.member_list().await else {
+        return Vec::new(); // no leader: the endpoints' own views are all there is
+    };
+    let known: BTreeSet<u64> = answered.iter().filter_map(|n| n.id).collect();
+    let others: Vec<String> = list
+        .members
+        .into_iter()
+        .filter(|m| !known.contains(&m.id))
+        .map(|m| m.address)
+        .collect();
+    let Ok(extra) = Client::new(others.clone(), client.timeout()) else {
+        return Vec::new();
+    };
+    let mut nodes = Vec::new();
+    for (index, address) in others.iter().enumerate() {
+        nodes.push(NodeStatusView::new(address, extra.status_of(index).await));
+    }
+    nodes
 }
 
 #[cfg(test)]

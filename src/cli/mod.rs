@@ -27,6 +27,7 @@ mod fault;
 mod input;
 mod keyspace;
 mod kv;
+mod member;
 mod node;
 mod output;
 mod txn;
@@ -145,6 +146,8 @@ pub enum Output {
     Json,
 }
 
+// Parsed once per process: the size of the node's flags does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run one capkv node (server).
@@ -167,6 +170,8 @@ pub enum Command {
     /// failure ones.
     #[command(long_about = txn::LONG_ABOUT)]
     Txn(txn::TxnArgs),
+    /// List, add and remove members of the cluster at run time.
+    Member(member::MemberArgs),
     /// Inject faults into a cluster started with --fault-injection.
     Fault(fault::FaultArgs),
     /// Back up keyspaces to file:// or s3://, list, verify and restore backups.
@@ -193,6 +198,7 @@ impl Cli {
             Command::Cas(a) => &a.client,
             Command::Txn(a) => &a.client,
             Command::Fault(a) => &a.client,
+            Command::Member(a) => &a.client,
             Command::Bench(a) => &a.client,
             Command::Backup(a) => &a.client,
             Command::Node(_) | Command::Completion { .. } => return self.client.clone(),
@@ -217,6 +223,7 @@ pub async fn run_client(cli: &Cli) -> Result<Report, Error> {
         Command::Txn(a) => Ok(Report::of(&txn::run(&client, a, hex).await?, hex)),
         Command::Keyspace(a) => keyspace::run(&client, &a.command, hex).await,
         Command::Fault(a) => Ok(Report::of(&fault::run(&client, &a.command).await?, hex)),
+        Command::Member(a) => Ok(Report::of(&member::run(&client, &a.command).await?, hex)),
         Command::Bench(a) => Ok(Report::of(&bench::run(&flags, a).await?, hex)),
         Command::Backup(a) => backup::run(&client, &a.command, hex).await,
         Command::Cluster(ClusterArgs {
@@ -308,6 +315,10 @@ mod tests {
             parse(&["put", "bank", "alice"]).is_err(),
             "a put needs a value or --value-file"
         );
+        assert!(parse(&["member", "list", "-o", "json"]).is_ok());
+        assert!(parse(&["member", "add", "4", "127.0.0.1:7004"]).is_ok());
+        assert!(parse(&["member", "add", "4"]).is_err(), "an add needs an address");
+        assert!(parse(&["member", "remove", "1"]).is_ok());
         assert!(parse(&["completion", "bash"]).is_ok());
         assert!(parse(&["completion", "tcsh"]).is_err());
     }
@@ -347,6 +358,15 @@ mod tests {
             with.extend(flag);
             assert!(parse(&with).is_err(), "node accepted {flag:?}");
         }
+        let mut join = node.to_vec();
+        join.extend(["--data-dir", "d", "--join", "127.0.0.1:7001"]);
+        assert!(parse(&join).is_ok());
+        let mut both = args.clone();
+        both.extend(["--join", "127.0.0.1:7001"]);
+        assert!(parse(&both).is_err(), "--peers and --join exclude each other");
+        let mut neither = node.to_vec();
+        neither.extend(["--data-dir", "d"]);
+        assert!(parse(&neither).is_err(), "one of --peers and --join is required");
         let mut cmd = Cli::command();
         let help = cmd.find_subcommand_mut("node").unwrap().render_long_help().to_string();
         assert!(help.contains("--peers"), "{help}");

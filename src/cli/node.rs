@@ -7,7 +7,7 @@ use clap::Args;
 use crate::ap::replica::ReplicaOptions;
 use crate::cp::raft::RaftOptions;
 use crate::error::Error;
-use crate::node::{parse_peers, NodeOptions};
+use crate::node::{own_peer_address, parse_peers, NodeOptions};
 use crate::observe::logging::LogFormat;
 use crate::tls::TlsFiles;
 
@@ -31,9 +31,15 @@ pub struct NodeArgs {
     #[arg(long)]
     pub data_dir: PathBuf,
     /// Every member as ID=HOST:PORT, comma-separated (this node included): their peer
-    /// addresses (--peer-listen, or --listen for nodes without one).
-    #[arg(long)]
-    pub peers: String,
+    /// addresses (--peer-listen, or --listen for nodes without one). Starts a new cluster
+    /// (the lowest id initializes it).
+    #[arg(long, required_unless_present = "join", conflicts_with = "join")]
+    pub peers: Option<String>,
+    /// Join a running cluster instead: peer addresses (HOST:PORT, comma-separated) of some of
+    /// its members. The node asks them to add it (`member add` with --id and its peer address),
+    /// catches up, and votes; the membership then lives in its data dir.
+    #[arg(long, value_name = "PEERS")]
+    pub join: Option<String>,
     /// Check tokens on the client port: a file of `ROLE TOKEN` lines (roles readonly, readwrite,
     /// admin). Needs --peer-listen.
     #[arg(long, value_name = "FILE")]
@@ -116,7 +122,15 @@ pub fn node_options(args: &NodeArgs) -> Result<NodeOptions, Error> {
         peer_listen: args.peer_listen,
         http: args.http,
         data_dir: args.data_dir.clone(),
-        peers: parse_peers(&args.peers)?,
+        peers: match &args.peers {
+            Some(peers) => parse_peers(peers)?,
+            None => [(args.id, own_peer_address(args.listen, args.peer_listen))].into(),
+        },
+        join: args
+            .join
+            .as_deref()
+            .map(crate::client::parse_endpoints)
+            .unwrap_or_default(),
         fault_injection: args.fault_injection,
         auth_token_file: args.auth_token_file.clone(),
         max_requests_in_flight: args.max_requests_in_flight,

@@ -41,7 +41,8 @@
 //!   when the old leader's process is gone, lease plus a random election timeout (about
 //!   1.0-1.5 s) when it is only cut off ([`raft::RaftOptions`], [`watchdog`]).
 //! - A follower whose leader answers its pings never campaigns, however slow its AppendEntries.
-//! - Membership is static (`--peers`); adding and removing members at run time comes later.
+//! - Membership changes one at a time ([`members`]), each through openraft's joint consensus;
+//!   a new node votes only once it caught up as a learner.
 
 pub mod apply;
 pub mod batch;
@@ -51,6 +52,7 @@ pub mod keys;
 pub mod keyspaces;
 pub mod kv;
 pub mod log_store;
+pub mod members;
 pub mod network;
 pub mod path;
 pub mod propose;

@@ -44,7 +44,8 @@ const UNREACHABLE_BACKOFF: Duration = Duration::from_millis(200);
 pub struct Network {
     self_id: NodeId,
     fault: Arc<FaultFilter>,
-    channels: Arc<Mutex<HashMap<NodeId, Channel>>>,
+    /// Keyed by id and address: a member removed and added again elsewhere gets a new channel.
+    channels: Arc<Mutex<HashMap<(NodeId, String), Channel>>>,
 }
 
 impl Network {
@@ -63,10 +64,11 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> PeerConnection {
         let channel = {
             let mut channels = self.channels.lock().expect("channel map lock is never poisoned");
-            match channels.get(&target) {
+            let key = (target, node.addr.clone());
+            match channels.get(&key) {
                 Some(c) => Ok(c.clone()),
                 None => peer_channel(&node.addr).map_err(|e| e.to_string()).inspect(|c| {
-                    channels.insert(target, c.clone());
+                    channels.insert(key, c.clone());
                 }),
             }
         };

@@ -7,7 +7,7 @@
 //! [`super::propose`], [`super::kv`], [`super::keyspaces`].
 //!
 //! Caveats: members come from the replicated membership; before the group has one (a fresh
-//! node waiting for bootstrap), from `--peers`.
+//! node waiting for bootstrap), from `--peers` (a node started with `--join`: itself only).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Mutex;
@@ -37,8 +37,9 @@ pub struct Cp {
     pub(super) reach: Reach,
     /// Member addresses from `--peers`, used until the replicated membership exists.
     pub(super) peers: BTreeMap<NodeId, String>,
-    /// One lazily connecting channel per leader, reused by every forwarded request.
-    pub(super) forward_channels: Mutex<HashMap<NodeId, Channel>>,
+    /// One lazily connecting channel per leader (and its address), reused by every forwarded
+    /// request.
+    pub(super) forward_channels: Mutex<HashMap<(NodeId, String), Channel>>,
     /// Linearizable reads, confirmed in batches.
     pub(super) reads: ReadBatcher,
     /// Writes, proposed in batches.
@@ -143,6 +144,17 @@ impl Cp {
 
     pub fn member_ids(&self) -> BTreeSet<NodeId> {
         self.members().keys().copied().collect()
+    }
+
+    /// Has this node's Raft group a membership yet? A node started with `--join` has none
+    /// until the leader's first messages reach it.
+    pub fn has_membership(&self) -> bool {
+        self.metrics().membership_config.nodes().next().is_some()
+    }
+
+    /// The voters of the replicated membership (empty before it exists).
+    pub fn voter_ids(&self) -> BTreeSet<NodeId> {
+        self.metrics().membership_config.membership().voter_ids().collect()
     }
 
     /// The keyspace definition from this node's replica of the metadata (may lag the leader).

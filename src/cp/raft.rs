@@ -4,7 +4,10 @@
 //! an empty log it initializes the group with every peer as a voter; the others wait to hear
 //! from a leader. A node with data rejoins from its own log and vote.
 //!
-//! Caveats: the member list is fixed at bootstrap (no membership changes at run time yet).
+//! A node started with `--join` never bootstraps: it is added by the cluster
+//! (`super::members`) and finds its membership in the log.
+//!
+//! Caveats: bootstrap trusts `--peers` to be the same on every node of a new cluster.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -126,15 +126,16 @@ impl Cp {
             .forward_channels
             .lock()
             .expect("forward channel lock is never poisoned");
-        if let Some(channel) = channels.get(&leader) {
-            return Ok(channel.clone());
-        }
         let addr =
             self.members().get(&leader).cloned().ok_or_else(|| {
                 Error::Internal(format!("the leader, node {leader}, has no address in the membership"))
             })?;
-        let channel = peer_channel(&addr)?;
-        channels.insert(leader, channel.clone());
+        let key = (leader, addr);
+        if let Some(channel) = channels.get(&key) {
+            return Ok(channel.clone());
+        }
+        let channel = peer_channel(&key.1)?;
+        channels.insert(key, channel.clone());
         Ok(channel)
     }
 }

@@ -396,6 +396,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         meta: &SnapshotMeta<NodeId, openraft::BasicNode>,
         snapshot: Box<tokio::fs::File>,
     ) -> StorageResult<()> {
+        tracing::info!(last_log_id = ?meta.last_log_id, "installing a snapshot from the leader");
         let gate = self.apply_gate.clone();
         let _installing = gate.lock().await;
         // A snapshot being written finishes first; one whose builder exists but has not started

@@ -57,6 +57,8 @@ impl PeerState {
 pub struct Liveness {
     self_id: u64,
     peers: BTreeSet<u64>,
+    /// The members that vote (this node may be one); `None`: every member votes.
+    voters: Option<BTreeSet<u64>>,
     last_heard: BTreeMap<u64, Instant>,
     /// When a connection to the peer was last refused.
     last_refused: BTreeMap<u64, Instant>,
@@ -69,6 +71,7 @@ impl Liveness {
         Self {
             self_id,
             peers,
+            voters: None,
             last_heard: BTreeMap::new(),
             last_refused: BTreeMap::new(),
         }
@@ -80,6 +83,16 @@ impl Liveness {
 
     pub fn peers(&self) -> impl Iterator<Item = u64> + '_ {
         self.peers.iter().copied()
+    }
+
+    /// Follows a membership change: `members` (this node may be among them) become the peers,
+    /// of which `voters` count for a majority. A removed peer's history is forgotten; a new
+    /// one starts as never heard from (down) until it answers.
+    pub fn set_members(&mut self, members: impl IntoIterator<Item = u64>, voters: BTreeSet<u64>) {
+        self.peers = members.into_iter().filter(|id| *id != self.self_id).collect();
+        self.last_heard.retain(|id, _| self.peers.contains(id));
+        self.last_refused.retain(|id, _| self.peers.contains(id));
+        self.voters = Some(voters);
     }
 
     pub fn heard_from(&mut self, peer: u64, at: Instant) {
@@ -127,15 +140,18 @@ impl Liveness {
         }
     }
 
-    /// Does this node hear from a majority of the cluster (itself included)?
+    /// Does this node hear from a majority of the voters (itself included, when it votes)?
     pub fn hears_majority(&self, now: Instant) -> bool {
-        let alive = self
-            .peers
+        let all: BTreeSet<u64> = self.peers.iter().copied().chain([self.self_id]).collect();
+        let voters = self.voters.as_ref().unwrap_or(&all);
+        if voters.is_empty() {
+            return true; // no membership yet: nothing to hear a majority of
+        }
+        let heard = voters
             .iter()
-            .filter(|p| self.state(**p, now) == PeerState::Alive)
+            .filter(|v| **v == self.self_id || self.state(**v, now) == PeerState::Alive)
             .count();
-        let members = self.peers.len() + 1;
-        (alive + 1) * 2 > members
+        heard * 2 > voters.len()
     }
 }
 
@@ -185,6 +201,28 @@ mod tests {
         );
         assert_eq!(l.gone_for(2, t1 + Duration::from_millis(20)), None);
         assert_eq!(l.state(2, t1 + DOWN_AFTER + Duration::from_millis(10)), PeerState::Down);
+    }
+
+    #[test]
+    fn membership_changes_replace_the_peers_and_only_voters_count() {
+        let t0 = Instant::now();
+        let mut l = Liveness::new(1, [1, 2, 3]);
+        l.heard_from(2, t0);
+        l.heard_from(3, t0);
+        l.set_members([1, 2, 4], [1, 2, 4].into());
+        assert_eq!(l.peers().collect::<Vec<_>>(), vec![2, 4]);
+        assert_eq!(l.silence(3, t0), None, "a removed peer is forgotten");
+        assert_eq!(l.state(4, t0), PeerState::Down, "a new peer is down until it answers");
+        assert!(l.hears_majority(t0), "1 and 2 of 1, 2, 4");
+        l.heard_from(3, t0);
+        assert_eq!(l.silence(3, t0), None, "a stranger again");
+        l.set_members([1, 2, 3, 4], [2, 3, 4].into());
+        assert!(
+            !l.hears_majority(t0),
+            "a learner does not count itself: only 2 of 2, 3, 4"
+        );
+        l.heard_from(3, t0);
+        assert!(l.hears_majority(t0), "2 and 3 of 2, 3, 4");
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! pinged at all (the ping would be lost), so it turns suspect and then down. A ping whose
 //! connection could not be opened (refused: the peer's process is gone) is reported at once.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use tonic::transport::Channel;
@@ -12,11 +13,23 @@ use super::{Reach, PING_INTERVAL, PING_TIMEOUT};
 use crate::error::never_sent;
 use crate::proto::{self, peer_client::PeerClient};
 
-/// Pings each peer every [`PING_INTERVAL`] until the task is aborted.
-pub async fn run(reach: Reach, peers: Vec<(u64, Channel)>) {
+/// Pings each peer every [`PING_INTERVAL`] until the task is aborted. `members` gives the
+/// current member addresses by id (it follows membership changes); a channel is kept per
+/// member and address.
+pub async fn run(reach: Reach, members: impl Fn() -> BTreeMap<u64, String>) {
+    let mut channels: BTreeMap<u64, (String, Channel)> = BTreeMap::new();
     loop {
         tokio::time::sleep(PING_INTERVAL).await;
-        for (peer, channel) in &peers {
+        let members = members();
+        channels.retain(|id, (addr, _)| members.get(id) == Some(addr));
+        for (peer, addr) in members.iter().filter(|(id, _)| **id != reach.id()) {
+            if !channels.contains_key(peer) {
+                match crate::net::peer_channel(addr) {
+                    Ok(channel) => channels.insert(*peer, (addr.clone(), channel)),
+                    Err(_) => continue,
+                };
+            }
+            let (_, channel) = &channels[peer];
             if reach.can_send(*peer) {
                 tokio::spawn(ping(reach.clone(), *peer, channel.clone()));
             }

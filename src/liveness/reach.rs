@@ -45,6 +45,11 @@ impl Reach {
         f(&mut self.liveness.lock().expect("liveness lock is never poisoned"))
     }
 
+    /// Follows a membership change (see [`Liveness::set_members`]).
+    pub fn set_members(&self, members: impl IntoIterator<Item = u64>, voters: std::collections::BTreeSet<u64>) {
+        self.with_liveness(|l| l.set_members(members, voters));
+    }
+
     /// Records an answer (or a message) from `peer`.
     pub fn heard_from(&self, peer: u64) {
         self.with_liveness(|l| l.heard_from(peer, Instant::now()));

@@ -9,6 +9,7 @@
 //! Caveats: one sled database per node holds both paths' trees (the Raft log alone lives in
 //! `<data-dir>/wal`); they share one group-commit flusher.
 
+pub mod membership;
 pub mod options;
 pub mod run;
 
@@ -16,7 +17,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-pub use options::{parse_peers, NodeOptions};
+pub use options::{own_peer_address, parse_peers, NodeOptions};
 
 use crate::ap::path::Ap;
 use crate::cp::path::Cp;
@@ -103,6 +104,20 @@ impl Node {
     /// Member ids and addresses (the replicated membership, or `--peers` before it exists).
     pub fn members(&self) -> BTreeMap<NodeId, String> {
         self.cp.members()
+    }
+
+    /// Hands the replicated membership to liveness and the ap replica (see [`membership`]);
+    /// a no-op while the group has none.
+    pub fn apply_membership(&self) {
+        let set = self.cp.member_set();
+        if set.nodes.is_empty() {
+            return;
+        }
+        tracing::info!(members = ?set.nodes, voters = ?set.voters, "membership");
+        self.reach.set_members(set.nodes.keys().copied(), set.voters.clone());
+        if let Err(e) = self.ap.set_members(&set.nodes) {
+            tracing::error!("following the membership in the ap replica: {e}");
+        }
     }
 
     /// This node's gRPC address as the cluster knows it.

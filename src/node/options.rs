@@ -24,6 +24,9 @@ pub struct NodeOptions {
     /// Every member's peer address (its `--peer-listen`, or its `--listen` without one), this
     /// node included.
     pub peers: BTreeMap<NodeId, String>,
+    /// `--join`: endpoints of a running cluster to ask for membership; empty: the cluster is
+    /// `peers`, bootstrapped by its lowest id. A joining node's `peers` is itself only.
+    pub join: Vec<String>,
     pub fault_injection: bool,
     /// Tokens and roles the client port checks (`--auth-token-file`); `None`: no checks.
     pub auth_token_file: Option<PathBuf>,
@@ -44,6 +47,11 @@ impl NodeOptions {
     pub fn validate(&self) -> Result<(), Error> {
         if self.id == 0 {
             return Err(Error::InvalidInput("node ids start at 1; --id 0 is not allowed".into()));
+        }
+        if !self.join.is_empty() && self.peers.keys().any(|id| *id != self.id) {
+            return Err(Error::InvalidInput(
+                "give either --peers (a new cluster) or --join (a running one), not both".into(),
+            ));
         }
         if !self.peers.contains_key(&self.id) {
             return Err(Error::InvalidInput(format!(
@@ -98,6 +106,11 @@ impl NodeOptions {
         }
         self.ap.validate()
     }
+}
+
+/// The address other members reach this node's peer API at: `--peer-listen`, else `--listen`.
+pub fn own_peer_address(listen: SocketAddr, peer_listen: Option<SocketAddr>) -> String {
+    peer_listen.unwrap_or(listen).to_string()
 }
 
 /// Parses `--peers 1=host:port,2=host:port`.

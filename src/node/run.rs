@@ -8,12 +8,11 @@ use std::sync::Arc;
 
 use tokio::sync::watch;
 
-use super::{Node, NodeOptions};
+use super::{membership, Node, NodeOptions};
 use crate::ap::repair;
 use crate::error::Error;
 use crate::liveness::prober;
 use crate::mode::Mode;
-use crate::net::peer_channel;
 use crate::observe::metrics;
 use crate::server;
 
@@ -76,7 +75,11 @@ pub async fn run(options: NodeOptions) -> Result<(), Error> {
     ));
     let background = [
         node.cp().spawn_watchdog(),
-        tokio::spawn(prober::run(node.reach().clone(), peer_channels(&node))),
+        tokio::spawn(prober::run(node.reach().clone(), {
+            let node = node.clone();
+            move || node.members()
+        })),
+        tokio::spawn(membership::follow(node.clone())),
         spawn_ap_repair(&node),
         tokio::spawn(metrics::run_gauge_updater(node.clone())),
     ];
@@ -90,7 +93,12 @@ pub async fn run(options: NodeOptions) -> Result<(), Error> {
             is_leader,
         ))
     });
-    node.cp().bootstrap_if_fresh().await?;
+    let joining = if options.join.is_empty() {
+        node.cp().bootstrap_if_fresh().await?;
+        None
+    } else {
+        Some(tokio::spawn(membership::join(node.clone(), options.join.clone())))
+    };
 
     let peer_ended = async {
         match peer_grpc {
@@ -106,7 +114,7 @@ pub async fn run(options: NodeOptions) -> Result<(), Error> {
     tracing::info!(id = node.id(), "node stopping");
     let _ = stop_tx.send(true);
     let _ = http.await;
-    for task in background.into_iter().chain(backups) {
+    for task in background.into_iter().chain(backups).chain(joining) {
         task.abort();
     }
     node.cp().shutdown().await;
@@ -114,16 +122,6 @@ pub async fn run(options: NodeOptions) -> Result<(), Error> {
         tracing::error!("{e}");
     }
     result
-}
-
-/// One channel per peer for liveness pings.
-fn peer_channels(node: &Node) -> Vec<(u64, tonic::transport::Channel)> {
-    node.options()
-        .peers
-        .iter()
-        .filter(|(id, _)| **id != node.id())
-        .filter_map(|(id, addr)| peer_channel(addr).ok().map(|c| (*id, c)))
-        .collect()
 }
 
 async fn grpc_task_ended(task: tokio::task::JoinHandle<Result<(), Error>>) -> Result<(), Error> {

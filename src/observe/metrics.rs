@@ -108,7 +108,7 @@ fn update_ap_metrics(node: &Node) {
         metrics::counter!(name).absolute(value.load(Relaxed));
     }
     for peer in replica.peers() {
-        let queued = replica.store.hint_count(*peer) as f64;
+        let queued = replica.store.hint_count(peer) as f64;
         metrics::gauge!("capkv_ap_hint_queue_length", "peer" => peer.to_string()).set(queued);
     }
     metrics::gauge!("capkv_ap_clock_offset_ms").set(node.ap().replica().clock_offset_ms() as f64);

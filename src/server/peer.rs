@@ -44,6 +44,15 @@ pub fn check_sender(from: NodeId, self_id: NodeId, members: &BTreeSet<NodeId>) -
     Ok(())
 }
 
+/// [`check_sender`], except that an empty `members` (a joining node that has no membership
+/// yet) admits any sender but this node itself.
+pub fn check_sender_or_joining(from: NodeId, self_id: NodeId, members: &BTreeSet<NodeId>) -> Result<(), Error> {
+    if members.is_empty() && from != self_id {
+        return Ok(());
+    }
+    check_sender(from, self_id, members)
+}
+
 /// Refuses a Raft message whose `from` differs from the node its openraft request names.
 pub fn check_raft_sender(from: NodeId, named: Option<NodeId>) -> Result<(), Error> {
     match named {
@@ -119,9 +128,14 @@ impl PeerService {
 
     /// Refuses a sender that is not another member, or, with peer TLS, whose certificate does
     /// not name it; then holds a message the fault filter drops: silence until the sender gives
-    /// up, and never handled.
+    /// up, and never handled. A node without a membership yet (started with `--join`, waiting
+    /// to be added) knows no members: it takes any other sender, since the leader that adds it
+    /// is the first to write to it (with peer TLS, still only one whose certificate names it).
     async fn admit(&self, ctx: &Ctx, certs: Option<PeerCerts>, from: NodeId) -> Result<(), Status> {
-        check_sender(from, self.node.id(), &self.node.cp().member_ids())?;
+        let cp = self.node.cp();
+        let joining = !cp.has_membership() && !self.node.options().join.is_empty();
+        let members = if joining { BTreeSet::new() } else { cp.member_ids() };
+        check_sender_or_joining(from, self.node.id(), &members)?;
         if self.node.options().peer_tls.is_some() {
             check_certificate(certs.as_deref().and_then(|c| c.first()), from)?;
         }
@@ -276,6 +290,18 @@ mod tests {
                 "{err}"
             );
         }
+    }
+
+    #[test]
+    fn a_joining_node_without_membership_takes_any_other_sender() {
+        let none = BTreeSet::new();
+        assert!(check_sender_or_joining(7, 4, &none).is_ok(), "the leader adding it");
+        assert!(check_sender_or_joining(4, 4, &none).is_err(), "never itself");
+        assert!(check_sender_or_joining(2, 1, &members()).is_ok());
+        assert!(
+            check_sender_or_joining(9, 1, &members()).is_err(),
+            "once it has a membership, strangers are refused again"
+        );
     }
 
     #[test]

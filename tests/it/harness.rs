@@ -591,6 +591,8 @@ struct Node {
     http: String,
     data_dir: PathBuf,
     log: PathBuf,
+    /// `--join` endpoints for a node added at run time; `None`: started with `--peers`.
+    join: Option<String>,
     // A RefCell so that `&self` helpers can notice a node that exited on its own.
     child: RefCell<Option<Child>>,
 }
@@ -622,6 +624,7 @@ impl Cluster {
                     http: format!("127.0.0.1:{}", ports[2 * i + 1]),
                     data_dir: dir.path().join(format!("node{id}")),
                     log: dir.path().join(format!("node{id}.log")),
+                    join: None,
                     child: RefCell::new(None),
                 }
             })
@@ -709,6 +712,38 @@ impl Cluster {
             .unwrap_or_default()
     }
 
+    /// Starts one more node, `capkv node --join` with the endpoints of the nodes running now
+    /// (it asks them to add it), and returns its id. It does not wait for the join.
+    pub fn start_joining_node(&mut self) -> u64 {
+        let listen = format!("127.0.0.1:{}", free_ports(1)[0]);
+        self.start_joining_node_at(&listen)
+    }
+
+    /// [`Cluster::start_joining_node`] with a given `--listen` address (e.g. one an operator
+    /// already gave `member add`).
+    pub fn start_joining_node_at(&mut self, listen: &str) -> u64 {
+        let id = self.nodes.iter().map(|n| n.id).max().unwrap_or(0) + 1;
+        let join = self.endpoints_of(&self.running_ids());
+        let dir = self
+            .dir
+            .as_ref()
+            .expect("the cluster directory exists")
+            .path()
+            .to_path_buf();
+        let http = free_ports(1)[0];
+        self.nodes.push(Node {
+            id,
+            listen: listen.to_string(),
+            http: format!("127.0.0.1:{http}"),
+            data_dir: dir.join(format!("node{id}")),
+            log: dir.join(format!("node{id}.log")),
+            join: Some(join),
+            child: RefCell::new(None),
+        });
+        self.spawn(id);
+        id
+    }
+
     fn spawn(&mut self, id: u64) {
         let peers = self.peers.clone();
         let node = self.node_mut(id);
@@ -736,10 +771,12 @@ impl Cluster {
             .arg("--http")
             .arg(&node.http)
             .arg("--data-dir")
-            .arg(&node.data_dir)
-            .arg("--peers")
-            .arg(&peers)
-            .arg("--fault-injection")
+            .arg(&node.data_dir);
+        match &node.join {
+            Some(endpoints) => cmd.arg("--join").arg(endpoints),
+            None => cmd.arg("--peers").arg(&peers),
+        };
+        cmd.arg("--fault-injection")
             .env_remove("RUST_LOG")
             .env_remove("CAPKV_ENDPOINTS")
             .stdin(Stdio::null())

@@ -17,6 +17,7 @@ mod failover;
 mod garbage;
 mod harness;
 mod limits;
+mod members;
 mod ops;
 mod probes;
 mod syscalls;

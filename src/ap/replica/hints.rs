@@ -115,6 +115,33 @@ mod tests {
     }
 
     #[test]
+    fn a_peer_that_leaves_the_membership_takes_its_hints_along_and_a_new_one_gets_writes() {
+        run(async {
+            let kit = Kit::new(3, Default::default());
+            kit.down(3);
+            kit.put(1, "bob", "book").await;
+            let one = kit.node(1);
+            assert_eq!(one.store.hint_count(3), 1);
+            one.set_peers([1, 2]).unwrap();
+            assert_eq!(one.peers(), vec![2]);
+            assert_eq!(one.store.hint_count(3), 0, "nobody would deliver them");
+            assert_eq!(one.stats.hints_dropped_expired.load(Relaxed), 1, "and they are counted");
+            kit.put(1, "ann", "pen").await;
+            assert_eq!(one.store.hint_count(3), 0, "no new hints for a non-member");
+            one.set_peers([1, 2, 3]).unwrap();
+            kit.up(3);
+            kit.write(1, "cat", Some("hat"), 3)
+                .await
+                .expect("all three replicas acknowledge");
+            assert_eq!(
+                kit.value(3, "cat").as_deref(),
+                Some("hat"),
+                "a member again gets pushes"
+            );
+        });
+    }
+
+    #[test]
     fn the_hint_queue_is_bounded_per_peer_and_drops_are_counted() {
         run(async {
             let bounded = ReplicaOptions {

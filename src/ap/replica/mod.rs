@@ -52,7 +52,7 @@ pub mod write;
 pub(crate) mod testkit;
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use super::hlc::{check_bound, Hlc, Timestamp};
@@ -153,7 +153,8 @@ pub type WallClock = Arc<dyn Fn() -> u64 + Send + Sync>;
 
 pub struct Replica<T: Transport> {
     pub id: u64,
-    peers: Vec<u64>,
+    /// The other members, replaced when the membership changes ([`Replica::set_peers`]).
+    peers: RwLock<Vec<u64>>,
     pub store: ApStore,
     transport: T,
     clock: Mutex<Hlc>,
@@ -181,7 +182,7 @@ impl<T: Transport> Replica<T> {
         let peers = peers.into_iter().filter(|p| *p != id).collect();
         Ok(Self {
             id,
-            peers,
+            peers: RwLock::new(peers),
             store,
             transport,
             clock: Mutex::new(clock),
@@ -193,8 +194,37 @@ impl<T: Transport> Replica<T> {
         })
     }
 
-    pub fn peers(&self) -> &[u64] {
-        &self.peers
+    /// The other members, as of now.
+    pub fn peers(&self) -> Vec<u64> {
+        self.peers.read().expect("peer list lock is never poisoned").clone()
+    }
+
+    /// Follows a membership change: `members` (this node may be among them) become the peers,
+    /// and the hints kept for a peer that is no longer a member are dropped (counted with the
+    /// expired ones), since nobody will deliver them. A new peer starts with no hints: it gets
+    /// earlier writes through anti-entropy.
+    pub fn set_peers(&self, members: impl IntoIterator<Item = u64>) -> Result<(), Error> {
+        let next: Vec<u64> = members.into_iter().filter(|p| *p != self.id).collect();
+        let previous = std::mem::replace(
+            &mut *self.peers.write().expect("peer list lock is never poisoned"),
+            next.clone(),
+        );
+        for gone in previous.iter().filter(|p| !next.contains(p)) {
+            let dropped = self.store.drop_hints(*gone)?;
+            self.stats
+                .hints_dropped_expired
+                .fetch_add(dropped as u64, Ordering::Relaxed);
+            tracing::info!(
+                peer = gone,
+                hints_dropped = dropped,
+                "node left the membership; its hints are dropped"
+            );
+        }
+        Ok(())
+    }
+
+    pub fn transport(&self) -> &T {
+        &self.transport
     }
 
     /// The node's wall clock in ms, including any injected skew up to the clock bound.

@@ -27,9 +27,10 @@ impl<T: Transport> Replica<T> {
         reachable: impl Fn(u64) -> bool,
         deadline: Instant,
     ) -> Result<Option<Versioned>, Error> {
-        let replicas = self.peers.len() + 1;
+        let peers = self.peers();
+        let replicas = peers.len() + 1;
         let majority = replicas / 2 + 1;
-        let live: Vec<u64> = self.peers.iter().copied().filter(|p| reachable(*p)).collect();
+        let live: Vec<u64> = peers.iter().copied().filter(|p| reachable(*p)).collect();
         if live.len() + 1 < majority {
             return Err(Error::NoQuorum(format!(
                 "a quorum read needs {majority} replicas but node {} reaches only {}",

@@ -67,7 +67,7 @@ impl<T: Transport> Replica<T> {
     fn own_horizon(&self, horizons: &Horizons, keyspace: &str) -> u64 {
         let margin = self.options.max_clock_offset_ms.saturating_mul(2);
         let earliest = self
-            .peers
+            .peers()
             .iter()
             .map(|p| {
                 horizons
@@ -84,8 +84,8 @@ impl<T: Transport> Replica<T> {
     /// The collection horizon of `keyspace`: the minimum acknowledged horizon of all replicas.
     pub fn collection_horizon(&self, keyspace: &str) -> u64 {
         let horizons = self.horizons.lock().expect("horizon lock is never poisoned");
-        let theirs = self
-            .peers
+        let peers = self.peers();
+        let theirs = peers
             .iter()
             .map(|p| horizons.acked.get(&(*p, keyspace.to_string())).copied().unwrap_or(0));
         theirs.fold(self.own_horizon(&horizons, keyspace), u64::min)

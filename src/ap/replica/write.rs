@@ -39,13 +39,14 @@ impl<T: Transport> Replica<T> {
 
     /// The peers reachable now, or a refusal when they and this node are fewer than `acks`.
     fn reachable_for(&self, acks: usize, reachable: impl Fn(u64) -> bool) -> Result<Vec<u64>, Error> {
-        let replicas = self.peers.len() + 1;
+        let peers = self.peers();
+        let replicas = peers.len() + 1;
         if acks == 0 || acks > replicas {
             return Err(Error::InvalidInput(format!(
                 "--acks {acks} is out of range: it must be between 1 and the number of replicas ({replicas})"
             )));
         }
-        let live: Vec<u64> = self.peers.iter().copied().filter(|p| reachable(*p)).collect();
+        let live: Vec<u64> = peers.iter().copied().filter(|p| reachable(*p)).collect();
         if live.len() + 1 < acks {
             return Err(Error::NoQuorum(format!(
                 "the write asks for {acks} replicas but node {} reaches only {}; nothing was written",
@@ -83,8 +84,9 @@ impl<T: Transport> Replica<T> {
     /// Hints the write for unreachable peers and pushes it to the `live` ones; each push reports
     /// on the returned channel whether that peer stored it.
     fn replicate(self: &Arc<Self>, entry: &Entry, live: &[u64]) -> Result<mpsc::Receiver<bool>, Error> {
-        let (tx, rx) = mpsc::channel(self.peers.len().max(1));
-        for peer in self.peers.iter().copied() {
+        let peers = self.peers();
+        let (tx, rx) = mpsc::channel(peers.len().max(1));
+        for peer in peers {
             if !live.contains(&peer) {
                 // The write is stored and durable here; only its delivery to `peer` is in doubt.
                 self.hint(peer, entry).map_err(|e| {
