@@ -48,6 +48,9 @@ pub struct NodeArgs {
     /// RESOURCE_EXHAUSTED (exit 3) instead of queueing.
     #[arg(long, default_value_t = crate::server::limit::REQUESTS_IN_FLIGHT_MAX)]
     pub max_requests_in_flight: usize,
+    /// Client connections held open at once; more are closed as soon as they are accepted.
+    #[arg(long, default_value_t = crate::server::connections::CONNECTIONS_MAX)]
+    pub max_connections: usize,
     /// TLS on the client port: this node's certificate (PEM).
     #[arg(long, value_name = "FILE")]
     pub cert_file: Option<PathBuf>,
@@ -134,6 +137,7 @@ pub fn node_options(args: &NodeArgs) -> Result<NodeOptions, Error> {
         fault_injection: args.fault_injection,
         auth_token_file: args.auth_token_file.clone(),
         max_requests_in_flight: args.max_requests_in_flight,
+        max_connections: args.max_connections,
         tls: TlsFiles::from_flags(
             args.cert_file.as_deref(),
             args.key_file.as_deref(),

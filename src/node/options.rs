@@ -32,6 +32,8 @@ pub struct NodeOptions {
     pub auth_token_file: Option<PathBuf>,
     /// Requests in flight on the client port at most; more are refused (`RESOURCE_EXHAUSTED`).
     pub max_requests_in_flight: usize,
+    /// Client connections held open at most; more are closed on accept.
+    pub max_connections: usize,
     /// TLS of the client port (`--cert-file`, `--key-file`, `--trusted-ca-file`).
     pub tls: Option<crate::tls::TlsFiles>,
     /// Mutual TLS of the peer port (`--peer-cert-file`, `--peer-key-file`,
@@ -94,6 +96,9 @@ impl NodeOptions {
                         .into(),
                 ));
             }
+        }
+        if self.max_connections == 0 {
+            return Err(Error::InvalidInput("--max-connections must be at least 1".into()));
         }
         if self.max_requests_in_flight == 0 {
             return Err(Error::InvalidInput(

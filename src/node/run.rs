@@ -51,20 +51,26 @@ pub async fn run(options: NodeOptions) -> Result<(), Error> {
     let grpc = tokio::spawn(server::serve_grpc(
         node.clone(),
         grpc_listener,
-        client_ports,
-        client_tls,
-        crate::auth::AuthLayer::new(tokens.clone(), options.id),
-        server::limit::LimitLayer::new(Some(options.max_requests_in_flight), options.id),
+        server::Port {
+            ports: client_ports,
+            tls: client_tls,
+            auth: crate::auth::AuthLayer::new(tokens.clone(), options.id),
+            limit: server::limit::LimitLayer::new(Some(options.max_requests_in_flight), options.id),
+            max_connections: Some(options.max_connections),
+        },
         stopped(stop_rx.clone()),
     ));
     let peer_grpc = peer_listener.map(|listener| {
         tokio::spawn(server::serve_grpc(
             node.clone(),
             listener,
-            server::Ports::Peer,
-            peer_tls,
-            crate::auth::AuthLayer::new(None, options.id),
-            server::limit::LimitLayer::new(None, options.id),
+            server::Port {
+                ports: server::Ports::Peer,
+                tls: peer_tls,
+                auth: crate::auth::AuthLayer::new(None, options.id),
+                limit: server::limit::LimitLayer::new(None, options.id),
+                max_connections: None,
+            },
             stopped(stop_rx.clone()),
         ))
     });

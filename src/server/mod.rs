@@ -8,6 +8,7 @@
 
 pub mod backup;
 pub mod cluster;
+pub mod connections;
 pub mod fault;
 pub mod http;
 pub mod keyspaces;
@@ -67,16 +68,32 @@ pub enum Ports {
     Peer,
 }
 
-/// Serves the gRPC services of `ports` until `shutdown` completes.
+/// How one gRPC port serves: which services, over TLS or not, and its guards.
+pub struct Port {
+    pub ports: Ports,
+    pub tls: Option<tonic::transport::ServerTlsConfig>,
+    /// Token checks (the client port of a node with `--auth-token-file`).
+    pub auth: crate::auth::AuthLayer,
+    /// The bound on requests in flight.
+    pub limit: limit::LimitLayer,
+    /// The bound on open connections (`None`: unbounded).
+    pub max_connections: Option<usize>,
+}
+
+/// Serves the gRPC services of `port` until `shutdown` completes.
 pub async fn serve_grpc(
     node: Arc<Node>,
     listener: TcpListener,
-    ports: Ports,
-    tls: Option<tonic::transport::ServerTlsConfig>,
-    auth: crate::auth::AuthLayer,
-    limit: limit::LimitLayer,
+    port: Port,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
+    let Port {
+        ports,
+        tls,
+        auth,
+        limit,
+        max_connections,
+    } = port;
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     tokio::spawn(crate::observe::health::run_grpc_health(node.clone(), health_reporter));
     fn reflection() -> tonic_reflection::server::Builder<'static> {
@@ -101,6 +118,7 @@ pub async fn serve_grpc(
     // Small responses must not wait for the client's delayed ACK (Nagle): every accepted
     // socket gets TCP_NODELAY. (`Server::tcp_nodelay` only reaches sockets the server binds.)
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let incoming = connections::bounded(incoming, max_connections.unwrap_or(usize::MAX));
     let mut builder = Server::builder();
     if let Some(tls) = tls {
         builder = builder

@@ -1,6 +1,6 @@
 //! Tokens and roles: `cluster up --auth` as a user runs it, and what each role may do.
 //!
-//! `tokens_and_roles_decide_who_may_do_what`: a cluster started with `--auth` (tokens under
+//! `tokens_and_roles_decide_who_may_do_what`: a cluster started with `--tls --auth` (tokens under
 //! `<data-dir>/auth/`, mode 0600) refuses a request without a token or with an unknown one, and
 //! lets each role do exactly what it may: readonly reads, readwrite also writes, admin also
 //! creates keyspaces and injects faults. Refusals are exit 3 with one sentence; health checks
@@ -12,7 +12,9 @@ use std::os::unix::fs::PermissionsExt;
 #[test]
 fn tokens_and_roles_decide_who_may_do_what() {
     let dir = tempfile::tempdir().unwrap();
-    let cluster = UpCluster::start(dir.path(), &["--auth"]);
+    let cluster = UpCluster::start(dir.path(), &["--tls", "--auth"]);
+    let ca = cluster.data.join("tls").join("ca.pem");
+    let ca = ca.to_str().unwrap();
     let (up, data, http) = (&cluster.up, &cluster.data, cluster.http);
     assert!(up.stdout.contains("export CAPKV_TOKEN="), "{}", up.describe());
 
@@ -25,7 +27,7 @@ fn tokens_and_roles_decide_who_may_do_what() {
     let (admin, readwrite, readonly) = (token("admin"), token("readwrite"), token("readonly"));
     let endpoints = cluster.endpoints();
     let as_role = |token: Option<&str>, args: &[&str]| -> Output {
-        let mut all = vec!["--endpoints", &endpoints, "--timeout", "5s"];
+        let mut all = vec!["--endpoints", &endpoints, "--timeout", "5s", "--cacert", ca];
         if let Some(t) = token {
             all.extend(["--token", t]);
         }
@@ -63,7 +65,7 @@ fn tokens_and_roles_decide_who_may_do_what() {
     as_role(Some(&admin), &["fault", "heal"]).expect_code(0);
     // The token also comes from the environment, as CAPKV_TOKEN.
     let status = std::process::Command::new(env!("CARGO_BIN_EXE_capkv"))
-        .args(["--endpoints", &endpoints, "get", "bank", "alice"])
+        .args(["--endpoints", &endpoints, "--cacert", ca, "get", "bank", "alice"])
         .env("CAPKV_TOKEN", &readonly)
         .output()
         .unwrap();
