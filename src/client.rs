@@ -13,7 +13,9 @@
 //! most once ([`crate::cp::session`]), so after "outcome unknown" the client sends the same write
 //! again, to the next endpoint, while its deadline lasts: a write whose first attempt died with
 //! its leader is applied once, and the answer is the one it got. ap keyspaces ignore the ids
-//! the library sets, so a retried ap write is written again (last writer wins).
+//! the library sets, so a retried ap write is written again (last writer wins). Once an attempt's
+//! outcome is unknown, the call's is too: a retry that is then refused ("no quorum") says
+//! nothing about the first copy, so the call answers "outcome unknown", never "not applied".
 //!
 //! Errors keep the classification of [`crate::error`]: `exit_code()` says whether the operation
 //! may have happened. Caveat: a connection that breaks after the request was written (the node
@@ -211,6 +213,10 @@ impl Client {
         let deadline = Instant::now() + self.timeout;
         let start = self.preferred.load(Ordering::Relaxed);
         let mut last_error = None;
+        // The first attempt whose outcome is unknown: once one may have been applied, no later
+        // refusal can make the call "definitely not applied" (that refusal is only about the
+        // retry; the cluster may still have applied the first copy).
+        let mut unknown: Option<Error> = None;
         // A write once may also go back to the endpoint it started at.
         let attempts = self.endpoints.len() + usize::from(effect == Effect::WriteOnce);
         for attempt in 0..attempts {
@@ -244,16 +250,18 @@ impl Client {
             let retry = error.definitely_not_applied()
                 || (effect != Effect::Write && matches!(error, Error::OutcomeUnknown(_)));
             if !retry || Instant::now() >= deadline {
-                return Err(error);
+                return Err(still_unknown(unknown, error));
             }
             if matches!(error, Error::OutcomeUnknown(_)) {
                 self.forget(index);
+                unknown.get_or_insert_with(|| error.clone());
             }
             last_error = Some(error);
         }
-        Err(last_error.unwrap_or_else(|| {
+        let last = last_error.unwrap_or_else(|| {
             Error::Unreachable(format!("no endpoint answered within {} ms", self.timeout.as_millis()))
-        }))
+        });
+        Err(still_unknown(unknown, last))
     }
 
     pub async fn get(
@@ -481,6 +489,17 @@ impl Client {
     }
 }
 
+/// The error of a call that ends with `last`: if an earlier attempt's outcome was unknown, the
+/// call's outcome is unknown too, whatever the later attempts said.
+fn still_unknown(unknown: Option<Error>, last: Error) -> Error {
+    match unknown {
+        Some(Error::OutcomeUnknown(first)) if !matches!(last, Error::OutcomeUnknown(_)) => Error::OutcomeUnknown(
+            format!("{first} (a retry with the same request id then failed: {last})"),
+        ),
+        _ => last,
+    }
+}
+
 fn kv(channel: Channel) -> KvClient<Channel> {
     KvClient::new(channel)
         .max_decoding_message_size(RESPONSE_BYTES_MAX)
@@ -494,4 +513,28 @@ fn source_text(error: &(dyn std::error::Error + 'static)) -> String {
         current = next;
     }
     current.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refused_retry_does_not_make_an_unknown_outcome_definite() {
+        // Found by the Jepsen-style netns run: a cas forwarded to the leader was applied, its
+        // answer was lost to a partition, and the retry met "no quorum" — which the client then
+        // reported as "definitely not applied".
+        let first = Error::OutcomeUnknown("the connection failed after the request was sent".into());
+        let retry = Error::NoQuorum("node 3 has not heard from the leader".into());
+        let e = still_unknown(Some(first.clone()), retry);
+        assert_eq!(e.exit_code(), 4, "{e}");
+        assert!(
+            e.to_string().contains("a retry with the same request id then failed"),
+            "{e}"
+        );
+        let e = still_unknown(None, Error::NoQuorum("no leader".into()));
+        assert_eq!(e.exit_code(), 3, "without an unknown attempt a refusal stays definite");
+        let later = Error::OutcomeUnknown("no answer".into());
+        assert_eq!(still_unknown(Some(first), later.clone()), later);
+    }
 }
