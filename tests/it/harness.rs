@@ -422,8 +422,9 @@ pub fn runtime() -> tokio::runtime::Runtime {
         .expect("a test runtime starts")
 }
 
-/// A `cluster up --detach` cluster of three nodes on free ports, stopped on drop.
+/// A `cluster up --detach` cluster on free ports, stopped on drop.
 pub struct UpCluster {
+    pub nodes: u16,
     pub base: u16,
     pub peer: u16,
     pub http: u16,
@@ -434,17 +435,22 @@ pub struct UpCluster {
 }
 
 impl UpCluster {
-    /// Runs `cluster up --detach` with `flags` (e.g. `--tls`) under `dir`; panics unless it
-    /// succeeds.
+    /// Runs `cluster up --detach` (3 nodes) with `flags` (e.g. `--tls`) under `dir`; panics
+    /// unless it succeeds.
     pub fn start(dir: &std::path::Path, flags: &[&str]) -> UpCluster {
+        Self::start_nodes(dir, 3, flags)
+    }
+
+    /// Runs `cluster up --detach --nodes N` with `flags` under `dir`; panics unless it succeeds.
+    pub fn start_nodes(dir: &std::path::Path, nodes: u16, flags: &[&str]) -> UpCluster {
         let data = dir.join("data");
         let (base, peer, http) = (
-            consecutive_free_ports(3),
-            consecutive_free_ports(3),
-            consecutive_free_ports(3),
+            consecutive_free_ports(nodes),
+            consecutive_free_ports(nodes),
+            consecutive_free_ports(nodes),
         );
         let down = DetachedCluster(data.clone());
-        let ports = [base.to_string(), peer.to_string(), http.to_string()];
+        let ports = [base.to_string(), peer.to_string(), http.to_string(), nodes.to_string()];
         let mut args = vec![
             "cluster",
             "up",
@@ -460,10 +466,12 @@ impl UpCluster {
             "--http-base-port",
             &ports[2],
         ]);
+        args.extend(["--nodes", &ports[3]]);
         args.extend(flags);
         let up = run(&args);
         up.expect_code(0);
         UpCluster {
+            nodes,
             base,
             peer,
             http,
@@ -473,9 +481,9 @@ impl UpCluster {
         }
     }
 
-    /// The client endpoints of all three nodes.
+    /// The client endpoints of all nodes.
     pub fn endpoints(&self) -> String {
-        (0..3)
+        (0..self.nodes)
             .map(|i| format!("127.0.0.1:{}", self.base + i))
             .collect::<Vec<_>>()
             .join(",")

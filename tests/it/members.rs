@@ -9,6 +9,8 @@
 //!   `cluster status` through one endpoint lists all four. Requests that cannot work (adding a
 //!   member's id, removing a stranger) exit 5. Last, the
 //!   new node is killed and restarted: it is still a member and serves writes.
+//! - `cluster_up_starts_five_voters`: `cluster up --nodes 5` gives five voters, and a write
+//!   through node 5 reads back through node 1.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -273,4 +275,23 @@ fn an_add_before_the_node_runs_leaves_a_learner_that_remove_or_join_settles() {
             Err(format!("voters {v:?}"))
         }
     });
+}
+
+/// `cluster up --nodes 5` as a user runs it: five voters, and a write through one node is read
+/// through another.
+#[test]
+fn cluster_up_starts_five_voters() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = crate::harness::UpCluster::start_nodes(dir.path(), 5, &[]);
+    let client = Client::new(cluster.endpoints());
+    let members = client.run(&["member", "list", "-o", "json"]);
+    let members = members.ok_json()["members"].as_array().expect("a member list").clone();
+    assert_eq!(members.len(), 5, "{members:?}");
+    assert!(members.iter().all(|m| m["role"] == "voter"), "{members:?}");
+    client.create_keyspace("bank", "cp");
+    Client::new(format!("127.0.0.1:{}", cluster.base + 4))
+        .put("bank", "alice", "100")
+        .expect_code(0);
+    let got = Client::new(format!("127.0.0.1:{}", cluster.base)).get("bank", "alice");
+    assert!(has_value(&got, "100"), "{}", got.describe());
 }
