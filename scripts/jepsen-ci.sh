@@ -44,6 +44,7 @@ run() { # name, args...
 cargo build -q -p jepsen-style
 run cp-register-partition-halves --mode cp --workload register --nemesis partition-halves --layer built-in
 run cp-register-kill --mode cp --workload register --nemesis kill --layer built-in
+run cp-register-membership --mode cp --workload register --nemesis membership --layer built-in
 run ap-register-partition-halves --mode ap --workload register --nemesis partition-halves --layer built-in
 run cp-bank-mixed --mode cp --workload bank --nemesis mixed --layer built-in
 

@@ -135,6 +135,40 @@ impl Cluster {
 
     /// Starts node `id` (again) on its data dir.
     pub fn spawn(&self, id: u64) -> Result<(), String> {
+        self.spawn_with(id, ["--peers", self.peers.as_str()])
+    }
+
+    /// Starts node `id` with `--join` (the other members' addresses), so it asks to be added.
+    pub fn spawn_joining(&self, id: u64) -> Result<(), String> {
+        let others: Vec<String> = self
+            .ids()
+            .into_iter()
+            .filter(|o| *o != id)
+            .map(|o| self.endpoint(o))
+            .collect();
+        self.spawn_with(id, ["--join", &others.join(",")])
+    }
+
+    /// Removes node `id`'s data (its log file stays), as a replacement machine would start.
+    pub fn wipe(&self, id: u64) -> Result<(), String> {
+        let dir = &self.spec(id).data_dir;
+        let entries = std::fs::read_dir(dir).map_err(|e| format!("cannot read {}: {e}", dir.display()))?;
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.file_name().is_some_and(|n| n == "stdout.log") {
+                continue;
+            }
+            let removed = if path.is_dir() {
+                std::fs::remove_dir_all(&path)
+            } else {
+                std::fs::remove_file(&path)
+            };
+            removed.map_err(|e| format!("cannot remove {}: {e}", path.display()))?;
+        }
+        Ok(())
+    }
+
+    fn spawn_with(&self, id: u64, membership: [&str; 2]) -> Result<(), String> {
         let spec = self.spec(id);
         let (program, first) = match &self.binary {
             NodeBinary::OwnExe(p) | NodeBinary::Capkv(p) => (p, "node"),
@@ -161,7 +195,7 @@ impl Cluster {
             .args(["--http", &spec.http.to_string()])
             .arg("--data-dir")
             .arg(&spec.data_dir)
-            .args(["--peers", &self.peers])
+            .args(membership)
             .arg("--fault-injection")
             .args(["--log-format", "json"])
             .stdin(Stdio::null())

@@ -38,6 +38,12 @@ pub enum Fault {
         /// The smaller side.
         minority: Vec<u64>,
     },
+    /// `member remove` this node and kill it; at the end of the window it starts on an empty
+    /// data dir with `--join` and is added back.
+    Replace {
+        /// The victim.
+        node: u64,
+    },
     /// Shift this node's clock.
     ClockSkew {
         /// The victim.
@@ -61,6 +67,9 @@ impl Fault {
             }
             Fault::Kill { node } => format!("kill -9 node {node}, restart at stop"),
             Fault::Pause { node } => format!("SIGSTOP node {node}, SIGCONT at stop"),
+            Fault::Replace { node } => {
+                format!("member remove node {node} and kill it; at stop it rejoins with --join on an empty data dir")
+            }
             Fault::ClockSkew { node, offset_ms } => format!("clock of node {node} shifted by {offset_ms:+} ms"),
         }
     }

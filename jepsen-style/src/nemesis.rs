@@ -75,12 +75,15 @@ pub enum NemesisKind {
     Pause,
     /// Shift one node's clock (ap timestamps) by a few seconds either way.
     ClockSkew,
+    /// `member remove` a node (the leader or another, by the seed) and kill it; when the window
+    /// closes it starts again on an empty data dir with `--join` and is added back (cp only).
+    Membership,
     /// A seeded random sequence of the others.
     Mixed,
 }
 
 /// Every nemesis, in the order `--help` lists them.
-pub const ALL: [NemesisKind; 10] = [
+pub const ALL: [NemesisKind; 11] = [
     NemesisKind::PartitionHalves,
     NemesisKind::PartitionMajority,
     NemesisKind::IsolateLeader,
@@ -90,6 +93,7 @@ pub const ALL: [NemesisKind; 10] = [
     NemesisKind::Kill,
     NemesisKind::Pause,
     NemesisKind::ClockSkew,
+    NemesisKind::Membership,
     NemesisKind::Mixed,
 ];
 
@@ -106,6 +110,7 @@ impl NemesisKind {
             NemesisKind::Kill => "kill",
             NemesisKind::Pause => "pause",
             NemesisKind::ClockSkew => "clock-skew",
+            NemesisKind::Membership => "membership",
             NemesisKind::Mixed => "mixed",
         }
     }
@@ -135,6 +140,9 @@ impl NemesisKind {
                  netns/iptables layer: run it with --layer netns (root, ip and iptables)"
                     .into(),
             ),
+            NemesisKind::Membership if mode != "cp" => Some(
+                "membership changes are checked on the cp register (Raft membership); run it with --mode cp".into(),
+            ),
             NemesisKind::ClockSkew if mode == "cp" => Some(
                 "clock-skew only moves ap timestamps (capkv's Raft path does not read the skewed clock), so on a cp \
                  keyspace it would inject nothing; run it with --mode ap"
@@ -148,7 +156,8 @@ impl NemesisKind {
     pub fn mixable(mode: &str) -> Vec<NemesisKind> {
         ALL.iter()
             .copied()
-            .filter(|k| *k != NemesisKind::Mixed && k.refusal(mode).is_none())
+            // Membership is left out so a seed's `mixed` schedule stays what it was.
+            .filter(|k| !matches!(k, NemesisKind::Mixed | NemesisKind::Membership) && k.refusal(mode).is_none())
             .collect()
     }
 }
@@ -346,6 +355,9 @@ pub fn plan(kind: NemesisKind, nodes: &[u64], seed: u64, leader: Option<u64>) ->
         NemesisKind::Pause => Fault::Pause {
             node: victim(nodes, &mut rng, leader),
         },
+        NemesisKind::Membership => Fault::Replace {
+            node: victim(nodes, &mut rng, leader),
+        },
         NemesisKind::ClockSkew => {
             let node = shuffled(nodes, &mut rng)[0];
             let magnitude = rng.gen_range(CLOCK_SKEW_MS_MIN..=CLOCK_SKEW_MS_MAX);
@@ -374,6 +386,17 @@ mod tests {
             Fault::Partition { groups, .. } => groups,
             other => panic!("expected a partition, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn membership_is_cp_only_and_never_drawn_by_mixed() {
+        assert!(NemesisKind::Membership.refusal("ap").is_some());
+        assert!(NemesisKind::Membership.refusal("cp").is_none());
+        assert!(!NemesisKind::mixable("cp").contains(&NemesisKind::Membership));
+        assert!(matches!(
+            plan(NemesisKind::Membership, &[1, 2, 3], 4, Some(1)),
+            Fault::Replace { .. }
+        ));
     }
 
     #[test]

@@ -200,6 +200,11 @@ async fn apply(fault: &Fault, cluster: &Cluster, admin: &Client) -> Result<(), S
             .await
             .map(|_| ()),
         Fault::Kill { node } => cluster.kill(*node),
+        Fault::Replace { node } => {
+            retry("member remove", ADMIN_TIMEOUT, || admin.member_remove(*node)).await?;
+            cluster.kill(*node)?;
+            cluster.wipe(*node)
+        }
         Fault::Pause { node } => cluster.pause(*node),
         Fault::ClockSkew { node, offset_ms } => {
             retry("clock skew", ADMIN_TIMEOUT, || admin.fault_clock(*node, *offset_ms))
@@ -219,6 +224,7 @@ async fn undo(fault: &Fault, cluster: &Cluster, admin: &Client) -> Result<(), St
             retry("heal", ADMIN_TIMEOUT, || admin.fault_heal()).await.map(|_| ())
         }
         Fault::Kill { node } => cluster.spawn(*node),
+        Fault::Replace { node } => cluster.spawn_joining(*node),
         Fault::Pause { node } => cluster.resume(*node),
         Fault::ClockSkew { node, .. } => retry("clock reset", ADMIN_TIMEOUT, || admin.fault_clock(*node, 0))
             .await
