@@ -3,9 +3,9 @@
 //! A node started with `--auth-token-file FILE` serves its client port only to requests that
 //! carry `authorization: Bearer TOKEN` with a token from that file, and only the methods the
 //! token's [`Role`] allows ([`required_role`]): `readonly` reads, `readwrite` also writes,
-//! `admin` also creates keyspaces, injects faults and runs backups. The check is a tower layer
-//! in front of every service of the client port ([`AuthLayer`]), so no handler can forget it; a
-//! refusal is one sentence and exit 3 (nothing was done).
+//! `admin` also creates keyspaces, injects faults and runs backups. The check runs in the gate
+//! in front of every service of the client port ([`crate::server::gate`]), so no handler can
+//! forget it; a refusal is one sentence and exit 3 (nothing was done).
 //!
 //! The token file has one `ROLE TOKEN` per line (`#` starts a comment). Tokens are kept only as
 //! SHA-256 digests and compared in constant time against every known digest, so neither the
@@ -17,8 +17,6 @@
 //! crosses the network in the clear.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::task::{Context, Poll};
 
 use sha2::{Digest, Sha256};
 
@@ -201,65 +199,6 @@ pub fn write_cluster_tokens(dir: &Path) -> Result<PathBuf, Error> {
     }
     write("tokens", &file)?;
     Ok(dir.join("tokens"))
-}
-
-/// The tower layer that checks tokens on a client port (no tokens: lets everything through).
-#[derive(Clone)]
-pub struct AuthLayer {
-    tokens: Option<Arc<Tokens>>,
-    node: u64,
-}
-
-impl AuthLayer {
-    pub fn new(tokens: Option<Arc<Tokens>>, node: u64) -> Self {
-        Self { tokens, node }
-    }
-}
-
-impl<S> tower::Layer<S> for AuthLayer {
-    type Service = Auth<S>;
-    fn layer(&self, inner: S) -> Auth<S> {
-        Auth {
-            inner,
-            tokens: self.tokens.clone(),
-            node: self.node,
-        }
-    }
-}
-
-/// [`AuthLayer`]'s service: refuses a request before it reaches a handler.
-#[derive(Clone)]
-pub struct Auth<S> {
-    inner: S,
-    tokens: Option<Arc<Tokens>>,
-    node: u64,
-}
-
-type BoxFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>>;
-
-impl<S, B> tower::Service<http::Request<B>> for Auth<S>
-where
-    S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>,
-    S::Future: Send + 'static,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = BoxFuture<Result<S::Response, S::Error>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        if let Some(tokens) = &self.tokens {
-            let header = request.headers().get(AUTHORIZATION).map(|h| h.as_bytes());
-            if let Err(e) = tokens.check(request.uri().path(), header, self.node) {
-                let refused = tonic::Status::from(e).into_http();
-                return Box::pin(async move { Ok(refused) });
-            }
-        }
-        Box::pin(self.inner.call(request))
-    }
 }
 
 #[cfg(test)]

@@ -46,7 +46,7 @@ pub struct NodeArgs {
     pub auth_token_file: Option<PathBuf>,
     /// Requests served at once on the client port; more are refused at once with
     /// RESOURCE_EXHAUSTED (exit 3) instead of queueing.
-    #[arg(long, default_value_t = crate::server::limit::REQUESTS_IN_FLIGHT_MAX)]
+    #[arg(long, default_value_t = crate::server::gate::REQUESTS_IN_FLIGHT_MAX)]
     pub max_requests_in_flight: usize,
     /// Client connections held open at once; more are closed as soon as they are accepted.
     #[arg(long, default_value_t = crate::server::connections::CONNECTIONS_MAX)]

@@ -54,8 +54,7 @@ pub async fn run(options: NodeOptions) -> Result<(), Error> {
         server::Port {
             ports: client_ports,
             tls: client_tls,
-            auth: crate::auth::AuthLayer::new(tokens.clone(), options.id),
-            limit: server::limit::LimitLayer::new(Some(options.max_requests_in_flight), options.id),
+            gate: server::gate::GateLayer::new(tokens.clone(), Some(options.max_requests_in_flight), options.id),
             max_connections: Some(options.max_connections),
         },
         stopped(stop_rx.clone()),
@@ -67,8 +66,7 @@ pub async fn run(options: NodeOptions) -> Result<(), Error> {
             server::Port {
                 ports: server::Ports::Peer,
                 tls: peer_tls,
-                auth: crate::auth::AuthLayer::new(None, options.id),
-                limit: server::limit::LimitLayer::new(None, options.id),
+                gate: server::gate::GateLayer::open(options.id),
                 max_connections: None,
             },
             stopped(stop_rx.clone()),

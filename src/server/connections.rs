@@ -3,7 +3,7 @@
 //! Each accepted connection holds a slot until it closes; past the bound ([`CONNECTIONS_MAX`] by
 //! default, `--max-connections`) a new connection is closed as soon as it is accepted (counted
 //! in `capkv_connections_refused_total`), before it costs a TLS handshake or an HTTP/2 session.
-//! Together with the bound on requests in flight ([`super::limit`]) and HTTP/2's stream limit
+//! Together with the bound on requests in flight ([`super::gate`]) and HTTP/2's stream limit
 //! per connection, this keeps a flood of clients from growing a node without bound. The peer
 //! port is not bounded: members need few connections, and must always get them.
 

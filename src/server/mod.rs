@@ -10,10 +10,10 @@ pub mod backup;
 pub mod cluster;
 pub mod connections;
 pub mod fault;
+pub mod gate;
 pub mod http;
 pub mod keyspaces;
 pub mod kv;
-pub mod limit;
 pub mod peer;
 
 use std::future::Future;
@@ -72,10 +72,8 @@ pub enum Ports {
 pub struct Port {
     pub ports: Ports,
     pub tls: Option<tonic::transport::ServerTlsConfig>,
-    /// Token checks (the client port of a node with `--auth-token-file`).
-    pub auth: crate::auth::AuthLayer,
-    /// The bound on requests in flight.
-    pub limit: limit::LimitLayer,
+    /// Token checks and the bound on requests in flight.
+    pub gate: gate::GateLayer,
     /// The bound on open connections (`None`: unbounded).
     pub max_connections: Option<usize>,
 }
@@ -90,8 +88,7 @@ pub async fn serve_grpc(
     let Port {
         ports,
         tls,
-        auth,
-        limit,
+        gate,
         max_connections,
     } = port;
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
@@ -127,8 +124,7 @@ pub async fn serve_grpc(
     }
     builder
         .concurrency_limit_per_connection(GRPC_CONCURRENCY_PER_CONNECTION_MAX)
-        .layer(limit)
-        .layer(auth)
+        .layer(gate)
         .add_service(public!(proto::kv_server::KvServer::new(kv::KvService::new(
             node.clone()
         ))))
