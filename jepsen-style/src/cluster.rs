@@ -61,9 +61,16 @@ pub struct Cluster {
     net: Option<Net>,
 }
 
-fn free_addr() -> Result<SocketAddr, String> {
-    let l = TcpListener::bind("127.0.0.1:0").map_err(|e| format!("cannot find a free loopback port: {e}"))?;
-    l.local_addr().map_err(|e| e.to_string())
+/// `count` distinct free loopback addresses: every port stays bound until all are chosen, so
+/// the kernel cannot hand out one twice (it once gave node 5's HTTP port to node 4's gRPC).
+fn free_addrs(count: usize) -> Result<Vec<SocketAddr>, String> {
+    let listeners = (0..count)
+        .map(|_| TcpListener::bind("127.0.0.1:0").map_err(|e| format!("cannot find a free loopback port: {e}")))
+        .collect::<Result<Vec<_>, _>>()?;
+    listeners
+        .iter()
+        .map(|l| l.local_addr().map_err(|e| e.to_string()))
+        .collect()
 }
 
 impl Cluster {
@@ -75,12 +82,20 @@ impl Cluster {
             Layer::BuiltIn => None,
             Layer::Netns => Some(Net::setup(&ids)?),
         };
+        let mut loopback = match &net {
+            None => free_addrs(2 * n)?,
+            Some(_) => Vec::new(),
+        }
+        .into_iter();
         let mut nodes = Vec::new();
         for &id in &ids {
             let data_dir = dir.join(format!("n{id}"));
             fs::create_dir_all(&data_dir).map_err(|e| format!("cannot create {}: {e}", data_dir.display()))?;
             let (grpc, http) = match &net {
-                None => (free_addr()?, free_addr()?),
+                None => (
+                    loopback.next().expect("two addresses per node"),
+                    loopback.next().expect("two addresses per node"),
+                ),
                 Some(net) => (
                     SocketAddr::new(net.ip(id).into(), netns::GRPC_PORT),
                     SocketAddr::new(net.ip(id).into(), netns::HTTP_PORT),
