@@ -2,6 +2,7 @@
 //!
 //! - [`protocol`]: the four peer messages and the [`Transport`] that carries them;
 //! - [`write`](mod@write): a coordinated write (stamp, store, push, count acks);
+//! - [`push`]: the per-peer queues that batch coordinated writes into pushes;
 //! - [`hints`]: hinted handoff for peers a write could not reach;
 //! - [`anti_entropy`]: digest exchange and bucket repair;
 //! - [`quorum_read`]: majority reads with read repair;
@@ -17,7 +18,7 @@
 //! between in-memory nodes in tests (the test kit and the seeded simulation).
 //!
 //! WRITE PATH: the coordinator stamps the write with its HLC, merges it into its own store,
-//! flushes, and then pushes it to every peer. A peer that liveness says is unreachable, or that
+//! flushes, and then pushes it to every peer (batched with other writes to that peer). A peer that liveness says is unreachable, or that
 //! does not answer the push, gets a hint instead: a persisted copy delivered when it is back.
 //! With `acks = N` the coordinator answers only once N replicas (itself included) stored the
 //! write; it refuses up front (nothing written) when fewer than N replicas are reachable, and
@@ -44,6 +45,7 @@ pub mod anti_entropy;
 pub mod hints;
 pub mod inbound;
 pub mod protocol;
+pub mod push;
 pub mod quorum_read;
 pub mod tombstones;
 pub mod write;
@@ -165,6 +167,8 @@ pub struct Replica<T: Transport> {
     pub stats: Stats,
     /// When each peer was last seen equal, and the horizons peers acknowledged.
     horizons: Mutex<tombstones::Horizons>,
+    /// One push queue per peer ([`push`]).
+    pushers: push::Pushers,
 }
 
 impl<T: Transport> Replica<T> {
@@ -191,6 +195,7 @@ impl<T: Transport> Replica<T> {
             options,
             stats: Stats::default(),
             horizons: Mutex::new(tombstones::Horizons::default()),
+            pushers: push::Pushers::default(),
         })
     }
 
@@ -209,6 +214,7 @@ impl<T: Transport> Replica<T> {
             &mut *self.peers.write().expect("peer list lock is never poisoned"),
             next.clone(),
         );
+        self.pushers.retain(&next);
         for gone in previous.iter().filter(|p| !next.contains(p)) {
             let dropped = self.store.drop_hints(*gone)?;
             self.stats

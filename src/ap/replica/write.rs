@@ -2,21 +2,22 @@
 //!
 //! The write is on this node's disk before any peer hears of it, so an acknowledged write
 //! survives the coordinator's crash. Peers that liveness says are unreachable get a hint at
-//! once; the others get a push each (concurrently), and a peer that does not answer the push
-//! gets a hint instead ([`super::hints`]). With `acks = N` the caller waits for N replicas
+//! once; the others get the write through their push queues (concurrently, batched with other
+//! writes: [`super::push`]), and a peer that does not answer the push gets a hint instead
+//! ([`super::hints`]). With `acks = N` the caller waits for N replicas
 //! (this one included).
 //!
 //! CAVEATS: acks count replicas that *stored* the write, not that a quorum read will see it
 //! first; "outcome unknown" means the write is stored here and will still spread.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use tokio::sync::mpsc;
 
 use super::super::store::Entry;
 use super::super::version::{Version, Versioned};
-use super::{Replica, Request, Response, Transport};
+use super::{Replica, Transport};
 use crate::error::Error;
 
 impl<T: Transport> Replica<T> {
@@ -81,8 +82,8 @@ impl<T: Transport> Replica<T> {
         Ok(entry)
     }
 
-    /// Hints the write for unreachable peers and pushes it to the `live` ones; each push reports
-    /// on the returned channel whether that peer stored it.
+    /// Hints the write for unreachable peers and queues it for the `live` ones ([`super::push`]);
+    /// each peer's push reports on the returned channel whether that peer stored it.
     fn replicate(self: &Arc<Self>, entry: &Entry, live: &[u64]) -> Result<mpsc::Receiver<bool>, Error> {
         let peers = self.peers();
         let (tx, rx) = mpsc::channel(peers.len().max(1));
@@ -98,11 +99,7 @@ impl<T: Transport> Replica<T> {
                 })?;
                 continue;
             }
-            let (this, entry, tx) = (self.clone(), entry.clone(), tx.clone());
-            tokio::spawn(async move {
-                let stored = this.push_or_hint(peer, entry).await;
-                let _ = tx.send(stored).await;
-            });
+            self.push(peer, entry.clone(), tx.clone());
         }
         Ok(rx)
     }
@@ -128,24 +125,6 @@ impl<T: Transport> Replica<T> {
             }
         }
         Ok(())
-    }
-
-    /// Pushes one write to a peer; stores a hint when the peer does not answer.
-    async fn push_or_hint(&self, peer: u64, entry: Entry) -> bool {
-        let timeout = Duration::from_millis(self.options.push_timeout_ms);
-        match self
-            .transport
-            .call(peer, Request::Push(vec![entry.clone()]), timeout)
-            .await
-        {
-            Ok(Response::Pushed) => true,
-            _ => {
-                if let Err(e) = self.hint(peer, &entry) {
-                    tracing::error!(peer, "cannot store a hint: {e}");
-                }
-                false
-            }
-        }
     }
 }
 

@@ -1,0 +1,159 @@
+//! Pushing coordinated writes to peers in batches: one queue and one sender task per peer.
+//!
+//! A write hands its entry to each live peer's queue and goes on; the peer's task takes
+//! whatever has queued up since its last send (up to [`PUSH_BATCH_ENTRIES`] entries and
+//! [`AP_BATCH_BYTES_MAX`] bytes) and sends it as one `Push`, with at most
+//! [`PUSHES_IN_FLIGHT`] pushes to a peer at a time. Under load, one message, one merge pass and
+//! one flush on the peer cover many writes, instead of one each; a lone write is sent at once,
+//! so batching adds no wait. Each write learns on its confirmation channel whether the peer
+//! stored it (for `--acks`).
+//!
+//! A push the peer does not answer hints every entry in it ([`super::hints`]), as a push of one
+//! write did before. A queue holds at most [`QUEUED_BYTES_MAX`] bytes: past that a write is
+//! hinted at once instead of queued, so a slow peer costs disk (bounded by the hint bounds), not
+//! memory.
+//!
+//! CAVEATS: entries to one peer may arrive out of order (two pushes in flight); merges are
+//! last-writer-wins, so order does not matter. The tasks hold only a weak reference to the
+//! replica: they end when it is dropped or when the peer leaves the membership.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+
+use tokio::sync::{mpsc, Semaphore};
+
+use super::super::store::Entry;
+use super::{Replica, Request, Response, Transport};
+use crate::limits::AP_BATCH_BYTES_MAX;
+
+/// Entries per push message (also bounded by [`AP_BATCH_BYTES_MAX`] bytes).
+pub const PUSH_BATCH_ENTRIES: usize = 512;
+/// Pushes to one peer that may be in flight at once.
+pub const PUSHES_IN_FLIGHT: usize = 2;
+/// Bytes of writes queued for one peer before further writes are hinted instead.
+pub const QUEUED_BYTES_MAX: usize = 64 * 1024 * 1024;
+
+/// A write waiting to be pushed, and where to say whether the peer stored it.
+struct Pending {
+    entry: Entry,
+    confirm: mpsc::Sender<bool>,
+}
+
+/// The send side of one peer's queue.
+#[derive(Clone)]
+struct Queue {
+    tx: mpsc::UnboundedSender<Pending>,
+    /// Bytes in the queue, not yet taken into a push.
+    queued: Arc<AtomicUsize>,
+}
+
+/// The push queues of one replica, one per peer, started on first use.
+#[derive(Default)]
+pub struct Pushers {
+    queues: Mutex<HashMap<u64, Queue>>,
+}
+
+/// The bytes an entry counts for against the batch and queue bounds.
+fn entry_bytes(entry: &Entry) -> usize {
+    entry.keyspace.len() + entry.key.len() + entry.versioned.value.as_ref().map_or(0, Vec::len) + 64
+}
+
+impl Pushers {
+    /// Stops pushing to peers not in `members`; writes still queued for them are dropped with
+    /// their hints (the peer left the membership).
+    pub fn retain(&self, members: &[u64]) {
+        self.queues
+            .lock()
+            .expect("push queue lock is never poisoned")
+            .retain(|peer, _| members.contains(peer));
+    }
+}
+
+impl<T: Transport> Replica<T> {
+    /// Queues `entry` for `peer`; `confirm` hears whether the peer stored it. A full queue
+    /// hints the entry at once (and confirms false).
+    pub(super) fn push(self: &Arc<Self>, peer: u64, entry: Entry, confirm: mpsc::Sender<bool>) {
+        let queue = self.push_queue(peer);
+        let bytes = entry_bytes(&entry);
+        if queue.queued.fetch_add(bytes, Ordering::Relaxed) + bytes > QUEUED_BYTES_MAX {
+            queue.queued.fetch_sub(bytes, Ordering::Relaxed);
+            self.hint_or_log(peer, &entry);
+            let _ = confirm.try_send(false);
+            return;
+        }
+        if let Err(unsent) = queue.tx.send(Pending { entry, confirm }) {
+            // The task is gone (the replica is shutting down): keep the write for later.
+            queue.queued.fetch_sub(bytes, Ordering::Relaxed);
+            let Pending { entry, confirm } = unsent.0;
+            self.hint_or_log(peer, &entry);
+            let _ = confirm.try_send(false);
+        }
+    }
+
+    /// The queue of `peer`, starting its task the first time.
+    fn push_queue(self: &Arc<Self>, peer: u64) -> Queue {
+        let mut queues = self.pushers.queues.lock().expect("push queue lock is never poisoned");
+        queues
+            .entry(peer)
+            .or_insert_with(|| {
+                let (tx, rx) = mpsc::unbounded_channel();
+                let queued = Arc::new(AtomicUsize::new(0));
+                tokio::spawn(run(Arc::downgrade(self), peer, rx, queued.clone()));
+                Queue { tx, queued }
+            })
+            .clone()
+    }
+
+    fn hint_or_log(&self, peer: u64, entry: &Entry) {
+        if let Err(e) = self.hint(peer, entry) {
+            tracing::error!(peer, "cannot store a hint: {e}");
+        }
+    }
+
+    /// Sends one batch; hints all of it when the peer does not answer.
+    async fn push_batch(&self, peer: u64, batch: Vec<Pending>) {
+        let entries: Vec<Entry> = batch.iter().map(|p| p.entry.clone()).collect();
+        let stored = matches!(self.call_peer(peer, Request::Push(entries)).await, Ok(Response::Pushed));
+        for pending in batch {
+            if !stored {
+                self.hint_or_log(peer, &pending.entry);
+            }
+            let _ = pending.confirm.try_send(stored);
+        }
+    }
+}
+
+/// One peer's sender: takes what queued up, pushes it, at most [`PUSHES_IN_FLIGHT`] at a time.
+async fn run<T: Transport>(
+    replica: Weak<Replica<T>>,
+    peer: u64,
+    mut rx: mpsc::UnboundedReceiver<Pending>,
+    queued: Arc<AtomicUsize>,
+) {
+    let in_flight = Arc::new(Semaphore::new(PUSHES_IN_FLIGHT));
+    while let Some(first) = rx.recv().await {
+        let Ok(permit) = in_flight.clone().acquire_owned().await else {
+            return;
+        };
+        let mut bytes = entry_bytes(&first.entry);
+        let mut batch = vec![first];
+        while batch.len() < PUSH_BATCH_ENTRIES && bytes < AP_BATCH_BYTES_MAX {
+            match rx.try_recv() {
+                Ok(next) => {
+                    bytes += entry_bytes(&next.entry);
+                    batch.push(next);
+                }
+                Err(_) => break,
+            }
+        }
+        queued.fetch_sub(bytes, Ordering::Relaxed);
+        let Some(replica) = replica.upgrade() else {
+            return;
+        };
+        tokio::spawn(async move {
+            replica.push_batch(peer, batch).await;
+            drop(permit);
+        });
+    }
+}
