@@ -1,10 +1,11 @@
 //! The AP repair loop: the periodic driver of hinted handoff, anti-entropy and tombstone
 //! collection.
 //!
-//! Every [`super::replica::ReplicaOptions::anti_entropy_interval_ms`] one [`Repair::round`]:
+//! Every [`super::replica::ReplicaOptions::anti_entropy_interval_ms`], and at once when a peer
+//! that was unreachable comes back, one [`Repair::round`]:
 //!
-//! 1. delivers the queued hints of every reachable peer, [`HINT_BATCH`] per message, until a
-//!    peer's queue is drained or a delivery fails;
+//! 1. delivers the queued hints of every reachable peer (all peers at once), [`HINT_BATCH`] per
+//!    message, until a peer's queue is drained or a delivery fails;
 //! 2. runs one anti-entropy exchange per ap keyspace with up to `anti_entropy_fanout` reachable
 //!    peers, chosen at random;
 //! 3. every [`ROUNDS_PER_TOMBSTONE_COLLECTION`] rounds, collects the tombstones every replica holds.
@@ -30,7 +31,7 @@ use super::replica::{PeerError, Replica, Transport};
 use crate::error::Error;
 
 /// Hints sent to a peer in one message (also bounded by bytes: [`crate::limits::AP_BATCH_BYTES_MAX`]).
-pub const HINT_BATCH: usize = 500;
+pub const HINT_BATCH: usize = 4096;
 /// Anti-entropy rounds between two tombstone collections.
 pub const ROUNDS_PER_TOMBSTONE_COLLECTION: u64 = 30;
 
@@ -76,9 +77,9 @@ impl<T: Transport> Repair<T> {
         let replica = &self.replica;
         let alive: Vec<u64> = replica.peers().iter().copied().filter(|p| reachable(*p)).collect();
         let mut report = RoundReport::default();
-        for peer in &alive {
-            report.hints_delivered += self.deliver_all_hints(*peer).await;
-        }
+        // Every peer's queue at once: a backlog for one peer does not hold up the others.
+        let deliveries = alive.iter().map(|peer| self.deliver_all_hints(*peer));
+        report.hints_delivered = futures::future::join_all(deliveries).await.into_iter().sum();
         if keyspaces.is_empty() {
             return report;
         }
@@ -161,7 +162,25 @@ async fn build_trees<T: Transport>(replica: &Arc<Replica<T>>, keyspaces: &impl F
     }
 }
 
-/// Runs repair rounds forever, one per anti-entropy interval. `keyspaces` lists the ap keyspaces
+/// How often the repair loop looks for a peer that came back between rounds.
+pub const RETURN_CHECK: Duration = Duration::from_millis(50);
+
+/// Waits one anti-entropy interval, or less: a peer that comes back (was unreachable, now is
+/// reachable) starts the next round at once, so a heal is repaired as soon as liveness sees it,
+/// not up to an interval later.
+async fn wait_for_round<T: Transport>(replica: &Replica<T>, interval: Duration, reachable: &impl Fn(u64) -> bool) {
+    let until = tokio::time::Instant::now() + interval;
+    let away: Vec<u64> = replica.peers().into_iter().filter(|p| !reachable(*p)).collect();
+    while tokio::time::Instant::now() < until {
+        tokio::time::sleep(RETURN_CHECK.min(until - tokio::time::Instant::now())).await;
+        if away.iter().any(|p| reachable(*p)) {
+            return;
+        }
+    }
+}
+
+/// Runs repair rounds forever, one per anti-entropy interval, and one as soon as a peer comes
+/// back. `keyspaces` lists the ap keyspaces
 /// now (read each round, so new keyspaces join); `reachable` is the node's liveness view.
 pub async fn run<T: Transport>(
     replica: Arc<Replica<T>>,
@@ -174,10 +193,10 @@ pub async fn run<T: Transport>(
     }
     let interval = Duration::from_millis(replica.options.anti_entropy_interval_ms);
     build_trees(&replica, &keyspaces).await;
-    let mut repair = Repair::new(replica);
+    let mut repair = Repair::new(replica.clone());
     let mut rng = StdRng::from_entropy();
     loop {
-        tokio::time::sleep(interval).await;
+        wait_for_round(&replica, interval, &reachable).await;
         let keyspaces = match keyspaces() {
             Ok(names) => names,
             Err(e) => {
@@ -266,6 +285,32 @@ mod tests {
             assert!(
                 largest > 200 * 1024 && largest <= crate::limits::AP_BATCH_BYTES_MAX + 256 * 1024,
                 "batches are bounded by bytes: the largest message was {largest} bytes"
+            );
+        });
+    }
+
+    #[test]
+    fn a_peer_coming_back_starts_the_next_round_at_once() {
+        run(async {
+            let kit = Kit::new(2, Default::default());
+            let (one, reachable) = (kit.node(1), kit.reachable());
+            let interval = Duration::from_secs(10);
+            let started = tokio::time::Instant::now();
+            wait_for_round(&one, Duration::from_millis(200), &reachable).await;
+            assert!(
+                started.elapsed() >= Duration::from_millis(200),
+                "no peer away: a full interval"
+            );
+            kit.down(2);
+            let started = tokio::time::Instant::now();
+            tokio::join!(wait_for_round(&one, interval, &reachable), async {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                kit.up(2);
+            });
+            assert!(
+                started.elapsed() < Duration::from_secs(1),
+                "the round starts once node 2 is back, not {interval:?} later: {:?}",
+                started.elapsed()
             );
         });
     }

@@ -6,8 +6,8 @@
 //! (peer, sequence), bounded per peer by count and by encoded bytes.
 //!
 //! Beside the data, kept in step by every merge and tombstone collection so that repair costs
-//! what replicas differ by: each keyspace's hash tree (in memory, built by one scan the first
-//! time a process uses the keyspace; see [`super::digest`]), `ap_leaves` (the keys of each tree
+//! what replicas differ by: each keyspace's hash tree and live key count (in memory, built by
+//! one streaming scan the first time a process uses the keyspace; see [`super::digest`]), `ap_leaves` (the keys of each tree
 //! leaf, so repair reads only differing leaves), `ap_tombstones` (so collection reads only the
 //! deletes), and `ap_meta` (each keyspace's tombstone floor, and whether its indexes are
 //! complete: data written before they existed is indexed on that first scan).
@@ -60,11 +60,25 @@ pub struct ApStore {
     leaves: sled::Tree,
     /// `<keyspace>\0<key>` of every tombstone, so collection reads only tombstones.
     tombstones: sled::Tree,
-    /// The hash tree of each keyspace, built on first use and kept in step by every change.
-    trees: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, HashTree>>>,
+    /// The hash tree and live key count of each keyspace, built on first use and kept in step
+    /// by every change.
+    trees: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, Kept>>>,
     /// Hints queued per peer (count and encoded bytes), counted from disk once and kept in step
     /// after that, so the bound check on every hinted write does not scan the queue.
     hint_counts: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<u64, HintQueue>>>,
+}
+
+/// What is kept in memory per keyspace, beside the data: its hash tree and its live keys.
+#[derive(Default)]
+struct Kept {
+    tree: HashTree,
+    /// Keys holding a value (not a tombstone), so a count reads no data.
+    live: u64,
+}
+
+/// 1 for a stored value, 0 for a tombstone or nothing.
+fn live(v: Option<&Versioned>) -> u64 {
+    u64::from(v.is_some_and(|v| !v.is_tombstone()))
 }
 
 /// The size of one peer's hint queue.
@@ -131,57 +145,101 @@ impl ApStore {
         }
     }
 
-    /// Merges `entry` into the store; returns true when it changed what is stored. Keeps the
-    /// keyspace's hash tree and leaf index in step (under the tree lock, so a tree being built
-    /// never misses or double-counts a change).
+    /// Merges `entry` into the store; returns true when it changed what is stored.
     pub fn merge(&self, entry: &Entry) -> Result<bool, Error> {
-        let key = data_key(&entry.keyspace, &entry.key);
-        let mut trees = self.trees.lock().expect("tree lock is never poisoned");
-        loop {
-            let current = self.data.get(&key)?;
-            let stored: Option<Versioned> = current.as_ref().map(|b| decode(b)).transpose()?;
-            let Some(winner) = merge_into(stored.as_ref(), &entry.versioned) else {
-                return Ok(false);
-            };
-            match self.data.compare_and_swap(&key, current, Some(encode(&winner)))? {
-                Ok(()) => {
-                    if stored.is_none() {
-                        self.leaves.insert(leaf_key(&entry.keyspace, &entry.key), &[])?;
-                    }
-                    if winner.is_tombstone() {
-                        self.tombstones.insert(&key, &[])?;
-                    } else if stored.as_ref().is_some_and(Versioned::is_tombstone) {
-                        self.tombstones.remove(&key)?;
-                    }
-                    if let Some(tree) = trees.get_mut(&entry.keyspace) {
-                        tree.update(&entry.key, stored.as_ref(), Some(&winner));
-                    }
-                    return Ok(true);
-                }
-                Err(_) => continue, // raced with another merge of this key: merge again
-            }
-        }
+        Ok(self.merge_many([entry])? > 0)
     }
 
-    /// Runs `f` on the hash tree of `keyspace`, built by one scan on first use (which also
-    /// completes the leaf index of data written before it existed).
-    fn with_tree<R>(&self, keyspace: &str, f: impl FnOnce(&HashTree) -> R) -> Result<R, Error> {
+    /// Merges `entries` (in any order, a key may repeat) by last-writer-wins; returns how many
+    /// keys changed. Keeps each keyspace's hash tree, live count and indexes in step, under the
+    /// tree lock, which every change to the data takes, so no merge can race another.
+    ///
+    /// Per key, the index entries (a new key's leaf entry, a new tombstone's mark) are written
+    /// before the data, and a replaced tombstone's mark is removed after it. sled recovers its
+    /// log in order after a crash, so recovered data always has its index entries; the worst a
+    /// crash leaves is an index entry whose data did not make it (readers skip it) or a stale
+    /// tombstone mark (collection skips it). Plain inserts, not sled batches: a batch takes
+    /// sled's global write lock and stalls every other reader and writer.
+    pub fn merge_many<'a>(&self, entries: impl IntoIterator<Item = &'a Entry>) -> Result<usize, Error> {
+        use std::collections::btree_map::Entry as Slot;
         let mut trees = self.trees.lock().expect("tree lock is never poisoned");
-        if !trees.contains_key(keyspace) {
-            let entries = self.entries(keyspace, None)?;
-            if self.meta.get(indexed_marker(keyspace))?.is_none() {
-                for entry in &entries {
-                    self.leaves.insert(leaf_key(keyspace, &entry.key), &[])?;
-                    if entry.versioned.is_tombstone() {
-                        self.tombstones.insert(data_key(keyspace, &entry.key), &[])?;
+        // data key -> (what was stored before this batch, the winner so far)
+        let mut changes: std::collections::BTreeMap<Vec<u8>, (Option<Versioned>, Versioned, &'a Entry)> =
+            Default::default();
+        for entry in entries {
+            let key = data_key(&entry.keyspace, &entry.key);
+            match changes.entry(key) {
+                Slot::Occupied(mut slot) => {
+                    if let Some(winner) = merge_into(Some(&slot.get().1), &entry.versioned) {
+                        let change = slot.get_mut();
+                        change.1 = winner;
+                        change.2 = entry;
                     }
                 }
+                Slot::Vacant(slot) => {
+                    let stored: Option<Versioned> = self.data.get(slot.key())?.map(|b| decode(&b)).transpose()?;
+                    if let Some(winner) = merge_into(stored.as_ref(), &entry.versioned) {
+                        slot.insert((stored, winner, entry));
+                    }
+                }
+            }
+        }
+        if changes.is_empty() {
+            return Ok(0);
+        }
+        for (key, (stored, winner, entry)) in &changes {
+            if stored.is_none() {
+                self.leaves.insert(leaf_key(&entry.keyspace, &entry.key), &[])?;
+            }
+            if winner.is_tombstone() {
+                self.tombstones.insert(key.as_slice(), &[])?;
+            }
+            self.data.insert(key.as_slice(), encode(winner))?;
+            if !winner.is_tombstone() && stored.as_ref().is_some_and(Versioned::is_tombstone) {
+                self.tombstones.remove(key.as_slice())?;
+            }
+        }
+        for (stored, winner, entry) in changes.values() {
+            if let Some(kept) = trees.get_mut(&entry.keyspace) {
+                kept.tree.update(&entry.key, stored.as_ref(), Some(winner));
+                kept.live = kept.live + live(Some(winner)) - live(stored.as_ref());
+            }
+        }
+        Ok(changes.len())
+    }
+
+    /// Runs `f` on what is kept of `keyspace`, built by one scan on first use (which also
+    /// completes the leaf index of data written before it existed). The scan streams: one
+    /// entry in memory at a time, whatever the keyspace holds.
+    fn with_kept<R>(&self, keyspace: &str, f: impl FnOnce(&Kept) -> R) -> Result<R, Error> {
+        let mut trees = self.trees.lock().expect("tree lock is never poisoned");
+        if !trees.contains_key(keyspace) {
+            let index = self.meta.get(indexed_marker(keyspace))?.is_none();
+            let prefix = data_key(keyspace, b"");
+            let mut kept = Kept::default();
+            for kv in self.data.scan_prefix(&prefix) {
+                let (key, value) = kv?;
+                let user_key = &key[prefix.len()..];
+                let versioned: Versioned = decode(&value)?;
+                if index {
+                    self.leaves.insert(leaf_key(keyspace, user_key), &[])?;
+                    if versioned.is_tombstone() {
+                        self.tombstones.insert(&key, &[])?;
+                    }
+                }
+                kept.tree.update(user_key, None, Some(&versioned));
+                kept.live += live(Some(&versioned));
+            }
+            if index {
                 self.meta.insert(indexed_marker(keyspace), &[])?;
             }
-            let tree = HashTree::of(entries.iter().map(|e| (e.key.as_slice(), &e.versioned)));
-            trees.insert(keyspace.to_string(), tree);
+            trees.insert(keyspace.to_string(), kept);
         }
         Ok(f(&trees[keyspace]))
+    }
+
+    fn with_tree<R>(&self, keyspace: &str, f: impl FnOnce(&HashTree) -> R) -> Result<R, Error> {
+        self.with_kept(keyspace, |kept| f(&kept.tree))
     }
 
     /// The root hash of `keyspace`'s tree (equal roots: equal contents).
@@ -291,11 +349,14 @@ impl ApStore {
         let mut out = Vec::new();
         for kv in self.tombstones.scan_prefix(&prefix) {
             let (key, _) = kv?;
-            if let Some(value) = self.data.get(&key)? {
+            // A mark whose key now holds a value (a crash between the two writes) is skipped.
+            let Some(value) = self.data.get(&key)? else { continue };
+            let versioned: Versioned = decode(&value)?;
+            if versioned.is_tombstone() {
                 out.push(Entry {
                     keyspace: keyspace.to_string(),
                     key: key[prefix.len()..].to_vec(),
-                    versioned: decode(&value)?,
+                    versioned,
                 });
             }
         }
@@ -356,13 +417,9 @@ impl ApStore {
         Ok(out)
     }
 
-    /// Live keys in a keyspace on this replica.
+    /// Live keys in a keyspace on this replica (kept beside the tree: no data is read).
     pub fn count(&self, keyspace: &str) -> Result<usize, Error> {
-        Ok(self
-            .entries(keyspace, None)?
-            .iter()
-            .filter(|e| !e.versioned.is_tombstone())
-            .count())
+        self.with_kept(keyspace, |kept| kept.live as usize)
     }
 
     /// The floor below which versions of keys this node does not hold are refused (0: none).
@@ -401,8 +458,9 @@ impl ApStore {
         }
         self.leaves.remove(leaf_key(&entry.keyspace, &entry.key))?;
         self.tombstones.remove(&key)?;
-        if let Some(tree) = trees.get_mut(&entry.keyspace) {
-            tree.update(&entry.key, Some(&entry.versioned), None);
+        if let Some(kept) = trees.get_mut(&entry.keyspace) {
+            kept.tree.update(&entry.key, Some(&entry.versioned), None);
+            kept.live -= live(Some(&entry.versioned));
         }
         Ok(true)
     }
@@ -457,16 +515,15 @@ impl ApStore {
 
     pub fn remove_hints(&self, peer: u64, seqs: &[u64]) -> Result<(), Error> {
         self.with_hint_queue(peer, |queue| {
-            let mut batch = sled::Batch::default();
+            // One removal per hint, which also says how large it was (a hint already gone, say
+            // dropped meanwhile, counts nothing).
             let (mut removed, mut bytes) = (0usize, 0u64);
             for seq in seqs {
-                if let Some(value) = self.hints.get(hint_key(peer, *seq))? {
+                if let Some(value) = self.hints.remove(hint_key(peer, *seq))? {
                     removed += 1;
                     bytes += value.len() as u64;
-                    batch.remove(&hint_key(peer, *seq));
                 }
             }
-            self.hints.apply_batch(batch)?;
             queue.count = queue.count.saturating_sub(removed);
             queue.bytes = queue.bytes.saturating_sub(bytes);
             Ok(())
@@ -689,12 +746,18 @@ mod tests {
         let keys = |store: &ApStore| -> Vec<Vec<u8>> {
             store.tombstones("carts").unwrap().into_iter().map(|e| e.key).collect()
         };
+        assert_eq!(store.count("carts").unwrap(), 0);
         store.merge(&version(1, Some(b"a"))).unwrap();
         assert!(keys(&store).is_empty());
+        assert_eq!(store.count("carts").unwrap(), 1, "the count follows a new value");
         store.merge(&version(2, None)).unwrap();
         assert_eq!(keys(&store), vec![b"x".to_vec()]);
+        assert_eq!(store.count("carts").unwrap(), 0, "a tombstone is not live");
+        store.merge(&version(1, Some(b"old"))).unwrap();
+        assert_eq!(store.count("carts").unwrap(), 0, "a losing merge changes nothing");
         store.merge(&version(3, Some(b"b"))).unwrap();
         assert!(keys(&store).is_empty(), "a newer value replaced the tombstone");
+        assert_eq!(store.count("carts").unwrap(), 1);
         let delete = version(4, None);
         store.merge(&delete).unwrap();
         let tree_before = store.tree_root("carts").unwrap();
@@ -717,6 +780,15 @@ mod tests {
             reopened.tree_root("carts").unwrap(),
             store.tree_root("carts").unwrap(),
             "rebuilt tree equals the kept one"
+        );
+        let mut other = version(6, Some(b"c"));
+        other.key = b"y".to_vec();
+        store.merge(&other).unwrap();
+        let reopened = ApStore::open(&crate::storage::Flusher::new(store.flusher.db().clone())).unwrap();
+        assert_eq!(
+            (reopened.count("carts").unwrap(), store.count("carts").unwrap()),
+            (1, 1),
+            "the rebuilt count equals the kept one"
         );
     }
 }

@@ -56,8 +56,18 @@ impl KeyspacesService {
         validate_name(&req.name)?;
         let name = req.name.clone();
         let call = |c, r| async move { keyspaces_client(c).describe(r).await };
-        let forwarded = self.node.cp().linearize_metadata(ctx, req, call).await?;
         // The definition is linearizable; the key count is always this node's own replica's.
+        // Keyspaces are never dropped or changed, so an ap keyspace this node already knows is
+        // described from its own copy when no leader can be reached: like its data, it stays
+        // available on every side of a partition.
+        let forwarded = match self.node.cp().linearize_metadata(ctx, req, call).await {
+            Ok(forwarded) => forwarded,
+            Err(Error::NoQuorum(why)) => match self.node.local_keyspace(&name)? {
+                Some(def) if def.mode == Mode::Ap => None,
+                _ => return Err(Error::NoQuorum(why)),
+            },
+            Err(e) => return Err(e),
+        };
         let Some(def) = self.node.local_keyspace(&name)? else {
             return forwarded.ok_or(Error::UnknownKeyspace(name));
         };

@@ -58,6 +58,7 @@ fn ap_tour() {
     let cluster = Cluster::start(3);
     let (n1, n2, n3) = (cluster.client_at(1), cluster.client_at(2), cluster.client_at(3));
     cluster.client().create_keyspace("carts", "ap");
+    cluster.client().create_keyspace("bank", "cp");
     partition(&cluster, "1,2", "3");
     let book = n1.put("carts", "bob", "book");
     book.expect_code(0);
@@ -65,6 +66,14 @@ fn ap_tour() {
     lamp.expect_code(0);
     expect_value(&n3.get("carts", "bob"), "lamp");
     expect_value(&n1.get("carts", "bob"), "book");
+    // Once node 3 knows it has no leader, it still describes an ap keyspace it knows (from its
+    // own copy of the definition, which never changes); a cp keyspace's needs the leader.
+    wait_until(CONVERGE_WITHIN, "node 3 to refuse describing a cp keyspace", || {
+        n3.run(&["keyspace", "describe", "bank"]).code == 3
+    });
+    let carts = n3.run(&["keyspace", "describe", "carts"]);
+    assert_eq!(carts.ok_json()["mode"], "ap", "{}", carts.describe());
+    assert_eq!(carts.ok_json()["keys"], 1, "node 3's own replica");
     heal(&cluster);
     let winner = if version_of(&lamp) > version_of(&book) {
         "lamp"

@@ -81,18 +81,30 @@ impl<T: Transport> Replica<T> {
     /// merges nothing, when one carries a timestamp beyond the clock bound.
     pub(super) async fn merge_all(&self, from: u64, entries: &[Entry]) -> Result<usize, Error> {
         self.observe_all(from, entries.iter().map(|e| e.versioned.version.hlc))?;
-        let mut changed = 0;
+        let mut accepted = Vec::with_capacity(entries.len());
+        // The floor of the keyspace last seen: a batch is almost always one keyspace, so this
+        // reads the floor once per batch instead of once per entry.
+        let mut floor: Option<(&str, u64)> = None;
         for entry in entries {
-            if self.below_floor(&entry.keyspace, entry.versioned.version.hlc.physical_ms)?
+            let keyspace_floor = match floor {
+                Some((keyspace, f)) if keyspace == entry.keyspace => f,
+                _ => {
+                    let f = self.store.horizon_floor(&entry.keyspace)?;
+                    floor = Some((&entry.keyspace, f));
+                    f
+                }
+            };
+            // A version below the floor of a key this node does not hold is a collected key
+            // coming back: skipped.
+            if entry.versioned.version.hlc.physical_ms < keyspace_floor
                 && self.store.get(&entry.keyspace, &entry.key)?.is_none()
             {
                 self.stats.stale_refused.fetch_add(1, Ordering::Relaxed);
                 continue;
             }
-            if self.store.merge(entry)? {
-                changed += 1;
-            }
+            accepted.push(entry);
         }
+        let changed = self.store.merge_many(accepted)?;
         if changed > 0 {
             self.store.flush().await?;
         }

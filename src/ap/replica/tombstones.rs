@@ -91,12 +91,6 @@ impl<T: Transport> Replica<T> {
         theirs.fold(self.own_horizon(&horizons, keyspace), u64::min)
     }
 
-    /// Whether an incoming version at `physical_ms` of a key this replica does not hold is below
-    /// its floor (a collected key coming back), and so must be skipped.
-    pub(super) fn below_floor(&self, keyspace: &str, physical_ms: u64) -> Result<bool, Error> {
-        Ok(physical_ms < self.store.horizon_floor(keyspace)?)
-    }
-
     /// Collects tombstones older than the collection horizon and than the tombstone age.
     pub fn collect_tombstones(&self, keyspace: &str) -> Result<usize, Error> {
         let now = self.wall_ms();
