@@ -47,16 +47,20 @@ pub enum Case {
     SerializableGetC64,
     /// capkv's ap put (no consensus) against etcd's put: what giving up consistency buys.
     ApPutC64,
+    /// The same with `--acks 2`: the write waits for a second replica's disk, as etcd's waits
+    /// for a majority.
+    ApPutAcks2C64,
 }
 
 impl Case {
-    const ALL: [Case; 6] = [
+    const ALL: [Case; 7] = [
         Case::PutC1,
         Case::PutC64,
         Case::PutC256,
         Case::LinearizableGetC64,
         Case::SerializableGetC64,
         Case::ApPutC64,
+        Case::ApPutAcks2C64,
     ];
 
     fn label(self) -> &'static str {
@@ -67,13 +71,14 @@ impl Case {
             Case::LinearizableGetC64 => "linearizable get, c 64",
             Case::SerializableGetC64 => "serializable get, c 64",
             Case::ApPutC64 => "capkv ap put vs etcd put, c 64",
+            Case::ApPutAcks2C64 => "capkv ap put --acks 2 vs etcd put, c 64",
         }
     }
 
     fn load(self, args: &LoadArgs) -> Load {
         let (op, concurrency, linearizable) = match self {
             Case::PutC1 => (Op::Put, 1, true),
-            Case::PutC64 | Case::ApPutC64 => (Op::Put, 64, true),
+            Case::PutC64 | Case::ApPutC64 | Case::ApPutAcks2C64 => (Op::Put, 64, true),
             Case::PutC256 => (Op::Put, 256, true),
             Case::LinearizableGetC64 => (Op::Get, 64, true),
             Case::SerializableGetC64 => (Op::Get, 64, false),
@@ -82,6 +87,7 @@ impl Case {
             op,
             concurrency,
             linearizable,
+            acks: if self == Case::ApPutAcks2C64 { 2 } else { 1 },
             args: args.clone(),
         }
     }
@@ -116,7 +122,7 @@ pub async fn compare(args: &CompareArgs) -> Result<(), Error> {
     for round in 0..args.rounds {
         for row in &mut rows {
             let load = row.case.load(&args.load);
-            let keyspace = if row.case == Case::ApPutC64 {
+            let keyspace = if matches!(row.case, Case::ApPutC64 | Case::ApPutAcks2C64) {
                 &args.ap_keyspace
             } else {
                 &args.cp_keyspace

@@ -72,6 +72,9 @@ struct RunArgs {
     /// Reads: linearizable (a ReadIndex round on both systems) or serializable (local copy).
     #[arg(long, value_enum, default_value = "linearizable")]
     consistency: Consistency,
+    /// capkv ap keyspaces only: replicas each write waits for.
+    #[arg(long, default_value_t = 1)]
+    acks: u32,
 }
 
 /// The shape shared by every run of a comparison.
@@ -106,6 +109,8 @@ pub struct Load {
     pub op: Op,
     pub concurrency: usize,
     pub linearizable: bool,
+    /// capkv ap keyspaces: replicas each write waits for (etcd ignores it).
+    pub acks: u32,
     pub args: LoadArgs,
 }
 
@@ -136,6 +141,7 @@ pub async fn run_capkv(endpoints: &[String], keyspace: &str, load: &Load) -> Res
         } else {
             proto::Consistency::Serializable
         }),
+        acks: load.acks,
         concurrency: load.concurrency,
         connections: load.args.connections,
         duration: load.args.duration,
@@ -190,6 +196,7 @@ async fn main() {
                 op: args.op,
                 concurrency: args.concurrency,
                 linearizable: args.consistency == Consistency::Linearizable,
+                acks: args.acks,
                 args: args.load,
             };
             let report = match args.system {

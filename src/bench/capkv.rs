@@ -26,6 +26,8 @@ pub struct Options {
     pub workload: Workload,
     /// Reads: `None` is the keyspace's default (cp linearizable, ap the local replica).
     pub consistency: Option<proto::Consistency>,
+    /// ap writes: replicas that must store a write before it counts as done (`--acks`).
+    pub acks: u32,
     pub concurrency: usize,
     /// Client connections; worker `w` uses connection `w mod connections`.
     pub connections: usize,
@@ -60,6 +62,12 @@ pub async fn bench(options: &Options) -> Result<Report, Error> {
             )))
         }
     };
+    if options.acks != 1 && mode == Mode::Cp {
+        return Err(Error::InvalidInput(format!(
+            "--acks {} applies to ap keyspaces; '{}' is cp, whose writes always wait for a majority: drop --acks",
+            options.acks, options.keyspace
+        )));
+    }
     let consistency = options.consistency.unwrap_or(match mode {
         Mode::Cp => proto::Consistency::Linearizable,
         Mode::Ap => proto::Consistency::Serializable,
@@ -75,7 +83,12 @@ pub async fn bench(options: &Options) -> Result<Report, Error> {
         let client = Client::new(endpoints, options.timeout)?
             .with_token(options.token.as_deref())?
             .with_tls(options.tls.clone());
-        targets.push(Arc::new(CapkvTarget::new(client, &options.keyspace, consistency)));
+        targets.push(Arc::new(CapkvTarget::new(
+            client,
+            &options.keyspace,
+            consistency,
+            options.acks,
+        )));
     }
 
     let bar = if options.progress {

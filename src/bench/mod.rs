@@ -61,22 +61,29 @@ pub struct CapkvTarget {
     keyspace: String,
     /// The consistency asked for on reads when the workload wants linearizable reads.
     strong: proto::Consistency,
+    /// Replicas that must store an ap write before it is acknowledged (1 for cp keyspaces).
+    acks: u32,
 }
 
 impl CapkvTarget {
-    /// `strong` is the read consistency used for linearizable reads (quorum on ap keyspaces).
-    pub fn new(client: Client, keyspace: &str, strong: proto::Consistency) -> Self {
+    /// `strong` is the read consistency used for linearizable reads (quorum on ap keyspaces);
+    /// `acks` the replicas an ap write waits for.
+    pub fn new(client: Client, keyspace: &str, strong: proto::Consistency, acks: u32) -> Self {
         Self {
             client,
             keyspace: keyspace.to_string(),
             strong,
+            acks,
         }
     }
 }
 
 impl Target for CapkvTarget {
     async fn put(&self, key: &[u8], value: &[u8]) -> Result<(), Error> {
-        self.client.put(&self.keyspace, key, value).await.map(|_| ())
+        self.client
+            .put_acks(&self.keyspace, key, value, self.acks)
+            .await
+            .map(|_| ())
     }
 
     async fn get(&self, key: &[u8], linearizable: bool) -> Result<Option<Vec<u8>>, Error> {

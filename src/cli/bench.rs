@@ -42,6 +42,10 @@ pub struct BenchArgs {
     /// Reads: the keyspace default when omitted (cp linearizable, ap the local replica).
     #[arg(long, value_enum)]
     pub consistency: Option<ConsistencyArg>,
+    /// ap keyspaces: replicas that must store each write before it counts as done (as `put
+    /// --acks`); cp writes always wait for a majority.
+    #[arg(long, default_value_t = 1)]
+    pub acks: u32,
     /// Latency objective LATENCY@PERCENT, e.g. 300ms@99.9; a missed objective exits 1.
     #[arg(long)]
     pub slo: Option<crate::bench::Slo>,
@@ -78,6 +82,7 @@ pub async fn run(cli: &ClientFlags, args: &BenchArgs) -> Result<BenchView, Error
             seed: args.seed,
         },
         consistency: args.consistency.map(|c| consistency(Some(c))),
+        acks: args.acks,
         concurrency: args.concurrency,
         connections: args.connections,
         duration: args.duration,

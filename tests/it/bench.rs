@@ -78,4 +78,26 @@ fn bench_json_has_stable_fields_and_an_slo_verdict() {
     client
         .run(&["bench", "--keyspace", "bank", "--slo", "fast"])
         .expect_code(2);
+    let acks_on_cp = client.run(&["bench", "--keyspace", "bank", "--acks", "2", "--duration", "1s"]);
+    acks_on_cp.expect_error(5);
+    assert!(
+        acks_on_cp.stderr.contains("applies to ap keyspaces"),
+        "{}",
+        acks_on_cp.describe()
+    );
+
+    // ap writes that wait for two replicas: every put done, none failed.
+    let out = client.run(&[
+        "bench",
+        "--keyspace",
+        "cart",
+        "--acks",
+        "2",
+        "--concurrency",
+        "4",
+        "--duration",
+        "1s",
+    ]);
+    let r = out.ok_json();
+    assert!(r["ops"].as_u64().unwrap() > 0 && r["errors"]["total"] == 0, "{r}");
 }
