@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # capkv against etcd on this machine, side by side, with identical load.
 #
-#   bash scripts/bench-vs-etcd.sh                 # 3 rounds x 6 cases x 10 s each (~10 minutes)
+#   bash scripts/bench-vs-etcd.sh                 # 3 rounds x 7 cases x 10 s each (~12 minutes)
 #   ROUNDS=1 DURATION=5s bash scripts/bench-vs-etcd.sh
 #   CASES=put-c64,linearizable-get-c64 bash scripts/bench-vs-etcd.sh
 #
