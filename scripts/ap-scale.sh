@@ -31,31 +31,11 @@ if [ -z "${CAPKV_BIN:-}" ]; then
 fi
 [ -x "$CAPKV_BIN" ] || { echo "CAPKV_BIN=$CAPKV_BIN is not an executable" >&2; exit 2; }
 
-work="$(mktemp -d)"
-clusters=()
-cleanup() {
-    for dir in "${clusters[@]+"${clusters[@]}"}"; do
-        "$CAPKV_BIN" cluster down --data-dir "$dir" >/dev/null 2>&1 || true
-    done
-    if [ "${KEEP:-0}" = 1 ]; then
-        echo "kept $work"
-    else
-        rm -rf "$work"
-    fi
-}
-trap cleanup EXIT
+# shellcheck source=scripts/lib/clusters.sh
+source scripts/lib/clusters.sh
 
 now() { date +%s.%N; }
 since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.2f", b - a }'; }
-
-# Starts a fresh 3-node cluster under $1 and prints its endpoints.
-start_cluster() {
-    local dir="$1"
-    clusters+=("$dir")
-    "$CAPKV_BIN" cluster up --detach --data-dir "$dir" --base-port "$PORT_BASE" \
-        --http-base-port $((PORT_BASE + 1000)) --peer-base-port $((PORT_BASE + 2000)) --timeout 60s >/dev/null
-    echo "127.0.0.1:$PORT_BASE,127.0.0.1:$((PORT_BASE + 1)),127.0.0.1:$((PORT_BASE + 2))"
-}
 
 stop_cluster() {
     "$CAPKV_BIN" cluster down --data-dir "$1" >/dev/null 2>&1 || true
@@ -77,7 +57,8 @@ fill() {
 
 converge() {
     local keys="$1" dir="$work/converge-$1" endpoints started n
-    endpoints="$(start_cluster "$dir")"
+    track_cluster "$dir"
+    endpoints="$(start_cluster "$dir" "$PORT_BASE")"
     "$CAPKV_BIN" --endpoints "$endpoints" keyspace create carts --mode ap >/dev/null
     "$CAPKV_BIN" --endpoints "$endpoints" fault partition 1,2 3 >/dev/null
     sleep 1.5 # liveness on both sides sees the other side gone
@@ -108,7 +89,8 @@ cpu_seconds() {
 
 idle() {
     local keys="$1" dir="$work/idle" endpoints started pids before after id
-    endpoints="$(start_cluster "$dir")"
+    track_cluster "$dir"
+    endpoints="$(start_cluster "$dir" "$PORT_BASE")"
     "$CAPKV_BIN" --endpoints "$endpoints" keyspace create carts --mode ap >/dev/null
     started="$(now)"
     fill "$endpoints" "$keys"

@@ -30,27 +30,8 @@ if [ "$VALUE_KB" -lt 1 ] || [ "$VALUE_KB" -gt 1024 ]; then
     exit 2
 fi
 
-work="$(mktemp -d)"
-clusters=()
-cleanup() {
-    for dir in "${clusters[@]+"${clusters[@]}"}"; do
-        "$CAPKV_BIN" cluster down --data-dir "$dir" >/dev/null 2>&1 || true
-    done
-    if [ "${KEEP:-0}" = 1 ]; then
-        echo "kept $work"
-    else
-        rm -rf "$work"
-    fi
-}
-trap cleanup EXIT
-
-# Starts a 3-node cluster with data under $1, gRPC ports from $2; prints its endpoints.
-start_cluster() {
-    local dir="$1" port="$2"
-    "$CAPKV_BIN" cluster up --detach --data-dir "$dir" --base-port "$port" \
-        --http-base-port $((port + 1000)) --peer-base-port $((port + 2000)) --timeout 60s >/dev/null
-    echo "127.0.0.1:$port,127.0.0.1:$((port + 1)),127.0.0.1:$((port + 2))"
-}
+# shellcheck source=scripts/lib/clusters.sh
+source scripts/lib/clusters.sh
 
 # Resident memory (KiB) of the nodes whose data directory is under $1, summed, and the largest.
 node_pids() { pgrep -f -- "--data-dir $1/" || true; }
@@ -93,8 +74,7 @@ mib() { awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }'; }
 
 keys=$((SIZE_MB * 1024 / VALUE_KB))
 echo "source cluster: $keys keys of $VALUE_KB KiB ($SIZE_MB MiB)"
-# Registered here, not in start_cluster: that runs in a subshell ($(...)).
-clusters+=("$work/source")
+track_cluster "$work/source"
 src_endpoints="$(start_cluster "$work/source" "$PORT_BASE")"
 cli=("$CAPKV_BIN" --endpoints "$src_endpoints" --timeout 60s)
 "${cli[@]}" keyspace create blobs --mode cp >/dev/null
@@ -109,7 +89,7 @@ url="file://$work/backups"
 read -r b_secs b_cli b_node <<<"$(measure "$work/source" "${cli[@]}" -o json backup create --to "$url")"
 stored="$(grep -o '"bytes": *[0-9]*' "$work/out" | tail -1 | grep -o '[0-9]*$')"
 
-clusters+=("$work/restore")
+track_cluster "$work/restore"
 dst_endpoints="$(start_cluster "$work/restore" $((PORT_BASE + 100)))"
 sleep 2
 read -r _ dst_idle_max <<<"$(nodes_rss "$work/restore")"
