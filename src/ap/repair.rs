@@ -180,8 +180,8 @@ async fn wait_for_round<T: Transport>(replica: &Replica<T>, interval: Duration, 
 }
 
 /// Runs repair rounds forever, one per anti-entropy interval, and one as soon as a peer comes
-/// back. `keyspaces` lists the ap keyspaces
-/// now (read each round, so new keyspaces join); `reachable` is the node's liveness view.
+/// back. `keyspaces` lists the ap keyspaces now (read each round, so new keyspaces join);
+/// `reachable` is the node's liveness view.
 pub async fn run<T: Transport>(
     replica: Arc<Replica<T>>,
     keyspaces: impl Fn() -> Result<Vec<String>, Error>,

@@ -1,18 +1,19 @@
 //! AP data and hints on sled, beside the CP trees of the same database.
 //!
 //! `ap_data` maps `<keyspace>\0<key>` to a [`Versioned`] value or tombstone. Every change is a
-//! merge (compare-and-swap on the key), so concurrent writers and replicators never lose the
-//! newer version. `ap_hints` holds writes for peers that could not be reached, keyed by
+//! last-writer-wins merge under the store's one lock, so concurrent writers and replicators
+//! never lose the newer version. `ap_hints` holds writes for peers that could not be reached, keyed by
 //! (peer, sequence), bounded per peer by count and by encoded bytes.
 //!
 //! Beside the data, kept in step by every merge and tombstone collection so that repair costs
 //! what replicas differ by: each keyspace's hash tree and live key count (in memory, built by
-//! one streaming scan the first time a process uses the keyspace; see [`super::digest`]), `ap_leaves` (the keys of each tree
-//! leaf, so repair reads only differing leaves), `ap_tombstones` (so collection reads only the
-//! deletes), and `ap_meta` (each keyspace's tombstone floor, and whether its indexes are
-//! complete: data written before they existed is indexed on that first scan).
+//! one streaming scan the first time a process uses the keyspace; see [`super::digest`]),
+//! `ap_leaves` (the keys of each tree leaf, so repair reads only differing leaves),
+//! `ap_tombstones` (so collection reads only the deletes), and `ap_meta` (each keyspace's
+//! tombstone floor, and whether its indexes are complete: data written before they existed is
+//! indexed on that first scan).
 //!
-//! CAVEATS: every change to `ap_data` must go through [`ApStore::merge`] or
+//! CAVEATS: every change to `ap_data` must go through [`ApStore::merge_many`] (or `merge`) or
 //! [`ApStore::remove_tombstone`], or the tree and indexes no longer match the data (until the
 //! process restarts and rebuilds the tree). Merges take the tree lock, so they are serialized per
 //! node.
@@ -195,14 +196,14 @@ impl ApStore {
                 self.tombstones.insert(key.as_slice(), &[])?;
             }
             self.data.insert(key.as_slice(), encode(winner))?;
-            if !winner.is_tombstone() && stored.as_ref().is_some_and(Versioned::is_tombstone) {
-                self.tombstones.remove(key.as_slice())?;
-            }
-        }
-        for (stored, winner, entry) in changes.values() {
+            // Kept in step key by key, so a failed write later in the batch leaves the tree
+            // true to what did reach the data.
             if let Some(kept) = trees.get_mut(&entry.keyspace) {
                 kept.tree.update(&entry.key, stored.as_ref(), Some(winner));
-                kept.live = kept.live + live(Some(winner)) - live(stored.as_ref());
+                kept.live = (kept.live + live(Some(winner))).saturating_sub(live(stored.as_ref()));
+            }
+            if !winner.is_tombstone() && stored.as_ref().is_some_and(Versioned::is_tombstone) {
+                self.tombstones.remove(key.as_slice())?;
             }
         }
         Ok(changes.len())
@@ -460,7 +461,7 @@ impl ApStore {
         self.tombstones.remove(&key)?;
         if let Some(kept) = trees.get_mut(&entry.keyspace) {
             kept.tree.update(&entry.key, Some(&entry.versioned), None);
-            kept.live -= live(Some(&entry.versioned));
+            kept.live = kept.live.saturating_sub(live(Some(&entry.versioned)));
         }
         Ok(true)
     }
