@@ -49,9 +49,19 @@ struct Queue {
 }
 
 /// The push queues of one replica, one per peer, started on first use.
-#[derive(Default)]
 pub struct Pushers {
     queues: Mutex<HashMap<u64, Queue>>,
+    /// Bytes one queue may hold ([`QUEUED_BYTES_MAX`]; smaller in tests).
+    queued_max: AtomicUsize,
+}
+
+impl Default for Pushers {
+    fn default() -> Self {
+        Self {
+            queues: Mutex::default(),
+            queued_max: AtomicUsize::new(QUEUED_BYTES_MAX),
+        }
+    }
 }
 
 /// The bytes an entry counts for against the batch and queue bounds.
@@ -68,6 +78,11 @@ impl Pushers {
             .expect("push queue lock is never poisoned")
             .retain(|peer, _| members.contains(peer));
     }
+
+    #[cfg(test)]
+    fn set_queued_max(&self, bytes: usize) {
+        self.queued_max.store(bytes, Ordering::Relaxed);
+    }
 }
 
 impl<T: Transport> Replica<T> {
@@ -76,7 +91,7 @@ impl<T: Transport> Replica<T> {
     pub(super) fn push(self: &Arc<Self>, peer: u64, entry: Entry, confirm: mpsc::Sender<bool>) {
         let queue = self.push_queue(peer);
         let bytes = entry_bytes(&entry);
-        if queue.queued.fetch_add(bytes, Ordering::Relaxed) + bytes > QUEUED_BYTES_MAX {
+        if queue.queued.fetch_add(bytes, Ordering::Relaxed) + bytes > self.pushers.queued_max.load(Ordering::Relaxed) {
             queue.queued.fetch_sub(bytes, Ordering::Relaxed);
             self.hint_or_log(peer, &entry);
             let _ = confirm.try_send(false);
@@ -154,6 +169,77 @@ async fn run<T: Transport>(
         tokio::spawn(async move {
             replica.push_batch(peer, batch).await;
             drop(permit);
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::sync::mpsc;
+
+    use super::super::super::hlc::Timestamp;
+    use super::super::super::store::Entry;
+    use super::super::super::version::{Version, Versioned};
+    use super::super::testkit::{run, Kit, EPOCH_MS, KEYSPACE};
+    use super::entry_bytes;
+
+    fn entry(i: u64) -> Entry {
+        Entry {
+            keyspace: KEYSPACE.into(),
+            key: format!("k{i}").into_bytes(),
+            versioned: Versioned {
+                version: Version {
+                    hlc: Timestamp {
+                        physical_ms: EPOCH_MS,
+                        logical: i as u32,
+                    },
+                    node: 1,
+                },
+                value: Some(b"v".to_vec()),
+            },
+        }
+    }
+
+    #[test]
+    fn writes_queued_together_go_in_one_push_and_a_full_queue_hints_at_once() {
+        run(async {
+            let kit = Kit::new(2, Default::default());
+            let one = kit.node(1);
+            one.pushers.set_queued_max(3 * entry_bytes(&entry(0)));
+            let (tx, mut confirmations) = mpsc::channel(8);
+            let before = kit.requests();
+            // No await between the pushes: the sender task has not run yet, so they queue up.
+            for i in 0..5 {
+                one.push(2, entry(i), tx.clone());
+            }
+            assert_eq!(one.store.hint_count(2), 2, "the two past the bound are hinted at once");
+            assert_eq!(confirmations.try_recv(), Ok(false));
+            assert_eq!(confirmations.try_recv(), Ok(false));
+            for _ in 0..3 {
+                assert_eq!(confirmations.recv().await, Some(true), "node 2 stored the queued ones");
+            }
+            assert_eq!(kit.requests() - before, 1, "three queued writes went in one push");
+            for i in 0..3 {
+                assert_eq!(kit.value(2, &format!("k{i}")).as_deref(), Some("v"));
+            }
+            assert_eq!(kit.value(2, "k3"), None, "a hinted write waits for its delivery");
+        });
+    }
+
+    #[test]
+    fn a_push_the_peer_does_not_answer_hints_every_write_in_it() {
+        run(async {
+            let kit = Kit::new(2, Default::default());
+            kit.down(2);
+            let one = kit.node(1);
+            let (tx, mut confirmations) = mpsc::channel(8);
+            for i in 0..3 {
+                one.push(2, entry(i), tx.clone());
+            }
+            for _ in 0..3 {
+                assert_eq!(confirmations.recv().await, Some(false));
+            }
+            assert_eq!(one.store.hint_count(2), 3);
         });
     }
 }

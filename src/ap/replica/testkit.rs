@@ -38,6 +38,8 @@ struct Net {
     forged: RwLock<BTreeMap<u64, Response>>,
     /// The largest encoded message (request or answer) the network carried.
     largest_message: AtomicUsize,
+    /// Requests the network carried.
+    requests: AtomicUsize,
 }
 
 impl Net {
@@ -72,6 +74,7 @@ impl Transport for KitTransport {
         let target = self.net.nodes.read().unwrap().get(&to).cloned();
         let target = target.ok_or_else(|| Unreachable(format!("node {to} is not in the test kit")))?;
         self.net.carry(&request, to)?;
+        self.net.requests.fetch_add(1, Ordering::SeqCst);
         let answer = target
             .handle(self.from, request)
             .await
@@ -169,6 +172,11 @@ impl Kit {
     /// The largest encoded message the kit's network carried so far.
     pub fn largest_message(&self) -> usize {
         self.net.largest_message.load(Ordering::SeqCst)
+    }
+
+    /// Requests the network carried so far.
+    pub fn requests(&self) -> usize {
+        self.net.requests.load(Ordering::SeqCst)
     }
 
     /// Moves every node's wall clock forward.
