@@ -24,13 +24,6 @@ IDLE_SECONDS="${IDLE_SECONDS:-30}"
 PORT_BASE="${PORT_BASE:-27101}"
 cd "$(dirname "$0")/.."
 
-if [ -z "${CAPKV_BIN:-}" ]; then
-    CAPKV_BIN=target/release/capkv
-    echo "building capkv (release)"
-    cargo build --release --quiet --bin capkv
-fi
-[ -x "$CAPKV_BIN" ] || { echo "CAPKV_BIN=$CAPKV_BIN is not an executable" >&2; exit 2; }
-
 # shellcheck source=scripts/lib/clusters.sh
 source scripts/lib/clusters.sh
 

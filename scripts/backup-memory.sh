@@ -19,12 +19,6 @@ VALUE_KB="${VALUE_KB:-256}"
 PORT_BASE="${PORT_BASE:-27001}"
 cd "$(dirname "$0")/.."
 
-if [ -z "${CAPKV_BIN:-}" ]; then
-    CAPKV_BIN=target/release/capkv
-    echo "building capkv (release)"
-    cargo build --release --quiet --bin capkv
-fi
-[ -x "$CAPKV_BIN" ] || { echo "CAPKV_BIN=$CAPKV_BIN is not an executable" >&2; exit 2; }
 if [ "$VALUE_KB" -lt 1 ] || [ "$VALUE_KB" -gt 1024 ]; then
     echo "VALUE_KB must be between 1 and 1024 (a value is at most 1 MiB)" >&2
     exit 2

@@ -1,6 +1,14 @@
-# Sourced by the scripts that start clusters of their own (needs CAPKV_BIN): a work directory,
-# removed on exit unless KEEP=1, and every cluster registered with `track_cluster` stopped on
-# exit, however the script ends.
+# Sourced by the scripts that start clusters of their own, from the repository root: the capkv
+# binary (CAPKV_BIN, or a release build made when it is not given), a work directory removed on
+# exit unless KEEP=1, and every cluster registered with `track_cluster` stopped on exit, however
+# the script ends.
+
+if [ -z "${CAPKV_BIN:-}" ]; then
+    CAPKV_BIN=target/release/capkv
+    echo "building capkv (release)"
+    cargo build --release --quiet --bin capkv
+fi
+[ -x "$CAPKV_BIN" ] || { echo "CAPKV_BIN=$CAPKV_BIN is not an executable" >&2; exit 2; }
 
 work="$(mktemp -d)"
 clusters=()
