@@ -33,8 +33,8 @@ use tonic::{Request, Response, Status};
 use crate::error::Error;
 use crate::limits::{REQUEST_BYTES_MAX, RESPONSE_BYTES_MAX};
 use crate::proto::{
-    self, cluster_client::ClusterClient, fault_client::FaultClient, keyspaces_client::KeyspacesClient,
-    kv_client::KvClient,
+    self, backup_client::BackupClient, cluster_client::ClusterClient, fault_client::FaultClient,
+    keyspaces_client::KeyspacesClient, kv_client::KvClient,
 };
 
 /// How long opening a connection to one endpoint may take before the client moves on.
@@ -478,6 +478,21 @@ impl Client {
             req,
             |c, r| async move { FaultClient::new(c).clock(r).await },
         )
+        .await
+    }
+
+    /// Asks a node to take a backup as its coordinator; the stream carries its progress and,
+    /// last, the manifest. An endpoint that cannot be reached is skipped for the next one.
+    pub async fn backup_create(
+        &self,
+        req: proto::CreateBackupRequest,
+    ) -> Result<tonic::Streaming<proto::CreateBackupProgress>, Error> {
+        self.call(Effect::Write, req, |c, r| async move {
+            BackupClient::new(c)
+                .max_decoding_message_size(RESPONSE_BYTES_MAX)
+                .create(r)
+                .await
+        })
         .await
     }
 

@@ -124,6 +124,52 @@ impl CreateOptions {
     }
 }
 
+/// How often a coordinating node reports progress ([`create_through_node`]).
+pub const PROGRESS_EVERY: Duration = Duration::from_secs(1);
+
+/// Has a node take the backup as coordinator: it reads from the members and writes to `url`
+/// itself, so the data does not pass through this process. `progress` hears the bytes written
+/// so far about once a second. A node that falls silent for longer than the timeout (plus two
+/// progress intervals) is given up on; the backup it was writing then has no manifest.
+pub async fn create_through_node(
+    client: &Client,
+    url: &str,
+    options: &CreateOptions,
+    mut progress: impl FnMut(u64),
+) -> Result<Manifest, Error> {
+    options.validate()?;
+    let request = proto::CreateBackupRequest {
+        url: url.to_string(),
+        keyspaces: options.keyspaces.clone(),
+        chunk_bytes: options.chunk_bytes as u64,
+        incremental_from: options.incremental_from.clone().unwrap_or_default(),
+        call_timeout_ms: options.timeout.as_millis() as u64,
+    };
+    let mut stream = client.backup_create(request).await?;
+    let silence = options.timeout + 2 * PROGRESS_EVERY;
+    loop {
+        let message = match tokio::time::timeout(silence, stream.message()).await {
+            Ok(Ok(Some(m))) => m,
+            Ok(Ok(None)) => {
+                return Err(Error::OutcomeUnknown(
+                    "the coordinating node ended the backup without a result; run `backup list` to see whether it completed".into(),
+                ))
+            }
+            Ok(Err(status)) => return Err(Error::from_status(&status)),
+            Err(_) => {
+                return Err(Error::OutcomeUnknown(format!(
+                    "the coordinating node reported nothing for {} ms; run `backup list` to see whether the backup completed",
+                    silence.as_millis()
+                )))
+            }
+        };
+        if !message.manifest_json.is_empty() {
+            return Manifest::from_json(message.manifest_json.as_bytes(), "the coordinating node's manifest");
+        }
+        progress(message.bytes);
+    }
+}
+
 /// Takes a backup into `target`; returns its manifest.
 pub async fn create(client: &Client, target: &Target, options: &CreateOptions) -> Result<Manifest, Error> {
     options.validate()?;

@@ -2,7 +2,8 @@
 //!
 //! DESIGN
 //!
-//! The `capkv backup` commands coordinate; the nodes export and import. [`create`] asks the
+//! A coordinator (the CLI, or with `--via node` a node of the cluster) drives the backup; the
+//! nodes export and import. [`create`] asks the
 //! leader for every cp keyspace (one export, copied at one applied Raft index after a read
 //! barrier) and every member for each ap keyspace (merged by last-writer-wins as the pages
 //! stream in, tombstones and versions kept). Records become [`chunk`]s: framed, compressed data
@@ -24,8 +25,9 @@
 //!
 //! CAVEATS
 //!
-//! - The CLI streams every byte between the nodes and the storage (nodes do not upload
-//!   directly); the data passes through the machine running the CLI.
+//! - One process coordinates and uploads the whole backup: a node asked through the `Create`
+//!   RPC ([`create::create_through_node`], the default for s3://), or the CLI itself. Members do
+//!   not each upload their own part, and a restore streams every byte through the CLI.
 //! - Incremental backups store only what changed but still read every record from the cluster
 //!   ([`chain`]). Scheduled backups and retention: [`schedule`].
 //! - An ap backup is not a point in time: writes made during the backup may or may not be in it.

@@ -154,11 +154,24 @@ pub async fn run(options: ScheduleOptions, listen: String, is_leader: impl Fn() 
     }
 }
 
+/// A client of this node's own peer address (`listen`), with its peer certificate when the
+/// peer port demands one: how a node coordinates a backup.
+pub fn self_client(listen: &str, timeout: Duration) -> Result<Client, Error> {
+    Ok(Client::new(vec![listen.to_string()], timeout)?.with_tls(crate::tls::peer_client().cloned()))
+}
+
+/// Updates the backup metrics after a backup this node took.
+pub fn count_success(manifest: &super::Manifest) {
+    let now_s = manifest.created_unix_ms as f64 / 1000.0 + manifest.seconds;
+    metrics::gauge!("capkv_backup_last_success_timestamp_seconds").set(now_s);
+    metrics::gauge!("capkv_backup_last_duration_seconds").set(manifest.seconds);
+    metrics::gauge!("capkv_backup_last_bytes").set(manifest.bytes() as f64);
+    metrics::counter!("capkv_backup_success_total").increment(1);
+}
+
 /// Takes one backup through this node, then applies retention.
 async fn take_one(options: &ScheduleOptions, listen: &str) -> Result<(), Error> {
-    // This node's peer address, with its peer certificate when the peer port demands one.
-    let client =
-        Client::new(vec![listen.to_string()], SCHEDULED_CALL_TIMEOUT)?.with_tls(crate::tls::peer_client().cloned());
+    let client = self_client(listen, SCHEDULED_CALL_TIMEOUT)?;
     let target = Target::open(&options.to, SCHEDULED_CALL_TIMEOUT)?;
     let create_options = CreateOptions {
         keyspaces: Vec::new(),
@@ -167,11 +180,7 @@ async fn take_one(options: &ScheduleOptions, listen: &str) -> Result<(), Error> 
         incremental_from: None,
     };
     let manifest = create(&client, &target, &create_options).await?;
-    let now_s = manifest.created_unix_ms as f64 / 1000.0 + manifest.seconds;
-    metrics::gauge!("capkv_backup_last_success_timestamp_seconds").set(now_s);
-    metrics::gauge!("capkv_backup_last_duration_seconds").set(manifest.seconds);
-    metrics::gauge!("capkv_backup_last_bytes").set(manifest.bytes() as f64);
-    metrics::counter!("capkv_backup_success_total").increment(1);
+    count_success(&manifest);
     tracing::info!(id = %manifest.id, to = %options.to, seconds = manifest.seconds, "scheduled backup taken");
     let (complete, _) = target.list().await?;
     let backups: Vec<(String, Option<String>)> = complete

@@ -9,6 +9,7 @@
 //! `AWS_ALLOW_HTTP=true` for plain HTTP). Every call is bounded by the operation timeout, and the
 //! client's own retries stay inside it, so an unreachable server fails within `--timeout`.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,6 +28,8 @@ pub struct Target {
     url: String,
     /// The most one object call may take.
     op_timeout: Duration,
+    /// Bytes stored through this target so far (progress of a backup).
+    written: AtomicU64,
 }
 
 /// A complete backup found under a URL.
@@ -52,7 +55,13 @@ impl Target {
             prefix,
             url: url.trim_end_matches('/').to_string(),
             op_timeout,
+            written: AtomicU64::new(0),
         })
+    }
+
+    /// Bytes stored through this target so far.
+    pub fn written(&self) -> u64 {
+        self.written.load(Ordering::Relaxed)
     }
 
     pub fn url(&self) -> &str {
@@ -92,9 +101,11 @@ impl Target {
     pub async fn put(&self, relative: &str, bytes: Vec<u8>) -> Result<(), Error> {
         let path = self.path(relative);
         let what = format!("writing {relative}");
+        let len = bytes.len() as u64;
         self.bounded(&what, self.store.put(&path, PutPayload::from(bytes)))
-            .await
-            .map(|_| ())
+            .await?;
+        self.written.fetch_add(len, Ordering::Relaxed);
+        Ok(())
     }
 
     /// Reads one object whole (objects are bounded chunks).

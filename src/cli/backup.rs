@@ -38,6 +38,12 @@ pub enum BackupCommand {
         /// a restore of the new backup reads its whole chain.
         #[arg(long, value_name = "ID")]
         incremental_from: Option<String>,
+        /// Who writes the objects: `node` (a node of the cluster coordinates and uploads, so the
+        /// data never passes through this machine; it needs the storage's credentials, and
+        /// file:// paths under its --backup-dir), `cli` (this process streams every byte), or
+        /// `auto`: node for s3://, cli for file:// (a path on this machine).
+        #[arg(long, value_enum, default_value_t = Via::Auto)]
+        via: Via,
     },
     /// List the complete backups under a URL (an interrupted one has no manifest and is not listed).
     List {
@@ -68,6 +74,25 @@ pub enum BackupCommand {
     },
 }
 
+/// Who writes a backup's objects (`backup create --via`).
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Via {
+    Auto,
+    Node,
+    Cli,
+}
+
+impl Via {
+    /// `auto` settled by the URL: s3:// is uploaded by a node, file:// written by the CLI.
+    fn resolve(self, url: &str) -> Via {
+        match self {
+            Via::Auto if url.starts_with("s3://") => Via::Node,
+            Via::Auto => Via::Cli,
+            chosen => chosen,
+        }
+    }
+}
+
 /// One keyspace of a backup, as `create` and `list` show it.
 #[derive(Debug, Serialize)]
 pub struct KeyspaceView {
@@ -89,6 +114,8 @@ pub struct KeyspaceView {
 pub struct CreateView {
     pub id: String,
     pub url: String,
+    /// Who wrote the objects: "node" (a node of the cluster) or "cli" (this process).
+    pub written_by: &'static str,
     /// The backup this one stores the changes since (absent for a full backup).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub incremental_from: Option<String>,
@@ -225,6 +252,36 @@ impl View for RestoreView {
     }
 }
 
+/// A line on a terminal's stderr that follows a node-coordinated backup (nothing otherwise).
+struct Progress(Option<indicatif::ProgressBar>);
+
+impl Progress {
+    fn new() -> Self {
+        let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
+        Self(terminal.then(|| {
+            let bar = indicatif::ProgressBar::new_spinner();
+            bar.set_message("a node is taking the backup");
+            bar
+        }))
+    }
+
+    fn show(&self, bytes: u64) {
+        if let Some(bar) = &self.0 {
+            bar.set_message(format!(
+                "a node is taking the backup: {} written",
+                indicatif::HumanBytes(bytes)
+            ));
+            bar.tick();
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(bar) = &self.0 {
+            bar.finish_and_clear();
+        }
+    }
+}
+
 /// Runs a backup command.
 pub async fn run(client: &Client, command: &BackupCommand, hex: bool) -> Result<Report, Error> {
     let timeout = client.timeout();
@@ -234,15 +291,25 @@ pub async fn run(client: &Client, command: &BackupCommand, hex: bool) -> Result<
             keyspaces,
             chunk_bytes,
             incremental_from,
+            via,
         } => {
-            let target = Target::open(to, timeout)?;
             let options = backup::create::CreateOptions {
                 keyspaces: keyspaces.clone(),
                 timeout,
                 chunk_bytes: *chunk_bytes,
                 incremental_from: incremental_from.clone(),
             };
-            let m = backup::create::create(client, &target, &options).await?;
+            let via = via.resolve(to);
+            let m = match via {
+                Via::Node => {
+                    let progress = Progress::new();
+                    let result =
+                        backup::create::create_through_node(client, to, &options, |bytes| progress.show(bytes)).await;
+                    progress.finish();
+                    result?
+                }
+                Via::Cli | Via::Auto => backup::create::create(client, &Target::open(to, timeout)?, &options).await?,
+            };
             for k in m.keyspaces.iter().filter(|k| !k.unreachable.is_empty()) {
                 eprintln!(
                     "warning: ap keyspace '{}' was merged from nodes {:?} only; nodes {:?} could not be read, so writes held only by them are missing",
@@ -251,7 +318,8 @@ pub async fn run(client: &Client, command: &BackupCommand, hex: bool) -> Result<
             }
             let view = CreateView {
                 id: m.id.clone(),
-                url: target.url().to_string(),
+                url: to.trim_end_matches('/').to_string(),
+                written_by: if via == Via::Node { "node" } else { "cli" },
                 incremental_from: m.parent.clone(),
                 keyspaces: keyspace_views(&m),
                 raft_index: m.raft_index,

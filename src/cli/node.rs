@@ -110,6 +110,16 @@ pub struct NodeArgs {
     /// Scheduled backups kept; older ones are deleted, oldest first.
     #[arg(long, env = "CAPKV_BACKUP_KEEP", default_value_t = 24)]
     pub backup_keep: usize,
+    /// A directory this node may write `backup create` file:// backups into when it
+    /// coordinates them (repeatable; a file:// --backup-to counts too). Without one, file://
+    /// backups are written by the CLI.
+    #[arg(
+        long = "backup-dir",
+        value_name = "DIR",
+        env = "CAPKV_BACKUP_DIR",
+        value_delimiter = ','
+    )]
+    pub backup_dirs: Vec<std::path::PathBuf>,
     #[arg(long, value_enum, default_value = "pretty")]
     pub log_format: LogFormat,
     /// Log level (trace, debug, info, warn, error); RUST_LOG overrides it.
@@ -172,5 +182,6 @@ pub fn node_options(args: &NodeArgs) -> Result<NodeOptions, Error> {
             }),
             _ => None,
         },
+        backup_dirs: args.backup_dirs.clone(),
     })
 }

@@ -43,6 +43,9 @@ pub struct NodeOptions {
     pub ap: ReplicaOptions,
     /// Scheduled backups (`--backup-every`, `--backup-to`, `--backup-keep`), when configured.
     pub backup: Option<crate::backup::schedule::ScheduleOptions>,
+    /// Directories `backup create` may write file:// backups into with this node as the
+    /// coordinator (`--backup-dir`); see [`NodeOptions::may_write_backups_to`].
+    pub backup_dirs: Vec<PathBuf>,
 }
 
 impl NodeOptions {
@@ -109,8 +112,59 @@ impl NodeOptions {
         if let Some(backup) = &self.backup {
             backup.validate()?;
         }
+        if let Some(dir) = self.backup_dirs.iter().find(|d| !plain_absolute(d)) {
+            return Err(Error::InvalidInput(format!(
+                "--backup-dir {} must be an absolute path without '..' parts",
+                dir.display()
+            )));
+        }
         self.ap.validate()
     }
+
+    /// Whether a `backup create` this node coordinates may write to `url`. s3:// always (the
+    /// node's AWS credentials decide); file:// only under a `--backup-dir` or a file://
+    /// `--backup-to`, so a client cannot make the node write anywhere else on its disks.
+    pub fn may_write_backups_to(&self, url: &str) -> Result<(), Error> {
+        let Some(path) = url.strip_prefix("file://") else {
+            return Ok(());
+        };
+        let path = std::path::Path::new(path);
+        let scheduled = self
+            .backup
+            .as_ref()
+            .and_then(|b| b.to.strip_prefix("file://"))
+            .map(PathBuf::from);
+        let allowed: Vec<PathBuf> = self.backup_dirs.iter().cloned().chain(scheduled).collect();
+        if is_under(path, &allowed) {
+            return Ok(());
+        }
+        let dirs: Vec<String> = allowed.iter().map(|d| d.display().to_string()).collect();
+        Err(Error::Refused(format!(
+            "node {} writes file:// backups only under its --backup-dir directories ({}), and {} is not under one; \
+             start the nodes with --backup-dir covering it, or pass --via cli to write the backup from this machine",
+            self.id,
+            if dirs.is_empty() {
+                "none are set".to_string()
+            } else {
+                dirs.join(", ")
+            },
+            path.display()
+        )))
+    }
+}
+
+/// Whether `path` is a plain absolute path inside one of `dirs` (or one of them).
+fn is_under(path: &std::path::Path, dirs: &[PathBuf]) -> bool {
+    plain_absolute(path) && dirs.iter().any(|dir| path.starts_with(dir))
+}
+
+/// An absolute path with no `..` parts (`Path::components` drops inner `.` ones): its prefix test cannot be escaped.
+fn plain_absolute(path: &std::path::Path) -> bool {
+    use std::path::Component;
+    path.is_absolute()
+        && path
+            .components()
+            .all(|c| matches!(c, Component::RootDir | Component::Normal(_)))
 }
 
 /// The address other members reach this node's peer API at: `--peer-listen`, else `--listen`.
@@ -163,5 +217,25 @@ mod tests {
         ] {
             assert!(parse_peers(bad).is_err(), "{bad} should be refused");
         }
+    }
+
+    #[test]
+    fn node_written_backups_stay_inside_the_backup_dirs() {
+        let dirs = [PathBuf::from("/srv/backups"), PathBuf::from("/mnt/nfs/capkv")];
+        let under = |p: &str| is_under(std::path::Path::new(p), &dirs);
+        assert!(under("/srv/backups"));
+        assert!(under("/srv/backups/nightly"));
+        assert!(under("/mnt/nfs/capkv/a/b"));
+        assert!(under("/srv/backups/./x"), "a '.' part names the same directory");
+        for outside in [
+            "/srv/backups-other",
+            "/srv",
+            "/etc",
+            "/srv/backups/../../etc",
+            "srv/backups/x",
+        ] {
+            assert!(!under(outside), "{outside} must be refused");
+        }
+        assert!(!is_under(std::path::Path::new("/srv/backups"), &[]));
     }
 }

@@ -12,6 +12,12 @@
 //! - ap keyspaces are exported from this node's own replica, tombstones and versions included;
 //!   the caller asks every replica and merges them by last-writer-wins.
 //!
+//! `Create` makes this node the coordinator of a whole backup (`backup create --via node`): it
+//! runs the same [`crate::backup::create::create`] as the CLI would, through its own peer
+//! address, writes the objects to the storage itself and streams progress, then the manifest.
+//! A file:// URL must lie under one of the node's `--backup-dir` directories
+//! ([`crate::node::NodeOptions::may_write_backups_to`]).
+//!
 //! `ImportAp` merges records into this node's ap replica through the same path as a peer's
 //! push: each record keeps its version (HLC, node), the clock moves past it, and a record older
 //! than what is stored changes nothing.
@@ -27,6 +33,7 @@ use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::Stream;
 use prost::Message;
@@ -37,6 +44,10 @@ use crate::ap::kv::version_to_proto;
 use crate::ap::replica::Request as PeerRequest;
 use crate::ap::store::Entry;
 use crate::ap::version::{Version, Versioned};
+use crate::backup::chunk::CHUNK_BYTES_DEFAULT;
+use crate::backup::create::{create, CreateOptions, PROGRESS_EVERY};
+use crate::backup::schedule::{count_success, self_client};
+use crate::backup::Target;
 use crate::cp::command::StoredValue;
 use crate::cp::route::Route;
 use crate::cp::state_machine::CopySink;
@@ -59,6 +70,13 @@ const EXPORT_PAGES_BUFFERED: usize = 2;
 static SPOOL_SEQ: AtomicU64 = AtomicU64::new(0);
 
 type PageStream = Pin<Box<dyn Stream<Item = Result<proto::ExportPage, Status>> + Send>>;
+type ProgressStream = Pin<Box<dyn Stream<Item = Result<proto::CreateBackupProgress, Status>> + Send>>;
+
+/// The most one call of a backup this node coordinates may take, whatever the caller asks.
+const COORDINATED_CALL_TIMEOUT_MAX: Duration = Duration::from_secs(600);
+
+/// The per-call timeout when the caller gives none.
+const COORDINATED_CALL_TIMEOUT_DEFAULT: Duration = Duration::from_secs(30);
 
 pub struct BackupService {
     node: Arc<Node>,
@@ -205,6 +223,48 @@ impl Pager {
     }
 }
 
+/// Runs a backup this node coordinates, reporting progress to `tx` every
+/// [`PROGRESS_EVERY`]. When the caller goes away the backup is dropped where it stands: its
+/// manifest is never written, so it is never listed as complete.
+async fn coordinate(
+    client: crate::client::Client,
+    target: Target,
+    options: CreateOptions,
+    tx: mpsc::Sender<Result<proto::CreateBackupProgress, Status>>,
+) {
+    let job = create(&client, &target, &options);
+    tokio::pin!(job);
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + PROGRESS_EVERY, PROGRESS_EVERY);
+    let result = loop {
+        tokio::select! {
+            result = &mut job => break result,
+            _ = ticks.tick() => {
+                let progress = proto::CreateBackupProgress { bytes: target.written(), manifest_json: String::new() };
+                if tx.send(Ok(progress)).await.is_err() {
+                    tracing::warn!(to = %target.url(), "the caller of a backup went away; the backup is abandoned and has no manifest");
+                    return;
+                }
+            }
+        }
+    };
+    let last = match result {
+        Ok(manifest) => {
+            count_success(&manifest);
+            tracing::info!(id = %manifest.id, to = %target.url(), seconds = manifest.seconds, "backup taken");
+            Ok(proto::CreateBackupProgress {
+                bytes: target.written(),
+                manifest_json: String::from_utf8(manifest.to_json()).expect("JSON is UTF-8"),
+            })
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, to = %target.url(), "a backup failed");
+            metrics::counter!("capkv_backup_failures_total").increment(1);
+            Err(e.into())
+        }
+    };
+    let _ = tx.send(last).await;
+}
+
 /// Streams the spools in pages, one after the other; runs on a blocking thread (file reads).
 fn stream_spools(spools: Vec<Spool>, node_id: u64, index: u64, tx: mpsc::Sender<Result<proto::ExportPage, Status>>) {
     for spool in spools {
@@ -327,6 +387,41 @@ fn entry_of(keyspace: &str, record: proto::BackupRecord) -> Result<Entry, Error>
 #[tonic::async_trait]
 impl proto::backup_server::Backup for BackupService {
     type ExportStream = PageStream;
+    type CreateStream = ProgressStream;
+
+    async fn create(&self, request: Request<proto::CreateBackupRequest>) -> Result<Response<ProgressStream>, Status> {
+        let req = request.into_inner();
+        self.node.options().may_write_backups_to(&req.url)?;
+        // A node cut off from the leader could copy no cp keyspace; refusing before anything
+        // starts lets the caller try the next endpoint.
+        if self.node.cp().metrics().current_leader.is_none() {
+            return Err(Error::NoQuorum(format!(
+                "node {} knows no leader, so it cannot coordinate a backup; ask a node on the majority side",
+                self.node.id()
+            ))
+            .into());
+        }
+        let timeout = match req.call_timeout_ms {
+            0 => COORDINATED_CALL_TIMEOUT_DEFAULT,
+            ms => Duration::from_millis(ms).min(COORDINATED_CALL_TIMEOUT_MAX),
+        };
+        let options = CreateOptions {
+            keyspaces: req.keyspaces,
+            timeout,
+            chunk_bytes: match req.chunk_bytes {
+                0 => CHUNK_BYTES_DEFAULT,
+                n => usize::try_from(n).unwrap_or(usize::MAX),
+            },
+            incremental_from: Some(req.incremental_from).filter(|id| !id.is_empty()),
+        };
+        options.validate()?;
+        let target = Target::open(&req.url, timeout)?;
+        let client = self_client(&self.node.address(), timeout)?;
+        let (tx, mut rx) = mpsc::channel(2);
+        tokio::spawn(coordinate(client, target, options, tx));
+        let messages = futures::stream::poll_fn(move |cx| rx.poll_recv(cx));
+        Ok(Response::new(Box::pin(messages)))
+    }
 
     async fn export(&self, request: Request<proto::ExportRequest>) -> Result<Response<PageStream>, Status> {
         let ctx = Ctx::of(&request);

@@ -1,4 +1,4 @@
-//! Backup and restore through the CLI: `file://` and `s3://` (a real moto server on loopback,
+//! Backup and restore: `file://` and `s3://` written by the CLI or by a node (`--via`; a real moto server on loopback,
 //! read back with boto3), restore into a fresh cluster of a backup taken during a partition,
 //! corrupt and missing objects, existing keyspaces, interrupted backups, a storage server killed
 //! in the middle of an upload, an unreachable replica, the crash-restore story (`cluster up` +
@@ -508,10 +508,21 @@ fn s3_backup_is_readable_by_boto3_verified_and_restored() {
     let (cp, ap, id) = {
         let cluster = Cluster::start(3);
         let (cp, ap) = fill(&cluster, &rt);
+        // Written by this process: the CLI reads the records and uploads them itself.
+        let by_cli = cluster
+            .client()
+            .with_timeout("20s")
+            .run(&["backup", "create", "--to", url, "--via", "cli"]);
+        assert_eq!(by_cli.ok_json()["written_by"], "cli", "{}", by_cli.describe());
+        // By default a node uploads: the CLI, pointed at an S3 server that is not there,
+        // never talks to the storage, and the backup still lands (the nodes have the address).
+        std::env::set_var("AWS_ENDPOINT_URL", format!("http://127.0.0.1:{}", free_ports(1)[0]));
         let out = cluster
             .client()
             .with_timeout("20s")
             .run(&["backup", "create", "--to", url]);
+        set_aws_env(&moto);
+        assert_eq!(out.ok_json()["written_by"], "node", "{}", out.describe());
         let id = backup_id(&out);
         (cp, ap, id)
     };
@@ -718,6 +729,67 @@ fn scheduled_backups_keep_the_newest_and_report_on_health() {
         },
     );
     assert!(leader_metric(&cluster, "capkv_backup_failures_total") >= 1.0);
+}
+
+/// `--via node` with file://: the node writes under its `--backup-dir` and nowhere else.
+#[test]
+fn a_node_writes_file_backups_only_under_its_backup_dir() {
+    let store = tempfile::tempdir().unwrap();
+    let allowed = store.path().join("allowed");
+    std::env::set_var("CAPKV_BACKUP_DIR", &allowed);
+    let cluster = Cluster::start(3);
+    std::env::remove_var("CAPKV_BACKUP_DIR");
+    let client = cluster.client().with_timeout("20s");
+    client.create_keyspace("bank", "cp");
+    client.create_keyspace("carts", "ap");
+    for i in 0..50 {
+        client.put("bank", &format!("k{i}"), &format!("v{i}")).expect_code(0);
+        client.put("carts", &format!("c{i}"), &format!("w{i}")).expect_code(0);
+    }
+    let url = format!("file://{}/nightly", allowed.display());
+    let out = client.run(&["backup", "create", "--to", &url, "--via", "node"]);
+    let json = out.ok_json();
+    assert_eq!(json["written_by"], "node", "{}", out.describe());
+    let keys: Vec<u64> = json["keyspaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["keys"].as_u64().unwrap())
+        .collect();
+    assert_eq!(keys, [50, 50], "{}", out.describe());
+    let id = backup_id(&out);
+    assert!(allowed.join("nightly").join(&id).join("manifest.json").is_file());
+    client.run(&["backup", "verify", "--from", &url]).expect_code(0);
+
+    // Outside the directory, or escaping it with '..': refused before anything is written.
+    let outside = store.path().join("outside");
+    for url in [
+        format!("file://{}", outside.display()),
+        format!("file://{}/../outside", allowed.display()),
+    ] {
+        let refused = client.run(&["backup", "create", "--to", &url, "--via", "node"]);
+        refused.expect_error(3);
+        assert!(refused.stderr.contains("--backup-dir"), "{}", refused.describe());
+    }
+    assert!(!outside.exists(), "a refused backup created {}", outside.display());
+    // Written by the CLI instead, the same path is fine: it is this machine's.
+    let out = client.run(&[
+        "backup",
+        "create",
+        "--to",
+        &format!("file://{}", outside.display()),
+        "--via",
+        "cli",
+    ]);
+    assert_eq!(out.ok_json()["written_by"], "cli", "{}", out.describe());
+    drop(cluster); // one cluster at a time
+
+    // Restored into a fresh cluster, the node-written backup holds what was written.
+    let fresh = Cluster::start(3);
+    let fresh_client = fresh.client().with_timeout("20s");
+    fresh_client.run(&["backup", "restore", "--from", &url]).expect_code(0);
+    crate::harness::expect_value(&fresh_client.get("bank", "k7"), "v7");
+    crate::harness::expect_value(&fresh_client.get("carts", "c7"), "w7");
 }
 
 #[test]

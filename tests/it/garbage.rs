@@ -53,8 +53,8 @@ const PUBLIC_UNARY: &[&str] = &[
     "/grpc.health.v1.Health/Check",
 ];
 
-/// The one server-streaming method.
-const EXPORT: &str = "/capkv.v1.Backup/Export";
+/// The server-streaming methods.
+const STREAMING: &[&str] = &["/capkv.v1.Backup/Export", "/capkv.v1.Backup/Create"];
 
 /// Methods of the peer service whose request is a `RaftMessage`.
 const PEER_RAFT: &[&str] = &[
@@ -352,7 +352,7 @@ async fn throw(channel: tonic::transport::Channel, method: &'static str, bytes: 
     let call = async {
         grpc.ready().await.map_err(|e| Status::unavailable(e.to_string()))?;
         let path = PathAndQuery::from_static(method);
-        if method == EXPORT {
+        if STREAMING.contains(&method) {
             let mut pages = grpc.server_streaming(request, path, RawCodec).await?.into_inner();
             while pages.message().await?.is_some() {}
             Ok(())
@@ -379,7 +379,7 @@ fn throw_garbage(cluster: &Cluster, seed: u64) -> Tally {
         .expect("tokio runtime");
     let methods: Vec<&'static str> = PUBLIC_UNARY
         .iter()
-        .chain([EXPORT].iter())
+        .chain(STREAMING)
         .chain(PEER_RAFT)
         .chain(PEER_OTHER)
         .copied()
