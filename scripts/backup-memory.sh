@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Backs up and restores a large cp keyspace (1 GiB by default) and reports how long each took and
-# the peak memory of the CLI (the coordinator every byte streams through) and of the nodes, next
-# to their memory when idle. The claim it checks: memory stays bounded by a few export pages and
+# the peak memory of the CLI and of the nodes, next to their memory when idle. The backup is
+# written by the CLI (VIA=cli, the default: every byte streams through it) or by a node (VIA=node:
+# the nodes get --backup-dir on the work directory, and the coordinating node streams). The claim it checks: memory stays bounded by a few export pages and
 # one data object, whatever the data size.
 #
 #   bash scripts/backup-memory.sh                 # 1 GiB in 4,096 values of 256 KiB
 #   SIZE_MB=128 VALUE_KB=64 bash scripts/backup-memory.sh
 #
-# Environment: SIZE_MB (data size), VALUE_KB (value size), CAPKV_BIN (default: a release build,
+# Environment: SIZE_MB (data size), VALUE_KB (value size), VIA (cli or node), CAPKV_BIN (default: a release build,
 # built when missing), PORT_BASE (gRPC port of the first node of the source cluster; the restore
 # cluster uses PORT_BASE+100, HTTP ports are +1000), KEEP=1 keeps the work directory.
 # The values are mostly padding, so the stored backup is far smaller than the data; memory and
@@ -17,8 +18,13 @@ set -euo pipefail
 SIZE_MB="${SIZE_MB:-1024}"
 VALUE_KB="${VALUE_KB:-256}"
 PORT_BASE="${PORT_BASE:-27001}"
+VIA="${VIA:-cli}"
 cd "$(dirname "$0")/.."
 
+if [ "$VIA" != cli ] && [ "$VIA" != node ]; then
+    echo "VIA must be cli or node" >&2
+    exit 2
+fi
 if [ "$VALUE_KB" -lt 1 ] || [ "$VALUE_KB" -gt 1024 ]; then
     echo "VALUE_KB must be between 1 and 1024 (a value is at most 1 MiB)" >&2
     exit 2
@@ -69,6 +75,8 @@ mib() { awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }'; }
 keys=$((SIZE_MB * 1024 / VALUE_KB))
 echo "source cluster: $keys keys of $VALUE_KB KiB ($SIZE_MB MiB)"
 track_cluster "$work/source"
+# Nodes inherit it from `cluster up`: where a node may write file:// backups (VIA=node).
+export CAPKV_BACKUP_DIR="$work/backups"
 src_endpoints="$(start_cluster "$work/source" "$PORT_BASE")"
 cli=("$CAPKV_BIN" --endpoints "$src_endpoints" --timeout 60s)
 "${cli[@]}" keyspace create blobs --mode cp >/dev/null
@@ -80,7 +88,7 @@ read -r src_idle _ <<<"$(nodes_rss "$work/source")"
 read -r _ src_idle_max <<<"$(nodes_rss "$work/source")"
 
 url="file://$work/backups"
-read -r b_secs b_cli b_node <<<"$(measure "$work/source" "${cli[@]}" -o json backup create --to "$url")"
+read -r b_secs b_cli b_node <<<"$(measure "$work/source" "${cli[@]}" -o json backup create --to "$url" --via "$VIA")"
 stored="$(grep -o '"bytes": *[0-9]*' "$work/out" | tail -1 | grep -o '[0-9]*$')"
 
 track_cluster "$work/restore"
@@ -93,7 +101,7 @@ restored="$("$CAPKV_BIN" --endpoints "$dst_endpoints" -o json keyspace list | gr
 [ "$restored" -ge 1 ] || { echo "the restored cluster has no keyspace blobs" >&2; exit 1; }
 
 echo
-echo "data: $SIZE_MB MiB in $keys keys; stored backup: $(mib $((stored / 1024))) MiB"
+echo "data: $SIZE_MB MiB in $keys keys, backup written by the $VIA; stored backup: $(mib $((stored / 1024))) MiB"
 printf '%-8s %8s %14s %22s\n' step seconds "CLI peak MiB" "node idle->peak MiB"
 printf '%-8s %8.1f %14s %22s\n' backup "$b_secs" "$(mib "$b_cli")" "$(mib "$src_idle_max") -> $(mib "$b_node")"
 printf '%-8s %8.1f %14s %22s\n' restore "$r_secs" "$(mib "$r_cli")" "$(mib "$dst_idle_max") -> $(mib "$r_node")"
