@@ -98,6 +98,14 @@ pub trait Sessions {
     fn put_kept(&mut self, client: &ClientId, sequence: u64, kept: Option<Kept>);
     /// Up to `limit` sessions, the one idle longest first: `(last_ms, client)`.
     fn idlest(&self, limit: usize) -> Vec<(u64, ClientId)>;
+    /// A time no session's `last_ms` is below, when the table knows one cheaply (`None`: not
+    /// known); lets [`expire`] skip looking at the idlest sessions when none can have expired.
+    fn idle_floor(&self) -> Option<u64> {
+        None
+    }
+    /// Records that no session's `last_ms` is below `floor` (`u64::MAX`: there are no sessions).
+    /// A table that remembers it must lower it when a session becomes idler than it.
+    fn set_idle_floor(&mut self, _floor: u64) {}
     /// (number of sessions, the table's clock).
     fn table_meta(&self) -> (u64, u64);
     fn put_table_meta(&mut self, sessions: u64, clock_ms: u64);
@@ -157,14 +165,31 @@ pub fn apply_once(once: &Once, index: u64, state: &mut impl State) -> Applied {
 }
 
 /// Removes sessions idle for longer than `ttl_ms` at `now`; returns how many.
+///
+/// The idlest session left bounds every other session's idle time, so it becomes the table's
+/// idle floor: while `floor + ttl_ms >= now` nothing can have expired and the idle order is not
+/// read at all (within one apply call, that is one look per batch instead of one per write).
 fn expire(state: &mut impl State, now: u64, ttl_ms: u64) -> u64 {
+    if state
+        .idle_floor()
+        .is_some_and(|floor| floor.saturating_add(ttl_ms) >= now)
+    {
+        return 0;
+    }
+    let idlest = state.idlest(EXPIRIES_PER_WRITE);
+    let looked_at = idlest.len();
     let mut removed = 0;
-    for (last_ms, client) in state.idlest(EXPIRIES_PER_WRITE) {
+    for (last_ms, client) in idlest {
         if last_ms.saturating_add(ttl_ms) >= now {
-            break;
+            state.set_idle_floor(last_ms);
+            return removed;
         }
         remove_session(state, &client);
         removed += 1;
+    }
+    if looked_at < EXPIRIES_PER_WRITE {
+        // Every session was looked at and removed.
+        state.set_idle_floor(u64::MAX);
     }
     removed
 }

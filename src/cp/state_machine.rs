@@ -201,6 +201,9 @@ fn read_applied(sm: &sled::Tree) -> Result<(Option<LogId<NodeId>>, Membership), 
 struct Overlay<'a> {
     tree: &'a sled::Tree,
     pending: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    /// No session is idler than this, when known (see `Sessions::idle_floor`); lives for one
+    /// apply call, so each batch reads the idle order at most once while nothing expires.
+    idle_floor: Option<u64>,
 }
 
 impl Overlay<'_> {
@@ -277,6 +280,9 @@ impl Sessions for Overlay<'_> {
         }
         let record = after.map(|after| {
             self.pending.insert(keys::idle(after.last_ms, client), Some(Vec::new()));
+            if let Some(floor) = &mut self.idle_floor {
+                *floor = (*floor).min(after.last_ms);
+            }
             encode(after)
         });
         self.pending.insert(keys::session(client), record);
@@ -294,6 +300,12 @@ impl Sessions for Overlay<'_> {
             .iter()
             .filter_map(|k| keys::parse_idle(k))
             .collect()
+    }
+    fn idle_floor(&self) -> Option<u64> {
+        self.idle_floor
+    }
+    fn set_idle_floor(&mut self, floor: u64) {
+        self.idle_floor = Some(floor);
     }
     fn table_meta(&self) -> (u64, u64) {
         self.read(keys::SESSIONS_META)
@@ -322,6 +334,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let mut overlay = Overlay {
             tree: &self.sm,
             pending: BTreeMap::new(),
+            idle_floor: None,
         };
         let mut outcomes = Vec::new();
         let mut last_applied = None;
@@ -847,7 +860,7 @@ mod session_tests {
                 rest = later;
             }
             prop_assert_eq!(got, expected);
-            let overlay = Overlay { tree: &sm.sm, pending: BTreeMap::new() };
+            let overlay = Overlay { tree: &sm.sm, pending: BTreeMap::new(), idle_floor: None };
             let stored: Vec<_> = overlay.idlest(usize::MAX);
             let modelled: Vec<_> = model.idle.iter().copied().collect();
             prop_assert_eq!(stored, modelled);
