@@ -1,7 +1,9 @@
 //! The capkv client library: one handle over a list of endpoints, with failover.
 //!
 //! Every call has one deadline (the client timeout). The client tries endpoints in turn,
-//! starting with the last one that worked, and moves on when a node could not be reached (the
+//! starting with the cp leader once an answer named it (every cp answer carries the leader's
+//! client address, `capkv-leader-endpoint`; it counts when it is one of this client's endpoints,
+//! so requests skip the follower's forwarding hop), else with the last one that worked, and moves on when a node could not be reached (the
 //! request was never sent: the connection was refused or timed out while opening, also when a
 //! cached connection to a node that died is reopened) or answered "no quorum" (it certainly did
 //! not apply the request); any other answer, or a failure after the request was sent, ends the
@@ -36,6 +38,7 @@ use crate::proto::{
     self, backup_client::BackupClient, cluster_client::ClusterClient, fault_client::FaultClient,
     keyspaces_client::KeyspacesClient, kv_client::KvClient,
 };
+use crate::request::LEADER_ENDPOINT_HEADER;
 
 /// How long opening a connection to one endpoint may take before the client moves on.
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(1000);
@@ -193,6 +196,18 @@ impl Client {
         Ok(channel)
     }
 
+    /// The endpoint this client tries first: the cp leader's once an answer named it (and it is
+    /// one of the endpoints), otherwise the last one that answered.
+    pub fn preferred_endpoint(&self) -> &str {
+        &self.endpoints[self.preferred.load(Ordering::Relaxed) % self.endpoints.len()]
+    }
+
+    /// The index of the endpoint a cp answer named as the leader's, when it is one of ours.
+    fn leader_index<T>(&self, response: &Response<T>) -> Option<usize> {
+        let named = response.metadata().get(LEADER_ENDPOINT_HEADER)?.to_str().ok()?;
+        self.endpoints.iter().position(|e| e == named)
+    }
+
     fn forget(&self, index: usize) {
         self.channels.lock().expect("channel lock is never poisoned")[index] = None;
     }
@@ -237,7 +252,8 @@ impl Client {
             request.set_timeout(remaining);
             let error = match tokio::time::timeout(remaining, call(channel, request)).await {
                 Ok(Ok(response)) => {
-                    self.preferred.store(index, Ordering::Relaxed);
+                    let next = self.leader_index(&response).unwrap_or(index);
+                    self.preferred.store(next, Ordering::Relaxed);
                     return Ok(response.into_inner());
                 }
                 Ok(Err(status)) => self.hint_tls(&status, Error::from_status(&status)),

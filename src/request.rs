@@ -4,10 +4,13 @@
 //! The server builds a [`Ctx`] from the gRPC metadata: the client's `grpc-timeout` (or a default
 //! when it sent none) shrunk to a share of itself, so that a refusal ("no quorum") reaches the
 //! client before the client's own timer fires; and the `capkv-forwarded-from` header that a
-//! follower sets when it forwards a cp request to the leader.
+//! follower sets when it forwards a cp request to the leader. A forward's answer names the
+//! leader's client address ([`LEADER_ENDPOINT_HEADER`]); the context keeps it so the follower's
+//! own answer passes it on.
 //!
 //! Caveats: the forwarder's id is taken from a header; peers are trusted.
 
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use crate::limits::{REQUEST_TIMEOUT_MS_DEFAULT, SERVER_DEADLINE_SHARE_PERCENT};
@@ -15,13 +18,20 @@ use crate::limits::{REQUEST_TIMEOUT_MS_DEFAULT, SERVER_DEADLINE_SHARE_PERCENT};
 /// Metadata header naming the node that forwarded a request (peer traffic, fault-filtered).
 pub const FORWARDED_FROM_HEADER: &str = "capkv-forwarded-from";
 
+/// Response header with the client address (`HOST:PORT` of `--listen`) of the leader that served
+/// a cp request, set by the leader and passed on by a follower that forwarded the request; a
+/// client that has this address among its endpoints sends its next requests there.
+pub const LEADER_ENDPOINT_HEADER: &str = "capkv-leader-endpoint";
+
 /// The deadline and origin of one request.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct Ctx {
     pub started: Instant,
     /// When the server answers on its own; a share of the client's timeout.
     pub deadline: Instant,
     pub forwarded_from: Option<u64>,
+    /// The leader's client address as the leader's answer to a forward named it.
+    pub leader_endpoint: Arc<OnceLock<String>>,
 }
 
 impl Ctx {
@@ -47,6 +57,7 @@ impl Ctx {
             started,
             deadline: started.checked_add(budget).unwrap_or(started + REQUEST_TIMEOUT_MAX),
             forwarded_from,
+            leader_endpoint: Arc::default(),
         }
     }
 

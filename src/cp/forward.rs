@@ -25,7 +25,7 @@ use super::path::Cp;
 use super::route::Route;
 use super::NodeId;
 use crate::error::{never_sent, Error};
-use crate::request::{Ctx, FORWARDED_FROM_HEADER};
+use crate::request::{Ctx, FORWARDED_FROM_HEADER, LEADER_ENDPOINT_HEADER};
 
 /// Pause before a forward that certainly did not apply is routed and sent again: long enough
 /// not to spin on a dead leader's refused connections, short next to an election.
@@ -98,7 +98,15 @@ where
             effect,
             format!("got no answer within {} ms", remaining.as_millis()),
         )),
-        Ok(Ok(response)) => Ok(response.into_inner()),
+        Ok(Ok(response)) => {
+            // The leader names its client address; our answer passes it on to the client.
+            if let Some(endpoint) = response.metadata().get(LEADER_ENDPOINT_HEADER) {
+                if let Ok(endpoint) = endpoint.to_str() {
+                    let _ = ctx.leader_endpoint.set(endpoint.to_string());
+                }
+            }
+            Ok(response.into_inner())
+        }
         Ok(Err(status)) => Err(forward_error(self_id, leader, effect, &status)),
     }
 }

@@ -123,6 +123,11 @@ impl Cp {
         self.log.committed_index()
     }
 
+    /// Whether this node leads now (a look at openraft's metrics without copying them).
+    pub fn leads(&self) -> bool {
+        self.raft.metrics().borrow().state == openraft::ServerState::Leader
+    }
+
     pub fn metrics(&self) -> RaftMetrics<NodeId, openraft::BasicNode> {
         self.raft.metrics().borrow().clone()
     }

@@ -25,7 +25,7 @@ use crate::mode::Mode;
 use crate::node::Node;
 use crate::observe::metrics::record_request;
 use crate::proto;
-use crate::request::Ctx;
+use crate::request::{Ctx, LEADER_ENDPOINT_HEADER};
 
 pub struct KvService {
     node: Arc<Node>,
@@ -75,6 +75,7 @@ impl KvService {
         Resp: prost::Message,
     {
         let ctx = Ctx::of(&request);
+        let (started, forwarded_leader) = (ctx.started, ctx.leader_endpoint.clone());
         let message = request.into_inner();
         let labels = self.labels(keyspace(&message));
         let result = match super::admit(&self.node, &ctx).await.and_then(|_| check(&message)) {
@@ -86,11 +87,28 @@ impl KvService {
                 }),
             Err(e) => Err(e),
         };
-        record_request(&labels.keyspace, labels.mode, op, &result, ctx.started.elapsed());
+        record_request(&labels.keyspace, labels.mode, op, &result, started.elapsed());
         if let Err(e) = &result {
             tracing::debug!(op, keyspace = labels.keyspace, error = %e, "request failed");
         }
-        result.map(Response::new).map_err(Status::from)
+        let mut response = result.map(Response::new).map_err(Status::from)?;
+        if labels.mode == Mode::Cp.as_str() {
+            let leader = forwarded_leader
+                .get()
+                .cloned()
+                .or_else(|| self.own_endpoint_if_leading());
+            if let Some(value) = leader.and_then(|l| tonic::metadata::MetadataValue::try_from(l).ok()) {
+                response.metadata_mut().insert(LEADER_ENDPOINT_HEADER, value);
+            }
+        }
+        Ok(response)
+    }
+
+    /// This node's client address when it leads and the address is one a client can dial (not
+    /// a wildcard such as 0.0.0.0).
+    fn own_endpoint_if_leading(&self) -> Option<String> {
+        let listen = self.node.options().listen;
+        (self.node.cp().leads() && !listen.ip().is_unspecified()).then(|| listen.to_string())
     }
 }
 

@@ -5,6 +5,10 @@
 //!   flight at the leader may fail (and only with exit 4); the time from the kill to the first
 //!   acknowledged write is printed, and asserted with slack for a loaded machine (the figure
 //!   README quotes comes from quiet runs of this test).
+//! - `the_library_sends_cp_requests_to_the_leader_an_answer_names`: a library client whose
+//!   endpoints list the followers first moves to the leader after one cp answer (which names the
+//!   leader's address), not after an ap one; when that leader is killed, the next write goes on
+//!   through another endpoint and the client moves to the new leader.
 //! - `partitioning_a_follower_away_and_back_keeps_the_term`: rounds of "cut one follower off,
 //!   wait, heal"; the healed follower must not campaign, so the term never changes. Sized for CI
 //!   (10 rounds of 2 s); `CAPKV_IT_PARTITION_ROUNDS=50 CAPKV_IT_PARTITION_WAIT_MS=10000` runs
@@ -17,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::harness::{poll_for, Client, Cluster};
+use crate::harness::{poll_for, runtime, Client, Cluster};
 
 /// Failover must finish within this in the test: 1.5 s is the target on a quiet machine, and a
 /// loaded 2-core CI box running other clusters gets generous slack.
@@ -119,6 +123,48 @@ fn writes_through_followers_ride_through_a_leader_kill() {
             out.describe()
         );
     }
+}
+
+#[test]
+fn the_library_sends_cp_requests_to_the_leader_an_answer_names() {
+    let mut cluster = Cluster::start(3);
+    let cli = cluster.client();
+    cli.create_keyspace("bank", "cp");
+    cli.create_keyspace("cart", "ap");
+    let leader = cluster.leader_id();
+    let followers: Vec<u64> = cluster.ids().into_iter().filter(|id| *id != leader).collect();
+    let followers_first: Vec<String> = followers
+        .iter()
+        .chain([&leader])
+        .map(|id| cluster.endpoint(*id))
+        .collect();
+    let rt = runtime();
+    let timeout = Duration::from_secs(10);
+
+    // An ap answer names no leader: the client stays with the endpoint that answered.
+    let ap = capkv::Client::new(followers_first.clone(), timeout).unwrap();
+    rt.block_on(ap.put("cart", b"k", b"v")).expect("an ap put");
+    assert_eq!(ap.preferred_endpoint(), cluster.endpoint(followers[0]));
+
+    // A cp answer, forwarded by the first follower, names the leader: the client moves there.
+    let lib = capkv::Client::new(followers_first, timeout).unwrap();
+    rt.block_on(lib.put("bank", b"k", b"1")).expect("a cp put");
+    assert_eq!(lib.preferred_endpoint(), cluster.endpoint(leader));
+    rt.block_on(lib.put("bank", b"k", b"2"))
+        .expect("a cp put at the leader");
+    assert_eq!(lib.preferred_endpoint(), cluster.endpoint(leader));
+
+    // The leader dies: the next write goes through another endpoint, whose answer names the
+    // new leader.
+    cluster.kill9(leader);
+    rt.block_on(lib.put("bank", b"k", b"3"))
+        .expect("a cp put after the leader died");
+    let new_leader = cluster.wait_for_leader_among(&followers, Duration::from_secs(15));
+    assert_eq!(lib.preferred_endpoint(), cluster.endpoint(new_leader));
+    let got = rt
+        .block_on(lib.get("bank", b"k", capkv::proto::Consistency::Linearizable))
+        .expect("a read");
+    assert_eq!(got.kv.expect("the key").value, b"3");
 }
 
 fn spawn_writer(client: Client, writes: Arc<Mutex<Vec<Write>>>, stop: Arc<AtomicBool>) -> thread::JoinHandle<()> {
