@@ -2,13 +2,14 @@
 //!
 //! Every call has one deadline (the client timeout). The client tries endpoints in turn,
 //! starting with the cp leader once an answer named it (every cp answer carries the leader's
-//! client address, `capkv-leader-endpoint`; it counts when it is one of this client's endpoints,
-//! so requests skip the follower's forwarding hop), else with the last one that worked, and moves on when a node could not be reached (the
-//! request was never sent: the connection was refused or timed out while opening, also when a
-//! cached connection to a node that died is reopened) or answered "no quorum" (it certainly did
-//! not apply the request); any other answer, or a failure after the request was sent, ends the
-//! call. A node that hears a majority but knows no leader (a failover) holds the request until a
-//! leader is elected, so a client rides through a failover without retrying itself.
+//! client address, `capkv-leader-endpoint`; it counts when it is one of this client's
+//! endpoints, so requests skip the follower's forwarding hop), else with the last one that
+//! worked. It moves on when a node could not be reached (the request was never sent: the
+//! connection was refused or timed out while opening, also when a cached connection to a node
+//! that died is reopened) or answered "no quorum" (it certainly did not apply the request);
+//! any other answer, or a failure after the request was sent, ends the call. A node that hears
+//! a majority but knows no leader (a failover) holds the request until a leader is elected, so
+//! a client rides through a failover without retrying itself.
 //!
 //! Every write carries a request id: this client's random 16-byte id and a sequence number of
 //! its own (or the id the caller set). On a cp keyspace the cluster applies a request id at
