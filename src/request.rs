@@ -23,6 +23,9 @@ pub const FORWARDED_FROM_HEADER: &str = "capkv-forwarded-from";
 /// client that has this address among its endpoints sends its next requests there.
 pub const LEADER_ENDPOINT_HEADER: &str = "capkv-leader-endpoint";
 
+/// A value of [`LEADER_ENDPOINT_HEADER`].
+pub type LeaderEndpoint = tonic::metadata::MetadataValue<tonic::metadata::Ascii>;
+
 /// The deadline and origin of one request.
 #[derive(Clone, Debug)]
 pub struct Ctx {
@@ -31,7 +34,7 @@ pub struct Ctx {
     pub deadline: Instant,
     pub forwarded_from: Option<u64>,
     /// The leader's client address as the leader's answer to a forward named it.
-    pub leader_endpoint: Arc<OnceLock<String>>,
+    pub leader_endpoint: Arc<OnceLock<LeaderEndpoint>>,
 }
 
 impl Ctx {

@@ -101,9 +101,7 @@ where
         Ok(Ok(response)) => {
             // The leader names its client address; our answer passes it on to the client.
             if let Some(endpoint) = response.metadata().get(LEADER_ENDPOINT_HEADER) {
-                if let Ok(endpoint) = endpoint.to_str() {
-                    let _ = ctx.leader_endpoint.set(endpoint.to_string());
-                }
+                let _ = ctx.leader_endpoint.set(endpoint.clone());
             }
             Ok(response.into_inner())
         }

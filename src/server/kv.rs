@@ -25,10 +25,13 @@ use crate::mode::Mode;
 use crate::node::Node;
 use crate::observe::metrics::record_request;
 use crate::proto;
-use crate::request::{Ctx, LEADER_ENDPOINT_HEADER};
+use crate::request::{Ctx, LeaderEndpoint, LEADER_ENDPOINT_HEADER};
 
 pub struct KvService {
     node: Arc<Node>,
+    /// This node's client address as a `capkv-leader-endpoint` value, made once; `None` when it
+    /// listens on a wildcard (such as 0.0.0.0) that a client cannot dial.
+    own_endpoint: Option<LeaderEndpoint>,
 }
 
 /// The metric labels of a keyspace: its name and mode when this node knows it.
@@ -39,7 +42,11 @@ struct Labels {
 
 impl KvService {
     pub fn new(node: Arc<Node>) -> Self {
-        Self { node }
+        let listen = node.options().listen;
+        let own_endpoint = (!listen.ip().is_unspecified())
+            .then(|| LeaderEndpoint::try_from(listen.to_string()).ok())
+            .flatten();
+        Self { node, own_endpoint }
     }
 
     /// The mode a request on `keyspace` is served by (cp when this node does not know it yet).
@@ -93,22 +100,16 @@ impl KvService {
         }
         let mut response = result.map(Response::new).map_err(Status::from)?;
         if labels.mode == Mode::Cp.as_str() {
-            let leader = forwarded_leader
-                .get()
-                .cloned()
-                .or_else(|| self.own_endpoint_if_leading());
-            if let Some(value) = leader.and_then(|l| tonic::metadata::MetadataValue::try_from(l).ok()) {
-                response.metadata_mut().insert(LEADER_ENDPOINT_HEADER, value);
+            // The leader that served it: the one our forward reached, or this node if it leads.
+            let leader = match forwarded_leader.get() {
+                Some(leader) => Some(leader),
+                None => self.own_endpoint.as_ref().filter(|_| self.node.cp().leads()),
+            };
+            if let Some(leader) = leader {
+                response.metadata_mut().insert(LEADER_ENDPOINT_HEADER, leader.clone());
             }
         }
         Ok(response)
-    }
-
-    /// This node's client address when it leads and the address is one a client can dial (not
-    /// a wildcard such as 0.0.0.0).
-    fn own_endpoint_if_leading(&self) -> Option<String> {
-        let listen = self.node.options().listen;
-        (self.node.cp().leads() && !listen.ip().is_unspecified()).then(|| listen.to_string())
     }
 }
 
