@@ -14,7 +14,10 @@
 pub mod codec;
 pub mod wal;
 
+use std::collections::{BTreeSet, HashMap};
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use crate::error::Error;
 use crate::limits::SLED_CACHE_BYTES;
@@ -59,7 +62,8 @@ fn open_error(dir: &Path, err: sled::Error) -> Error {
 /// A caller that has written asks for a flush; if a flush started after its write has finished
 /// meanwhile, it is done without another one. A flush is sled's `flush` (it writes sled's
 /// buffers and calls only `sync_file_range`, which does not make data durable) followed by an
-/// `fsync` of every file in sled's directory and of the directory itself, which does. Flushes
+/// `fdatasync` of sled's log and an `fsync` of whatever else in its directory changed
+/// ([`SyncedFiles`]), which does. Flushes
 /// run on tokio's blocking pool with sled's synchronous `flush`: many concurrent `flush_async`
 /// calls can exhaust sled 0.34's own thread pool and hang it (seen here), so capkv never uses
 /// `flush_async`.
@@ -72,7 +76,9 @@ pub struct Flusher {
     /// sled's directory, whose files are fsynced; `None` for a temporary database (tests),
     /// whose flushes cannot be durable.
     sled_dir: Option<PathBuf>,
-    state: std::sync::Arc<FlushState>,
+    /// What the flushes synced so far (with `sled_dir`).
+    synced: Option<Arc<Mutex<SyncedFiles>>>,
+    state: Arc<FlushState>,
 }
 
 struct FlushState {
@@ -102,8 +108,9 @@ impl Flusher {
         };
         Self {
             db,
+            synced: sled_dir.clone().map(|dir| Arc::new(Mutex::new(SyncedFiles::new(dir)))),
             sled_dir,
-            state: std::sync::Arc::new(state),
+            state: Arc::new(state),
         }
     }
 
@@ -126,8 +133,8 @@ impl Flusher {
         }
         let covers = self.state.requested.load(SeqCst);
         let db = self.db.clone();
-        let sled_dir = self.sled_dir.clone();
-        let result = tokio::task::spawn_blocking(move || flush_and_sync(&db, sled_dir.as_deref()))
+        let synced = self.synced.clone();
+        let result = tokio::task::spawn_blocking(move || flush_and_sync(&db, synced.as_deref()))
             .await
             .map_err(std::io::Error::other)?;
         if result.is_ok() {
@@ -137,37 +144,117 @@ impl Flusher {
     }
 }
 
-/// sled's flush, then an fsync of each of its files and directories.
-fn flush_and_sync(db: &sled::Db, sled_dir: Option<&Path>) -> std::io::Result<()> {
+/// sled's flush, then a sync of what it changed ([`SyncedFiles`]).
+fn flush_and_sync(db: &sled::Db, synced: Option<&std::sync::Mutex<SyncedFiles>>) -> std::io::Result<()> {
     let started = std::time::Instant::now();
     db.flush().map_err(std::io::Error::other)?;
     metrics::histogram!("capkv_sled_flush_seconds").record(started.elapsed().as_secs_f64());
-    let Some(dir) = sled_dir else {
+    let Some(synced) = synced else {
         return Ok(());
     };
     let started = std::time::Instant::now();
-    fsync_tree(dir)?;
+    synced.lock().expect("the synced-files lock is never poisoned").sync()?;
     metrics::histogram!("capkv_sled_fsync_seconds").record(started.elapsed().as_secs_f64());
     Ok(())
 }
 
-/// fsyncs every file under `dir`, then `dir` itself. sled may remove a file (an old snapshot of
-/// its page table) while we walk; a file that is gone needs no sync.
-fn fsync_tree(dir: &Path) -> std::io::Result<()> {
-    for entry in std::fs::read_dir(dir)? {
-        let entry = entry?;
-        let path = entry.path();
-        let outcome = if entry.file_type()?.is_dir() {
-            fsync_tree(&path)
-        } else {
-            std::fs::File::open(&path).and_then(|f| f.sync_all())
-        };
-        match outcome {
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            other => other?,
+/// What a flush syncs after sled's own `flush`, kept between flushes so a flush syncs only what
+/// changed.
+///
+/// sled 0.34 rewrites only its log file (`db`) in place. Every other file it writes under a new
+/// name: `conf` once when the database is created, snapshots as `snap.*.generating` renamed to
+/// `snap.*` (synced by sled before the rename), and a blob per large value (`blobs/<lsn>`,
+/// written and never synced by sled). So a flush fdatasyncs the log through a handle it keeps
+/// open, fsyncs any other file whose size differs from when it was last synced (one created
+/// since, or one still being written when it was last seen), and fsyncs a directory when names
+/// in it came or went. The first flush syncs everything; a file sled removed needs nothing.
+/// One sync of the log is one write barrier on the disk, where syncing every file and directory
+/// was five.
+struct SyncedFiles {
+    /// sled's directory.
+    dir: PathBuf,
+    /// sled's log, opened by the first flush.
+    log: Option<std::fs::File>,
+    /// Every directory under `dir` (itself included) with the names it held when last synced.
+    dirs: HashMap<PathBuf, BTreeSet<OsString>>,
+    /// Every file but the log, with its size when last synced.
+    files: HashMap<PathBuf, u64>,
+}
+
+impl SyncedFiles {
+    fn new(dir: PathBuf) -> Self {
+        Self {
+            dir,
+            log: None,
+            dirs: HashMap::new(),
+            files: HashMap::new(),
         }
     }
-    wal::disk::sync_dir(dir)
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.join("db")
+    }
+
+    /// Makes everything sled wrote durable; returns the files and directories it synced besides
+    /// the log. What it learns is kept only when every sync succeeded, so a failed flush is
+    /// redone whole by the next one.
+    fn sync(&mut self) -> std::io::Result<Vec<PathBuf>> {
+        if self.log.is_none() {
+            self.log = Some(std::fs::File::open(self.log_path())?);
+        }
+        if let Some(log) = &self.log {
+            log.sync_data()?;
+        }
+        let (mut dirs, mut files, mut synced) = (HashMap::new(), HashMap::new(), Vec::new());
+        self.sync_tree(&self.dir, &mut dirs, &mut files, &mut synced)?;
+        self.dirs = dirs;
+        self.files = files;
+        Ok(synced)
+    }
+
+    /// Syncs what changed under `dir` and records what it holds now in `dirs` and `files`.
+    fn sync_tree(
+        &self,
+        dir: &Path,
+        dirs: &mut HashMap<PathBuf, BTreeSet<OsString>>,
+        files: &mut HashMap<PathBuf, u64>,
+        synced: &mut Vec<PathBuf>,
+    ) -> std::io::Result<()> {
+        let gone = |e: &std::io::Error| e.kind() == std::io::ErrorKind::NotFound;
+        let log = self.log_path();
+        let mut names = BTreeSet::new();
+        for entry in std::fs::read_dir(dir)? {
+            let entry = entry?;
+            let path = entry.path();
+            let metadata = match entry.metadata() {
+                Err(e) if gone(&e) => continue,
+                other => other?,
+            };
+            if metadata.is_dir() {
+                match self.sync_tree(&path, dirs, files, synced) {
+                    Err(e) if gone(&e) => continue,
+                    other => other?,
+                }
+            } else if path != log {
+                let size = metadata.len();
+                if self.files.get(&path) != Some(&size) {
+                    match std::fs::File::open(&path).and_then(|f| f.sync_all()) {
+                        Err(e) if gone(&e) => continue,
+                        other => other?,
+                    }
+                    synced.push(path.clone());
+                }
+                files.insert(path, size);
+            }
+            names.insert(entry.file_name());
+        }
+        if self.dirs.get(dir) != Some(&names) {
+            wal::disk::sync_dir(dir)?;
+            synced.push(dir.to_path_buf());
+        }
+        dirs.insert(dir.to_path_buf(), names);
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -189,5 +276,61 @@ mod tests {
         assert_eq!(mode(&dir), 0o700, "the data dir");
         assert_eq!(mode(&root.path().join("cluster")), 0o700, "a parent it created");
         assert_eq!(mode(&dir.join("db")), 0o700, "sled's directory inside");
+    }
+
+    /// Each flush syncs the log and exactly what changed since the last one: a new file and its
+    /// directory, a file that grew after it was synced (a blob sled was still writing), a
+    /// directory a file left; nothing else.
+    #[test]
+    fn a_flush_syncs_the_log_and_only_what_changed() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().to_path_buf();
+        let write = |name: &str, bytes: &[u8]| {
+            use std::io::Write;
+            let mut f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(dir.join(name))
+                .unwrap();
+            f.write_all(bytes).unwrap();
+        };
+        std::fs::create_dir(dir.join("blobs")).unwrap();
+        write("db", b"log");
+        write("conf", b"conf");
+        let mut synced = SyncedFiles::new(dir.clone());
+        let mut sync = || {
+            let mut paths: Vec<String> = synced
+                .sync()
+                .unwrap()
+                .iter()
+                .map(|p| p.strip_prefix(&dir).unwrap().display().to_string())
+                .collect();
+            paths.sort();
+            paths
+        };
+
+        assert_eq!(sync(), ["", "blobs", "conf"], "the first flush syncs everything");
+        write("db", b"more log");
+        assert!(
+            sync().is_empty(),
+            "the log alone changed: it is synced through its handle"
+        );
+
+        write("blobs/7", b"half");
+        assert_eq!(sync(), ["blobs", "blobs/7"], "a new blob and its directory");
+        write("blobs/7", b" and the rest");
+        assert_eq!(sync(), ["blobs/7"], "a blob that grew after it was synced");
+
+        write("snap.1.generating", b"snapshot");
+        assert_eq!(sync(), ["", "snap.1.generating"]);
+        std::fs::rename(dir.join("snap.1.generating"), dir.join("snap.1")).unwrap();
+        assert_eq!(
+            sync(),
+            ["", "snap.1"],
+            "a rename is a new name, and the directory changed"
+        );
+        std::fs::remove_file(dir.join("snap.1")).unwrap();
+        assert_eq!(sync(), [""], "a removal syncs the directory");
+        assert!(sync().is_empty());
     }
 }
