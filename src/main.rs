@@ -6,6 +6,9 @@ use clap::Parser;
 use capkv::cli::{self, Cli, ClusterArgs, ClusterCommand, Command, Done, Report};
 use capkv::error::Error;
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     let cli = Cli::parse();
     let output = cli.client_flags().output;
