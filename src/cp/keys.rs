@@ -8,15 +8,22 @@ const KEYSPACE_PREFIX: &[u8] = b"k/";
 const DATA_PREFIX: &[u8] = b"d/";
 
 /// The session table of exactly-once writes ([`super::session`]): its count and clock, one
-/// record per client, one kept answer per (client, sequence), and the idle order
-/// `i/<last_ms big-endian><client>`, so the session idle longest is the first key.
+/// record per client (`c/<client>`, holding its small answers), a large kept answer under
+/// `r/<client><sequence big-endian>`, and the idle order `i/<last_ms big-endian><client>`, so
+/// the session idle longest is the first key. `s/<client>` is the record of a session written
+/// by capkv before records held answers (every answer under `r/`), read until it is rewritten.
 pub const SESSIONS_META: &[u8] = b"m/sessions";
-const SESSION_PREFIX: &[u8] = b"s/";
+const SESSION_PREFIX: &[u8] = b"c/";
+const LEGACY_SESSION_PREFIX: &[u8] = b"s/";
 const KEPT_PREFIX: &[u8] = b"r/";
 pub const IDLE_PREFIX: &[u8] = b"i/";
 
-pub fn session(client: &[u8]) -> Vec<u8> {
+pub fn session_record(client: &[u8]) -> Vec<u8> {
     [SESSION_PREFIX, client].concat()
+}
+
+pub fn legacy_session(client: &[u8]) -> Vec<u8> {
+    [LEGACY_SESSION_PREFIX, client].concat()
 }
 
 pub fn kept(client: &[u8], sequence: u64) -> Vec<u8> {

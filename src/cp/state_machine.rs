@@ -18,13 +18,14 @@
 // openraft's StorageError is large; its traits fix the error type, so helpers share it.
 #![allow(clippy::result_large_err)]
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
 
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{
     EntryPayload, LogId, RaftSnapshotBuilder, SnapshotMeta, StorageError, StorageIOError, StoredMembership,
 };
+use serde::{Deserialize, Serialize};
 
 use super::apply::{apply, State};
 use super::command::{Answer, Applied, StoredValue};
@@ -204,9 +205,104 @@ struct Overlay<'a> {
     /// No session is idler than this, when known (see `Sessions::idle_floor`); lives for one
     /// apply call, so each batch reads the idle order at most once while nothing expires.
     idle_floor: Option<u64>,
+    /// Session records this batch changed, decoded; written to `pending` once, by
+    /// [`Overlay::settle_sessions`], however many of the batch's writes came from one client.
+    sessions: HashMap<ClientId, CachedSession>,
 }
 
-impl Overlay<'_> {
+/// Answers whose encoding is at most this long are kept in their session's record; a larger
+/// one (up to `session::ANSWER_BYTES_KEPT_MAX`) under its own key, so a record stays small
+/// enough to rewrite once per batch.
+const INLINE_ANSWER_BYTES: usize = 64;
+
+/// One client's session as the tree keeps it under `keys::session_record`: when it was last
+/// active and the answers kept for its latest sequence numbers.
+///
+/// A session used to be a `keys::legacy_session` record of sequence numbers with every answer
+/// under its own `keys::kept` key; such a session reads as a record whose answers are all kept
+/// apart, and the batch that next changes it rewrites it in this form.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct SessionRecord {
+    last_ms: u64,
+    /// (sequence, its answer; `None`: the answer is under `keys::kept(client, sequence)`).
+    answers: Vec<(u64, Option<Kept>)>,
+}
+
+impl SessionRecord {
+    fn session(&self) -> Session {
+        Session {
+            last_ms: self.last_ms,
+            sequences: self.answers.iter().map(|(sequence, _)| *sequence).collect(),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct CachedSession {
+    /// `None`: the session is gone.
+    record: Option<SessionRecord>,
+    /// Whether the tree holds the session in the legacy form, to be removed when written.
+    legacy: bool,
+}
+
+impl<'a> Overlay<'a> {
+    fn new(tree: &'a sled::Tree) -> Self {
+        Self {
+            tree,
+            pending: BTreeMap::new(),
+            idle_floor: None,
+            sessions: HashMap::new(),
+        }
+    }
+
+    /// `client`'s session as the tree holds it (in either form), and whether in the legacy one.
+    fn stored_session(&self, client: &ClientId) -> CachedSession {
+        if let Some(bytes) = self.read(&keys::session_record(client)) {
+            let record = decode(&bytes).expect("session records decode");
+            return CachedSession {
+                record: Some(record),
+                legacy: false,
+            };
+        }
+        let legacy: Option<Session> = self
+            .read(&keys::legacy_session(client))
+            .map(|b| decode(&b).expect("sessions decode"));
+        CachedSession {
+            legacy: legacy.is_some(),
+            record: legacy.map(|session| SessionRecord {
+                last_ms: session.last_ms,
+                answers: session.sequences.into_iter().map(|s| (s, None)).collect(),
+            }),
+        }
+    }
+
+    /// Runs `f` on `client`'s session record as this batch sees it.
+    fn with_session_record<R>(&self, client: &ClientId, f: impl FnOnce(Option<&SessionRecord>) -> R) -> R {
+        match self.sessions.get(client) {
+            Some(cached) => f(cached.record.as_ref()),
+            None => f(self.stored_session(client).record.as_ref()),
+        }
+    }
+
+    fn session_record_mut(&mut self, client: &ClientId) -> &mut Option<SessionRecord> {
+        if !self.sessions.contains_key(client) {
+            let stored = self.stored_session(client);
+            self.sessions.insert(*client, stored);
+        }
+        &mut self.sessions.get_mut(client).expect("inserted above").record
+    }
+
+    /// Moves the changed session records into `pending`; the overlay's reads still see them.
+    fn settle_sessions(&mut self) {
+        for (client, cached) in self.sessions.drain() {
+            let record = cached.record.map(|r| encode(&r));
+            self.pending.insert(keys::session_record(&client), record);
+            if cached.legacy {
+                self.pending.insert(keys::legacy_session(&client), None);
+            }
+        }
+    }
+
     fn read(&self, key: &[u8]) -> Option<Vec<u8>> {
         match self.pending.get(key) {
             Some(pending) => pending.clone(),
@@ -271,29 +367,72 @@ impl State for Overlay<'_> {
 
 impl Sessions for Overlay<'_> {
     fn session(&self, client: &ClientId) -> Option<Session> {
-        self.read(&keys::session(client))
-            .map(|b| decode(&b).expect("sessions decode"))
+        self.with_session_record(client, |r| r.map(SessionRecord::session))
     }
     fn put_session(&mut self, client: &ClientId, before: Option<&Session>, after: Option<&Session>) {
         if let Some(before) = before {
             self.pending.insert(keys::idle(before.last_ms, client), None);
         }
-        let record = after.map(|after| {
+        if let Some(after) = after {
             self.pending.insert(keys::idle(after.last_ms, client), Some(Vec::new()));
             if let Some(floor) = &mut self.idle_floor {
                 *floor = (*floor).min(after.last_ms);
             }
-            encode(after)
-        });
-        self.pending.insert(keys::session(client), record);
+        }
+        let record = self.session_record_mut(client);
+        match after {
+            Some(after) => {
+                let record = record.get_or_insert_with(SessionRecord::default);
+                record.last_ms = after.last_ms;
+                debug_assert_eq!(
+                    record
+                        .session()
+                        .sequences
+                        .iter()
+                        .collect::<std::collections::BTreeSet<_>>(),
+                    after.sequences.iter().collect(),
+                    "the answers kept are those of the session's sequences"
+                );
+            }
+            None => *record = None,
+        }
     }
     fn kept(&self, client: &ClientId, sequence: u64) -> Option<Kept> {
-        self.read(&keys::kept(client, sequence))
-            .map(|b| decode(&b).expect("kept answers decode"))
+        let found = self.with_session_record(client, |r| {
+            r?.answers
+                .iter()
+                .find(|(s, _)| *s == sequence)
+                .map(|(_, inline)| inline.clone())
+        });
+        match found? {
+            Some(inline) => Some(inline),
+            None => self
+                .read(&keys::kept(client, sequence))
+                .map(|b| decode(&b).expect("kept answers decode")),
+        }
     }
     fn put_kept(&mut self, client: &ClientId, sequence: u64, kept: Option<Kept>) {
-        self.pending
-            .insert(keys::kept(client, sequence), kept.map(|k| encode(&k)));
+        let mut apart = None;
+        let record = self.session_record_mut(client);
+        let mut was_apart = false;
+        if let Some(record) = record.as_mut() {
+            if let Some(at) = record.answers.iter().position(|(s, _)| *s == sequence) {
+                was_apart = record.answers.remove(at).1.is_none();
+            }
+        }
+        if let Some(kept) = kept {
+            let bytes = encode(&kept);
+            let record = record.get_or_insert_with(SessionRecord::default);
+            if bytes.len() <= INLINE_ANSWER_BYTES {
+                record.answers.push((sequence, Some(kept)));
+            } else {
+                record.answers.push((sequence, None));
+                apart = Some(bytes);
+            }
+        }
+        if apart.is_some() || was_apart {
+            self.pending.insert(keys::kept(client, sequence), apart);
+        }
     }
     fn idlest(&self, limit: usize) -> Vec<(u64, ClientId)> {
         self.first_keys(keys::IDLE_PREFIX, limit)
@@ -331,11 +470,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     {
         let gate = self.apply_gate.clone();
         let _applying = gate.lock().await;
-        let mut overlay = Overlay {
-            tree: &self.sm,
-            pending: BTreeMap::new(),
-            idle_floor: None,
-        };
+        let mut overlay = Overlay::new(&self.sm);
         let mut outcomes = Vec::new();
         let mut last_applied = None;
         let mut membership = None;
@@ -354,6 +489,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let Some(last_applied) = last_applied else {
             return Ok(outcomes);
         };
+        overlay.settle_sessions();
         // A snapshot being written keeps the values these keys have now.
         let changed = overlay
             .pending
@@ -823,6 +959,114 @@ mod session_tests {
         })
     }
 
+    fn open_bank() -> (tokio::runtime::Runtime, StateMachineStore) {
+        let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let db = sled::Config::new().temporary(true).open().unwrap();
+        let mut sm = StateMachineStore::open(&crate::storage::Flusher::new(db)).unwrap();
+        let create = Command::CreateKeyspace(CreateKeyspace {
+            name: "bank".into(),
+            mode: crate::mode::Mode::Cp,
+        });
+        runtime.block_on(sm.apply(vec![entry(1, create)])).unwrap();
+        (runtime, sm)
+    }
+
+    /// A swap on client 7's key whose answer carries the (large) value it found.
+    fn big_swap(sequence: u64, at_ms: u64) -> Command {
+        Command::Once(Once {
+            id: RequestId {
+                client: [7; 16],
+                sequence,
+            },
+            at_ms,
+            session_ttl_ms: 60_000,
+            command: Box::new(Command::Cas(crate::cp::command::Cas {
+                keyspace: "bank".into(),
+                key: vec![7],
+                expected: Some(vec![1; 100]),
+                new_value: vec![2; 100],
+            })),
+        })
+    }
+
+    fn keys_under(sm: &StateMachineStore, prefix: &[u8]) -> usize {
+        sm.sm.scan_prefix(prefix).count()
+    }
+
+    #[test]
+    fn small_answers_live_in_the_session_record_and_large_ones_apart_until_dropped() {
+        let (runtime, mut sm) = open_bank();
+        let put = Command::Once(Once {
+            id: RequestId {
+                client: [7; 16],
+                sequence: 1,
+            },
+            at_ms: 1000,
+            session_ttl_ms: 60_000,
+            command: Box::new(Command::Put(Put {
+                keyspace: "bank".into(),
+                key: vec![7],
+                value: vec![1; 100],
+            })),
+        });
+        runtime.block_on(sm.apply(vec![entry(2, put)])).unwrap();
+        assert_eq!(keys_under(&sm, b"c/"), 1, "one record for the client");
+        assert_eq!(keys_under(&sm, b"r/"), 0, "a put's answer is kept in the record");
+        assert_eq!(keys_under(&sm, b"s/"), 0);
+
+        let first = runtime.block_on(sm.apply(vec![entry(3, big_swap(2, 1001))])).unwrap();
+        assert_eq!(keys_under(&sm, b"r/"), 1, "the swap's answer holds a 100-byte value");
+        let replay = runtime.block_on(sm.apply(vec![entry(4, big_swap(2, 1002))])).unwrap();
+        assert_eq!(replay, first, "the replay answers from the answer kept apart");
+
+        // ANSWERS_PER_CLIENT later writes drop both answers, the one kept apart included.
+        let later: Vec<_> = (0..crate::cp::session::ANSWERS_PER_CLIENT as u64)
+            .map(|i| entry(5 + i, once(7, 100 + i, 1003)))
+            .collect();
+        runtime.block_on(sm.apply(later)).unwrap();
+        assert_eq!(keys_under(&sm, b"r/"), 0, "the dropped answer's key went with it");
+        let too_old = runtime.block_on(sm.apply(vec![entry(200, big_swap(2, 1004))])).unwrap();
+        assert!(
+            matches!(&too_old[0], Err(crate::cp::command::Refusal::RequestTooOld { .. })),
+            "{too_old:?}"
+        );
+    }
+
+    #[test]
+    fn a_session_stored_in_the_legacy_form_replays_and_is_rewritten_on_its_next_write() {
+        let (runtime, mut sm) = open_bank();
+        let first = runtime.block_on(sm.apply(vec![entry(2, once(3, 1, 1000))])).unwrap();
+        // Turn the client's record into what capkv wrote before records held answers.
+        let client = [3u8; 16];
+        let record: SessionRecord = decode(&sm.sm.get(keys::session_record(&client)).unwrap().unwrap()).unwrap();
+        sm.sm.remove(keys::session_record(&client)).unwrap();
+        sm.sm
+            .insert(keys::legacy_session(&client), encode(&record.session()))
+            .unwrap();
+        for (sequence, kept) in &record.answers {
+            sm.sm
+                .insert(keys::kept(&client, *sequence), encode(kept.as_ref().unwrap()))
+                .unwrap();
+        }
+
+        let replay = runtime.block_on(sm.apply(vec![entry(3, once(3, 1, 1001))])).unwrap();
+        assert_eq!(replay, first, "a legacy session's answer is found");
+        assert_eq!(keys_under(&sm, b"s/"), 1, "a replay changes nothing");
+        let next = runtime.block_on(sm.apply(vec![entry(4, once(3, 2, 1002))])).unwrap();
+        assert!(next[0].is_ok(), "{next:?}");
+        assert_eq!(keys_under(&sm, b"s/"), 0, "the next write rewrote the legacy record");
+        assert_eq!(keys_under(&sm, b"c/"), 1);
+        let again = runtime.block_on(sm.apply(vec![entry(5, once(3, 1, 1003))])).unwrap();
+        assert_eq!(again, first, "the legacy answer, still kept apart, replays");
+        assert_eq!(
+            sm.sm
+                .get(keys::session_record(&client))
+                .unwrap()
+                .map(|b| decode::<SessionRecord>(&b).unwrap().answers.len()),
+            Some(2)
+        );
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(32))]
 
@@ -860,7 +1104,7 @@ mod session_tests {
                 rest = later;
             }
             prop_assert_eq!(got, expected);
-            let overlay = Overlay { tree: &sm.sm, pending: BTreeMap::new(), idle_floor: None };
+            let overlay = Overlay::new(&sm.sm);
             let stored: Vec<_> = overlay.idlest(usize::MAX);
             let modelled: Vec<_> = model.idle.iter().copied().collect();
             prop_assert_eq!(stored, modelled);
