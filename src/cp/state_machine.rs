@@ -208,6 +208,9 @@ struct Overlay<'a> {
     /// Session records this batch changed, decoded; written to `pending` once, by
     /// [`Overlay::settle_sessions`], however many of the batch's writes came from one client.
     sessions: HashMap<ClientId, CachedSession>,
+    /// Keyspace definitions this batch looked up (`None`: no such keyspace), so a batch of
+    /// writes to one keyspace reads and decodes its definition once.
+    keyspaces: std::cell::RefCell<HashMap<String, Option<KeyspaceDef>>>,
 }
 
 /// Answers whose encoding is at most this long are kept in their session's record; a larger
@@ -252,6 +255,7 @@ impl<'a> Overlay<'a> {
             pending: BTreeMap::new(),
             idle_floor: None,
             sessions: HashMap::new(),
+            keyspaces: Default::default(),
         }
     }
 
@@ -347,8 +351,14 @@ impl<'a> Overlay<'a> {
 
 impl State for Overlay<'_> {
     fn keyspace(&self, name: &str) -> Option<KeyspaceDef> {
-        self.read(&keys::keyspace(name))
-            .map(|b| decode(&b).expect("keyspace definitions decode"))
+        if let Some(def) = self.keyspaces.borrow().get(name) {
+            return def.clone();
+        }
+        let def: Option<KeyspaceDef> = self
+            .read(&keys::keyspace(name))
+            .map(|b| decode(&b).expect("keyspace definitions decode"));
+        self.keyspaces.borrow_mut().insert(name.to_string(), def.clone());
+        def
     }
     fn get(&self, keyspace: &str, key: &[u8]) -> Option<StoredValue> {
         self.read(&keys::data(keyspace, key))
@@ -356,6 +366,7 @@ impl State for Overlay<'_> {
     }
     fn put_keyspace(&mut self, def: KeyspaceDef) {
         self.pending.insert(keys::keyspace(&def.name), Some(encode(&def)));
+        self.keyspaces.get_mut().insert(def.name.clone(), Some(def.clone()));
     }
     fn put(&mut self, keyspace: &str, key: &[u8], value: StoredValue) {
         self.pending.insert(keys::data(keyspace, key), Some(encode(&value)));
