@@ -205,9 +205,9 @@ struct Overlay<'a> {
     /// No session is idler than this, when known (see `Sessions::idle_floor`); lives for one
     /// apply call, so each batch reads the idle order at most once while nothing expires.
     idle_floor: Option<u64>,
-    /// Session records this batch changed, decoded; written to `pending` once, by
-    /// [`Overlay::settle_sessions`], however many of the batch's writes came from one client.
-    sessions: HashMap<ClientId, CachedSession>,
+    /// Session records this batch read or changed, decoded once each; written to `pending` once,
+    /// by [`Overlay::settle_sessions`], however many of the batch's writes came from one client.
+    sessions: std::cell::RefCell<HashMap<ClientId, CachedSession>>,
     /// Keyspace definitions this batch looked up (`None`: no such keyspace), so a batch of
     /// writes to one keyspace reads and decodes its definition once.
     keyspaces: std::cell::RefCell<HashMap<String, Option<KeyspaceDef>>>,
@@ -246,6 +246,8 @@ struct CachedSession {
     record: Option<SessionRecord>,
     /// Whether the tree holds the session in the legacy form, to be removed when written.
     legacy: bool,
+    /// Whether this batch changed the record (only changed records are written back).
+    changed: bool,
 }
 
 impl<'a> Overlay<'a> {
@@ -254,7 +256,7 @@ impl<'a> Overlay<'a> {
             tree,
             pending: BTreeMap::new(),
             idle_floor: None,
-            sessions: HashMap::new(),
+            sessions: Default::default(),
             keyspaces: Default::default(),
         }
     }
@@ -266,6 +268,7 @@ impl<'a> Overlay<'a> {
             return CachedSession {
                 record: Some(record),
                 legacy: false,
+                changed: false,
             };
         }
         let legacy: Option<Session> = self
@@ -273,6 +276,7 @@ impl<'a> Overlay<'a> {
             .map(|b| decode(&b).expect("sessions decode"));
         CachedSession {
             legacy: legacy.is_some(),
+            changed: false,
             record: legacy.map(|session| SessionRecord {
                 last_ms: session.last_ms,
                 answers: session.sequences.into_iter().map(|s| (s, None)).collect(),
@@ -280,25 +284,33 @@ impl<'a> Overlay<'a> {
         }
     }
 
-    /// Runs `f` on `client`'s session record as this batch sees it.
+    /// Runs `f` on `client`'s session record as this batch sees it, read from the tree (and
+    /// decoded) at most once per batch.
     fn with_session_record<R>(&self, client: &ClientId, f: impl FnOnce(Option<&SessionRecord>) -> R) -> R {
-        match self.sessions.get(client) {
-            Some(cached) => f(cached.record.as_ref()),
-            None => f(self.stored_session(client).record.as_ref()),
+        if !self.sessions.borrow().contains_key(client) {
+            let stored = self.stored_session(client);
+            self.sessions.borrow_mut().insert(*client, stored);
         }
+        f(self.sessions.borrow()[client].record.as_ref())
     }
 
+    /// `client`'s session record, to change.
     fn session_record_mut(&mut self, client: &ClientId) -> &mut Option<SessionRecord> {
-        if !self.sessions.contains_key(client) {
+        if !self.sessions.get_mut().contains_key(client) {
             let stored = self.stored_session(client);
-            self.sessions.insert(*client, stored);
+            self.sessions.get_mut().insert(*client, stored);
         }
-        &mut self.sessions.get_mut(client).expect("inserted above").record
+        let cached = self.sessions.get_mut().get_mut(client).expect("inserted above");
+        cached.changed = true;
+        &mut cached.record
     }
 
     /// Moves the changed session records into `pending`; the overlay's reads still see them.
     fn settle_sessions(&mut self) {
-        for (client, cached) in self.sessions.drain() {
+        for (client, cached) in self.sessions.get_mut().drain() {
+            if !cached.changed {
+                continue;
+            }
             let record = cached.record.map(|r| encode(&r));
             self.pending.insert(keys::session_record(&client), record);
             if cached.legacy {
