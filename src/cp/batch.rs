@@ -40,7 +40,7 @@ pub const BATCH_BYTES_MAX: usize = 1024 * 1024;
 /// log syncs, Raft messages and state-machine writes per write); fewer means less pipelining
 /// between the leader's sync and replication. On a 2-core machine, where writes are bound by
 /// CPU, one batch at a time gave 10-30% more writes at concurrency 8 to 256 than two, with
-/// less CPU per write (every Raft round costs each node a sync, messages and a sled batch).
+/// less CPU per write (every Raft round costs each node a sync, messages and a state-machine write).
 pub const BATCHES_IN_FLIGHT: usize = 1;
 
 struct Pending<E> {

@@ -4,6 +4,8 @@
 
 pub const APPLIED: &[u8] = b"m/applied";
 pub const MEMBERSHIP: &[u8] = b"m/membership";
+/// The writes of the latest apply, stored before them (see `state_machine.rs`, DURABILITY).
+pub const APPLYING: &[u8] = b"m/applying";
 const KEYSPACE_PREFIX: &[u8] = b"k/";
 const DATA_PREFIX: &[u8] = b"d/";
 
