@@ -14,7 +14,10 @@ use crate::storage::wal::{Wal, WalOptions};
 
 /// Segments of a few hundred bytes, so runs rotate and remove segments often.
 fn small() -> WalOptions {
-    WalOptions { segment_bytes_max: 300 }
+    WalOptions {
+        segment_bytes_max: 300,
+        zeroed_bytes: 128,
+    }
 }
 
 fn entry(term: u64, index: u64) -> Entry<TypeConfig> {

@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
-use std::io::{self, Write};
+use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -21,6 +21,9 @@ pub trait Disk: Send + Sync + 'static {
     fn create(&self, name: &str) -> io::Result<()>;
     /// Appends bytes at the end of the file. Not durable until [`Disk::sync_data`].
     fn append(&self, name: &str, bytes: &[u8]) -> io::Result<()>;
+    /// Writes bytes at `offset`, over what is there or past the end. Not durable until
+    /// [`Disk::sync_data`].
+    fn write_at(&self, name: &str, offset: u64, bytes: &[u8]) -> io::Result<()>;
     /// Reads exactly `buf.len()` bytes at `offset`.
     fn read_at(&self, name: &str, offset: u64, buf: &mut [u8]) -> io::Result<()>;
     /// Current length of the file in bytes.
@@ -57,7 +60,8 @@ impl RealDisk {
         if let Some(file) = files.get(name) {
             return Ok(file.clone());
         }
-        let file = Arc::new(OpenOptions::new().read(true).append(true).open(self.dir.join(name))?);
+        // Not O_APPEND: Linux's pwrite ignores the offset of a file opened for appending.
+        let file = Arc::new(OpenOptions::new().read(true).write(true).open(self.dir.join(name))?);
         files.insert(name.to_string(), file.clone());
         Ok(file)
     }
@@ -97,7 +101,12 @@ impl Disk for RealDisk {
     }
 
     fn append(&self, name: &str, bytes: &[u8]) -> io::Result<()> {
-        (&*self.file(name)?).write_all(bytes)
+        let file = self.file(name)?;
+        file.write_all_at(bytes, file.metadata()?.len())
+    }
+
+    fn write_at(&self, name: &str, offset: u64, bytes: &[u8]) -> io::Result<()> {
+        self.file(name)?.write_all_at(bytes, offset)
     }
 
     fn read_at(&self, name: &str, offset: u64, buf: &mut [u8]) -> io::Result<()> {

@@ -8,9 +8,17 @@
 //! synced, and the next record goes to a new segment whose creation is made durable by a sync
 //! of the directory. So only the last segment can ever hold unsynced bytes.
 //!
+//! ZEROED SPACE. A segment file is kept [`WalOptions::zeroed_bytes`] ahead of its records with
+//! zeros that were written (not a hole, not `fallocate`d space), so an `fdatasync` of records
+//! written over them changes no file metadata: ext4 then writes the data and flushes the disk
+//! without committing its journal, which made a sync about a quarter faster on this project's
+//! test machine under load. Only the sync that also writes the next chunk of zeros (once per
+//! chunk) grows the file. A segment therefore ends in zeros: after its last record, a run of zero
+//! bytes to the end of the file is a clean end (no record has length 0).
+//!
 //! RECOVERY. [`Wal::open`] reads every segment in order and hands each record to the caller.
-//! In the last segment, the first record whose length is impossible or whose checksum fails is
-//! a torn write from a crash: it and everything after it were never acknowledged, so the file
+//! In the last segment, the first record whose length is impossible or whose checksum fails,
+//! unless only zeros follow, is a torn write from a crash: it and everything after it were never acknowledged, so the file
 //! is cut there (and synced) and they are never returned. The same fault in an older segment,
 //! or a gap between segment numbers, cannot come from a crash (those segments were synced
 //! whole before the next one existed): it is corruption, reported as [`WalError::Corrupt`]
@@ -85,16 +93,23 @@ fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> WalError {
     move |source| WalError::Io { what, source }
 }
 
-/// Options of a log; tests use small segments to exercise rotation.
+/// Zeros written ahead of the records, per chunk (see ZEROED SPACE in the module docs): one sync
+/// in about 3,000 of a small cp write grows the file.
+pub const ZEROED_BYTES: u64 = 1024 * 1024;
+
+/// Options of a log; tests use small segments and chunks to exercise rotation and zeroing.
 #[derive(Clone, Debug)]
 pub struct WalOptions {
     pub segment_bytes_max: u64,
+    /// Chunk of zeros written ahead of the records; 0 writes none (every sync grows the file).
+    pub zeroed_bytes: u64,
 }
 
 impl Default for WalOptions {
     fn default() -> Self {
         Self {
             segment_bytes_max: SEGMENT_BYTES_MAX,
+            zeroed_bytes: ZEROED_BYTES,
         }
     }
 }
@@ -147,7 +162,10 @@ fn unframe(bytes: &[u8], offset: usize) -> Result<std::ops::Range<usize>, String
 #[derive(Clone, Copy, Debug)]
 struct Segment {
     first_seq: u64,
+    /// Bytes of records (buffered ones included).
     bytes: u64,
+    /// Length of the file: the records written, then zeros.
+    file_len: u64,
 }
 
 /// An open log: the segments on disk, and framed records not yet written to the last one.
@@ -223,6 +241,9 @@ impl Wal {
             .map_err(io_err(format!("reading {name}")))?;
         let mut offset = 0;
         while offset < bytes.len() {
+            if bytes[offset..].iter().all(|b| *b == 0) {
+                break; // the zeroed space after the last record
+            }
             match unframe(&bytes, offset) {
                 Ok(payload) => {
                     visit(first_seq, &bytes[payload.clone()]).map_err(WalError::Rejected)?;
@@ -233,6 +254,7 @@ impl Wal {
                 Err(why) => {
                     tracing::warn!(segment = %name, offset, %why, "dropping the torn tail of the write-ahead log");
                     self.cut(&name, offset as u64)?;
+                    bytes.truncate(offset);
                     break;
                 }
             }
@@ -240,6 +262,7 @@ impl Wal {
         self.segments.push(Segment {
             first_seq,
             bytes: offset as u64,
+            file_len: bytes.len() as u64,
         });
         Ok(())
     }
@@ -261,6 +284,7 @@ impl Wal {
         self.segments.push(Segment {
             first_seq: self.next_seq,
             bytes: 0,
+            file_len: 0,
         });
         Ok(())
     }
@@ -306,10 +330,22 @@ impl Wal {
         let started = std::time::Instant::now();
         let bytes = self.buffer.len();
         if !self.buffer.is_empty() {
+            let zeroed = self.options.zeroed_bytes;
+            let segment = self.segments.last_mut().expect("an open log has a segment");
+            let end = segment.bytes;
             self.disk
-                .append(&name, &self.buffer)
+                .write_at(&name, end - bytes as u64, &self.buffer)
                 .map_err(io_err(format!("writing to {name}")))?;
+            segment.file_len = segment.file_len.max(end);
             self.buffer.clear();
+            if zeroed > 0 && segment.file_len <= end {
+                // The records reached the end of the zeros: write the next chunk (see ZEROED SPACE).
+                let to = (end / zeroed + 1) * zeroed;
+                self.disk
+                    .append(&name, &vec![0; (to - end) as usize])
+                    .map_err(io_err(format!("zeroing space ahead in {name}")))?;
+                segment.file_len = to;
+            }
         }
         if self.unsynced {
             let synced = std::time::Instant::now();

@@ -4,9 +4,10 @@
 //! `sync_data`). Creating and removing files is durable at once (the real disk syncs the
 //! directory before returning). At a crash the disk dies: every later call on it fails, the way
 //! a process stops at a power cut. [`SimDisk::reboot`] then builds the disk as it would be found
-//! after power returns: each file holds its durable bytes, plus, when the file only grew since
-//! its last sync, a torn prefix of the unsynced bytes, some of which may be garbage (a sector
-//! that was half written, or written out of order). This is how TigerBeetle and FoundationDB
+//! after power returns: each file holds its durable bytes, with, over the region that changed
+//! since its last sync (from the first byte that differs to the end of the file), a torn prefix
+//! of the unsynced bytes, some of which may be garbage (a sector that was half written, or
+//! written out of order). A file that only shrank keeps its durable bytes. This is how TigerBeetle and FoundationDB
 //! model storage faults, reduced to what a log needs.
 //!
 //! CAVEATS: it does not model lost or misdirected writes to synced data (bit rot, firmware
@@ -72,7 +73,8 @@ impl SimDisk {
         self.state.lock().expect("the sim disk lock is never poisoned").dead = true;
     }
 
-    /// Kills the disk after `ops` more mutating calls (append, truncate, sync, create, remove).
+    /// Kills the disk after `ops` more mutating calls (append, write_at, truncate, sync, create,
+    /// remove).
     pub fn crash_after(&self, ops: u64) {
         self.state.lock().expect("the sim disk lock is never poisoned").ops_left = Some(ops);
     }
@@ -86,15 +88,19 @@ impl SimDisk {
         let mut files = BTreeMap::new();
         for (name, file) in &state.files {
             let mut bytes = file.durable.clone();
-            let grew_only = file.data.len() > bytes.len() && file.data.starts_with(&bytes);
-            if grew_only && rng.gen_bool(0.5) {
-                let unsynced = &file.data[bytes.len()..];
+            let start = file.data.iter().zip(&bytes).take_while(|(a, b)| a == b).count();
+            let changed = file.data.len() > start;
+            if changed && rng.gen_bool(0.5) {
+                let unsynced = &file.data[start..];
                 let kept = rng.gen_range(0..=unsynced.len());
-                let start = bytes.len();
-                bytes.extend_from_slice(&unsynced[..kept]);
+                let end = start + kept;
+                if bytes.len() < end {
+                    bytes.resize(end, 0);
+                }
+                bytes[start..end].copy_from_slice(&unsynced[..kept]);
                 if kept > 0 && rng.gen_bool(0.3) {
                     for _ in 0..rng.gen_range(1..4) {
-                        let at = rng.gen_range(start..bytes.len());
+                        let at = rng.gen_range(start..end);
                         bytes[at] = rng.gen();
                     }
                 }
@@ -146,6 +152,18 @@ impl Disk for SimDisk {
         self.with(true, |s| {
             let file = s.files.get_mut(name).ok_or_else(|| missing(name))?;
             file.data.extend_from_slice(bytes);
+            Ok(())
+        })
+    }
+
+    fn write_at(&self, name: &str, offset: u64, bytes: &[u8]) -> io::Result<()> {
+        self.with(true, |s| {
+            let file = s.files.get_mut(name).ok_or_else(|| missing(name))?;
+            let (start, end) = (offset as usize, offset as usize + bytes.len());
+            if file.data.len() < end {
+                file.data.resize(end, 0);
+            }
+            file.data[start..end].copy_from_slice(bytes);
             Ok(())
         })
     }

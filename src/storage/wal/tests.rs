@@ -9,8 +9,20 @@ use proptest::prelude::*;
 use super::sim::SimDisk;
 use super::*;
 
+/// Small segments, so records rotate often, with zeroed space written ahead in small chunks.
 fn small() -> WalOptions {
-    WalOptions { segment_bytes_max: 64 }
+    WalOptions {
+        segment_bytes_max: 64,
+        zeroed_bytes: 24,
+    }
+}
+
+/// Segments that end at their last record (no zeroed space ahead).
+fn unzeroed() -> WalOptions {
+    WalOptions {
+        zeroed_bytes: 0,
+        ..WalOptions::default()
+    }
 }
 
 /// Opens the log on `disk` and returns it with the records it recovered.
@@ -51,7 +63,7 @@ fn synced_records_come_back_in_order() {
 #[test]
 fn a_torn_tail_is_cut_and_never_returned() {
     let disk = SimDisk::new();
-    let (mut wal, _) = open(&disk, WalOptions::default()).unwrap();
+    let (mut wal, _) = open(&disk, unzeroed()).unwrap();
     write_range(&mut wal, 0, 3);
     let name = segment_name(0);
     let good_len = disk.len(&name).unwrap();
@@ -61,7 +73,7 @@ fn a_torn_tail_is_cut_and_never_returned() {
     disk.append(&name, &torn[..torn.len() / 2]).unwrap();
     disk.sync_data(&name).unwrap();
     let disk = disk.reboot(2);
-    let (mut wal, recovered) = open(&disk, WalOptions::default()).unwrap();
+    let (mut wal, recovered) = open(&disk, unzeroed()).unwrap();
     assert_eq!(recovered, (0..3).map(record).collect::<Vec<_>>());
     assert_eq!(
         disk.len(&name).unwrap(),
@@ -69,19 +81,91 @@ fn a_torn_tail_is_cut_and_never_returned() {
         "the torn bytes are cut from the file"
     );
     write_range(&mut wal, 3, 5);
-    let (_, recovered) = open(&disk.reboot(3), WalOptions::default()).unwrap();
+    let (_, recovered) = open(&disk.reboot(3), unzeroed()).unwrap();
     assert_eq!(recovered, (0..5).map(record).collect::<Vec<_>>());
 }
 
 #[test]
 fn a_garbled_last_record_is_dropped() {
     let disk = SimDisk::new();
-    let (mut wal, _) = open(&disk, WalOptions::default()).unwrap();
+    let (mut wal, _) = open(&disk, unzeroed()).unwrap();
     write_range(&mut wal, 0, 3);
     let len = disk.len(&segment_name(0)).unwrap() as usize;
     disk.corrupt(&segment_name(0), len - 2);
-    let (_, recovered) = open(&disk.reboot(4), WalOptions::default()).unwrap();
+    let (_, recovered) = open(&disk.reboot(4), unzeroed()).unwrap();
     assert_eq!(recovered, (0..2).map(record).collect::<Vec<_>>());
+}
+
+#[test]
+fn zeroed_space_after_the_last_record_is_a_clean_end() {
+    let disk = SimDisk::new();
+    let (mut wal, _) = open(&disk, WalOptions::default()).unwrap();
+    write_range(&mut wal, 0, 3);
+    let name = segment_name(0);
+    assert_eq!(
+        disk.len(&name).unwrap(),
+        ZEROED_BYTES,
+        "zeros written ahead of the records"
+    );
+    let disk = disk.reboot(11);
+    let (mut wal, recovered) = open(&disk, WalOptions::default()).unwrap();
+    assert_eq!(recovered, (0..3).map(record).collect::<Vec<_>>());
+    assert_eq!(
+        disk.len(&name).unwrap(),
+        ZEROED_BYTES,
+        "nothing is cut from clean zeros"
+    );
+    write_range(&mut wal, 3, 6);
+    let (_, recovered) = open(&disk.reboot(12), WalOptions::default()).unwrap();
+    assert_eq!(
+        recovered,
+        (0..6).map(record).collect::<Vec<_>>(),
+        "later records go over the zeros"
+    );
+}
+
+#[test]
+fn a_torn_record_over_zeroed_space_is_cut_and_the_log_goes_on() {
+    let disk = SimDisk::new();
+    let (mut wal, _) = open(&disk, WalOptions::default()).unwrap();
+    write_range(&mut wal, 0, 3);
+    let name = segment_name(0);
+    let mut good = Vec::new();
+    (0..3).for_each(|n| frame(&record(n), &mut good));
+    // Half of a fourth record's frame landed over the zeros, then the power went.
+    let mut torn = Vec::new();
+    frame(&record(3), &mut torn);
+    disk.write_at(&name, good.len() as u64, &torn[..torn.len() / 2])
+        .unwrap();
+    disk.sync_data(&name).unwrap();
+    let disk = disk.reboot(13);
+    let (mut wal, recovered) = open(&disk, WalOptions::default()).unwrap();
+    assert_eq!(recovered, (0..3).map(record).collect::<Vec<_>>());
+    assert_eq!(
+        disk.len(&name).unwrap(),
+        good.len() as u64,
+        "the torn bytes and what follows are cut"
+    );
+    write_range(&mut wal, 3, 5);
+    assert_eq!(
+        disk.len(&name).unwrap(),
+        ZEROED_BYTES,
+        "zeroed space again ahead of the records"
+    );
+    let (_, recovered) = open(&disk.reboot(14), WalOptions::default()).unwrap();
+    assert_eq!(recovered, (0..5).map(record).collect::<Vec<_>>());
+}
+
+#[test]
+fn garbage_after_zeroed_space_in_an_older_segment_is_corruption() {
+    let disk = SimDisk::new();
+    let (mut wal, _) = open(&disk, small()).unwrap();
+    write_range(&mut wal, 0, 40);
+    let first = segment_name(0);
+    let len = disk.len(&first).unwrap() as usize;
+    disk.corrupt(&first, len - 1);
+    let err = open(&disk.reboot(15), small()).err().expect("corruption is an error");
+    assert!(matches!(err, WalError::Corrupt { .. }), "{err}");
 }
 
 #[test]
@@ -172,9 +256,13 @@ proptest! {
     /// After any crash, the log holds a prefix of what was written that includes every record
     /// a successful sync covered, and nothing else.
     #[test]
-    fn a_crash_keeps_a_prefix_that_includes_every_synced_record(steps in prop::collection::vec(step(), 1..60)) {
+    fn a_crash_keeps_a_prefix_that_includes_every_synced_record(
+        steps in prop::collection::vec(step(), 1..60),
+        zeroed in prop::sample::select(vec![0u64, 5, 24, 100]),
+    ) {
+        let options = WalOptions { zeroed_bytes: zeroed, ..small() };
         let mut disk = SimDisk::new();
-        let (mut wal, _) = open(&disk, small()).unwrap();
+        let (mut wal, _) = open(&disk, options.clone()).unwrap();
         let mut written: Vec<Vec<u8>> = Vec::new();
         let mut synced = 0;
         let mut next = 0u32;
@@ -193,7 +281,7 @@ proptest! {
                     disk.crash_after(after_ops.into());
                     let _ = wal.sync().map(|_| synced = written.len());
                     disk = disk.reboot(seed);
-                    let (reopened, recovered) = open(&disk, small()).unwrap();
+                    let (reopened, recovered) = open(&disk, options.clone()).unwrap();
                     prop_assert!(recovered.len() >= synced, "lost synced records: {} < {synced}", recovered.len());
                     prop_assert_eq!(&recovered[..], &written[..recovered.len()]);
                     wal = reopened;
