@@ -18,8 +18,8 @@
 //!
 //! RECOVERY. [`Wal::open`] reads every segment in order and hands each record to the caller.
 //! In the last segment, the first record whose length is impossible or whose checksum fails,
-//! unless only zeros follow, is a torn write from a crash: it and everything after it were never acknowledged, so the file
-//! is cut there (and synced) and they are never returned. The same fault in an older segment,
+//! unless only zeros follow, is a torn write from a crash: it and everything after it were never
+//! acknowledged, so the file is cut there (and synced) and they are never returned. The same fault in an older segment,
 //! or a gap between segment numbers, cannot come from a crash (those segments were synced
 //! whole before the next one existed): it is corruption, reported as [`WalError::Corrupt`]
 //! and never repaired silently.
