@@ -19,10 +19,10 @@
 //! RECOVERY. [`Wal::open`] reads every segment in order and hands each record to the caller.
 //! In the last segment, the first record whose length is impossible or whose checksum fails,
 //! unless only zeros follow, is a torn write from a crash: it and everything after it were never
-//! acknowledged, so the file is cut there (and synced) and they are never returned. The same fault in an older segment,
-//! or a gap between segment numbers, cannot come from a crash (those segments were synced
-//! whole before the next one existed): it is corruption, reported as [`WalError::Corrupt`]
-//! and never repaired silently.
+//! acknowledged, so the file is cut there (and synced) and they are never returned. The same
+//! fault in an older segment, or a gap between segment numbers, cannot come from a crash (those
+//! segments were synced whole before the next one existed): it is corruption, reported as
+//! [`WalError::Corrupt`] and never repaired silently.
 //!
 //! GROUP COMMIT. [`writer::Writer`] owns the log on a dedicated thread. Callers hand it batches
 //! of records; it takes everything queued, writes it with one `write` per segment, calls one
@@ -93,8 +93,8 @@ fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> WalError {
     move |source| WalError::Io { what, source }
 }
 
-/// Zeros written ahead of the records, per chunk (see ZEROED SPACE in the module docs): one sync
-/// in about 3,000 of a small cp write grows the file.
+/// Zeros written ahead of the records, per chunk (see ZEROED SPACE in the module docs): the file
+/// grows, and a sync commits ext4's journal, once per this many bytes of records.
 pub const ZEROED_BYTES: u64 = 1024 * 1024;
 
 /// Options of a log; tests use small segments and chunks to exercise rotation and zeroing.
