@@ -910,21 +910,21 @@ impl SmReader {
     }
 }
 
+/// A normal entry of term 1 at `index`, for the tests below.
+#[cfg(test)]
+fn entry(index: u64, command: super::command::Command) -> openraft::Entry<TypeConfig> {
+    openraft::Entry {
+        log_id: LogId::new(openraft::CommittedLeaderId::new(1, 1), index),
+        payload: EntryPayload::Normal(command),
+    }
+}
+
 #[cfg(test)]
 mod copy_tests {
     use std::sync::mpsc;
 
-    use openraft::{CommittedLeaderId, Entry};
-
     use super::*;
     use crate::cp::command::{Command, CreateKeyspace, Put};
-
-    fn entry(index: u64, command: Command) -> Entry<TypeConfig> {
-        Entry {
-            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
-            payload: EntryPayload::Normal(command),
-        }
-    }
 
     fn put(key: &str) -> Command {
         Command::Put(Put {
@@ -996,19 +996,11 @@ mod copy_tests {
 
 #[cfg(test)]
 mod crash_tests {
-    use openraft::{CommittedLeaderId, Entry};
     use proptest::prelude::*;
 
     use super::*;
     use crate::cp::command::{Cas, Command, Compare, CompareOp, CompareTarget, CreateKeyspace, Put, Txn, TxnOp};
     use crate::cp::session::{Once, RequestId};
-
-    fn entry(index: u64, command: Command) -> Entry<TypeConfig> {
-        Entry {
-            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
-            payload: EntryPayload::Normal(command),
-        }
-    }
 
     /// Writes whose outcome depends on what they find, so re-applying one over its own
     /// half-written effects would go wrong: swaps, a transaction that moves a value between
@@ -1159,20 +1151,12 @@ mod crash_tests {
 
 #[cfg(test)]
 mod session_tests {
-    use openraft::{CommittedLeaderId, Entry};
     use proptest::prelude::*;
 
     use super::*;
     use crate::cp::apply::MemState;
     use crate::cp::command::{Command, CreateKeyspace, Put};
     use crate::cp::session::{Once, RequestId};
-
-    fn entry(index: u64, command: Command) -> Entry<TypeConfig> {
-        Entry {
-            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
-            payload: EntryPayload::Normal(command),
-        }
-    }
 
     fn once(client: u8, sequence: u64, at_ms: u64) -> Command {
         Command::Once(Once {
