@@ -39,6 +39,9 @@
 //!   unknown, and retrying an `fdatasync` can report success for lost data); the node must be
 //!   restarted, and recovery then finds what really reached the disk.
 //! - CRC-32 detects torn and garbled writes; it is not a defence against deliberate tampering.
+//! - A capkv from before zeroed space reads a log written since, until its first segment is
+//!   closed; after that it takes the zeros that end a closed segment for corruption and refuses
+//!   to start. Logs written before are read as they are.
 
 pub mod disk;
 #[cfg(test)]
