@@ -17,17 +17,19 @@
 //! bytes to the end of the file is a clean end (no record has length 0).
 //!
 //! RECOVERY. [`Wal::open`] reads every segment in order and hands each record to the caller.
-//! In the last segment, the first record whose length is impossible or whose checksum fails,
-//! unless only zeros follow, is a torn write from a crash: it and everything after it were never
-//! acknowledged, so the file is cut there (and synced) and they are never returned. The same
-//! fault in an older segment, or a gap between segment numbers, cannot come from a crash (those
-//! segments were synced whole before the next one existed): it is corruption, reported as
-//! [`WalError::Corrupt`] and never repaired silently.
+//! Where the bytes from a record's start to the end of the file are all zeros, the segment ends
+//! cleanly (the zeroed space). Otherwise, in the last segment, the first record whose length is
+//! impossible or whose checksum fails is a torn write from a crash: it and everything after it
+//! were never acknowledged, so the file is cut there (and synced) and they are never returned.
+//! The same fault in an older segment, or a gap between segment numbers, cannot come from a
+//! crash (those segments were synced whole before the next one existed): it is corruption,
+//! reported as [`WalError::Corrupt`] and never repaired silently.
 //!
 //! GROUP COMMIT. [`writer::Writer`] owns the log on a dedicated thread. Callers hand it batches
-//! of records; it takes everything queued, writes it with one `write` per segment, calls one
-//! `fdatasync`, and only then tells each caller that its records are durable. Many concurrent
-//! writers therefore share one sync. Tokio worker threads never wait for the disk.
+//! of records; it takes everything queued, writes it with one `write` per segment (and, once per
+//! chunk, one more for the next zeros), calls one `fdatasync`, and only then tells each caller
+//! that its records are durable. Many concurrent writers therefore share one sync. Tokio worker
+//! threads never wait for the disk.
 //!
 //! [`disk::Disk`] is the file system the log sees; [`sim::SimDisk`] (tests only) loses at a
 //! crash exactly what that contract allows, to test recovery.
