@@ -585,7 +585,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         writes.push((keys::APPLIED.to_vec(), Some(encode(&Some(last_applied)))));
         let set = encode(&(last_applied, &writes));
         let cut_after = self.cut_after_writes.take();
-        if set.len() <= WRITE_SET_BYTES_MAX {
+        let inline = set.len() <= WRITE_SET_BYTES_MAX;
+        metrics::counter!("capkv_cp_applies_total", "writes" => if inline { "in_order" } else { "batch" }).increment(1);
+        if inline {
             self.sm.insert(keys::APPLYING, set).map_err(sm_write_err)?;
             write_in_order(&self.sm, writes, cut_after).map_err(sm_write_err)?;
         } else {
