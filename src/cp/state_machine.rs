@@ -1145,8 +1145,9 @@ mod crash_tests {
         }
     }
 
-    #[test]
-    fn a_large_apply_is_one_sled_batch_and_leaves_the_stored_write_set_alone() {
+    /// A store on a fresh database (its flusher, to reopen it) that has applied the keyspace
+    /// `bank` at index 1 and `put_k(first)` at index 2.
+    fn bank_with_k(first: Vec<u8>) -> (tokio::runtime::Runtime, crate::storage::Flusher, StateMachineStore) {
         let db = sled::Config::new().temporary(true).open().unwrap();
         let flusher = crate::storage::Flusher::new(db);
         let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
@@ -1155,20 +1156,29 @@ mod crash_tests {
             name: "bank".into(),
             mode: crate::mode::Mode::Cp,
         });
-        let put = |value: Vec<u8>| {
-            Command::Put(Put {
-                keyspace: "bank".into(),
-                key: b"k".to_vec(),
-                value,
-            })
-        };
         runtime
-            .block_on(sm.apply(vec![entry(1, create), entry(2, put(b"small".to_vec()))]))
+            .block_on(sm.apply(vec![entry(1, create), entry(2, put_k(first))]))
             .unwrap();
+        (runtime, flusher, sm)
+    }
+
+    fn put_k(value: Vec<u8>) -> Command {
+        Command::Put(Put {
+            keyspace: "bank".into(),
+            key: b"k".to_vec(),
+            value,
+        })
+    }
+
+    #[test]
+    fn a_large_apply_is_one_sled_batch_and_leaves_the_stored_write_set_alone() {
+        let (runtime, flusher, mut sm) = bank_with_k(b"small".to_vec());
         let small_set = sm.sm.get(keys::APPLYING).unwrap().unwrap();
         let large = vec![7; WRITE_SET_BYTES_MAX + 1];
         sm.cut_after_writes = Some(0); // a batch is all or nothing: no cut in the middle
-        runtime.block_on(sm.apply(vec![entry(3, put(large.clone()))])).unwrap();
+        runtime
+            .block_on(sm.apply(vec![entry(3, put_k(large.clone()))]))
+            .unwrap();
         assert_eq!(
             sm.sm.get(keys::APPLYING).unwrap().unwrap(),
             small_set,
@@ -1182,26 +1192,11 @@ mod crash_tests {
 
     #[test]
     fn a_write_set_older_than_the_applied_id_is_left_alone() {
-        let db = sled::Config::new().temporary(true).open().unwrap();
-        let flusher = crate::storage::Flusher::new(db);
-        let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
-        let mut sm = StateMachineStore::open(&flusher).unwrap();
-        let create = Command::CreateKeyspace(CreateKeyspace {
-            name: "bank".into(),
-            mode: crate::mode::Mode::Cp,
-        });
-        let put = |value: &[u8]| {
-            Command::Put(Put {
-                keyspace: "bank".into(),
-                key: b"k".to_vec(),
-                value: value.to_vec(),
-            })
-        };
-        runtime
-            .block_on(sm.apply(vec![entry(1, create), entry(2, put(b"old"))]))
-            .unwrap();
+        let (runtime, flusher, mut sm) = bank_with_k(b"old".to_vec());
         let stale = sm.sm.get(keys::APPLYING).unwrap().unwrap();
-        runtime.block_on(sm.apply(vec![entry(3, put(b"new"))])).unwrap();
+        runtime
+            .block_on(sm.apply(vec![entry(3, put_k(b"new".to_vec()))]))
+            .unwrap();
         // A write set of an earlier apply (as a snapshot taken between applies may hold).
         sm.sm.insert(keys::APPLYING, stale).unwrap();
         drop(sm);
