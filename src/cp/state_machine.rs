@@ -378,7 +378,8 @@ impl<'a> Overlay<'a> {
 /// One write of an apply: a key and its new value (`None`: remove the key).
 type Write = (Vec<u8>, Option<Vec<u8>>);
 
-/// Largest write set stored ahead of its writes (see DURABILITY). sled puts a log record of more
+/// Largest sum of an apply's keys and values that is stored as a write set ahead of its writes
+/// (see DURABILITY); the stored set adds a few bytes per write. sled puts a log record of more
 /// than a quarter of its 512 KiB segment in a file of its own, which it does not sync, and at
 /// recovery skips a record whose file is missing while keeping the records after it; only a
 /// smaller set is sure to come back whenever a write after it does. A larger apply is written
@@ -583,12 +584,18 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             writes.push((keys::MEMBERSHIP.to_vec(), Some(encode(&membership))));
         }
         writes.push((keys::APPLIED.to_vec(), Some(encode(&Some(last_applied)))));
-        let set = encode(&(last_applied, &writes));
         let cut_after = self.cut_after_writes.take();
-        let inline = set.len() <= WRITE_SET_BYTES_MAX;
+        let bytes: usize = writes
+            .iter()
+            .map(|(k, v)| k.len() + v.as_ref().map_or(0, Vec::len))
+            .sum();
+        let inline = bytes <= WRITE_SET_BYTES_MAX;
         metrics::counter!("capkv_cp_applies_total", "writes" => if inline { "in_order" } else { "batch" }).increment(1);
         if inline {
-            self.sm.insert(keys::APPLYING, set).map_err(sm_write_err)?;
+            // Encoded only here: a large apply never copies its values into a set it will not store.
+            self.sm
+                .insert(keys::APPLYING, encode(&(last_applied, &writes)))
+                .map_err(sm_write_err)?;
             write_in_order(&self.sm, writes, cut_after).map_err(sm_write_err)?;
         } else {
             let mut batch = sled::Batch::default();
