@@ -7,8 +7,8 @@
 //! after power returns: each file holds its durable bytes, with, over the region that changed
 //! since its last sync (from the first byte that differs to the end of the file), a torn prefix
 //! of the unsynced bytes, some of which may be garbage (a sector that was half written, or
-//! written out of order). A file that only shrank keeps its durable bytes. This is how TigerBeetle and FoundationDB
-//! model storage faults, reduced to what a log needs.
+//! written out of order). A file that only shrank keeps its durable bytes. This is how
+//! TigerBeetle and FoundationDB model storage faults, reduced to what a log needs.
 //!
 //! CAVEATS: it does not model lost or misdirected writes to synced data (bit rot, firmware
 //! bugs), nor a directory sync that lies; those are corruption, which the WAL reports, and no
