@@ -57,6 +57,21 @@ pub struct UpArgs {
     /// <data-dir>/auth/ (kept when they exist) and starts the nodes with them.
     #[arg(long)]
     pub auth: bool,
+    /// Worker threads of each node (`capkv node --worker-threads`). By default the nodes share
+    /// this machine's CPUs: each gets CPUs / nodes, at least 1.
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub worker_threads: Option<u16>,
+}
+
+/// The CPUs this process may use (its affinity mask and cgroup quota), 1 when unknown.
+pub fn cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+}
+
+/// Each node's worker threads when `nodes` nodes share `cpus` CPUs: an equal share, at least 1.
+/// More threads than cores only adds hand-offs between threads that wait for each other.
+fn worker_share(cpus: usize, nodes: u16) -> usize {
+    (cpus / usize::from(nodes.max(1))).max(1)
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -77,6 +92,12 @@ struct ClusterState {
 }
 
 impl UpArgs {
+    /// `--worker-threads` of each node: as given, or the node's share of this machine's CPUs.
+    fn node_worker_threads(&self) -> usize {
+        self.worker_threads
+            .map_or_else(|| worker_share(cpus(), self.nodes), usize::from)
+    }
+
     fn validate(&self) -> Result<(), Error> {
         if self.nodes == 0 || self.nodes > NODES_MAX {
             return Err(Error::InvalidInput(format!(
@@ -223,6 +244,7 @@ fn spawn_node(
         .arg("--data-dir")
         .arg(&dir)
         .args(["--peers", peers, "--fault-injection"])
+        .args(["--worker-threads".to_string(), args.node_worker_threads().to_string()])
         .args(
             tokens
                 .map(|t| [std::ffi::OsStr::new("--auth-token-file"), t.as_os_str()])
@@ -511,7 +533,20 @@ mod tests {
             detach: false,
             tls: false,
             auth: false,
+            worker_threads: None,
         }
+    }
+
+    #[test]
+    fn nodes_on_one_machine_share_its_cpus_and_get_at_least_one_thread() {
+        assert_eq!(worker_share(2, 3), 1);
+        assert_eq!(worker_share(8, 3), 2);
+        assert_eq!(worker_share(16, 1), 16);
+        assert_eq!(worker_share(1, 5), 1);
+        let mut args = up(7001, 7101, 8001);
+        assert_eq!(args.node_worker_threads(), worker_share(cpus(), 3));
+        args.worker_threads = Some(3);
+        assert_eq!(args.node_worker_threads(), 3, "--worker-threads wins over the share");
     }
 
     #[test]

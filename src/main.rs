@@ -49,7 +49,8 @@ fn run_node(args: &cli::NodeArgs) -> i32 {
         Ok(g) => g,
         Err(e) => return cli::finish(cli::Output::Table, Err(Error::InvalidInput(e))),
     };
-    let result = runtime(2).block_on(capkv::node::run::run(options));
+    let workers = args.worker_threads.map_or_else(capkv::cluster::cpus, usize::from);
+    let result = runtime(workers).block_on(capkv::node::run::run(options));
     if let Err(e) = &result {
         tracing::error!("node failed: {e}");
     }

@@ -120,6 +120,12 @@ pub struct NodeArgs {
         value_delimiter = ','
     )]
     pub backup_dirs: Vec<std::path::PathBuf>,
+    /// Threads that run the node's request handling, Raft and replication (default: the CPUs
+    /// this process may use). 1 runs them all on one thread, which saves the hand-offs between
+    /// threads when several nodes share few cores (`cluster up` gives each node its share).
+    /// Disk syncs and other blocking work run on threads of their own either way.
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub worker_threads: Option<u16>,
     #[arg(long, value_enum, default_value = "pretty")]
     pub log_format: LogFormat,
     /// Log level (trace, debug, info, warn, error); RUST_LOG overrides it.

@@ -266,6 +266,27 @@ fn completion_scripts_parse_and_node_help_lists_server_flags_only() {
             help.describe()
         );
     }
+    // A node needs at least one worker thread; 0 is a usage error that names the flag.
+    let zero = run(&[
+        "node",
+        "--id",
+        "1",
+        "--listen",
+        "127.0.0.1:1",
+        "--http",
+        "127.0.0.1:2",
+        "--data-dir",
+        "/nonexistent",
+        "--peers",
+        "1=127.0.0.1:1",
+        "--worker-threads",
+        "0",
+    ]);
+    assert!(
+        zero.expect_code(2).stderr.contains("--worker-threads"),
+        "{}",
+        zero.describe()
+    );
     let get_help = run(&["get", "--help"]);
     assert!(
         get_help.expect_code(0).stdout.contains("--endpoints"),

@@ -784,6 +784,11 @@ impl Cluster {
             Some(endpoints) => cmd.arg("--join").arg(endpoints),
             None => cmd.arg("--peers").arg(&peers),
         };
+        // Odd nodes run on one worker thread (what `cluster up` gives each node on a small
+        // machine), even ones on the default (one per CPU): every cluster covers both runtimes.
+        if id % 2 == 1 {
+            cmd.args(["--worker-threads", "1"]);
+        }
         cmd.arg("--fault-injection")
             .env_remove("RUST_LOG")
             .env_remove("CAPKV_ENDPOINTS")
