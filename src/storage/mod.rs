@@ -57,6 +57,12 @@ fn open_error(dir: &Path, err: sled::Error) -> Error {
     Error::Internal(format!("cannot open the database in {}: {text}", dir.display()))
 }
 
+/// Times a flush lets the runtime's other runnable tasks go first once it holds the turn, so
+/// their writes share it. With each node on one worker thread, in six interleaved pairs of ap
+/// put runs at concurrency 64, 4 yields beat none five times (by 2-19%) and lost once (by 11%);
+/// 1 and 16 were mixed (ahead and behind by up to 17%).
+const FLUSH_YIELDS: usize = 4;
+
 /// Group commit: makes sled's writes durable with as few syncs as possible, one at a time.
 ///
 /// A caller that has written asks for a flush; if a flush started after its write has finished
@@ -130,6 +136,11 @@ impl Flusher {
         let _turn = self.state.one_at_a_time.lock().await;
         if self.state.durable.load(SeqCst) >= mine {
             return Ok(());
+        }
+        // Tasks already runnable (requests read off connections, pushes from peers) get to
+        // write and join this flush before it starts, instead of waiting for the next one.
+        for _ in 0..FLUSH_YIELDS {
+            tokio::task::yield_now().await;
         }
         let covers = self.state.requested.load(SeqCst);
         let db = self.db.clone();
