@@ -19,6 +19,9 @@
 //! the library sets, so a retried ap write is written again (last writer wins). Once an attempt's
 //! outcome is unknown, the call's is too: a retry that is then refused ("no quorum") says
 //! nothing about the first copy, so the call answers "outcome unknown", never "not applied".
+//! Concurrent calls take their sequence numbers within the cluster's answer window
+//! (`Window`): a call waits rather than run so far ahead of a slow one that the slow one
+//! would be refused as too old.
 //!
 //! Errors keep the classification of [`crate::error`]: `exit_code()` says whether the operation
 //! may have happened. Caveat: a connection that breaks after the request was written (the node
@@ -26,13 +29,14 @@
 //! because the client cannot tell the two apart; when no time is left to retry, that is what the
 //! caller hears.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};
 
+use crate::cp::session::ANSWERS_PER_CLIENT;
 use crate::error::Error;
 use crate::limits::{REQUEST_BYTES_MAX, RESPONSE_BYTES_MAX};
 use crate::proto::{
@@ -65,14 +69,80 @@ pub fn parse_endpoints(list: &str) -> Vec<String> {
         .collect()
 }
 
+/// The sequence numbers of one client's calls in flight, kept within the cluster's answer window.
+///
+/// The cluster keeps the answers of a client's newest [`ANSWERS_PER_CLIENT`] sequence numbers
+/// and refuses an older one as "outcome unknown" ([`crate::cp::session`]). Were calls free to
+/// overtake each other, one slow call (say, forwarded by a follower while the rest went straight
+/// to the leader) could find that many newer ones applied before it and be refused although
+/// nothing was ever applied for it. So a new sequence number is handed out only while it is
+/// less than [`ANSWERS_PER_CLIENT`] ahead of the oldest one still in flight; past that, callers
+/// wait for it. Then at most `ANSWERS_PER_CLIENT - 1` newer sequence numbers can be applied
+/// while a call (or its retry) is under way, and its own is never below every kept answer.
+#[derive(Default)]
+struct Window {
+    state: Mutex<WindowState>,
+    freed: tokio::sync::Notify,
+}
+
+#[derive(Default)]
+struct WindowState {
+    /// The last sequence number handed out (0: none yet; the first is 1).
+    last: u64,
+    in_flight: std::collections::BTreeSet<u64>,
+}
+
+/// A sequence number taken from a [`Window`]; given back when dropped.
+struct Turn<'a> {
+    window: &'a Window,
+    sequence: u64,
+}
+
+impl Window {
+    async fn take(&self) -> Turn<'_> {
+        loop {
+            let freed = self.freed.notified();
+            tokio::pin!(freed);
+            // Registered before the check, so a turn given back after it still wakes us.
+            freed.as_mut().enable();
+            {
+                let mut state = self.state.lock().expect("the window lock is never poisoned");
+                let next = state.last + 1;
+                let oldest = state.in_flight.first().copied().unwrap_or(next);
+                if next - oldest < ANSWERS_PER_CLIENT as u64 {
+                    state.last = next;
+                    state.in_flight.insert(next);
+                    return Turn {
+                        window: self,
+                        sequence: next,
+                    };
+                }
+            }
+            freed.await;
+        }
+    }
+}
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        self.window
+            .state
+            .lock()
+            .expect("the window lock is never poisoned")
+            .in_flight
+            .remove(&self.sequence);
+        self.window.freed.notify_waiters();
+    }
+}
+
 pub struct Client {
     endpoints: Vec<String>,
     timeout: Duration,
     channels: Mutex<Vec<Option<Channel>>>,
     preferred: AtomicUsize,
-    /// This client's id in request ids, and the next sequence number.
+    /// This client's id in request ids, and the sequence numbers it hands out.
     client_id: [u8; 16],
-    sequence: AtomicU64,
+    sequences: Window,
     /// `Bearer TOKEN` for nodes that check tokens (`--token`), ready to attach.
     authorization: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
     /// TLS settings (`--cacert`, `--cert`, `--key`), for nodes that serve TLS.
@@ -97,7 +167,7 @@ impl Client {
             channels,
             preferred: AtomicUsize::new(0),
             client_id: rand::random(),
-            sequence: AtomicU64::new(1),
+            sequences: Window::default(),
             authorization: None,
             tls: None,
         })
@@ -320,7 +390,7 @@ impl Client {
 
     /// A put as the caller built it; without a request id it gets this client's next one.
     pub async fn put_request(&self, mut req: proto::PutRequest) -> Result<proto::PutResponse, Error> {
-        let effect = self.identify(&mut req.request_id);
+        let (effect, _turn) = self.identify(&mut req.request_id).await;
         self.call(effect, req, |c, r| async move { kv(c).put(r).await }).await
     }
 
@@ -341,7 +411,7 @@ impl Client {
 
     /// A delete as the caller built it; without a request id it gets this client's next one.
     pub async fn delete_request(&self, mut req: proto::DeleteRequest) -> Result<proto::DeleteResponse, Error> {
-        let effect = self.identify(&mut req.request_id);
+        let (effect, _turn) = self.identify(&mut req.request_id).await;
         self.call(effect, req, |c, r| async move { kv(c).delete(r).await })
             .await
     }
@@ -372,28 +442,32 @@ impl Client {
 
     /// A CAS as the caller built it; without a request id it gets this client's next one.
     pub async fn cas_request(&self, mut req: proto::CasRequest) -> Result<proto::CasResponse, Error> {
-        let effect = self.identify(&mut req.request_id);
+        let (effect, _turn) = self.identify(&mut req.request_id).await;
         self.call(effect, req, |c, r| async move { kv(c).compare_and_swap(r).await })
             .await
     }
 
     /// A transaction; without a request id it gets this client's next one.
     pub async fn txn(&self, mut req: proto::TxnRequest) -> Result<proto::TxnResponse, Error> {
-        let effect = self.identify(&mut req.request_id);
+        let (effect, _turn) = self.identify(&mut req.request_id).await;
         self.call(effect, req, |c, r| async move { kv(c).txn(r).await }).await
     }
 
     /// Gives a write this client's next request id unless it has one; every write with an id
-    /// may be retried.
-    fn identify(&self, id: &mut Option<proto::RequestId>) -> Effect {
+    /// may be retried. The sequence number stays taken until the returned turn is dropped (the
+    /// call is over); see [`Window`].
+    async fn identify(&self, id: &mut Option<proto::RequestId>) -> (Effect, Option<Turn<'_>>) {
+        let mut turn = None;
         if id.is_none() {
+            let taken = self.sequences.take().await;
             *id = Some(proto::RequestId {
                 client: self.client_id.to_vec(),
-                sequence: self.sequence.fetch_add(1, Ordering::Relaxed),
+                sequence: taken.sequence,
                 automatic: true,
             });
+            turn = Some(taken);
         }
-        Effect::WriteOnce
+        (Effect::WriteOnce, turn)
     }
 
     pub async fn create_keyspace(&self, name: &str, mode: crate::Mode) -> Result<proto::KeyspaceInfo, Error> {
@@ -550,6 +624,76 @@ fn source_text(error: &(dyn std::error::Error + 'static)) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    /// Polls `future` once, without a runtime: `Some` when it is ready.
+    fn poll_once<F: std::future::Future>(future: std::pin::Pin<&mut F>) -> Option<F::Output> {
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        match future.poll(&mut cx) {
+            std::task::Poll::Ready(v) => Some(v),
+            std::task::Poll::Pending => None,
+        }
+    }
+
+    #[test]
+    fn the_window_waits_for_the_oldest_call_in_flight_not_for_any() {
+        let window = Window::default();
+        let mut turns: Vec<Turn> = (0..ANSWERS_PER_CLIENT)
+            .map(|_| poll_once(std::pin::pin!(window.take())).expect("within the window"))
+            .collect();
+        assert_eq!(turns[0].sequence, 1);
+        let mut next = std::pin::pin!(window.take());
+        assert!(poll_once(next.as_mut()).is_none(), "a full window waits");
+        drop(turns.remove(1));
+        assert!(
+            poll_once(next.as_mut()).is_none(),
+            "sequence 2 finishing does not help while 1 is in flight"
+        );
+        drop(turns.remove(0));
+        let turn = poll_once(next.as_mut()).expect("1 finished: the window moves");
+        assert_eq!(turn.sequence, ANSWERS_PER_CLIENT as u64 + 1);
+    }
+
+    proptest! {
+        /// Calls of one client that finish in any order, each applied by the cluster's session
+        /// table when it finishes (the latest a slow copy can land): none is ever refused as
+        /// older than every kept answer.
+        #[test]
+        fn no_call_within_the_window_is_refused_as_too_old(picks in prop::collection::vec(any::<prop::sample::Index>(), 1..600)) {
+            use crate::cp::apply::{apply, MemState};
+            use crate::cp::command::{Command, CreateKeyspace, Put};
+            use crate::cp::session::{apply_once, Once, RequestId};
+
+            let mut state = MemState::default();
+            let create = Command::CreateKeyspace(CreateKeyspace { name: "k".into(), mode: crate::Mode::Cp });
+            apply(&create, 1, &mut state).unwrap();
+            let window = Window::default();
+            let mut in_flight: Vec<Turn> = Vec::new();
+            for (step, pick) in picks.iter().enumerate() {
+                // Take a turn when the window allows; otherwise (or every third step) one call
+                // in flight, chosen by the test, finishes and is applied.
+                let taken = if step % 3 == 2 && !in_flight.is_empty() {
+                    None
+                } else {
+                    poll_once(std::pin::pin!(window.take()))
+                };
+                match taken {
+                    Some(turn) => in_flight.push(turn),
+                    None => {
+                        let turn = in_flight.swap_remove(pick.index(in_flight.len()));
+                        let once = Once {
+                            id: RequestId { client: [7; 16], sequence: turn.sequence },
+                            at_ms: 1,
+                            session_ttl_ms: 60_000,
+                            command: Box::new(Command::Put(Put { keyspace: "k".into(), key: b"a".to_vec(), value: b"v".to_vec() })),
+                        };
+                        let applied = apply_once(&once, step as u64 + 2, &mut state);
+                        prop_assert!(applied.is_ok(), "sequence {} refused: {applied:?}", turn.sequence);
+                    }
+                }
+            }
+        }
+    }
 
     #[test]
     fn a_refused_retry_does_not_make_an_unknown_outcome_definite() {
