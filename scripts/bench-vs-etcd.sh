@@ -14,7 +14,9 @@
 # stopped and its files removed on exit.
 #
 # Both systems run with their defaults: etcd fdatasyncs its WAL before it acknowledges a write;
-# capkv's durability is what README's "Durability" section says.
+# capkv's durability is what README's "Durability" section says. `cluster up` gives each capkv
+# node its share of the CPUs (--worker-threads); etcd members inherit the environment, so
+# `GOMAXPROCS=1 bash scripts/bench-vs-etcd.sh` runs them on one thread each as well.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
