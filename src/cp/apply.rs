@@ -7,8 +7,8 @@
 //! below check that, and that CAS agrees with a plain register model.
 //!
 //! Caveats: applying never fails for a storage reason (the state machine reads through its own
-//! overlay and writes only once every entry of an apply call is decided); a refusal ([`Refusal`]) leaves the state as it
-//! was.
+//! overlay and writes only once every entry of an apply call is decided); a refusal
+//! ([`Refusal`]) leaves the state as it was.
 
 use std::cmp::Ordering;
 

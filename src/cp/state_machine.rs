@@ -386,6 +386,37 @@ type Write = (Vec<u8>, Option<Vec<u8>>);
 /// as one sled batch, as every apply was before.
 const WRITE_SET_BYTES_MAX: usize = 64 * 1024;
 
+/// Writes one apply's `writes` (the applied id last) so that a crash leaves it finished or
+/// finishable (see DURABILITY): a set of at most [`WRITE_SET_BYTES_MAX`] is stored first and
+/// written in order after it; a larger one is one sled batch, all or nothing (`cut_after` does
+/// not apply to it). Counted in `capkv_cp_applies_total` by path.
+fn write_apply(
+    sm: &sled::Tree,
+    last_applied: LogId<NodeId>,
+    writes: Vec<Write>,
+    cut_after: Option<usize>,
+) -> Result<(), Error> {
+    let bytes: usize = writes
+        .iter()
+        .map(|(k, v)| k.len() + v.as_ref().map_or(0, Vec::len))
+        .sum();
+    let in_order = bytes <= WRITE_SET_BYTES_MAX;
+    metrics::counter!("capkv_cp_applies_total", "writes" => if in_order { "in_order" } else { "batch" }).increment(1);
+    if !in_order {
+        let mut batch = sled::Batch::default();
+        for (key, value) in writes {
+            match value {
+                Some(value) => batch.insert(key, value),
+                None => batch.remove(key),
+            }
+        }
+        return Ok(sm.apply_batch(batch)?);
+    }
+    // Encoded only here: a large apply never copies its values into a set it will not store.
+    sm.insert(keys::APPLYING, encode(&(last_applied, &writes)))?;
+    write_in_order(sm, writes, cut_after)
+}
+
 /// Writes `writes` in their order. `cut_after` (tests only) stops after that many, as a crash
 /// would.
 fn write_in_order(sm: &sled::Tree, writes: Vec<Write>, cut_after: Option<usize>) -> Result<(), Error> {
@@ -584,29 +615,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             writes.push((keys::MEMBERSHIP.to_vec(), Some(encode(&membership))));
         }
         writes.push((keys::APPLIED.to_vec(), Some(encode(&Some(last_applied)))));
-        let cut_after = self.cut_after_writes.take();
-        let bytes: usize = writes
-            .iter()
-            .map(|(k, v)| k.len() + v.as_ref().map_or(0, Vec::len))
-            .sum();
-        let inline = bytes <= WRITE_SET_BYTES_MAX;
-        metrics::counter!("capkv_cp_applies_total", "writes" => if inline { "in_order" } else { "batch" }).increment(1);
-        if inline {
-            // Encoded only here: a large apply never copies its values into a set it will not store.
-            self.sm
-                .insert(keys::APPLYING, encode(&(last_applied, &writes)))
-                .map_err(sm_write_err)?;
-            write_in_order(&self.sm, writes, cut_after).map_err(sm_write_err)?;
-        } else {
-            let mut batch = sled::Batch::default();
-            for (key, value) in writes {
-                match value {
-                    Some(value) => batch.insert(key, value),
-                    None => batch.remove(key),
-                }
-            }
-            self.sm.apply_batch(batch).map_err(sm_write_err)?;
-        }
+        write_apply(&self.sm, last_applied, writes, self.cut_after_writes.take()).map_err(sm_write_err)?;
         Ok(outcomes)
     }
 
