@@ -6,11 +6,24 @@
 //! that reached the disk, which includes everything ever acknowledged.
 //!
 //! DURABILITY. `append` queues its entries and returns; openraft's `LogFlushed` callback fires
-//! only after the `fdatasync` that covers them, so neither a follower's reply nor the leader's
-//! own count of the entry happens before that. `save_vote`, `truncate` and `purge` return only
-//! after their sync. `save_committed` rides along with the next sync (losing it only means the
-//! node re-learns the commit index). Concurrent appends, votes and purges share syncs (group
+//! after the `fdatasync` that covers them, so a follower answers only for entries on its disk.
+//! The leader's own appends are the exception below. `save_vote`, `truncate` and `purge` return
+//! only after their sync. `save_committed` rides along with the next sync (losing it only means
+//! the node re-learns the commit index). Concurrent appends, votes and purges share syncs (group
 //! commit in `storage::wal::writer`); the append path has no other disk cost.
+//!
+//! EARLY ACKS. openraft 0.9 waits for the leader's own append to be flushed before it sends the
+//! entries to followers, which makes the leader's sync and the follower's sync one after the
+//! other on every write. As etcd does, the leader writes in parallel with replication instead:
+//! an append is acknowledged to openraft as soon as it is queued when (a) the stored vote is
+//! committed and names this node, (b) every entry was proposed by this node in that term, (c)
+//! no entry changes the membership, and (d) in every config of the latest membership a quorum
+//! needs at least two voters. The leader then counts itself at once, but the Raft network holds
+//! every successful AppendEntries answer of a follower until [`OwnAppends`] says the leader's
+//! own copy of every entry up to the answer's last index is on disk. A commit needs a quorum,
+//! which by (d) includes a follower whose answer was held that way, so every committed entry is
+//! still on the disks of a majority, the leader's included, before anyone hears OK. If the
+//! leader's sync fails, the answers stay held and nothing it early-acknowledged commits.
 //!
 //! MEMORY INDEX. The unpurged entries themselves are kept in memory (a `BTreeMap` by index),
 //! so reads never touch the disk and entries still being written are readable for replication.
@@ -33,12 +46,17 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
+use std::io;
 use std::ops::RangeBounds;
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
-use openraft::{Entry, LogId, RaftLogReader, StorageError, StorageIOError, Vote};
+use openraft::{
+    BasicNode, Entry, EntryPayload, LogId, Membership, RaftLogReader, StorageError, StorageIOError, StoredMembership,
+    Vote,
+};
+use tokio::sync::watch;
 
 use super::{NodeId, TypeConfig};
 use crate::error::Error;
@@ -198,8 +216,142 @@ impl Tracker for SegmentTracker {
     }
 }
 
+/// Whether every quorum of `membership` needs a voter besides any one node: then no node alone,
+/// the leader included, can commit (condition (d) of EARLY ACKS).
+fn quorum_needs_two(membership: &Membership<NodeId, BasicNode>) -> bool {
+    membership.get_joint_config().iter().all(|voters| voters.len() >= 2)
+}
+
+/// What decides whether an append is the leader's own and may be acknowledged early.
+#[derive(Default)]
+struct Leading {
+    /// This node's id, once the node turned early acknowledgement on.
+    node: Option<NodeId>,
+    /// For each membership entry still in the log, and the newest one purged or applied: its
+    /// index and whether its quorums need two voters. The last one is the membership in effect,
+    /// but for one a follower learns from an installed snapshot; missing that is safe, since a
+    /// config in which this node alone is a quorum commits only with this node's own answer, so
+    /// it passes through this log.
+    memberships: BTreeMap<u64, bool>,
+}
+
+impl Leading {
+    fn observe(&mut self, entry: &Entry<TypeConfig>) {
+        if let EntryPayload::Membership(m) = &entry.payload {
+            self.memberships.insert(entry.log_id.index, quorum_needs_two(m));
+        }
+    }
+
+    fn truncate(&mut self, from: u64) {
+        self.memberships.split_off(&from);
+    }
+
+    /// Drops memberships that a newer one at or below `upto` replaced.
+    fn purge(&mut self, upto: u64) {
+        let above = self.memberships.split_off(&(upto + 1));
+        let newest = self.memberships.pop_last();
+        self.memberships = above;
+        self.memberships.extend(newest);
+    }
+
+    /// Conditions (a) to (d) of EARLY ACKS for `entries` appended to `log`.
+    fn may_ack_early(&self, log: &RaftLog, entries: &[Entry<TypeConfig>]) -> bool {
+        let (Some(node), Some(vote)) = (self.node, log.vote) else {
+            return false;
+        };
+        let own = |e: &Entry<TypeConfig>| {
+            e.log_id.leader_id.term == vote.leader_id.term
+                && e.log_id.leader_id.node_id == node
+                && !matches!(e.payload, EntryPayload::Membership(_))
+        };
+        vote.is_committed()
+            && vote.leader_id.node_id == node
+            && !entries.is_empty()
+            && entries.iter().all(own)
+            && self
+                .memberships
+                .last_key_value()
+                .is_some_and(|(_, needs_two)| *needs_two)
+    }
+}
+
+/// The leader's appends acknowledged to openraft before their sync (see EARLY ACKS), until the
+/// sync that covers them.
+pub struct OwnAppends {
+    state: Mutex<OwnState>,
+    /// Bumped on every change, to wake the answers waiting in [`Self::durable_through`].
+    changed: watch::Sender<u64>,
+}
+
+#[derive(Default)]
+struct OwnState {
+    /// First index of each early-acknowledged batch not yet synced, with a count (a batch may
+    /// start at the index of an earlier one that a later term truncated).
+    unsynced: BTreeMap<u64, usize>,
+    /// Why a sync failed: the batches it covered stay unsynced for good.
+    failed: Option<String>,
+}
+
+impl OwnAppends {
+    fn new() -> Self {
+        Self {
+            state: Mutex::default(),
+            changed: watch::Sender::new(0),
+        }
+    }
+
+    fn state(&self) -> MutexGuard<'_, OwnState> {
+        self.state.lock().expect("the own-appends lock is never poisoned")
+    }
+
+    fn begin(&self, first: u64) {
+        *self.state().unsynced.entry(first).or_default() += 1;
+    }
+
+    fn end(&self, first: u64, outcome: io::Result<()>) {
+        {
+            let mut state = self.state();
+            match outcome {
+                Ok(()) => {
+                    if let Some(count) = state.unsynced.get_mut(&first) {
+                        *count -= 1;
+                        if *count == 0 {
+                            state.unsynced.remove(&first);
+                        }
+                    }
+                }
+                Err(e) => {
+                    state.failed.get_or_insert_with(|| e.to_string());
+                }
+            }
+        }
+        self.changed.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Returns once every entry at or below `index` that this node acknowledged early is on its
+    /// disk; an error when the sync of one of them failed (then it never will be).
+    pub async fn durable_through(&self, index: u64) -> Result<(), String> {
+        let mut changes = self.changed.subscribe();
+        loop {
+            {
+                let state = self.state();
+                if state.unsynced.range(..=index).next().is_none() {
+                    return Ok(());
+                }
+                if let Some(why) = &state.failed {
+                    return Err(format!("this leader could not write its own copy of the log: {why}"));
+                }
+            }
+            // The sender lives in `self`, so this only waits.
+            let _ = changes.changed().await;
+        }
+    }
+}
+
 struct Shared {
     log: Mutex<RaftLog>,
+    leading: Mutex<Leading>,
+    own: Arc<OwnAppends>,
     writer: Writer,
 }
 
@@ -230,12 +382,39 @@ impl LogStore {
             .map_err(|e| Error::Storage(format!("the recovered Raft log is inconsistent: {e}")))?;
         let writer = Writer::start(wal, tracker)
             .map_err(|e| Error::Storage(format!("cannot start the Raft log writer: {e}")))?;
+        let mut leading = Leading::default();
+        log.entries.values().for_each(|e| leading.observe(e));
         Ok(Self {
             shared: Arc::new(Shared {
                 log: Mutex::new(log),
+                leading: Mutex::new(leading),
+                own: Arc::new(OwnAppends::new()),
                 writer,
             }),
         })
+    }
+
+    /// Lets node `node` acknowledge its own appends as leader before their sync (see EARLY
+    /// ACKS). `applied` is the state machine's membership, in effect when the log no longer
+    /// holds a membership entry. The Raft network must hold follower answers on
+    /// [`Self::own_appends`].
+    pub fn ack_own_appends_early(&self, node: NodeId, applied: &StoredMembership<NodeId, BasicNode>) {
+        let mut leading = self.leading();
+        leading.node = Some(node);
+        let index = applied.log_id().map_or(0, |l| l.index);
+        leading
+            .memberships
+            .entry(index)
+            .or_insert_with(|| quorum_needs_two(applied.membership()));
+    }
+
+    /// The leader's appends not yet on disk, for the Raft network to wait on.
+    pub fn own_appends(&self) -> Arc<OwnAppends> {
+        self.shared.own.clone()
+    }
+
+    fn leading(&self) -> MutexGuard<'_, Leading> {
+        self.shared.leading.lock().expect("the leading lock is never poisoned")
     }
 
     fn log(&self) -> MutexGuard<'_, RaftLog> {
@@ -262,8 +441,8 @@ impl LogStore {
         self.log().clone()
     }
 
-    /// Appends entries; `done` hears when they are durable. The order of calls is the order
-    /// on disk.
+    /// Appends entries; `done` hears when they are durable, or at once when they are this
+    /// leader's own (see EARLY ACKS). The order of calls is the order on disk.
     pub(crate) async fn append_entries(
         &self,
         entries: impl IntoIterator<Item = Entry<TypeConfig>>,
@@ -277,22 +456,49 @@ impl LogStore {
                 big.len()
             )));
         }
-        {
+        let early = {
             let mut log = self.log();
-            entries.into_iter().for_each(|e| log.append(e));
+            let mut leading = self.leading();
+            let early = leading.may_ack_early(&log, &entries).then(|| entries[0].log_id.index);
+            for entry in entries {
+                leading.observe(&entry);
+                log.append(entry);
+            }
+            // Registered before the lock is released, so no answer can miss it.
+            if let Some(first) = early {
+                self.shared.own.begin(first);
+            }
+            early
+        };
+        match early {
+            None => self.shared.writer.submit(records, Some(done)).await,
+            Some(first) => {
+                let own = self.shared.own.clone();
+                let synced: Done = Box::new(move |outcome| own.end(first, outcome));
+                self.shared.writer.submit(records, Some(synced)).await;
+                metrics::counter!("capkv_raft_appends_acked_before_sync_total").increment(1);
+                done(Ok(()));
+            }
         }
-        self.shared.writer.submit(records, Some(done)).await;
         Ok(())
     }
 
     pub(crate) async fn truncate_from(&self, from: u64) -> std::io::Result<()> {
-        self.log().truncate(from);
+        {
+            let mut log = self.log();
+            log.truncate(from);
+            self.leading().truncate(from);
+        }
         let body = from.to_le_bytes();
         self.shared.writer.write(vec![record(TRUNCATE, &body)]).await
     }
 
     pub(crate) async fn purge_upto(&self, upto: LogId<NodeId>) -> std::io::Result<()> {
-        self.log().purge(upto);
+        {
+            let mut log = self.log();
+            log.purge(upto);
+            self.leading().purge(upto.index);
+        }
         self.shared.writer.write(vec![record(PURGE, &encode(&upto))]).await
     }
 

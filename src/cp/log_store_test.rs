@@ -180,6 +180,177 @@ fn a_data_dir_with_a_sled_raft_log_is_refused_with_what_to_do() {
     refuse_sled_log(&db, fresh.path()).expect("a fresh data dir is fine");
 }
 
+/// A membership of `voters` (each config of a joint one as a slice), applied at index 1.
+fn membership(configs: &[&[NodeId]]) -> StoredMembership<NodeId, BasicNode> {
+    let configs = configs.iter().map(|c| c.iter().copied().collect()).collect();
+    StoredMembership::new(Some(log_id(1, 1)), Membership::new(configs, ()))
+}
+
+fn membership_entry(term: u64, index: u64, voters: &[NodeId]) -> Entry<TypeConfig> {
+    Entry {
+        log_id: LogId::new(CommittedLeaderId::new(term, 1), index),
+        payload: EntryPayload::Membership(Membership::new(vec![voters.iter().copied().collect()], ())),
+    }
+}
+
+/// Whether node 1, with `vote` stored and `applied` as the state machine's membership, has
+/// `entries` acknowledged before their sync: the disk is dead, so an acknowledgement that
+/// waited for the sync is an error.
+fn acked_early(vote: Vote<NodeId>, applied: Option<&[&[NodeId]]>, entries: Vec<Entry<TypeConfig>>) -> bool {
+    runtime().block_on(async {
+        let disk = SimDisk::new();
+        let store = open(&disk);
+        if let Some(configs) = applied {
+            store.ack_own_appends_early(1, &membership(configs));
+        }
+        store.save_vote_durably(&vote).await.unwrap();
+        disk.crash();
+        let (tell, told) = std::sync::mpsc::channel();
+        let done: Done = Box::new(move |outcome| tell.send(outcome.is_ok()).unwrap());
+        store.append_entries(entries, done).await.unwrap();
+        told.recv().expect("every append hears its outcome")
+    })
+}
+
+#[test]
+fn only_a_leaders_own_appends_with_a_peer_in_every_quorum_are_acknowledged_before_their_sync() {
+    let leader = Vote::new_committed(2, 1);
+    let three: &[&[NodeId]] = &[&[1, 2, 3]];
+    let own = || (5..=7).map(|i| entry(2, i)).collect::<Vec<_>>();
+    assert!(acked_early(leader, Some(three), own()), "the leader's own entries");
+    assert!(!acked_early(leader, None, own()), "early acks not turned on");
+    assert!(!acked_early(Vote::new(2, 1), Some(three), own()), "a candidate's vote");
+    assert!(
+        !acked_early(Vote::new_committed(2, 2), Some(three), own()),
+        "a follower of node 2"
+    );
+    assert!(
+        !acked_early(leader, Some(three), vec![entry(1, 5)]),
+        "an entry of an earlier term"
+    );
+    assert!(
+        !acked_early(leader, Some(&[&[1]]), own()),
+        "a single voter commits alone"
+    );
+    assert!(
+        !acked_early(leader, Some(&[&[1, 2, 3], &[1]]), own()),
+        "a joint config whose new half is the leader alone"
+    );
+    assert!(
+        !acked_early(leader, Some(three), vec![entry(2, 5), membership_entry(2, 6, &[1, 2])]),
+        "a batch that changes the membership"
+    );
+    assert!(acked_early(leader, Some(&[&[1, 2]]), own()), "two voters");
+}
+
+#[test]
+fn the_newest_membership_in_the_log_decides_and_a_truncation_restores_the_one_before() {
+    runtime().block_on(async {
+        let disk = SimDisk::new();
+        let store = open(&disk);
+        store.ack_own_appends_early(1, &membership(&[&[1, 2, 3]]));
+        store.save_vote_durably(&Vote::new_committed(2, 1)).await.unwrap();
+        let early = |store: &LogStore| {
+            let log = store.log();
+            let leading = store.leading();
+            leading.may_ack_early(&log, &[entry(2, 100)])
+        };
+        assert!(early(&store));
+        store
+            .append_entries([membership_entry(2, 2, &[1])], ignore())
+            .await
+            .unwrap();
+        assert!(!early(&store), "the leader alone is a quorum now");
+        store.truncate_from(2).await.unwrap();
+        assert!(early(&store), "the truncated change no longer counts");
+        store
+            .append_entries([membership_entry(2, 2, &[1])], ignore())
+            .await
+            .unwrap();
+        store.append_entries([entry(2, 3)], ignore()).await.unwrap();
+        store.purge_upto(log_id(2, 3)).await.unwrap();
+        assert!(!early(&store), "a purged membership stays in effect until a newer one");
+        drop(store);
+        let store = open(&disk.reboot(4));
+        store.ack_own_appends_early(1, &membership(&[&[1, 2, 3]]));
+        store.save_vote_durably(&Vote::new_committed(2, 1)).await.unwrap();
+        assert!(
+            early(&store),
+            "after a restart the applied membership counts until the log has a newer one"
+        );
+    });
+}
+
+#[test]
+fn answers_wait_for_the_leaders_sync_and_never_pass_a_failed_one() {
+    runtime().block_on(async {
+        let disk = SimDisk::new();
+        let store = open(&disk);
+        store.ack_own_appends_early(1, &membership(&[&[1, 2, 3]]));
+        store.save_vote_durably(&Vote::new_committed(1, 1)).await.unwrap();
+        let own = store.own_appends();
+        store
+            .append_entries((1..=3).map(|i| entry(1, i)), ignore())
+            .await
+            .unwrap();
+        own.durable_through(3).await.expect("a good disk syncs");
+        disk.crash();
+        store
+            .append_entries((4..=5).map(|i| entry(1, i)), ignore())
+            .await
+            .unwrap();
+        own.durable_through(3)
+            .await
+            .expect("entries synced before the failure are still on disk");
+        let refused = own
+            .durable_through(4)
+            .await
+            .expect_err("the failed sync never releases an answer");
+        assert!(refused.contains("own copy of the log"), "{refused}");
+    });
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 100, ..ProptestConfig::default() })]
+
+    /// The leader appends its own entries (acknowledged before their sync), a follower's answer
+    /// up to the last of them is released when `durable_through` says so, and the disk dies at
+    /// a random point: after recovery the leader still has every entry an answer was released
+    /// for, so no commit counted a copy that was lost.
+    #[test]
+    fn no_answer_is_released_for_a_leader_copy_a_crash_can_lose(
+        batches in prop::collection::vec((1u64..5, any::<bool>()), 1..40),
+        crash_after in 0u64..60,
+        seed in any::<u64>(),
+    ) {
+        runtime().block_on(async {
+            let disk = SimDisk::new();
+            let store = open(&disk);
+            store.ack_own_appends_early(1, &membership(&[&[1, 2, 3]]));
+            store.save_vote_durably(&Vote::new_committed(1, 1)).await.unwrap();
+            let own = store.own_appends();
+            disk.crash_after(crash_after);
+            let (mut last, mut released) = (0, 0);
+            for (n, answer) in batches {
+                store.append_entries((last + 1..=last + n).map(|i| entry(1, i)), ignore()).await.unwrap();
+                last += n;
+                if answer {
+                    match own.durable_through(last).await {
+                        Ok(()) => released = last,
+                        Err(_) => break,
+                    }
+                }
+            }
+            drop(store);
+            let recovered = open(&disk.reboot(seed)).snapshot();
+            let kept = recovered.last_log_id().map_or(0, |l| l.index);
+            prop_assert!(kept >= released, "an answer was released up to {released}, the leader kept up to {kept}");
+            prop_assert_eq!(recovered.entries.into_values().collect::<Vec<_>>(), (1..=kept).map(|i| entry(1, i)).collect::<Vec<_>>());
+            Ok::<(), TestCaseError>(())
+        })?;
+    }
+}
+
 /// One step of a random run, interpreted against the current log (see `run`).
 #[derive(Clone, Debug)]
 enum Step {

@@ -11,10 +11,14 @@
 //! the soft deadline of openraft's AppendEntries timeout (one heartbeat interval) is split the
 //! same way. Snapshot chunks are sized by openraft's
 //! `snapshot_max_chunk_size`, far below the peer message limit.
+//!
+//! Held answers: a follower's successful AppendEntries answer reaches openraft only once the
+//! leader's own copy of the entries it answers for is on disk ([`OwnAppends`]; see EARLY ACKS in
+//! `super::log_store`), so a commit never counts a leader copy that a power cut could lose.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use openraft::error::{
     InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError, Unreachable,
@@ -29,6 +33,7 @@ use serde::de::DeserializeOwned;
 use tonic::transport::Channel;
 use tonic::Code;
 
+use super::log_store::OwnAppends;
 use super::{NodeId, TypeConfig, GROUP_ID};
 use crate::fault::FaultFilter;
 use crate::limits::RAFT_MESSAGE_BYTES_MAX;
@@ -44,15 +49,17 @@ const UNREACHABLE_BACKOFF: Duration = Duration::from_millis(200);
 pub struct Network {
     self_id: NodeId,
     fault: Arc<FaultFilter>,
+    own: Arc<OwnAppends>,
     /// Keyed by id and address: a member removed and added again elsewhere gets a new channel.
     channels: Arc<Mutex<HashMap<(NodeId, String), Channel>>>,
 }
 
 impl Network {
-    pub fn new(self_id: NodeId, fault: Arc<FaultFilter>) -> Self {
+    pub fn new(self_id: NodeId, fault: Arc<FaultFilter>, own: Arc<OwnAppends>) -> Self {
         Self {
             self_id,
             fault,
+            own,
             channels: Arc::default(),
         }
     }
@@ -76,6 +83,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             self_id: self.self_id,
             target,
             fault: self.fault.clone(),
+            own: self.own.clone(),
             channel,
         }
     }
@@ -85,6 +93,7 @@ pub struct PeerConnection {
     self_id: NodeId,
     target: NodeId,
     fault: Arc<FaultFilter>,
+    own: Arc<OwnAppends>,
     channel: Result<Channel, String>,
 }
 
@@ -156,9 +165,48 @@ impl PeerConnection {
     }
 }
 
+impl PeerConnection {
+    /// Waits until this leader's own copy of every entry up to `index` is on disk (see the
+    /// module docs); an unreachable error when that does not happen within `ttl`, so openraft
+    /// asks again rather than count the answer.
+    async fn hold_until_own_copy_durable(
+        &self,
+        index: u64,
+        ttl: Duration,
+    ) -> Result<(), RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+        let started = Instant::now();
+        let unreachable = |why: String| RPCError::Unreachable(Unreachable::new(&std::io::Error::other(why)));
+        match tokio::time::timeout(ttl, self.own.durable_through(index)).await {
+            Ok(Ok(())) => {
+                metrics::histogram!("capkv_raft_answer_held_seconds").record(started.elapsed().as_secs_f64());
+                Ok(())
+            }
+            Ok(Err(why)) => Err(unreachable(why)),
+            Err(_) => Err(unreachable(format!(
+                "this leader's own copy of the log up to entry {index} did not reach its disk in time"
+            ))),
+        }
+    }
+}
+
 /// Did the transport (either end) refuse the message for its size?
 fn too_large(status: &tonic::Status) -> bool {
     matches!(status.code(), Code::ResourceExhausted | Code::OutOfRange)
+}
+
+/// The last index a successful answer to `rpc` says the follower holds: what openraft will
+/// count as matched. `None` for an answer that matches nothing.
+fn matched_index(rpc: &AppendEntriesRequest<TypeConfig>, answer: &AppendEntriesResponse<NodeId>) -> Option<u64> {
+    match answer {
+        AppendEntriesResponse::Success => rpc
+            .entries
+            .last()
+            .map(|e| e.log_id)
+            .or(rpc.prev_log_id)
+            .map(|l| l.index),
+        AppendEntriesResponse::PartialSuccess(matched) => matched.map(|l| l.index),
+        AppendEntriesResponse::Conflict | AppendEntriesResponse::HigherVote(_) => None,
+    }
 }
 
 /// How many of `entries`, from the first, fit in [`RAFT_MESSAGE_BYTES_MAX`] (at least one: a
@@ -195,7 +243,14 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         let entries = rpc.entries.len() as u64;
         let call = self.call(Rpc::AppendEntries, payload, option.hard_ttl());
         match tokio::time::timeout(option.soft_ttl(), call).await {
-            Ok(result) => result,
+            Ok(Ok(answer)) => match matched_index(&rpc, &answer) {
+                Some(index) => self
+                    .hold_until_own_copy_durable(index, option.hard_ttl())
+                    .await
+                    .map(|()| answer),
+                None => Ok(answer),
+            },
+            Ok(Err(e)) => Err(e),
             // openraft gives an AppendEntries one heartbeat interval. A batch that cannot be
             // sent and stored in that time would time out again on every retry, so ask for a
             // smaller one; the follower may have stored this one (appends are idempotent).
@@ -230,5 +285,48 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
 
     fn backoff(&self) -> openraft::network::Backoff {
         openraft::network::Backoff::new(std::iter::repeat(UNREACHABLE_BACKOFF))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId, Vote};
+
+    use super::*;
+
+    fn log_id(index: u64) -> LogId<NodeId> {
+        LogId::new(CommittedLeaderId::new(2, 1), index)
+    }
+
+    fn request(prev: Option<u64>, entries: &[u64]) -> AppendEntriesRequest<TypeConfig> {
+        AppendEntriesRequest {
+            vote: Vote::new_committed(2, 1),
+            prev_log_id: prev.map(log_id),
+            entries: entries
+                .iter()
+                .map(|i| Entry {
+                    log_id: log_id(*i),
+                    payload: EntryPayload::Blank,
+                })
+                .collect(),
+            leader_commit: None,
+        }
+    }
+
+    /// The index an answer is held for is the one openraft then counts as the follower's.
+    #[test]
+    fn an_answer_is_held_for_the_last_index_it_matches() {
+        let success = AppendEntriesResponse::Success;
+        assert_eq!(matched_index(&request(Some(4), &[5, 6, 7]), &success), Some(7));
+        assert_eq!(matched_index(&request(Some(7), &[]), &success), Some(7), "a heartbeat");
+        assert_eq!(matched_index(&request(None, &[]), &success), None, "an empty log");
+        let partial = AppendEntriesResponse::PartialSuccess(Some(log_id(6)));
+        assert_eq!(matched_index(&request(Some(4), &[5, 6, 7]), &partial), Some(6));
+        assert_eq!(
+            matched_index(&request(Some(4), &[5, 6, 7]), &AppendEntriesResponse::Conflict),
+            None
+        );
+        let higher = AppendEntriesResponse::HigherVote(Vote::new(3, 2));
+        assert_eq!(matched_index(&request(Some(4), &[5, 6, 7]), &higher), None);
     }
 }

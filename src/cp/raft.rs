@@ -141,7 +141,10 @@ pub async fn start(
         .map_err(|e| Error::Internal(format!("opening the Raft log panicked: {e}")))??;
     let sm = StateMachineStore::open(flusher)?;
     let reader = sm.reader();
-    let raft = Raft::new(id, config, Network::new(id, fault), log.clone(), sm)
+    let (_, applied_membership) = reader.applied()?;
+    log.ack_own_appends_early(id, &applied_membership);
+    let network = Network::new(id, fault, log.own_appends());
+    let raft = Raft::new(id, config, network, log.clone(), sm)
         .await
         .map_err(|e| Error::Internal(format!("cannot start Raft: {e}")))?;
     Ok(Started { raft, reader, log })
