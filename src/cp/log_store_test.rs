@@ -193,6 +193,14 @@ fn membership_entry(term: u64, index: u64, voters: &[NodeId]) -> Entry<TypeConfi
     }
 }
 
+/// The log of node 1, leader of `term` with three voters, early acknowledgement on.
+async fn leader_log(disk: &SimDisk, term: u64) -> LogStore {
+    let store = open(disk);
+    store.ack_own_appends_early(1, &membership(&[&[1, 2, 3]]));
+    store.save_vote_durably(&Vote::new_committed(term, 1)).await.unwrap();
+    store
+}
+
 /// Whether node 1, with `vote` stored and `applied` as the state machine's membership, has
 /// `entries` acknowledged before their sync: the disk is dead, so an acknowledgement that
 /// waited for the sync is an error.
@@ -247,9 +255,7 @@ fn only_a_leaders_own_appends_with_a_peer_in_every_quorum_are_acknowledged_befor
 fn the_newest_membership_in_the_log_decides_and_a_truncation_restores_the_one_before() {
     runtime().block_on(async {
         let disk = SimDisk::new();
-        let store = open(&disk);
-        store.ack_own_appends_early(1, &membership(&[&[1, 2, 3]]));
-        store.save_vote_durably(&Vote::new_committed(2, 1)).await.unwrap();
+        let store = leader_log(&disk, 2).await;
         let early = |store: &LogStore| {
             let log = store.log();
             let leading = store.leading();
@@ -271,9 +277,7 @@ fn the_newest_membership_in_the_log_decides_and_a_truncation_restores_the_one_be
         store.purge_upto(log_id(2, 3)).await.unwrap();
         assert!(!early(&store), "a purged membership stays in effect until a newer one");
         drop(store);
-        let store = open(&disk.reboot(4));
-        store.ack_own_appends_early(1, &membership(&[&[1, 2, 3]]));
-        store.save_vote_durably(&Vote::new_committed(2, 1)).await.unwrap();
+        let store = leader_log(&disk.reboot(4), 2).await;
         assert!(
             early(&store),
             "after a restart the applied membership counts until the log has a newer one"
@@ -285,9 +289,7 @@ fn the_newest_membership_in_the_log_decides_and_a_truncation_restores_the_one_be
 fn answers_wait_for_the_leaders_sync_and_never_pass_a_failed_one() {
     runtime().block_on(async {
         let disk = SimDisk::new();
-        let store = open(&disk);
-        store.ack_own_appends_early(1, &membership(&[&[1, 2, 3]]));
-        store.save_vote_durably(&Vote::new_committed(1, 1)).await.unwrap();
+        let store = leader_log(&disk, 1).await;
         let own = store.own_appends();
         store
             .append_entries((1..=3).map(|i| entry(1, i)), ignore())
@@ -325,9 +327,7 @@ proptest! {
     ) {
         runtime().block_on(async {
             let disk = SimDisk::new();
-            let store = open(&disk);
-            store.ack_own_appends_early(1, &membership(&[&[1, 2, 3]]));
-            store.save_vote_durably(&Vote::new_committed(1, 1)).await.unwrap();
+            let store = leader_log(&disk, 1).await;
             let own = store.own_appends();
             disk.crash_after(crash_after);
             let (mut last, mut released) = (0, 0);
