@@ -331,7 +331,9 @@ impl OwnAppends {
     /// Returns once every entry at or below `index` that this node acknowledged early is on its
     /// disk; an error when the sync of one of them failed (then it never will be).
     pub async fn durable_through(&self, index: u64) -> Result<(), String> {
-        let mut changes = self.changed.subscribe();
+        // Every AppendEntries answer passes here and almost never waits: subscribe to changes
+        // only when it has to, and check again after subscribing so no change is missed.
+        let mut changes: Option<watch::Receiver<u64>> = None;
         loop {
             {
                 let state = self.state();
@@ -342,8 +344,13 @@ impl OwnAppends {
                     return Err(format!("this leader could not write its own copy of the log: {why}"));
                 }
             }
-            // The sender lives in `self`, so this only waits.
-            let _ = changes.changed().await;
+            match &mut changes {
+                None => changes = Some(self.changed.subscribe()),
+                // The sender lives in `self`, so this only waits.
+                Some(changes) => {
+                    let _ = changes.changed().await;
+                }
+            }
         }
     }
 }
