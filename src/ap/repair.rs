@@ -5,7 +5,9 @@
 //! that was unreachable comes back, one [`Repair::round`]:
 //!
 //! 1. delivers the queued hints of every reachable peer (all peers at once), [`HINT_BATCH`] per
-//!    message, until a peer's queue is drained or a delivery fails;
+//!    message and [`HINT_BATCHES_IN_FLIGHT`] messages at a time, until a peer's queue is drained
+//!    or a delivery fails (meanwhile that peer defers its anti-entropy with this node, which would
+//!    fetch the same keys);
 //! 2. runs one anti-entropy exchange per ap keyspace with up to `anti_entropy_fanout` reachable
 //!    peers, chosen at random;
 //! 3. every [`ROUNDS_PER_TOMBSTONE_COLLECTION`] rounds, collects the tombstones every replica holds.
@@ -32,6 +34,8 @@ use crate::error::Error;
 
 /// Hints sent to a peer in one message (also bounded by bytes: [`crate::limits::AP_BATCH_BYTES_MAX`]).
 pub const HINT_BATCH: usize = 4096;
+/// Hint batches to one peer in flight at once.
+pub const HINT_BATCHES_IN_FLIGHT: usize = 2;
 /// Anti-entropy rounds between two tombstone collections.
 pub const ROUNDS_PER_TOMBSTONE_COLLECTION: u64 = 30;
 
@@ -103,25 +107,42 @@ impl<T: Transport> Repair<T> {
         report
     }
 
-    /// Delivers `peer`'s hints batch by batch until its queue is drained or delivery fails.
+    /// Delivers `peer`'s hints batch by batch, [`HINT_BATCHES_IN_FLIGHT`] at a time, until its
+    /// queue is drained or a delivery fails. The next batch is read while the peer merges the
+    /// ones before it, so neither side waits for the other.
     async fn deliver_all_hints(&self, peer: u64) -> usize {
-        let mut delivered = 0;
+        use futures::stream::{FuturesUnordered, StreamExt};
+        let replica = &self.replica;
+        let (mut delivered, mut after, mut more) = (0, None, true);
+        let mut in_flight = FuturesUnordered::new();
+        // While a backlog is in flight, the peer's anti-entropy with us waits for it.
+        let mut _delivering = None;
         loop {
-            match self.replica.deliver_hints(peer, HINT_BATCH).await {
-                Ok(n) => {
-                    delivered += n;
-                    // A batch may end early by bytes; stop on an empty batch or queue.
-                    if n == 0 || self.replica.store.hint_count(peer) == 0 {
-                        return delivered;
+            while more && in_flight.len() < HINT_BATCHES_IN_FLIGHT {
+                match replica.take_hints(peer, HINT_BATCH, after) {
+                    Ok(Some(batch)) => {
+                        _delivering.get_or_insert_with(|| replica.delivering_hints(peer));
+                        after = Some(batch.last);
+                        in_flight.push(replica.send_hints(peer, batch));
+                    }
+                    Ok(None) => more = false,
+                    Err(e) => {
+                        tracing::error!("hint delivery stopped: {e}");
+                        more = false;
                     }
                 }
-                Err(e) => {
+            }
+            match in_flight.next().await {
+                Some(Ok(n)) => delivered += n,
+                Some(Err(e)) => {
                     match e {
                         PeerError::Local(_) => tracing::error!("hint delivery stopped: {e}"),
                         _ => tracing::debug!("hint delivery stopped: {e}"),
                     }
-                    return delivered;
+                    // The batches already in flight finish; their hints stay queued if they fail.
+                    more = false;
                 }
+                None => return delivered,
             }
         }
     }

@@ -495,15 +495,30 @@ impl ApStore {
 
     /// Up to `limit` hints for `peer`, oldest first, with their sequence numbers.
     pub fn hints(&self, peer: u64, limit: usize) -> Result<Vec<(u64, Hint)>, Error> {
-        self.hints_within(peer, limit, usize::MAX)
+        self.hints_within(peer, None, limit, usize::MAX)
     }
 
-    /// Up to `limit` hints for `peer`, oldest first, until `max_bytes` encoded (the first hint
-    /// always fits), with their sequence numbers.
-    pub fn hints_within(&self, peer: u64, limit: usize, max_bytes: usize) -> Result<Vec<(u64, Hint)>, Error> {
+    /// Up to `limit` hints for `peer` with sequence numbers after `after` (all when `None`),
+    /// oldest first, until `max_bytes` encoded (the first hint always fits), with their
+    /// sequence numbers.
+    pub fn hints_within(
+        &self,
+        peer: u64,
+        after: Option<u64>,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<(u64, Hint)>, Error> {
         let (mut out, mut bytes) = (Vec::new(), 0usize);
-        for kv in self.hints.scan_prefix(peer.to_be_bytes()).take(limit) {
+        let start = match after {
+            Some(seq) if seq == u64::MAX => return Ok(out),
+            Some(seq) => hint_key(peer, seq + 1),
+            None => hint_key(peer, 0),
+        };
+        for kv in self.hints.range(start..).take(limit) {
             let (key, value) = kv?;
+            if !key.starts_with(&peer.to_be_bytes()) {
+                break;
+            }
             if !out.is_empty() && bytes.saturating_add(value.len()) > max_bytes {
                 break;
             }
@@ -664,11 +679,32 @@ mod tests {
         assert!(store.add_hint(3, &hint(1), by_bytes).unwrap());
         assert!(!store.add_hint(3, &hint(2), by_bytes).unwrap(), "over the byte bound");
         assert_eq!(
-            store.hints_within(3, 10, 1).unwrap().len(),
+            store.hints_within(3, None, 10, 1).unwrap().len(),
             1,
             "the first hint always fits"
         );
-        assert_eq!(store.hints_within(3, 10, 2 * one_hint_bytes as usize).unwrap().len(), 2);
+        assert_eq!(
+            store
+                .hints_within(3, None, 10, 2 * one_hint_bytes as usize)
+                .unwrap()
+                .len(),
+            2
+        );
+        let both: Vec<u64> = store.hints(3, 10).unwrap().iter().map(|(seq, _)| *seq).collect();
+        let after_first = store.hints_within(3, Some(both[0]), 10, usize::MAX).unwrap();
+        assert_eq!(
+            after_first.iter().map(|(seq, _)| *seq).collect::<Vec<_>>(),
+            vec![both[1]],
+            "after a sequence number, only the later hints"
+        );
+        let last_of_two = store.hints(2, 10).unwrap().last().unwrap().0;
+        assert!(
+            store
+                .hints_within(2, Some(last_of_two), 10, usize::MAX)
+                .unwrap()
+                .is_empty(),
+            "the next peer's queue is not read as this one's"
+        );
         let queued = store.hints(2, 2).unwrap();
         store
             .remove_hints(2, &queued.iter().map(|(seq, _)| *seq).collect::<Vec<_>>())

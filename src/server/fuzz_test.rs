@@ -161,8 +161,13 @@ fn valid_peer_payloads() -> Vec<Vec<u8>> {
         encode(&Response::Fetched {
             entries: vec![ap_entry(b"d", Some(b"4"))],
             truncated_at: Some(b"d".to_vec()),
+            hints_pending: false,
         }),
-        encode(&Response::Digest(vec![1, 2, 3], 9)),
+        encode(&Response::Digest {
+            hashes: vec![1, 2, 3],
+            horizon: 9,
+            hints_pending: true,
+        }),
     ]
 }
 

@@ -12,6 +12,11 @@
 //! whether the peer held exactly what we do; tombstone collection ([`super::tombstones`]) relies
 //! on both.
 //!
+//! An exchange with a peer that is delivering its hint backlog to us stops early (the peer says
+//! so in its root digest, or in a fetch answer if the delivery began meanwhile): the hints bring
+//! the same keys, and fetching them too would double the work of both nodes while the backlog
+//! drains. The next round after the delivery (drained or failed) exchanges as usual.
+//!
 //! The exchange yields to the runtime between messages, so a long repair does not hold an async
 //! worker.
 //!
@@ -40,6 +45,9 @@ pub struct Exchange {
     pub differing_buckets: usize,
     /// Keys this replica changed by merging the peer's entries.
     pub repaired_here: usize,
+    /// The peer was delivering its hint backlog to this replica, so the exchange stopped early
+    /// (the hints bring the same keys); the replicas are not known to agree.
+    pub deferred: bool,
 }
 
 impl<T: Transport> Replica<T> {
@@ -47,8 +55,14 @@ impl<T: Transport> Replica<T> {
     pub async fn anti_entropy(&self, peer: u64, keyspace: &str) -> Result<Exchange, PeerError> {
         let root = vec![self.store.tree_root(keyspace)?];
         let horizon = self.acknowledged_horizon(keyspace);
-        let (theirs, their_horizon) = self.compare(peer, keyspace, 0, &[0], &root, horizon).await?;
+        let (theirs, their_horizon, hints_pending) = self.compare(peer, keyspace, 0, &[0], &root, horizon).await?;
         self.note_exchange(peer, keyspace, theirs == root, their_horizon);
+        if hints_pending && theirs != root {
+            return Ok(Exchange {
+                deferred: true,
+                ..Exchange::default()
+            });
+        }
         // Descend only into the nodes whose hashes differ, down to the leaves.
         let mut nodes = digest::differing(&[0], &root, &theirs);
         for level in 1..=digest::DEPTH {
@@ -61,7 +75,7 @@ impl<T: Transport> Replica<T> {
                     .store
                     .tree_hashes(keyspace, level, chunk)?
                     .ok_or_else(|| Error::Internal(format!("the hash tree of '{keyspace}' has no level {level}")))?;
-                let (theirs, _) = self.compare(peer, keyspace, level, chunk, &ours, 0).await?;
+                let (theirs, ..) = self.compare(peer, keyspace, level, chunk, &ours, 0).await?;
                 next.extend(digest::differing(chunk, &ours, &theirs));
             }
             nodes = next;
@@ -70,18 +84,24 @@ impl<T: Transport> Replica<T> {
         if differing.is_empty() {
             return Ok(Exchange::default());
         }
-        let mut repaired = 0;
+        let mut exchange = Exchange {
+            differing_buckets: differing.len(),
+            ..Exchange::default()
+        };
         // A few buckets per exchange, so one message stays small however far replicas drifted.
         for chunk in differing.chunks(FETCH_BUCKETS_MAX) {
-            repaired += self.repair_buckets(peer, keyspace, chunk).await?;
+            let (repaired, deferred) = self.repair_buckets(peer, keyspace, chunk).await?;
+            exchange.repaired_here += repaired;
+            if deferred {
+                exchange.deferred = true;
+                break;
+            }
         }
-        Ok(Exchange {
-            differing_buckets: differing.len(),
-            repaired_here: repaired,
-        })
+        Ok(exchange)
     }
 
-    /// Sends our hashes of `nodes` at `level` to `peer`; returns the peer's and its horizon.
+    /// Sends our hashes of `nodes` at `level` to `peer`; returns the peer's, its horizon and
+    /// whether it is delivering hints to us.
     async fn compare(
         &self,
         peer: u64,
@@ -90,7 +110,7 @@ impl<T: Transport> Replica<T> {
         nodes: &[u32],
         hashes: &[u64],
         horizon: u64,
-    ) -> Result<(Vec<u64>, u64), PeerError> {
+    ) -> Result<(Vec<u64>, u64, bool), PeerError> {
         let request = Request::Digest {
             keyspace: keyspace.to_string(),
             level: level as u32,
@@ -99,8 +119,12 @@ impl<T: Transport> Replica<T> {
             horizon,
         };
         match self.call_peer(peer, request).await? {
-            Response::Digest(theirs, horizon) if theirs.len() == nodes.len() => Ok((theirs, horizon)),
-            Response::Digest(..) => Err(PeerError::UnexpectedAnswer {
+            Response::Digest {
+                hashes,
+                horizon,
+                hints_pending,
+            } if hashes.len() == nodes.len() => Ok((hashes, horizon, hints_pending)),
+            Response::Digest { .. } => Err(PeerError::UnexpectedAnswer {
                 peer,
                 asked: "digest",
                 answered: "digest of another size",
@@ -112,8 +136,9 @@ impl<T: Transport> Replica<T> {
     /// Exchanges the entries of `buckets` with `peer` both ways, page by page in key order: each
     /// fetch carries a page of ours and is answered with the peer's entries of the same key
     /// range (as far as its own page goes); the next page starts after the shorter of the two.
-    /// Returns how many keys changed here.
-    async fn repair_buckets(&self, peer: u64, keyspace: &str, buckets: &[usize]) -> Result<usize, PeerError> {
+    /// Returns how many keys changed here, and whether the peer deferred the exchange (it
+    /// began delivering hints to us).
+    async fn repair_buckets(&self, peer: u64, keyspace: &str, buckets: &[usize]) -> Result<(usize, bool), PeerError> {
         let set: BTreeSet<usize> = buckets.iter().copied().collect();
         let (mut after, mut repaired) = (None::<Vec<u8>>, 0);
         loop {
@@ -128,7 +153,12 @@ impl<T: Transport> Replica<T> {
                 entries,
             };
             let (theirs, their_end) = match self.call_peer(peer, request).await? {
-                Response::Fetched { entries, truncated_at } => (entries, truncated_at),
+                Response::Fetched {
+                    hints_pending: true, ..
+                } => return Ok((repaired, true)),
+                Response::Fetched {
+                    entries, truncated_at, ..
+                } => (entries, truncated_at),
                 other => return Err(PeerError::unexpected(peer, "fetch", &other)),
             };
             let changed = self.merge_all(peer, &theirs).await?;
@@ -138,7 +168,7 @@ impl<T: Transport> Replica<T> {
             // Both pages end at or before `our_end`; the peer's may end earlier.
             match their_end.or(our_end) {
                 Some(end) => after = Some(end),
-                None => return Ok(repaired),
+                None => return Ok((repaired, false)),
             }
         }
     }
@@ -150,7 +180,9 @@ impl<T: Transport> Replica<T> {
             for keyspace in keyspaces {
                 match self.anti_entropy(*peer, keyspace).await {
                     Ok(Exchange {
-                        differing_buckets: 0, ..
+                        differing_buckets: 0,
+                        deferred: false,
+                        ..
                     }) => {}
                     Ok(_) => in_sync = false,
                     Err(e) => {
@@ -192,6 +224,33 @@ mod tests {
         kit.put(2, "from-two", "b").await;
         kit.up(1);
         kit
+    }
+
+    #[test]
+    fn an_exchange_waits_while_the_peer_delivers_its_hints_to_us() {
+        run(async {
+            let kit = diverged().await;
+            let two = kit.node(2);
+            let delivering = two.delivering_hints(1);
+            let exchange = kit.node(1).anti_entropy(2, KEYSPACE).await.unwrap();
+            assert_eq!(
+                exchange,
+                Exchange {
+                    deferred: true,
+                    ..Exchange::default()
+                },
+                "the hints bring the keys: nothing is fetched"
+            );
+            assert_eq!(kit.value(1, "from-two"), None);
+            assert!(
+                !kit.node(1).anti_entropy_round(&[2], &[KEYSPACE.to_string()]).await,
+                "a deferred exchange is not in sync"
+            );
+            drop(delivering);
+            let exchange = kit.node(1).anti_entropy(2, KEYSPACE).await.unwrap();
+            assert_eq!((exchange.deferred, exchange.repaired_here), (false, 1));
+            assert_eq!(kit.value(1, "from-two").as_deref(), Some("b"));
+        });
     }
 
     #[test]

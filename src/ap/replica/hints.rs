@@ -9,8 +9,12 @@
 //! instead (counted in `hints_dropped_expired`), so a hint can never outlive the tombstone
 //! horizon and resurrect a collected delete.
 //!
-//! CAVEATS: delivery is in queue order, one batch per call,
-//! and the caller (the repair loop) decides when to call it.
+//! A batch is taken from the queue ([`Replica::take_hints`]) before it is sent and removed only
+//! once the peer stored it ([`Replica::send_hints`]), so the caller (the repair loop) can keep
+//! more than one batch to a peer in flight.
+//!
+//! CAVEATS: batches in flight together may be stored in any order and a failed one is sent
+//! again in a later round; merges are last-writer-wins, so neither matters.
 
 use std::sync::atomic::Ordering;
 
@@ -44,10 +48,22 @@ impl<T: Transport> Replica<T> {
     /// Delivers one batch of stored hints to `peer`, at most `batch` hints and
     /// [`AP_BATCH_BYTES_MAX`] bytes; returns how many were delivered.
     pub async fn deliver_hints(&self, peer: u64, batch: usize) -> Result<usize, PeerError> {
-        let hints = self.store.hints_within(peer, batch, AP_BATCH_BYTES_MAX)?;
-        if hints.is_empty() {
-            return Ok(0);
+        match self.take_hints(peer, batch, None)? {
+            Some(taken) => self.send_hints(peer, taken).await,
+            None => Ok(0),
         }
+    }
+
+    /// The next batch of `peer`'s hints after sequence number `after` (from the oldest when
+    /// `None`): at most `batch` hints and [`AP_BATCH_BYTES_MAX`] bytes. Hints past the hint
+    /// lifetime are dropped here (counted), so a batch may carry no entries; `None` when no
+    /// hint is left after `after`. The hints stay queued until [`Self::send_hints`] delivers
+    /// them, so a batch may be taken while earlier ones are still in flight.
+    pub fn take_hints(&self, peer: u64, batch: usize, after: Option<u64>) -> Result<Option<HintBatch>, Error> {
+        let hints = self.store.hints_within(peer, after, batch, AP_BATCH_BYTES_MAX)?;
+        let Some(last) = hints.last().map(|(seq, _)| *seq) else {
+            return Ok(None);
+        };
         let now = self.wall_ms();
         let (fresh, expired): (Vec<_>, Vec<_>) = hints
             .into_iter()
@@ -59,22 +75,77 @@ impl<T: Transport> Replica<T> {
             self.store
                 .remove_hints(peer, &expired.iter().map(|(s, _)| *s).collect::<Vec<_>>())?;
         }
-        if fresh.is_empty() {
+        let (seqs, entries) = fresh.into_iter().map(|(seq, hint)| (seq, hint.entry)).unzip();
+        Ok(Some(HintBatch { last, seqs, entries }))
+    }
+
+    /// Pushes a batch [`Self::take_hints`] took and removes its hints once `peer` stored them;
+    /// returns how many were delivered. A failed push leaves them queued for the next round.
+    pub async fn send_hints(&self, peer: u64, batch: HintBatch) -> Result<usize, PeerError> {
+        if batch.entries.is_empty() {
             return Ok(0);
         }
-        let entries = fresh.iter().map(|(_, h)| h.entry.clone()).collect();
-        match self.call_peer(peer, Request::Push(entries)).await? {
+        match self.call_peer(peer, Request::Push(batch.entries)).await? {
             Response::Pushed => {
-                self.store
-                    .remove_hints(peer, &fresh.iter().map(|(s, _)| *s).collect::<Vec<_>>())?;
+                self.store.remove_hints(peer, &batch.seqs)?;
                 self.stats
                     .hints_delivered
-                    .fetch_add(fresh.len() as u64, Ordering::Relaxed);
-                Ok(fresh.len())
+                    .fetch_add(batch.seqs.len() as u64, Ordering::Relaxed);
+                Ok(batch.seqs.len())
             }
             other => Err(PeerError::unexpected(peer, "push", &other)),
         }
     }
+}
+
+impl<T: Transport> Replica<T> {
+    /// Marks `peer` as receiving this node's hint backlog until the returned guard is dropped.
+    /// Meanwhile the peer's anti-entropy exchanges with this node are deferred
+    /// ([`Self::is_delivering_hints`]).
+    pub fn delivering_hints(&self, peer: u64) -> HintDelivery<'_> {
+        self.hint_deliveries
+            .lock()
+            .expect("hint delivery lock is never poisoned")
+            .insert(peer);
+        HintDelivery {
+            deliveries: &self.hint_deliveries,
+            peer,
+        }
+    }
+
+    /// Whether this node is delivering a hint backlog to `peer` now. The peer's anti-entropy
+    /// with this node would fetch the same keys the hints bring, so it is deferred until the
+    /// backlog is drained or its delivery fails.
+    pub fn is_delivering_hints(&self, peer: u64) -> bool {
+        self.hint_deliveries
+            .lock()
+            .expect("hint delivery lock is never poisoned")
+            .contains(&peer)
+    }
+}
+
+/// A hint backlog being delivered to one peer ([`Replica::delivering_hints`]).
+pub struct HintDelivery<'a> {
+    deliveries: &'a std::sync::Mutex<std::collections::BTreeSet<u64>>,
+    peer: u64,
+}
+
+impl Drop for HintDelivery<'_> {
+    fn drop(&mut self) {
+        self.deliveries
+            .lock()
+            .expect("hint delivery lock is never poisoned")
+            .remove(&self.peer);
+    }
+}
+
+/// Hints taken from a peer's queue for one push ([`Replica::take_hints`]).
+pub struct HintBatch {
+    /// The sequence number of the last hint read (the next batch starts after it), whether it
+    /// is in this batch or was dropped as expired.
+    pub last: u64,
+    seqs: Vec<u64>,
+    entries: Vec<Entry>,
 }
 
 #[cfg(test)]
@@ -111,6 +182,54 @@ mod tests {
                 (one.store.hint_count(3), one.stats.hints_delivered.load(Relaxed)),
                 (0, 2)
             );
+        });
+    }
+
+    #[test]
+    fn batches_taken_one_after_another_cover_the_queue_and_a_failed_one_stays_queued() {
+        run(async {
+            let kit = Kit::new(2, Default::default());
+            kit.down(2);
+            for key in ["a", "b", "c"] {
+                kit.put(1, key, "v").await;
+            }
+            let one = kit.node(1);
+            let first = one.take_hints(2, 2, None).unwrap().expect("a first batch");
+            let second = one.take_hints(2, 2, Some(first.last)).unwrap().expect("a second batch");
+            assert!(
+                one.take_hints(2, 2, Some(second.last)).unwrap().is_none(),
+                "two batches took the whole queue"
+            );
+            assert_eq!(one.store.hint_count(2), 3, "taking removes nothing");
+            kit.up(2);
+            assert_eq!(
+                one.send_hints(2, second).await.unwrap(),
+                1,
+                "the later batch lands first"
+            );
+            kit.down(2);
+            let err = one.send_hints(2, first).await.unwrap_err();
+            assert!(matches!(err, PeerError::Unreachable { peer: 2, .. }), "{err:?}");
+            assert_eq!(one.store.hint_count(2), 2, "the failed batch is still queued");
+            kit.up(2);
+            assert_eq!(one.deliver_hints(2, 10).await.unwrap(), 2, "and goes out later");
+            for key in ["a", "b", "c"] {
+                assert_eq!(kit.value(2, key).as_deref(), Some("v"), "{key}");
+            }
+            assert_eq!(one.store.hint_count(2), 0);
+        });
+    }
+
+    #[test]
+    fn a_delivery_is_announced_only_while_its_guard_lives() {
+        run(async {
+            let kit = Kit::new(3, Default::default());
+            let one = kit.node(1);
+            let delivering = one.delivering_hints(2);
+            assert!(one.is_delivering_hints(2));
+            assert!(!one.is_delivering_hints(3), "only to the peer it names");
+            drop(delivering);
+            assert!(!one.is_delivering_hints(2));
         });
     }
 

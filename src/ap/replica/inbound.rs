@@ -51,11 +51,19 @@ impl<T: Transport> Replica<T> {
                     ))
                 })?;
                 if level > 0 {
-                    return Ok(Response::Digest(ours, 0));
+                    return Ok(Response::Digest {
+                        hashes: ours,
+                        horizon: 0,
+                        hints_pending: false,
+                    });
                 }
                 let mine = self.acknowledged_horizon(&keyspace);
                 self.note_exchange(from, &keyspace, ours == hashes, horizon);
-                Ok(Response::Digest(ours, mine))
+                Ok(Response::Digest {
+                    hashes: ours,
+                    horizon: mine,
+                    hints_pending: self.is_delivering_hints(from),
+                })
             }
             Request::Fetch {
                 keyspace,
@@ -68,10 +76,21 @@ impl<T: Transport> Replica<T> {
                 let buckets = check_fetch(from, &keyspace, &buckets, range, &entries)?;
                 let changed = self.merge_all(from, &entries).await?;
                 self.stats.keys_repaired.fetch_add(changed as u64, Ordering::Relaxed);
+                if self.is_delivering_hints(from) {
+                    return Ok(Response::Fetched {
+                        entries: Vec::new(),
+                        truncated_at: None,
+                        hints_pending: true,
+                    });
+                }
                 let (entries, truncated_at) =
                     self.store
                         .leaf_page(&keyspace, &buckets, range.0, range.1, AP_BATCH_BYTES_MAX)?;
-                Ok(Response::Fetched { entries, truncated_at })
+                Ok(Response::Fetched {
+                    entries,
+                    truncated_at,
+                    hints_pending: false,
+                })
             }
             Request::Read { keyspace, key } => Ok(Response::Read(self.store.get(&keyspace, &key)?)),
         }
@@ -311,7 +330,7 @@ mod tests {
             );
             let answer = one.handle(2, digest(0, vec![0], vec![0])).await.unwrap();
             assert!(
-                matches!(answer, Response::Digest(ref d, _) if d == &vec![0]),
+                matches!(answer, Response::Digest { ref hashes, .. } if hashes == &vec![0]),
                 "{answer:?}"
             );
             kit.put(1, "bob", "book").await;
@@ -324,8 +343,73 @@ mod tests {
                 .await
                 .unwrap();
             assert!(
-                matches!(answer, Response::Digest(ref d, 0) if d[0] != 0 && d[1] == 0),
+                matches!(answer, Response::Digest { ref hashes, horizon: 0, .. } if hashes[0] != 0 && hashes[1] == 0),
                 "only bob's leaf has a hash: {answer:?}"
+            );
+        });
+    }
+
+    #[test]
+    fn a_fetch_while_hints_go_to_the_sender_merges_its_entries_and_sends_none_back() {
+        run(async {
+            let kit = Kit::new(2, Default::default());
+            let one = kit.node(1);
+            let bucket = bucket_of(b"ann") as u32;
+            let fetch = |entries: Vec<Entry>| Request::Fetch {
+                keyspace: KEYSPACE.into(),
+                buckets: vec![bucket],
+                after: None,
+                upto: None,
+                entries,
+            };
+            let delivering = one.delivering_hints(2);
+            let answer = one
+                .handle(2, fetch(vec![entry(KEYSPACE, "ann", EPOCH_MS)]))
+                .await
+                .unwrap();
+            assert!(
+                matches!(answer, Response::Fetched { ref entries, truncated_at: None, hints_pending: true } if entries.is_empty()),
+                "{answer:?}"
+            );
+            assert_eq!(
+                kit.value(1, "ann").as_deref(),
+                Some("v"),
+                "what the sender sent is merged"
+            );
+            let root = Request::Digest {
+                keyspace: KEYSPACE.into(),
+                level: 0,
+                nodes: vec![0],
+                hashes: vec![0],
+                horizon: 0,
+            };
+            let answer = one.handle(2, root.clone()).await.unwrap();
+            assert!(
+                matches!(
+                    answer,
+                    Response::Digest {
+                        hints_pending: true,
+                        ..
+                    }
+                ),
+                "{answer:?}"
+            );
+            drop(delivering);
+            let answer = one.handle(2, fetch(vec![])).await.unwrap();
+            assert!(
+                matches!(answer, Response::Fetched { ref entries, hints_pending: false, .. } if entries.len() == 1),
+                "once the backlog is delivered, fetches are answered again: {answer:?}"
+            );
+            let answer = one.handle(2, root).await.unwrap();
+            assert!(
+                matches!(
+                    answer,
+                    Response::Digest {
+                        hints_pending: false,
+                        ..
+                    }
+                ),
+                "{answer:?}"
             );
         });
     }
@@ -362,7 +446,7 @@ mod tests {
 
             let answer = one.handle(2, fetch(vec![bucket], vec![stray])).await.unwrap();
             assert!(
-                matches!(answer, Response::Fetched { ref entries, truncated_at: None } if entries.len() == 1),
+                matches!(answer, Response::Fetched { ref entries, truncated_at: None, hints_pending: false } if entries.len() == 1),
                 "{answer:?}"
             );
             let outside = Request::Fetch {

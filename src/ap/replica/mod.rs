@@ -26,7 +26,8 @@
 //!
 //! ANTI-ENTROPY: each round a node compares per-keyspace hash trees with a few random peers,
 //! root first and then only the subtrees that differ, and exchanges the entries of differing
-//! leaves both ways, in pages bounded by bytes; both sides merge by LWW.
+//! leaves both ways, in pages bounded by bytes; both sides merge by LWW. A node defers its
+//! exchanges with a peer while that peer delivers a hint backlog to it.
 //!
 //! TOMBSTONES are collected only below a horizon every replica acknowledged through the digest
 //! exchanges (so every replica holds them), and only when older than the hint lifetime; a node
@@ -169,6 +170,8 @@ pub struct Replica<T: Transport> {
     horizons: Mutex<tombstones::Horizons>,
     /// One push queue per peer ([`push`]).
     pushers: push::Pushers,
+    /// Peers this node is delivering a hint backlog to now ([`hints`]).
+    hint_deliveries: Mutex<std::collections::BTreeSet<u64>>,
 }
 
 impl<T: Transport> Replica<T> {
@@ -196,6 +199,7 @@ impl<T: Transport> Replica<T> {
             stats: Stats::default(),
             horizons: Mutex::new(tombstones::Horizons::default()),
             pushers: push::Pushers::default(),
+            hint_deliveries: Mutex::default(),
         })
     }
 

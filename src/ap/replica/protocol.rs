@@ -59,13 +59,22 @@ pub enum Request {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum Response {
     Pushed,
-    /// The receiver's hashes of the same nodes, and its acknowledged tombstone horizon.
-    Digest(Vec<u64>, u64),
+    /// The receiver's hashes of the same nodes and, at the root, its acknowledged tombstone
+    /// horizon and whether it is delivering a hint backlog to the sender (then the sender
+    /// defers the exchange: the hints bring the same keys).
+    Digest {
+        hashes: Vec<u64>,
+        horizon: u64,
+        hints_pending: bool,
+    },
     /// The receiver's entries; `truncated_at` is the last key of a page that ended before the
-    /// range did (the next fetch continues after it).
+    /// range did (the next fetch continues after it). With `hints_pending` the receiver began
+    /// delivering a hint backlog to the sender meanwhile, sent no entries, and the sender stops
+    /// the exchange.
     Fetched {
         entries: Vec<Entry>,
         truncated_at: Option<Vec<u8>>,
+        hints_pending: bool,
     },
     Read(Option<Versioned>),
 }
@@ -75,7 +84,7 @@ impl Response {
     pub fn name(&self) -> &'static str {
         match self {
             Response::Pushed => "pushed",
-            Response::Digest(..) => "digest",
+            Response::Digest { .. } => "digest",
             Response::Fetched { .. } => "fetched",
             Response::Read(_) => "read",
         }
