@@ -4,7 +4,8 @@
 //! Every [`super::replica::ReplicaOptions::anti_entropy_interval_ms`], and at once when a peer
 //! that was unreachable comes back, one [`Repair::round`]:
 //!
-//! 1. delivers the queued hints of every reachable peer (all peers at once), [`HINT_BATCH`] per
+//! 1. delivers the queued hints of every reachable peer (all peers at once, and a peer that
+//!    comes back meanwhile joins at once), [`HINT_BATCH`] per
 //!    message and [`HINT_BATCHES_IN_FLIGHT`] messages at a time, until a peer's queue is drained
 //!    or a delivery fails (meanwhile that peer defers its anti-entropy with this node, which would
 //!    fetch the same keys);
@@ -79,11 +80,12 @@ impl<T: Transport> Repair<T> {
     ) -> RoundReport {
         self.rounds += 1;
         let replica = &self.replica;
+        let mut report = RoundReport {
+            hints_delivered: self.deliver_hints_to_reachable(&reachable).await,
+            ..RoundReport::default()
+        };
+        // Who is reachable after the hints (a long delivery may have seen peers come and go).
         let alive: Vec<u64> = replica.peers().iter().copied().filter(|p| reachable(*p)).collect();
-        let mut report = RoundReport::default();
-        // Every peer's queue at once: a backlog for one peer does not hold up the others.
-        let deliveries = alive.iter().map(|peer| self.deliver_all_hints(*peer));
-        report.hints_delivered = futures::future::join_all(deliveries).await.into_iter().sum();
         if keyspaces.is_empty() {
             return report;
         }
@@ -105,6 +107,31 @@ impl<T: Transport> Repair<T> {
             report.tombstones_collected = self.collect_tombstones(keyspaces);
         }
         report
+    }
+
+    /// Delivers the hints of every reachable peer at once (a backlog for one peer does not hold
+    /// up the others), each until its queue is drained or its delivery fails; returns how many
+    /// were delivered. A peer that becomes reachable meanwhile joins within [`RETURN_CHECK`]
+    /// (liveness may see two returning peers a moment apart), instead of waiting for the next
+    /// round behind the other backlogs.
+    async fn deliver_hints_to_reachable(&self, reachable: &impl Fn(u64) -> bool) -> usize {
+        use futures::stream::{FuturesUnordered, StreamExt};
+        let (mut delivered, mut started) = (0, std::collections::BTreeSet::new());
+        let mut deliveries = FuturesUnordered::new();
+        loop {
+            for peer in self.replica.peers() {
+                if reachable(peer) && self.replica.store.hint_count(peer) > 0 && started.insert(peer) {
+                    deliveries.push(self.deliver_all_hints(peer));
+                }
+            }
+            if deliveries.is_empty() {
+                return delivered;
+            }
+            tokio::select! {
+                Some(n) = deliveries.next() => delivered += n,
+                _ = tokio::time::sleep(RETURN_CHECK) => {}
+            }
+        }
     }
 
     /// Delivers `peer`'s hints batch by batch, [`HINT_BATCHES_IN_FLIGHT`] at a time, until its
@@ -333,6 +360,35 @@ mod tests {
                 "the round starts once node 2 is back, not {interval:?} later: {:?}",
                 started.elapsed()
             );
+        });
+    }
+
+    #[test]
+    fn a_peer_that_comes_back_during_another_peers_delivery_gets_its_hints_in_the_same_round() {
+        run(async {
+            let kit = Kit::new(3, Default::default());
+            kit.down(2);
+            kit.down(3);
+            for i in 0..2 * HINT_BATCH + 1 {
+                kit.put(1, &format!("k{i}"), "v").await;
+            }
+            let one = kit.node(1);
+            kit.up(2);
+            let mut repair = Repair::new(one.clone());
+            let mut rng = StdRng::seed_from_u64(1);
+            let (report, ()) = tokio::join!(repair.round(&[], kit.reachable(), &mut rng), async {
+                // Node 3 comes back once node 2's backlog is on its way.
+                while one.stats.hints_delivered.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+                    tokio::task::yield_now().await;
+                }
+                kit.up(3);
+            });
+            assert_eq!(
+                report.hints_delivered,
+                2 * (2 * HINT_BATCH + 1),
+                "both backlogs, one round"
+            );
+            assert_eq!((one.store.hint_count(2), one.store.hint_count(3)), (0, 0));
         });
     }
 
