@@ -4,9 +4,12 @@
 //! whatever has queued up since its last send (up to [`PUSH_BATCH_ENTRIES`] entries and
 //! [`AP_BATCH_BYTES_MAX`] bytes) and sends it as one `Push`, with at most
 //! [`PUSHES_IN_FLIGHT`] pushes to a peer at a time. Under load, one message, one merge pass and
-//! one flush on the peer cover many writes, instead of one each; a lone write is sent at once,
-//! so batching adds no wait. Each write learns on its confirmation channel whether the peer
-//! stored it (for `--acks`).
+//! one flush on the peer cover many writes, instead of one each. Each write learns on its
+//! confirmation channel whether the peer stored it (for `--acks`). A batch in which some write's
+//! coordinator waits for this peer's confirmation is sent at once, so batching adds no wait to a
+//! write's answer; a batch nobody waits for (every write in it was `--acks 1`, or already had
+//! its acks) waits up to [`PUSH_LINGER`] for more writes to join it. That makes pushes under load
+//! larger, and costs the peers at most that much more replication lag.
 //!
 //! A push the peer does not answer hints every entry in it ([`super::hints`]), as a push of one
 //! write did before. A queue holds at most [`QUEUED_BYTES_MAX`] bytes: past that a write is
@@ -20,6 +23,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
 
 use tokio::sync::{mpsc, Semaphore};
 
@@ -31,6 +35,8 @@ use crate::limits::AP_BATCH_BYTES_MAX;
 pub const PUSH_BATCH_ENTRIES: usize = 512;
 /// Pushes to one peer that may be in flight at once.
 pub const PUSHES_IN_FLIGHT: usize = 2;
+/// How long a push of writes nobody waits for (`--acks 1`) waits for more writes to join it.
+pub const PUSH_LINGER: Duration = Duration::from_millis(2);
 /// Bytes of writes queued for one peer before further writes are hinted instead.
 pub const QUEUED_BYTES_MAX: usize = 64 * 1024 * 1024;
 
@@ -153,14 +159,25 @@ async fn run<T: Transport>(
         };
         let mut bytes = entry_bytes(&first.entry);
         let mut batch = vec![first];
-        while batch.len() < PUSH_BATCH_ENTRIES && bytes < AP_BATCH_BYTES_MAX {
-            match rx.try_recv() {
-                Ok(next) => {
-                    bytes += entry_bytes(&next.entry);
-                    batch.push(next);
+        let mut lingered = false;
+        loop {
+            while batch.len() < PUSH_BATCH_ENTRIES && bytes < AP_BATCH_BYTES_MAX {
+                match rx.try_recv() {
+                    Ok(next) => {
+                        bytes += entry_bytes(&next.entry);
+                        batch.push(next);
+                    }
+                    Err(_) => break,
                 }
-                Err(_) => break,
             }
+            // A write whose coordinator waits for this peer (`--acks` above 1) goes at once;
+            // writes nobody waits for wait a moment for others to share their push.
+            let full = batch.len() >= PUSH_BATCH_ENTRIES || bytes >= AP_BATCH_BYTES_MAX;
+            if lingered || full || batch.iter().any(|p| !p.confirm.is_closed()) {
+                break;
+            }
+            lingered = true;
+            tokio::time::sleep(PUSH_LINGER).await;
         }
         queued.fetch_sub(bytes, Ordering::Relaxed);
         let Some(replica) = replica.upgrade() else {
@@ -181,7 +198,7 @@ mod tests {
     use super::super::super::store::Entry;
     use super::super::super::version::{Version, Versioned};
     use super::super::testkit::{run, Kit, EPOCH_MS, KEYSPACE};
-    use super::entry_bytes;
+    use super::{entry_bytes, PUSH_LINGER};
 
     fn entry(i: u64) -> Entry {
         Entry {
@@ -223,6 +240,50 @@ mod tests {
                 assert_eq!(kit.value(2, &format!("k{i}")).as_deref(), Some("v"));
             }
             assert_eq!(kit.value(2, "k3"), None, "a hinted write waits for its delivery");
+        });
+    }
+
+    /// Runs `body` with tokio's clock paused: it moves only to the next timer when every task
+    /// waits, so a test sees exactly which waits a timer caused.
+    fn run_paused<F: std::future::Future>(body: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .start_paused(true)
+            .build()
+            .expect("a test runtime starts")
+            .block_on(body)
+    }
+
+    #[test]
+    fn writes_nobody_waits_for_linger_to_share_a_push_and_a_waited_for_write_goes_at_once() {
+        run_paused(async {
+            let kit = Kit::new(2, Default::default());
+            let one = kit.node(1);
+            let nobody_waits = || mpsc::channel(1).0; // the receiver is gone, as after --acks 1
+            let (before, started) = (kit.requests(), tokio::time::Instant::now());
+            one.push(2, entry(0), nobody_waits());
+            for _ in 0..3 {
+                tokio::task::yield_now().await; // the sender takes write 0 and lingers
+            }
+            one.push(2, entry(1), nobody_waits());
+            one.push(2, entry(2), nobody_waits());
+            while kit.value(2, "k2").is_none() {
+                tokio::time::sleep(PUSH_LINGER / 4).await;
+            }
+            assert!(started.elapsed() >= PUSH_LINGER, "{:?}", started.elapsed());
+            assert_eq!(kit.requests() - before, 1, "three writes in one push");
+            assert_eq!(kit.value(2, "k0").as_deref(), Some("v"));
+
+            let (tx, mut confirmations) = mpsc::channel(1);
+            let (before, started) = (kit.requests(), tokio::time::Instant::now());
+            one.push(2, entry(3), tx);
+            assert_eq!(confirmations.recv().await, Some(true));
+            assert_eq!(kit.requests() - before, 1);
+            assert!(
+                started.elapsed() < PUSH_LINGER,
+                "a write its coordinator waits for does not linger: {:?}",
+                started.elapsed()
+            );
         });
     }
 
