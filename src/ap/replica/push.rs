@@ -6,10 +6,11 @@
 //! [`PUSHES_IN_FLIGHT`] pushes to a peer at a time. Under load, one message, one merge pass and
 //! one flush on the peer cover many writes, instead of one each. Each write learns on its
 //! confirmation channel whether the peer stored it (for `--acks`). A batch in which some write's
-//! coordinator waits for this peer's confirmation is sent at once, so batching adds no wait to a
-//! write's answer; a batch nobody waits for (every write in it was `--acks 1`, or already had
-//! its acks) waits up to [`PUSH_LINGER`] for more writes to join it. That makes pushes under load
-//! larger, and costs the peers at most that much more replication lag.
+//! coordinator waits for this peer's confirmation is sent at once, also when that write joins a
+//! batch that was waiting, so batching adds no wait to a write's answer; a batch nobody waits for
+//! (every write in it was `--acks 1`, or already had its acks) waits up to [`PUSH_LINGER`] for
+//! more writes to join it. That makes pushes under load larger, and costs the peers at most that
+//! much more replication lag.
 //!
 //! A push the peer does not answer hints every entry in it ([`super::hints`]), as a push of one
 //! write did before. A queue holds at most [`QUEUED_BYTES_MAX`] bytes: past that a write is
@@ -145,6 +146,27 @@ impl<T: Transport> Replica<T> {
     }
 }
 
+/// The writes of one push, as the sender gathers them.
+#[derive(Default)]
+struct Batch {
+    pending: Vec<Pending>,
+    bytes: usize,
+    /// Some write's coordinator waits for this peer's confirmation.
+    waited_for: bool,
+}
+
+impl Batch {
+    fn add(&mut self, next: Pending) {
+        self.bytes += entry_bytes(&next.entry);
+        self.waited_for |= !next.confirm.is_closed();
+        self.pending.push(next);
+    }
+
+    fn full(&self) -> bool {
+        self.pending.len() >= PUSH_BATCH_ENTRIES || self.bytes >= AP_BATCH_BYTES_MAX
+    }
+}
+
 /// One peer's sender: takes what queued up, pushes it, at most [`PUSHES_IN_FLIGHT`] at a time.
 async fn run<T: Transport>(
     replica: Weak<Replica<T>>,
@@ -157,28 +179,31 @@ async fn run<T: Transport>(
         let Ok(permit) = in_flight.clone().acquire_owned().await else {
             return;
         };
-        let mut bytes = entry_bytes(&first.entry);
-        let mut batch = vec![first];
-        let mut lingered = false;
+        let mut batch = Batch::default();
+        batch.add(first);
+        let linger_until = tokio::time::Instant::now() + PUSH_LINGER;
         loop {
-            while batch.len() < PUSH_BATCH_ENTRIES && bytes < AP_BATCH_BYTES_MAX {
+            while !batch.full() {
                 match rx.try_recv() {
-                    Ok(next) => {
-                        bytes += entry_bytes(&next.entry);
-                        batch.push(next);
-                    }
+                    Ok(next) => batch.add(next),
                     Err(_) => break,
                 }
             }
-            // A write whose coordinator waits for this peer (`--acks` above 1) goes at once;
-            // writes nobody waits for wait a moment for others to share their push.
-            let full = batch.len() >= PUSH_BATCH_ENTRIES || bytes >= AP_BATCH_BYTES_MAX;
-            if lingered || full || batch.iter().any(|p| !p.confirm.is_closed()) {
+            // A write whose coordinator waits for this peer (`--acks` above 1) goes at once,
+            // also when it joins a batch that is lingering; writes nobody waits for wait a
+            // moment for others to share their push.
+            if batch.full() || batch.waited_for {
                 break;
             }
-            lingered = true;
-            tokio::time::sleep(PUSH_LINGER).await;
+            match tokio::time::timeout_at(linger_until, rx.recv()).await {
+                Ok(Some(next)) => batch.add(next),
+                // The linger is over, or the replica is shutting down: send what there is.
+                Ok(None) | Err(_) => break,
+            }
         }
+        let Batch {
+            pending: batch, bytes, ..
+        } = batch;
         queued.fetch_sub(bytes, Ordering::Relaxed);
         let Some(replica) = replica.upgrade() else {
             return;
@@ -284,6 +309,29 @@ mod tests {
                 "a write its coordinator waits for does not linger: {:?}",
                 started.elapsed()
             );
+        });
+    }
+
+    #[test]
+    fn a_waited_for_write_that_joins_a_lingering_push_sends_it_at_once() {
+        run_paused(async {
+            let kit = Kit::new(2, Default::default());
+            let one = kit.node(1);
+            let (before, started) = (kit.requests(), tokio::time::Instant::now());
+            one.push(2, entry(0), mpsc::channel(1).0); // nobody waits for it: it lingers
+            for _ in 0..3 {
+                tokio::task::yield_now().await;
+            }
+            let (tx, mut confirmations) = mpsc::channel(1);
+            one.push(2, entry(1), tx);
+            assert_eq!(confirmations.recv().await, Some(true));
+            assert!(
+                started.elapsed() < PUSH_LINGER,
+                "the waited-for write ended the linger: {:?}",
+                started.elapsed()
+            );
+            assert_eq!(kit.requests() - before, 1, "both writes in one push");
+            assert_eq!(kit.value(2, "k0").as_deref(), Some("v"));
         });
     }
 
