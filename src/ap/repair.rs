@@ -5,10 +5,10 @@
 //! that was unreachable comes back, one [`Repair::round`]:
 //!
 //! 1. delivers the queued hints of every reachable peer (all peers at once, and a peer that
-//!    comes back meanwhile joins at once), [`HINT_BATCH`] per
-//!    message and [`HINT_BATCHES_IN_FLIGHT`] messages at a time, until a peer's queue is drained
-//!    or a delivery fails (meanwhile that peer defers its anti-entropy with this node, which would
-//!    fetch the same keys);
+//!    comes back meanwhile joins within [`RETURN_CHECK`]), [`HINT_BATCH`] per message and
+//!    [`HINT_BATCHES_IN_FLIGHT`] messages at a time, up to the newest hint queued when its
+//!    delivery began, or until a delivery fails (meanwhile that peer defers its anti-entropy with
+//!    this node, which would fetch many of the same keys);
 //! 2. runs one anti-entropy exchange per ap keyspace with up to `anti_entropy_fanout` reachable
 //!    peers, chosen at random;
 //! 3. every [`ROUNDS_PER_TOMBSTONE_COLLECTION`] rounds, collects the tombstones every replica holds.
@@ -134,10 +134,25 @@ impl<T: Transport> Repair<T> {
         }
     }
 
-    /// Delivers `peer`'s hints batch by batch, [`HINT_BATCHES_IN_FLIGHT`] at a time, until its
-    /// queue is drained or a delivery fails. The next batch is read while the peer merges the
-    /// ones before it, so neither side waits for the other.
+    /// Delivers `peer`'s hints up to the newest one queued now ([`Self::deliver_hints_through`]).
     async fn deliver_all_hints(&self, peer: u64) -> usize {
+        match self.replica.store.last_hint_seq(peer) {
+            Ok(Some(end)) => self.deliver_hints_through(peer, end).await,
+            Ok(None) => 0,
+            Err(e) => {
+                tracing::error!(peer, "cannot read the hint queue for node {peer}: {e}");
+                0
+            }
+        }
+    }
+
+    /// Delivers `peer`'s hints batch by batch, [`HINT_BATCHES_IN_FLIGHT`] at a time, through the
+    /// batch that holds sequence number `end`, or until a delivery fails. The next batch is read
+    /// while the peer merges the ones before it, so neither side waits for the other. Hints
+    /// queued after `end` wait for the next round: a queue that keeps growing (writes still
+    /// hinted for the peer) cannot keep the delivery, and the peer's deferred anti-entropy with
+    /// this node, going forever.
+    async fn deliver_hints_through(&self, peer: u64, end: u64) -> usize {
         use futures::stream::{FuturesUnordered, StreamExt};
         let replica = &self.replica;
         let (mut delivered, mut after, mut more) = (0, None, true);
@@ -149,12 +164,13 @@ impl<T: Transport> Repair<T> {
                 match replica.take_hints(peer, HINT_BATCH, after) {
                     Ok(Some(batch)) => {
                         _delivering.get_or_insert_with(|| replica.delivering_hints(peer));
+                        more = batch.last < end;
                         after = Some(batch.last);
                         in_flight.push(replica.send_hints(peer, batch));
                     }
                     Ok(None) => more = false,
                     Err(e) => {
-                        tracing::error!("hint delivery stopped: {e}");
+                        tracing::error!(peer, "hint delivery to node {peer} stopped: {e}");
                         more = false;
                     }
                 }
@@ -163,8 +179,8 @@ impl<T: Transport> Repair<T> {
                 Some(Ok(n)) => delivered += n,
                 Some(Err(e)) => {
                     match e {
-                        PeerError::Local(_) => tracing::error!("hint delivery stopped: {e}"),
-                        _ => tracing::debug!("hint delivery stopped: {e}"),
+                        PeerError::Local(_) => tracing::error!(peer, "hint delivery to node {peer} stopped: {e}"),
+                        _ => tracing::debug!(peer, "hint delivery to node {peer} stopped: {e}"),
                     }
                     // The batches already in flight finish; their hints stay queued if they fail.
                     more = false;
@@ -264,7 +280,8 @@ mod tests {
     use rand::rngs::StdRng;
     use rand::SeedableRng;
 
-    use super::super::replica::testkit::{run, short_horizons, Kit, KEYSPACE};
+    use super::super::replica::testkit::{run, short_horizons, Kit, EPOCH_MS, KEYSPACE};
+    use super::super::store::{Entry, Hint, HintBound};
     use super::*;
 
     #[test]
@@ -389,6 +406,47 @@ mod tests {
                 "both backlogs, one round"
             );
             assert_eq!((one.store.hint_count(2), one.store.hint_count(3)), (0, 0));
+        });
+    }
+
+    #[test]
+    fn a_delivery_ends_at_the_newest_hint_queued_when_it_began() {
+        run(async {
+            let kit = Kit::new(2, Default::default());
+            kit.down(2);
+            let backlog = 2 * HINT_BATCH + 1;
+            for i in 0..backlog {
+                kit.put(1, &format!("k{i}"), "v").await;
+            }
+            let one = kit.node(1);
+            let end = one.store.last_hint_seq(2).unwrap().expect("a backlog is queued");
+            // Hinted after the delivery began (as while node 1's push queue to node 2 is full).
+            let version = one.store.get(KEYSPACE, b"k0").unwrap().expect("k0 is stored");
+            let late = 2 * HINT_BATCH;
+            for i in 0..late {
+                let hint = Hint {
+                    entry: Entry {
+                        keyspace: KEYSPACE.into(),
+                        key: format!("late{i}").into_bytes(),
+                        versioned: version.clone(),
+                    },
+                    created_ms: EPOCH_MS,
+                };
+                let bound = HintBound {
+                    count: usize::MAX,
+                    bytes: u64::MAX,
+                };
+                assert!(one.store.add_hint(2, &hint, bound).unwrap(), "hint {i} is queued");
+            }
+            kit.up(2);
+            let delivered = Repair::new(one.clone()).deliver_hints_through(2, end).await;
+            // The batch that holds the last hint of the backlog may carry late ones too.
+            assert!(
+                (backlog..=backlog + HINT_BATCH).contains(&delivered),
+                "{delivered} hints delivered for a backlog of {backlog}"
+            );
+            assert_eq!(one.store.hint_count(2), backlog + late - delivered, "the rest wait");
+            assert!(!one.is_delivering_hints(2), "node 2's anti-entropy with node 1 resumes");
         });
     }
 

@@ -529,6 +529,23 @@ impl ApStore {
         Ok(out)
     }
 
+    /// The sequence number of the newest hint queued for `peer`, if any.
+    pub fn last_hint_seq(&self, peer: u64) -> Result<Option<u64>, Error> {
+        match self
+            .hints
+            .range(hint_key(peer, 0)..=hint_key(peer, u64::MAX))
+            .next_back()
+        {
+            Some(kv) => {
+                let (key, _) = kv?;
+                Ok(Some(u64::from_be_bytes(
+                    key[8..16].try_into().expect("hint keys are 16 bytes"),
+                )))
+            }
+            None => Ok(None),
+        }
+    }
+
     pub fn remove_hints(&self, peer: u64, seqs: &[u64]) -> Result<(), Error> {
         self.with_hint_queue(peer, |queue| {
             // One removal per hint, which also says how large it was (a hint already gone, say

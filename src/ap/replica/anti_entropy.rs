@@ -14,8 +14,10 @@
 //!
 //! An exchange with a peer that is delivering its hint backlog to us stops early (the peer says
 //! so in its root digest, or in a fetch answer if the delivery began meanwhile): the hints bring
-//! the same keys, and fetching them too would double the work of both nodes while the backlog
-//! drains. The next round after the delivery (drained or failed) exchanges as usual.
+//! the writes we missed while apart, and fetching those too would double the work of both nodes
+//! while the backlog drains. What the hints do not carry (writes the peer missed from us, writes
+//! its full hint queue left to anti-entropy) waits for the next round after the delivery, which
+//! exchanges as usual. A delivery covers only the hints queued when it began, so it ends.
 //!
 //! The exchange yields to the runtime between messages, so a long repair does not hold an async
 //! worker.
@@ -46,7 +48,7 @@ pub struct Exchange {
     /// Keys this replica changed by merging the peer's entries.
     pub repaired_here: usize,
     /// The peer was delivering its hint backlog to this replica, so the exchange stopped early
-    /// (the hints bring the same keys); the replicas are not known to agree.
+    /// (the hints bring the writes this replica missed); the replicas are not known to agree.
     pub deferred: bool,
 }
 

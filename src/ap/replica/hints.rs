@@ -4,8 +4,8 @@
 //! made. Each peer's queue is bounded in count ([`super::ReplicaOptions::hints_per_peer_max`])
 //! and in encoded bytes ([`super::ReplicaOptions::hints_bytes_max`]); a write over either bound
 //! is not hinted (counted in `hints_dropped_full`) and left to anti-entropy, so nothing is lost.
-//! Delivery sends the oldest hints in one push of at most [`AP_BATCH_BYTES_MAX`] (so a batch of
-//! large values stays under the peer message limit); hints older than the hint lifetime are dropped
+//! Delivery sends the hints in sequence order, in pushes of at most [`AP_BATCH_BYTES_MAX`] (so a
+//! batch of large values stays under the peer message limit); hints older than the hint lifetime are dropped
 //! instead (counted in `hints_dropped_expired`), so a hint can never outlive the tombstone
 //! horizon and resurrect a collected delete.
 //!
@@ -114,8 +114,8 @@ impl<T: Transport> Replica<T> {
     }
 
     /// Whether this node is delivering a hint backlog to `peer` now. The peer's anti-entropy
-    /// with this node would fetch the same keys the hints bring, so it is deferred until the
-    /// backlog is drained or its delivery fails.
+    /// with this node would fetch many of the keys the hints bring, so it is deferred until the
+    /// delivery ends (it covers the hints queued when it began) or fails.
     pub fn is_delivering_hints(&self, peer: u64) -> bool {
         self.hint_deliveries
             .lock()

@@ -61,7 +61,7 @@ pub enum Response {
     Pushed,
     /// The receiver's hashes of the same nodes and, at the root, its acknowledged tombstone
     /// horizon and whether it is delivering a hint backlog to the sender (then the sender
-    /// defers the exchange: the hints bring the same keys).
+    /// defers the exchange until the delivery ends: the hints bring the writes it missed).
     Digest {
         hashes: Vec<u64>,
         horizon: u64,
