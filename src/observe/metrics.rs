@@ -104,6 +104,7 @@ fn update_ap_metrics(node: &Node) {
         ("capkv_ap_pushes_applied_total", &stats.pushes_applied),
         ("capkv_ap_keys_repaired_total", &stats.keys_repaired),
         ("capkv_ap_anti_entropy_rounds_total", &stats.anti_entropy_rounds),
+        ("capkv_ap_anti_entropy_deferred_total", &stats.anti_entropy_deferred),
         ("capkv_ap_hints_stored_total", &stats.hints_stored),
         ("capkv_ap_hints_delivered_total", &stats.hints_delivered),
         ("capkv_ap_hints_dropped_full_total", &stats.hints_dropped_full),

@@ -186,6 +186,15 @@ impl<T: Transport> Replica<T> {
                         deferred: false,
                         ..
                     }) => {}
+                    Ok(Exchange { deferred: true, .. }) => {
+                        tracing::debug!(
+                            peer,
+                            keyspace,
+                            "anti-entropy with node {peer} waits for its hint delivery to us"
+                        );
+                        self.stats.anti_entropy_deferred.fetch_add(1, Ordering::Relaxed);
+                        in_sync = false;
+                    }
                     Ok(_) => in_sync = false,
                     Err(e) => {
                         match &e {
@@ -247,6 +256,11 @@ mod tests {
             assert!(
                 !kit.node(1).anti_entropy_round(&[2], &[KEYSPACE.to_string()]).await,
                 "a deferred exchange is not in sync"
+            );
+            assert_eq!(
+                kit.node(1).stats.anti_entropy_deferred.load(Relaxed),
+                1,
+                "and is counted"
             );
             drop(delivering);
             let exchange = kit.node(1).anti_entropy(2, KEYSPACE).await.unwrap();

@@ -138,6 +138,8 @@ pub struct Stats {
     pub pushes_applied: AtomicU64,
     pub keys_repaired: AtomicU64,
     pub anti_entropy_rounds: AtomicU64,
+    /// Exchanges stopped because the peer was delivering its hint backlog to this node.
+    pub anti_entropy_deferred: AtomicU64,
     pub hints_stored: AtomicU64,
     pub hints_delivered: AtomicU64,
     pub hints_dropped_full: AtomicU64,
