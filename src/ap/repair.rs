@@ -180,7 +180,13 @@ impl<T: Transport> Repair<T> {
                 Some(Err(e)) => {
                     match e {
                         PeerError::Local(_) => tracing::error!(peer, "hint delivery to node {peer} stopped: {e}"),
-                        _ => tracing::debug!(peer, "hint delivery to node {peer} stopped: {e}"),
+                        // A peer that answers, but not as this build expects (another build?).
+                        PeerError::UnexpectedAnswer { .. } => {
+                            tracing::warn!(peer, "hint delivery to node {peer} stopped: {e}")
+                        }
+                        PeerError::Unreachable { .. } => {
+                            tracing::debug!(peer, "hint delivery to node {peer} stopped: {e}")
+                        }
                     }
                     // The batches already in flight finish; their hints stay queued if they fail.
                     more = false;
