@@ -18,7 +18,7 @@ use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 use crate::error::Error;
-use crate::keyspace::{validate_key, validate_name, validate_value};
+use crate::keyspace::{validate_key, validate_name, validate_value, KeyspaceDef};
 use crate::kv::KvPath;
 use crate::limits::{KEY_BYTES_MAX, RESPONSE_BYTES_MAX, TXN_BYTES_MAX, TXN_OPS_MAX};
 use crate::mode::Mode;
@@ -49,15 +49,11 @@ impl KvService {
         Self { node, own_endpoint }
     }
 
-    /// The mode a request on `keyspace` is served by (cp when this node does not know it yet).
-    fn mode(&self, keyspace: &str) -> Result<Mode, Error> {
-        Ok(self.node.local_keyspace(keyspace)?.map_or(Mode::Cp, |def| def.mode))
-    }
-
-    fn labels(&self, keyspace: &str) -> Labels {
-        match self.node.local_keyspace(keyspace) {
+    /// The labels of a request on a keyspace this node knows as `def` (or fails to read).
+    fn labels(def: Result<Option<&KeyspaceDef>, &Error>) -> Labels {
+        match def {
             Ok(Some(def)) => Labels {
-                keyspace: def.name,
+                keyspace: def.name.clone(),
                 mode: def.mode.as_str(),
             },
             _ => Labels {
@@ -67,7 +63,9 @@ impl KvService {
         }
     }
 
-    /// Runs one request: admit, check, handle, record, map the error.
+    /// Runs one request: admit, check, handle, record, map the error. The keyspace's definition
+    /// is read once, for both the metric labels and the mode `handle` serves it by (cp when this
+    /// node does not know the keyspace yet: the cp path answers for unknown keyspaces).
     async fn serve<Req, Resp, H, Fut>(
         &self,
         request: Request<Req>,
@@ -77,21 +75,26 @@ impl KvService {
         handle: H,
     ) -> Result<Response<Resp>, Status>
     where
-        H: FnOnce(Ctx, Req) -> Fut,
+        H: FnOnce(Ctx, Req, Mode) -> Fut,
         Fut: Future<Output = Result<Resp, Error>>,
         Resp: prost::Message,
     {
         let ctx = Ctx::of(&request);
         let (started, forwarded_leader) = (ctx.started, ctx.leader_endpoint.clone());
         let message = request.into_inner();
-        let labels = self.labels(keyspace(&message));
-        let result = match super::admit(&self.node, &ctx).await.and_then(|_| check(&message)) {
-            Ok(()) => handle(ctx, message)
-                .await
-                .and_then(|resp| match oversized_answer(op, resp.encoded_len()) {
-                    Some(e) => Err(e),
-                    None => Ok(resp),
-                }),
+        let def = self.node.local_keyspace(keyspace(&message));
+        let labels = Self::labels(def.as_ref().map(Option::as_ref));
+        let mode = def.map(|def| def.map_or(Mode::Cp, |def| def.mode));
+        let admitted = super::admit(&self.node, &ctx).await.and_then(|_| check(&message));
+        let result = match admitted.and(mode) {
+            Ok(mode) => {
+                handle(ctx, message, mode)
+                    .await
+                    .and_then(|resp| match oversized_answer(op, resp.encoded_len()) {
+                        Some(e) => Err(e),
+                        None => Ok(resp),
+                    })
+            }
             Err(e) => Err(e),
         };
         record_request(&labels.keyspace, labels.mode, op, &result, started.elapsed());
@@ -122,8 +125,8 @@ impl proto::kv_server::Kv for KvService {
             "get",
             |r| &r.keyspace,
             check,
-            |ctx, req| async move {
-                match self.mode(&req.keyspace)? {
+            |ctx, req, mode| async move {
+                match mode {
                     Mode::Cp => self.node.cp().get(&ctx, req).await,
                     Mode::Ap => self.node.ap().get(&ctx, req).await,
                 }
@@ -143,8 +146,8 @@ impl proto::kv_server::Kv for KvService {
             "put",
             |r| &r.keyspace,
             check,
-            |ctx, req| async move {
-                match self.mode(&req.keyspace)? {
+            |ctx, req, mode| async move {
+                match mode {
                     Mode::Cp => self.node.cp().put(&ctx, req).await,
                     Mode::Ap => {
                         ap_request_id(&req.keyspace, &req.request_id)?;
@@ -166,8 +169,8 @@ impl proto::kv_server::Kv for KvService {
             "delete",
             |r| &r.keyspace,
             check,
-            |ctx, req| async move {
-                match self.mode(&req.keyspace)? {
+            |ctx, req, mode| async move {
+                match mode {
                     Mode::Cp => self.node.cp().delete(&ctx, req).await,
                     Mode::Ap => {
                         ap_request_id(&req.keyspace, &req.request_id)?;
@@ -185,8 +188,8 @@ impl proto::kv_server::Kv for KvService {
             "scan",
             |r| &r.keyspace,
             scan_request,
-            |ctx, req| async move {
-                match self.mode(&req.keyspace)? {
+            |ctx, req, mode| async move {
+                match mode {
                     Mode::Cp => self.node.cp().scan(&ctx, req).await,
                     Mode::Ap => self.node.ap().scan(&ctx, req).await,
                 }
@@ -210,8 +213,8 @@ impl proto::kv_server::Kv for KvService {
             "cas",
             |r| &r.keyspace,
             check,
-            |ctx, req| async move {
-                match self.mode(&req.keyspace)? {
+            |ctx, req, mode| async move {
+                match mode {
                     Mode::Cp => self.node.cp().cas(&ctx, req).await,
                     Mode::Ap => {
                         ap_request_id(&req.keyspace, &req.request_id)?;
@@ -229,8 +232,8 @@ impl proto::kv_server::Kv for KvService {
             "txn",
             |r| &r.keyspace,
             txn_request,
-            |ctx, req| async move {
-                match self.mode(&req.keyspace)? {
+            |ctx, req, mode| async move {
+                match mode {
                     Mode::Cp => self.node.cp().txn(&ctx, req).await,
                     Mode::Ap => {
                         ap_request_id(&req.keyspace, &req.request_id)?;
