@@ -152,15 +152,24 @@ fn read_state(data_dir: &Path) -> Option<ClusterState> {
     serde_json::from_str(&text).ok()
 }
 
-/// Is `pid` a running capkv node (not a reused pid of something else)?
-fn is_capkv_node(pid: i32) -> bool {
-    match std::fs::read(format!("/proc/{pid}/cmdline")) {
-        Ok(cmdline) => {
-            let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-            args.iter().any(|a| a.ends_with(b"capkv")) && args.contains(&&b"node"[..])
-        }
-        Err(_) => false,
-    }
+/// Is node `record` of this cluster still running? Its pid must run `node` with the node's own
+/// data dir (the directory of its log), so a pid the kernel reused for another process, or for a
+/// node of another cluster, is never signalled, whatever the capkv binary is called.
+fn is_cluster_node(record: &NodeRecord) -> bool {
+    let Some(dir) = record.log.parent() else {
+        return false;
+    };
+    std::fs::read(format!("/proc/{}/cmdline", record.pid)).is_ok_and(|cmdline| runs_node_in(&cmdline, dir))
+}
+
+/// Does a NUL-separated command line run `<binary> node ... --data-dir <dir> ...`?
+fn runs_node_in(cmdline: &[u8], dir: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+    args.get(1) == Some(&&b"node"[..])
+        && args
+            .windows(2)
+            .any(|pair| pair[0] == b"--data-dir" && pair[1] == dir.as_os_str().as_bytes())
 }
 
 fn check_port_free(addr: &str, what: &str) -> Result<(), Error> {
@@ -289,7 +298,7 @@ pub async fn up(args: UpArgs, exe: PathBuf) -> Result<(), Error> {
         let running: Vec<String> = state
             .nodes
             .iter()
-            .filter(|n| is_capkv_node(n.pid))
+            .filter(|n| is_cluster_node(n))
             .map(|n| n.pid.to_string())
             .collect();
         if !running.is_empty() {
@@ -495,13 +504,13 @@ pub async fn down(data_dir: &Path) -> Result<(), Error> {
         );
         return Ok(());
     };
-    let running: Vec<&NodeRecord> = state.nodes.iter().filter(|n| is_capkv_node(n.pid)).collect();
+    let running: Vec<&NodeRecord> = state.nodes.iter().filter(|n| is_cluster_node(n)).collect();
     for n in &running {
         let _ = kill(Pid::from_raw(n.pid), Signal::SIGTERM);
     }
     let deadline = Instant::now() + STOP_TIMEOUT;
     for n in &running {
-        while is_capkv_node(n.pid) {
+        while is_cluster_node(n) {
             if Instant::now() > deadline {
                 eprintln!(
                     "node {} did not stop within {} s: killing it",
@@ -535,6 +544,31 @@ mod tests {
             auth: false,
             worker_threads: None,
         }
+    }
+
+    #[test]
+    fn a_node_is_known_by_its_data_dir_whatever_the_binary_is_called() {
+        let dir = Path::new("/data/node-2");
+        let line = |args: &[&str]| args.join("\0").into_bytes();
+        let node = |binary: &str, dir: &str| line(&[binary, "node", "--id", "2", "--data-dir", dir, "--peers", "x"]);
+        assert!(runs_node_in(&node("/usr/bin/capkv", "/data/node-2"), dir));
+        assert!(
+            runs_node_in(&node("./target/release/capkv-v2", "/data/node-2"), dir),
+            "a renamed binary"
+        );
+        assert!(!runs_node_in(&node("capkv", "/data/node-3"), dir), "another node");
+        assert!(
+            !runs_node_in(&node("capkv", "/other/node-2"), dir),
+            "a node of another cluster"
+        );
+        assert!(
+            !runs_node_in(&line(&["vim", "--data-dir", "/data/node-2"]), dir),
+            "not a node"
+        );
+        assert!(
+            !runs_node_in(&line(&["capkv", "get", "node", "--data-dir", "/data/node-2"]), dir),
+            "a client command"
+        );
     }
 
     #[test]
