@@ -6,12 +6,16 @@
 //! (peer, sequence), bounded per peer by count and by encoded bytes.
 //!
 //! Beside the data, kept in step by every merge and tombstone collection so that repair costs
-//! what replicas differ by: each keyspace's hash tree and live key count (in memory, built by
-//! one streaming scan the first time a process uses the keyspace; see [`super::digest`]),
-//! `ap_leaves` (the keys of each tree leaf, so repair reads only differing leaves),
-//! `ap_tombstones` (so collection reads only the deletes), and `ap_meta` (each keyspace's
-//! tombstone floor, and whether its indexes are complete: data written before they existed is
-//! indexed on that first scan).
+//! what replicas differ by: in memory, each keyspace's hash tree, live key count and the keys of
+//! each tree leaf (so repair reads only differing leaves), all built by one streaming scan the
+//! first time a process uses the keyspace (see [`super::digest`]); on disk, `ap_tombstones` (so
+//! collection reads only the deletes) and `ap_meta` (each keyspace's tombstone floor, and
+//! whether its tombstone index is complete: data written before the index existed is indexed on
+//! that first scan).
+//!
+//! The leaf index lives in memory, like etcd's key index, because on disk it was a third sled
+//! insert for every new key: while a healed replica took in 100,000 keys, sled's inserts were
+//! most of its CPU. It costs about 50 bytes of memory per key (keys of up to 16 bytes).
 //!
 //! CAVEATS: every change to `ap_data` must go through [`ApStore::merge_many`] (or `merge`) or
 //! [`ApStore::remove_tombstone`], or the tree and indexes no longer match the data (until the
@@ -54,11 +58,8 @@ pub struct ApStore {
     data: sled::Tree,
     hints: sled::Tree,
     /// keyspace -> the tombstone-collection floor (u64 ms, big-endian); see `replica::tombstones`.
-    /// Also `\0indexed\0<keyspace>`: the leaf index of that keyspace is complete.
+    /// Also `\0tombstones-indexed\0<keyspace>`: the tombstone index of that keyspace is complete.
     meta: sled::Tree,
-    /// `<keyspace>\0<bucket, u16 big-endian><key>`: the keys of each hash-tree leaf, so repair
-    /// reads only the leaves that differ.
-    leaves: sled::Tree,
     /// `<keyspace>\0<key>` of every tombstone, so collection reads only tombstones.
     tombstones: sled::Tree,
     /// The hash tree and live key count of each keyspace, built on first use and kept in step
@@ -69,12 +70,60 @@ pub struct ApStore {
     hint_counts: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<u64, HintQueue>>>,
 }
 
-/// What is kept in memory per keyspace, beside the data: its hash tree and its live keys.
+/// What is kept in memory per keyspace, beside the data: its hash tree, its live keys and the
+/// keys of each leaf.
 #[derive(Default)]
 struct Kept {
     tree: HashTree,
     /// Keys holding a value (not a tombstone), so a count reads no data.
     live: u64,
+    /// The [`leaf_cursor`] of every stored key (values and tombstones), so repair reads only the
+    /// leaves that differ, in leaf order.
+    leaves: BTreeSet<Box<[u8]>>,
+}
+
+/// Leaf cursors [`ApStore::leaf_page`] takes from the index per turn of the tree lock, so a
+/// page of a large leaf range does not hold up merges while it reads values (a few in tests, so
+/// they cross many turns).
+const LEAF_CURSORS_PER_LOCK: usize = if cfg!(test) { 3 } else { 1024 };
+
+impl Kept {
+    /// Up to `limit` leaf cursors in `buckets`, in order, after `after` and up to `upto`
+    /// (inclusive); fewer than `limit` means there are no more.
+    fn leaf_cursors(
+        &self,
+        buckets: &BTreeSet<usize>,
+        after: Option<&[u8]>,
+        upto: Option<&[u8]>,
+        limit: usize,
+    ) -> Vec<Box<[u8]>> {
+        use std::ops::Bound;
+        let mut out = Vec::new();
+        for bucket in buckets {
+            let prefix = (*bucket as u16).to_be_bytes();
+            let next = (*bucket as u16).checked_add(1).map(u16::to_be_bytes);
+            let end = match &next {
+                Some(next) => Bound::Excluded(&next[..]),
+                None => Bound::Unbounded, // the last bucket
+            };
+            let start = match after {
+                Some(after) if after >= &prefix[..] => Bound::Excluded(after),
+                _ => Bound::Included(&prefix[..]),
+            };
+            if let (Bound::Excluded(start), Some(next)) = (start, &next) {
+                if start >= &next[..] {
+                    continue; // the cursor is past this bucket
+                }
+            }
+            for cursor in self.leaves.range::<[u8], _>((start, end)) {
+                if upto.is_some_and(|u| &cursor[..] > u) || out.len() == limit {
+                    return out;
+                }
+                out.push(cursor.clone());
+            }
+        }
+        out
+    }
 }
 
 /// 1 for a stored value, 0 for a tombstone or nothing.
@@ -106,13 +155,14 @@ pub fn leaf_cursor(key: &[u8]) -> Vec<u8> {
     [&(bucket_of(key) as u16).to_be_bytes()[..], key].concat()
 }
 
-fn leaf_key(keyspace: &str, key: &[u8]) -> Vec<u8> {
-    [keyspace.as_bytes(), b"\0", &leaf_cursor(key)].concat()
+fn indexed_marker(keyspace: &str) -> Vec<u8> {
+    [b"\0tombstones-indexed\0", keyspace.as_bytes()].concat()
 }
 
-fn indexed_marker(keyspace: &str) -> Vec<u8> {
-    [b"\0indexed\0", keyspace.as_bytes()].concat()
-}
+/// What capkv before the in-memory leaf index kept on disk: the tree `ap_leaves`, and in `ap_meta`
+/// a marker per keyspace saying that tree and the tombstone index were complete.
+const OLD_LEAF_TREE: &str = "ap_leaves";
+const OLD_INDEXED_PREFIX: &[u8] = b"\0indexed\0";
 
 fn hint_key(peer: u64, seq: u64) -> [u8; 16] {
     let mut k = [0u8; 16];
@@ -127,12 +177,21 @@ pub type Page = (Vec<(Vec<u8>, Versioned)>, bool);
 impl ApStore {
     pub fn open(flusher: &crate::storage::Flusher) -> Result<Self, Error> {
         let db = flusher.db();
+        let meta = db.open_tree("ap_meta")?;
+        // The on-disk leaf index of earlier builds is rebuilt in memory now. Its markers go
+        // first, so a node that crashes here, or an earlier build started on this data again,
+        // rebuilds that index instead of trusting a half-dropped one.
+        for kv in meta.scan_prefix(OLD_INDEXED_PREFIX) {
+            let (key, _) = kv?;
+            meta.remove(key)?;
+        }
+        meta.flush()?;
+        db.drop_tree(OLD_LEAF_TREE)?;
         Ok(Self {
             flusher: flusher.clone(),
             data: db.open_tree("ap_data")?,
             hints: db.open_tree("ap_hints")?,
-            meta: db.open_tree("ap_meta")?,
-            leaves: db.open_tree("ap_leaves")?,
+            meta,
             tombstones: db.open_tree("ap_tombstones")?,
             trees: Default::default(),
             hint_counts: Default::default(),
@@ -155,12 +214,11 @@ impl ApStore {
     /// keys changed. Keeps each keyspace's hash tree, live count and indexes in step, under the
     /// tree lock, which every change to the data takes, so no merge can race another.
     ///
-    /// Per key, the index entries (a new key's leaf entry, a new tombstone's mark) are written
-    /// before the data, and a replaced tombstone's mark is removed after it. sled recovers its
-    /// log in order after a crash, so recovered data always has its index entries; the worst a
-    /// crash leaves is an index entry whose data did not make it (readers skip it) or a stale
-    /// tombstone mark (collection skips it). Plain inserts, not sled batches: a batch takes
-    /// sled's global write lock and stalls every other reader and writer.
+    /// Per key, a new tombstone's mark is written before the data, and a replaced tombstone's
+    /// mark is removed after it. sled recovers its log in order after a crash, so recovered
+    /// tombstones always have their marks; the worst a crash leaves is a stale mark (collection
+    /// skips it). Plain inserts, not sled batches: a batch takes sled's global write lock and
+    /// stalls every other reader and writer.
     pub fn merge_many<'a>(&self, entries: impl IntoIterator<Item = &'a Entry>) -> Result<usize, Error> {
         use std::collections::btree_map::Entry as Slot;
         let mut trees = self.trees.lock().expect("tree lock is never poisoned");
@@ -189,9 +247,6 @@ impl ApStore {
             return Ok(0);
         }
         for (key, (stored, winner, entry)) in &changes {
-            if stored.is_none() {
-                self.leaves.insert(leaf_key(&entry.keyspace, &entry.key), &[])?;
-            }
             if winner.is_tombstone() {
                 self.tombstones.insert(key.as_slice(), &[])?;
             }
@@ -201,6 +256,9 @@ impl ApStore {
             if let Some(kept) = trees.get_mut(&entry.keyspace) {
                 kept.tree.update(&entry.key, stored.as_ref(), Some(winner));
                 kept.live = (kept.live + live(Some(winner))).saturating_sub(live(stored.as_ref()));
+                if stored.is_none() {
+                    kept.leaves.insert(leaf_cursor(&entry.key).into());
+                }
             }
             if !winner.is_tombstone() && stored.as_ref().is_some_and(Versioned::is_tombstone) {
                 self.tombstones.remove(key.as_slice())?;
@@ -210,8 +268,8 @@ impl ApStore {
     }
 
     /// Runs `f` on what is kept of `keyspace`, built by one scan on first use (which also
-    /// completes the leaf index of data written before it existed). The scan streams: one
-    /// entry in memory at a time, whatever the keyspace holds.
+    /// completes the tombstone index of data written before it existed). The scan streams: one
+    /// entry of the data in memory at a time, whatever the keyspace holds.
     fn with_kept<R>(&self, keyspace: &str, f: impl FnOnce(&Kept) -> R) -> Result<R, Error> {
         let mut trees = self.trees.lock().expect("tree lock is never poisoned");
         if !trees.contains_key(keyspace) {
@@ -222,14 +280,12 @@ impl ApStore {
                 let (key, value) = kv?;
                 let user_key = &key[prefix.len()..];
                 let versioned: Versioned = decode(&value)?;
-                if index {
-                    self.leaves.insert(leaf_key(keyspace, user_key), &[])?;
-                    if versioned.is_tombstone() {
-                        self.tombstones.insert(&key, &[])?;
-                    }
+                if index && versioned.is_tombstone() {
+                    self.tombstones.insert(&key, &[])?;
                 }
                 kept.tree.update(user_key, None, Some(&versioned));
                 kept.live += live(Some(&versioned));
+                kept.leaves.insert(leaf_cursor(user_key).into());
             }
             if index {
                 self.meta.insert(indexed_marker(keyspace), &[])?;
@@ -265,27 +321,14 @@ impl ApStore {
         upto: Option<&[u8]>,
         max_bytes: usize,
     ) -> Result<(Vec<Entry>, Option<Vec<u8>>), Error> {
-        use std::ops::Bound;
-        self.with_tree(keyspace, |_| ())?; // the leaf index is complete
-        let skip = keyspace.len() + 1;
         let (mut out, mut bytes) = (Vec::new(), 0usize);
-        for bucket in buckets {
-            let prefix = [keyspace.as_bytes(), b"\0", &(*bucket as u16).to_be_bytes()].concat();
-            let start = match after {
-                Some(after) if [keyspace.as_bytes(), b"\0", after].concat() >= prefix => {
-                    Bound::Excluded([keyspace.as_bytes(), b"\0", after].concat())
-                }
-                _ => Bound::Included(prefix.clone()),
-            };
-            for kv in self.leaves.range::<Vec<u8>, _>((start, Bound::Unbounded)) {
-                let (index_key, _) = kv?;
-                if !index_key.starts_with(&prefix) {
-                    break;
-                }
-                let cursor = &index_key[skip..];
-                if upto.is_some_and(|u| cursor > u) {
-                    return Ok((out, None));
-                }
+        let mut from: Option<Box<[u8]>> = after.map(Into::into);
+        loop {
+            let cursors = self.with_kept(keyspace, |kept| {
+                kept.leaf_cursors(buckets, from.as_deref(), upto, LEAF_CURSORS_PER_LOCK)
+            })?;
+            let more = cursors.len() == LEAF_CURSORS_PER_LOCK;
+            for cursor in &cursors {
                 let key = &cursor[2..];
                 let Some(value) = self.data.get(data_key(keyspace, key))? else {
                     continue; // collected after the index was read
@@ -302,8 +345,11 @@ impl ApStore {
                     versioned: decode(&value)?,
                 });
             }
+            match cursors.into_iter().next_back() {
+                Some(last) if more => from = Some(last),
+                _ => return Ok((out, None)),
+            }
         }
-        Ok((out, None))
     }
 
     /// Flushes to disk; AP writes are acknowledged only after this.
@@ -457,11 +503,11 @@ impl ApStore {
         {
             return Ok(false);
         }
-        self.leaves.remove(leaf_key(&entry.keyspace, &entry.key))?;
         self.tombstones.remove(&key)?;
         if let Some(kept) = trees.get_mut(&entry.keyspace) {
             kept.tree.update(&entry.key, Some(&entry.versioned), None);
             kept.live = kept.live.saturating_sub(live(Some(&entry.versioned)));
+            kept.leaves.remove(&leaf_cursor(&entry.key)[..]);
         }
         Ok(true)
     }
@@ -777,6 +823,127 @@ mod tests {
         );
         let (page, _) = store.leaf_page("carts", &all, None, None, 1).unwrap();
         assert_eq!(page.len(), 1, "the first entry always fits");
+    }
+
+    /// Every entry of `buckets` in leaf order after `after` and up to `upto`, paged by
+    /// `max_bytes`.
+    fn all_pages(
+        store: &ApStore,
+        buckets: &BTreeSet<usize>,
+        after: Option<&[u8]>,
+        upto: Option<&[u8]>,
+        max_bytes: usize,
+    ) -> Vec<(Vec<u8>, Versioned)> {
+        let (mut out, mut from) = (Vec::new(), after.map(<[u8]>::to_vec));
+        loop {
+            let (page, end) = store
+                .leaf_page("carts", buckets, from.as_deref(), upto, max_bytes)
+                .unwrap();
+            out.extend(page.into_iter().map(|e| (e.key, e.versioned)));
+            match end {
+                Some(end) => from = Some(end),
+                None => return out,
+            }
+        }
+    }
+
+    proptest::proptest! {
+        /// The in-memory leaf index, kept in step by merges and collections, pages exactly what
+        /// the data holds in the leaves asked for, and so does the index a restart rebuilds.
+        #[test]
+        fn leaf_pages_follow_merges_and_collections_and_survive_a_restart(
+            changes in proptest::collection::vec((0u8..40, proptest::option::of(proptest::collection::vec(0u8..=255, 0..40)), proptest::bool::ANY), 1..80),
+            bucket_picks in proptest::collection::vec(0u8..40, 0..6),
+            range in proptest::option::of((0u8..40, 0u8..40)),
+            max_bytes in 1usize..200,
+        ) {
+            let db = sled::Config::new().temporary(true).open().unwrap();
+            let store = ApStore::open(&crate::storage::Flusher::new(db.clone())).unwrap();
+            store.tree_root("carts").unwrap(); // built before the changes: kept in step from here
+            let key = |n: u8| format!("k{n}").into_bytes();
+            for (ms, (n, value, collect)) in changes.into_iter().enumerate() {
+                let entry = Entry {
+                    keyspace: "carts".into(),
+                    key: key(n),
+                    versioned: Versioned {
+                        version: Version { hlc: Timestamp { physical_ms: ms as u64 + 1, logical: 0 }, node: 1 },
+                        value,
+                    },
+                };
+                store.merge(&entry).unwrap();
+                if collect && entry.versioned.is_tombstone() {
+                    store.remove_tombstone(&entry).unwrap();
+                }
+            }
+            let buckets: BTreeSet<usize> = if bucket_picks.is_empty() {
+                (0..crate::ap::digest::BUCKETS).collect()
+            } else {
+                bucket_picks.iter().map(|n| bucket_of(&key(*n))).collect()
+            };
+            let (after, upto) = match range {
+                Some((a, b)) => (Some(leaf_cursor(&key(a.min(b)))), Some(leaf_cursor(&key(a.max(b))))),
+                None => (None, None),
+            };
+            let mut expected: Vec<(Vec<u8>, Versioned)> = store
+                .entries("carts", Some(&buckets))
+                .unwrap()
+                .into_iter()
+                .filter(|e| after.as_ref().is_none_or(|a| &leaf_cursor(&e.key) > a))
+                .filter(|e| upto.as_ref().is_none_or(|u| &leaf_cursor(&e.key) <= u))
+                .map(|e| (e.key, e.versioned))
+                .collect();
+            expected.sort_by_key(|(k, _)| leaf_cursor(k));
+            let kept = all_pages(&store, &buckets, after.as_deref(), upto.as_deref(), max_bytes);
+            proptest::prop_assert_eq!(&kept, &expected);
+            proptest::prop_assert_eq!(
+                store.with_kept("carts", |kept| kept.leaves.len()).unwrap(),
+                store.entries("carts", None).unwrap().len(),
+                "the index holds every stored key and nothing else"
+            );
+            let rebuilt = ApStore::open(&crate::storage::Flusher::new(db)).unwrap();
+            proptest::prop_assert_eq!(all_pages(&rebuilt, &buckets, after.as_deref(), upto.as_deref(), max_bytes), expected);
+        }
+    }
+
+    #[test]
+    fn the_on_disk_leaf_index_of_earlier_builds_is_dropped_and_rebuilt_in_memory() {
+        let db = sled::Config::new().temporary(true).open().unwrap();
+        let store = ApStore::open(&crate::storage::Flusher::new(db.clone())).unwrap();
+        let mut deleted = hint(1).entry; // a tombstone
+        deleted.key = b"gone".to_vec();
+        store.merge(&deleted).unwrap();
+        let mut live = hint(2).entry;
+        live.versioned.value = Some(b"v".to_vec());
+        store.merge(&live).unwrap();
+        drop(store);
+        // What an earlier build left: its leaf tree and its "indexes complete" marker, and a
+        // tombstone index that lost its mark (its marker says complete, so it was trusted).
+        db.open_tree(OLD_LEAF_TREE)
+            .unwrap()
+            .insert(b"carts\0\0\0stale", &[])
+            .unwrap();
+        let meta = db.open_tree("ap_meta").unwrap();
+        meta.insert([OLD_INDEXED_PREFIX, b"carts"].concat(), &[]).unwrap();
+        meta.remove(indexed_marker("carts")).unwrap();
+        db.open_tree("ap_tombstones").unwrap().clear().unwrap();
+
+        let store = ApStore::open(&crate::storage::Flusher::new(db.clone())).unwrap();
+        assert!(
+            !db.tree_names().iter().any(|name| name == OLD_LEAF_TREE.as_bytes()),
+            "the old leaf tree is dropped"
+        );
+        assert!(meta.scan_prefix(OLD_INDEXED_PREFIX).next().is_none(), "and its markers");
+        let all: BTreeSet<usize> = (0..crate::ap::digest::BUCKETS).collect();
+        let keys: BTreeSet<Vec<u8>> = all_pages(&store, &all, None, None, usize::MAX)
+            .into_iter()
+            .map(|(key, _)| key)
+            .collect();
+        assert_eq!(keys, BTreeSet::from([b"gone".to_vec(), live.key.clone()]));
+        assert_eq!(
+            store.tombstones("carts").unwrap(),
+            vec![deleted],
+            "the tombstone index is completed again on first use"
+        );
     }
 
     #[test]
