@@ -16,7 +16,8 @@
 # own replica holds all the keys (`keyspace describe`, which counts the replica it is asked on).
 # Values are 256 bytes, written by `capkv bench`'s preload (64 at a time) to node 3 while it is cut
 # off. Idle CPU is each node's user + system time over IDLE_SECONDS, read from /proc, once just
-# after the replicas agree and once more IDLE_SETTLE_SECONDS later.
+# after the replicas agree and once more IDLE_SETTLE_SECONDS later; then each node's resident
+# memory (VmRSS).
 set -euo pipefail
 
 CONVERGE_KEYS="${CONVERGE_KEYS:-10000 100000}"
@@ -116,6 +117,10 @@ idle() {
     # seen in a profile as PageCache::rewrite_page); the second window is the steady state.
     sleep "$IDLE_SETTLE_SECONDS"
     idle_window "$keys" "$((IDLE_SETTLE_SECONDS + IDLE_SECONDS)) s later"
+    for id in 1 2 3; do
+        awk -v id="$id" -v k="$keys" '$1 == "VmRSS:" { printf "  node %d, holding %d keys: %.0f MiB resident\n", id, k, $2 / 1024 }' \
+            "/proc/${pids[id]}/status"
+    done
     stop_cluster "$dir"
 }
 

@@ -16,7 +16,7 @@
 //! about 2^-64; anti-entropy would then miss that difference until either side changes again.
 //! A tree takes about 560 KiB of memory per keyspace, and is rebuilt by one scan of the keyspace
 //! the first time a process uses it, with the in-memory index of each leaf's keys that repair
-//! reads leaves through (`ApStore`, about 50 bytes per key).
+//! reads leaves through (`ApStore`, a few tens of bytes per key).
 
 use super::version::Versioned;
 

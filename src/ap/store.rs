@@ -15,7 +15,8 @@
 //!
 //! The leaf index lives in memory, like etcd's key index, because on disk it was a third sled
 //! insert for every new key: while a healed replica took in 100,000 keys, sled's inserts were
-//! most of its CPU. It costs about 50 bytes of memory per key (keys of up to 16 bytes).
+//! most of its CPU. It costs a few tens of bytes per key, no more than sled's pages and page
+//! table for the same index did (`scripts/ap-scale.sh` prints a node's memory at 1,000,000 keys).
 //!
 //! CAVEATS: every change to `ap_data` must go through [`ApStore::merge_many`] (or `merge`) or
 //! [`ApStore::remove_tombstone`], or the tree and indexes no longer match the data (until the
