@@ -18,7 +18,7 @@ use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 use crate::error::Error;
-use crate::keyspace::{validate_key, validate_name, validate_value, KeyspaceDef};
+use crate::keyspace::{validate_key, validate_name, validate_value};
 use crate::kv::KvPath;
 use crate::limits::{KEY_BYTES_MAX, RESPONSE_BYTES_MAX, TXN_BYTES_MAX, TXN_OPS_MAX};
 use crate::mode::Mode;
@@ -49,23 +49,28 @@ impl KvService {
         Self { node, own_endpoint }
     }
 
-    /// The labels of a request on a keyspace this node knows as `def` (or fails to read).
-    fn labels(def: Result<Option<&KeyspaceDef>, &Error>) -> Labels {
-        match def {
-            Ok(Some(def)) => Labels {
-                keyspace: def.name.clone(),
-                mode: def.mode.as_str(),
-            },
-            _ => Labels {
-                keyspace: "unknown".into(),
-                mode: "unknown",
-            },
+    /// The metric labels of a request on `keyspace`, and the mode it is served by (cp when this
+    /// node does not know the keyspace yet: the cp path answers for unknown keyspaces), from one
+    /// read of its definition.
+    fn labels_and_mode(&self, keyspace: &str) -> (Labels, Result<Mode, Error>) {
+        let unknown = || Labels {
+            keyspace: "unknown".into(),
+            mode: "unknown",
+        };
+        match self.node.local_keyspace(keyspace) {
+            Ok(Some(def)) => (
+                Labels {
+                    keyspace: def.name,
+                    mode: def.mode.as_str(),
+                },
+                Ok(def.mode),
+            ),
+            Ok(None) => (unknown(), Ok(Mode::Cp)),
+            Err(e) => (unknown(), Err(e)),
         }
     }
 
-    /// Runs one request: admit, check, handle, record, map the error. The keyspace's definition
-    /// is read once, for both the metric labels and the mode `handle` serves it by (cp when this
-    /// node does not know the keyspace yet: the cp path answers for unknown keyspaces).
+    /// Runs one request: admit, check, handle (in the keyspace's mode), record, map the error.
     async fn serve<Req, Resp, H, Fut>(
         &self,
         request: Request<Req>,
@@ -82,9 +87,7 @@ impl KvService {
         let ctx = Ctx::of(&request);
         let (started, forwarded_leader) = (ctx.started, ctx.leader_endpoint.clone());
         let message = request.into_inner();
-        let def = self.node.local_keyspace(keyspace(&message));
-        let labels = Self::labels(def.as_ref().map(Option::as_ref));
-        let mode = def.map(|def| def.map_or(Mode::Cp, |def| def.mode));
+        let (labels, mode) = self.labels_and_mode(keyspace(&message));
         let admitted = super::admit(&self.node, &ctx).await.and_then(|_| check(&message));
         let result = match admitted.and(mode) {
             Ok(mode) => {
