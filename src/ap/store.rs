@@ -182,11 +182,15 @@ impl ApStore {
         // The on-disk leaf index of earlier builds is rebuilt in memory now. Its markers go
         // first, so a node that crashes here, or an earlier build started on this data again,
         // rebuilds that index instead of trusting a half-dropped one.
+        let mut removed = false;
         for kv in meta.scan_prefix(OLD_INDEXED_PREFIX) {
             let (key, _) = kv?;
             meta.remove(key)?;
+            removed = true;
         }
-        meta.flush()?;
+        if removed {
+            meta.flush()?;
+        }
         db.drop_tree(OLD_LEAF_TREE)?;
         Ok(Self {
             flusher: flusher.clone(),
