@@ -48,6 +48,7 @@ pub async fn run(options: NodeOptions) -> Result<(), Error> {
     } else {
         server::Ports::Shared
     };
+    let health = tonic_health::server::HealthReporter::new();
     let grpc = tokio::spawn(server::serve_grpc(
         node.clone(),
         grpc_listener,
@@ -56,6 +57,7 @@ pub async fn run(options: NodeOptions) -> Result<(), Error> {
             tls: client_tls,
             gate: server::gate::GateLayer::new(tokens.clone(), Some(options.max_requests_in_flight), options.id),
             max_connections: Some(options.max_connections),
+            health: health.clone(),
         },
         stopped(stop_rx.clone()),
     ));
@@ -68,6 +70,7 @@ pub async fn run(options: NodeOptions) -> Result<(), Error> {
                 tls: peer_tls,
                 gate: server::gate::GateLayer::open(options.id),
                 max_connections: None,
+                health: health.clone(),
             },
             stopped(stop_rx.clone()),
         ))
@@ -86,6 +89,7 @@ pub async fn run(options: NodeOptions) -> Result<(), Error> {
         tokio::spawn(membership::follow(node.clone())),
         spawn_ap_repair(&node),
         tokio::spawn(metrics::run_gauge_updater(node.clone())),
+        tokio::spawn(crate::observe::health::run_grpc_health(node.clone(), health)),
     ];
     let backups = options.backup.clone().map(|schedule| {
         let leader_node = node.clone();

@@ -76,6 +76,8 @@ pub struct Port {
     pub gate: gate::GateLayer,
     /// The bound on open connections (`None`: unbounded).
     pub max_connections: Option<usize>,
+    /// The node's grpc.health.v1 statuses: one set, kept by one task, served on every port.
+    pub health: tonic_health::server::HealthReporter,
 }
 
 /// Serves the gRPC services of `port` until `shutdown` completes.
@@ -90,9 +92,11 @@ pub async fn serve_grpc(
         tls,
         gate,
         max_connections,
+        health,
     } = port;
-    let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    tokio::spawn(crate::observe::health::run_grpc_health(node.clone(), health_reporter));
+    let health_service = tonic_health::pb::health_server::HealthServer::new(
+        tonic_health::server::HealthService::from_health_reporter(health),
+    );
     fn reflection() -> tonic_reflection::server::Builder<'static> {
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)

@@ -171,6 +171,38 @@ fn grpc_health_and_reflection_serve_third_party_tools() {
             ServingStatus::Serving,
             "a healthy node reports SERVING on grpc.health.v1"
         );
+        // Cut off, node 1 knows no reachable leader (or, leading, no majority): NOT_SERVING;
+        // after the heal, SERVING again. Statuses are written on change only, so this checks
+        // that both changes are written.
+        let wait_for = |health: &mut HealthClient<tonic::transport::Channel>, want: ServingStatus| {
+            let mut health = health.clone();
+            async move {
+                let mut status = ServingStatus::Unknown;
+                for _ in 0..100 {
+                    let request = HealthCheckRequest {
+                        service: "capkv.v1.Kv".into(),
+                    };
+                    status = health.check(request).await.expect("health check").into_inner().status();
+                    if status == want {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                status
+            }
+        };
+        cluster.client().run(&["fault", "partition", "1", "2,3"]).expect_code(0);
+        assert_eq!(
+            wait_for(&mut health, ServingStatus::NotServing).await,
+            ServingStatus::NotServing,
+            "a node cut off from the majority reports NOT_SERVING"
+        );
+        cluster.client().run(&["fault", "heal"]).expect_code(0);
+        assert_eq!(
+            wait_for(&mut health, ServingStatus::Serving).await,
+            ServingStatus::Serving,
+            "after the heal it reports SERVING again"
+        );
         let mut reflection = ServerReflectionClient::new(channel);
         let request = ServerReflectionRequest {
             host: String::new(),
