@@ -32,35 +32,29 @@ pub fn width(level: usize) -> usize {
     FANOUT.pow(level as u32)
 }
 
-/// FNV-1a, then a splitmix64 finalizer: stable across processes and releases, unlike std's hasher.
+/// XXH3 (64 bits) of `parts`, each followed by its length so no two splits of the same bytes
+/// hash alike: specified and stable across processes, releases and machines, unlike std's
+/// hasher, as replicas compare these hashes.
 fn hash64(parts: &[&[u8]]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut hasher = xxhash_rust::xxh3::Xxh3Default::new();
     for part in parts {
-        for byte in part.iter().chain((part.len() as u64).to_le_bytes().iter()) {
-            h ^= *byte as u64;
-            h = h.wrapping_mul(0x0000_0100_0000_01b3);
-        }
+        hasher.update(part);
+        hasher.update(&(part.len() as u64).to_le_bytes());
     }
-    h ^= h >> 30;
-    h = h.wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    h ^= h >> 27;
-    h = h.wrapping_mul(0x94d0_49bb_1331_11eb);
-    h ^ (h >> 31)
+    hasher.digest()
 }
 
 /// The bucket (leaf of the hash tree) a key belongs to.
 pub fn bucket_of(key: &[u8]) -> usize {
-    (hash64(&[key]) % BUCKETS as u64) as usize
+    (xxhash_rust::xxh3::xxh3_64(key) % BUCKETS as u64) as usize
 }
 
 /// The hash of one stored version of a key; a leaf is the wrapping sum of its entries' hashes.
 pub fn entry_hash(key: &[u8], v: &Versioned) -> u64 {
-    let version = [
-        v.version.hlc.physical_ms.to_le_bytes().as_slice(),
-        v.version.hlc.logical.to_le_bytes().as_slice(),
-        v.version.node.to_le_bytes().as_slice(),
-    ]
-    .concat();
+    let mut version = [0u8; 20];
+    version[..8].copy_from_slice(&v.version.hlc.physical_ms.to_le_bytes());
+    version[8..12].copy_from_slice(&v.version.hlc.logical.to_le_bytes());
+    version[12..].copy_from_slice(&v.version.node.to_le_bytes());
     match &v.value {
         Some(value) => hash64(&[key, &version, b"v", value]),
         None => hash64(&[key, &version, b"t"]),

@@ -452,7 +452,8 @@ mod tests {
             let outside = Request::Fetch {
                 keyspace: KEYSPACE.into(),
                 buckets: vec![bucket],
-                after: Some(b"bob".to_vec()),
+                // A range that starts after bob's own cursor (bucket, then key) leaves bob out.
+                after: Some(super::leaf_cursor(b"bob")),
                 upto: None,
                 entries: vec![entry(KEYSPACE, "bob", EPOCH_MS)],
             };
