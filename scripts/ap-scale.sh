@@ -8,22 +8,26 @@
 #
 # Environment: CONVERGE_KEYS (space-separated counts, default "10000 100000"), IDLE_KEYS (keys
 # held for the idle measurement, default 1000000; 0 skips it), IDLE_SECONDS (default 30),
-# IDLE_SETTLE_SECONDS (between the two idle windows, default 120),
+# IDLE_SETTLE_SECONDS (the longest wait for sled's log cleaning after the load, default 1800),
 # CAPKV_BIN (default: a release build, built when missing), PORT_BASE (gRPC port of node 1,
 # default 27101; HTTP ports are +1000, peer ports +2000), KEEP=1 keeps the work directory.
 #
 # Convergence is timed from `fault heal` to the first poll (every 100 ms) at which every node's
 # own replica holds all the keys (`keyspace describe`, which counts the replica it is asked on).
 # Values are 256 bytes, written by `capkv bench`'s preload (64 at a time) to node 3 while it is cut
-# off. Idle CPU is each node's user + system time over IDLE_SECONDS, read from /proc, once just
-# after the replicas agree and once more IDLE_SETTLE_SECONDS later; then each node's resident
-# memory (VmRSS).
+# off. Idle CPU is each node's user + system time over IDLE_SECONDS, read from /proc: first with
+# the ap keyspace created and empty (what every node pays for liveness pings, Raft heartbeats and
+# repair rounds that find nothing to compare), then just after the replicas agree on all the keys,
+# and once more when sled has finished cleaning its log after the load (see `settle`). Each window
+# also splits out sled's own threads. The last window less the first is what holding the keys
+# costs at idle: repair over them and the storage's upkeep. Then each node's resident memory
+# (VmRSS).
 set -euo pipefail
 
 CONVERGE_KEYS="${CONVERGE_KEYS:-10000 100000}"
 IDLE_KEYS="${IDLE_KEYS:-1000000}"
 IDLE_SECONDS="${IDLE_SECONDS:-30}"
-IDLE_SETTLE_SECONDS="${IDLE_SETTLE_SECONDS:-120}"
+IDLE_SETTLE_SECONDS="${IDLE_SETTLE_SECONDS:-1800}"
 PORT_BASE="${PORT_BASE:-27101}"
 cd "$(dirname "$0")/.."
 
@@ -78,30 +82,90 @@ converge() {
     stop_cluster "$dir"
 }
 
-# CPU seconds (user + system) a process has used.
-cpu_seconds() {
-    awk -v hz="$(getconf CLK_TCK)" '{ printf "%.3f", ($14 + $15) / hz }' "/proc/$1/stat"
+# CPU ticks (user + system) of process $1 as "all tid:ticks tid:ticks ...": the whole process
+# (threads that exited included), then each of sled's own threads (its log flusher, which also
+# cleans the log's segments, and its IO threads).
+cpu_ticks() {
+    local task comm sled=""
+    for task in /proc/"$1"/task/*; do
+        comm="$(cat "$task/comm" 2>/dev/null)" || continue
+        case "$comm" in
+            "log flusher" | sled-*)
+                sled+=" ${task##*/}:$(sed 's/.*) //' "$task/stat" 2>/dev/null | awk '{ print $12 + $13 }')"
+                ;;
+        esac
+    done
+    echo "$(sed 's/.*) //' "/proc/$1/stat" | awk '{ print $12 + $13 }')$sled"
+}
+
+# Each node's CPU share over $1 seconds: sets `share` (whole node) and `storage` (sled's threads;
+# a sled thread that exits during the window is left out of it).
+measure() {
+    local seconds="$1" id
+    local -a before after
+    for id in 1 2 3; do
+        before[id]="$(cpu_ticks "${pids[id]}")"
+    done
+    sleep "$seconds"
+    for id in 1 2 3; do
+        after[id]="$(cpu_ticks "${pids[id]}")"
+        read -r share[id] storage[id] < <(awk -v b="${before[id]}" -v a="${after[id]}" -v s="$seconds" -v hz="$(getconf CLK_TCK)" '
+            BEGIN {
+                nb = split(b, x, " "); na = split(a, y, " ")
+                for (i = 2; i <= nb; i++) { split(x[i], t, ":"); was[t[1]] = t[2] }
+                for (i = 2; i <= na; i++) { split(y[i], t, ":"); sled += t[2] - was[t[1]] }
+                printf "%.2f %.2f\n", 100 * (y[1] - x[1]) / hz / s, 100 * sled / hz / s
+            }')
+    done
 }
 
 # Prints each node's CPU share over IDLE_SECONDS (uses `pids` from `idle`).
 idle_window() {
-    local keys="$1" when="$2" before after id
+    local keys="$1" when="$2" id
+    measure "$IDLE_SECONDS"
     for id in 1 2 3; do
-        before[id]="$(cpu_seconds "${pids[id]}")"
+        echo "  node $id, holding $keys keys in agreement, $when: ${share[id]}% of a core over $IDLE_SECONDS s" \
+            "(sled's threads ${storage[id]}%, the rest $(awk -v a="${share[id]}" -v b="${storage[id]}" 'BEGIN { printf "%.2f", a - b }')%)"
     done
-    sleep "$IDLE_SECONDS"
-    for id in 1 2 3; do
-        after="$(cpu_seconds "${pids[id]}")"
-        awk -v id="$id" -v a="${before[id]}" -v b="$after" -v s="$IDLE_SECONDS" -v k="$keys" -v w="$when" \
-            'BEGIN { printf "  node %d, holding %d keys in agreement, %s: %.2f%% of a core over %d s\n", id, k, w, 100 * (b - a) / s, s }'
+}
+
+# Waits until sled's threads on every node use under 0.2% of a core over 20 s: after a bulk load
+# sled goes on cleaning its log for many minutes (PageCache::rewrite_page in a profile, on its
+# log flusher thread, at about half a percent of a core), which is the storage settling, not
+# repair. Gives up after IDLE_SETTLE_SECONDS.
+settle() {
+    local started id busy
+    started="$(now)"
+    while :; do
+        measure 20
+        busy=0
+        for id in 1 2 3; do
+            awk -v s="${storage[id]}" 'BEGIN { exit !(s >= 0.2) }' && busy=1
+        done
+        if [ "$busy" = 0 ]; then
+            echo "  sled's threads were quiet (under 0.2% of a core over 20 s) $(since "$started") s after that window"
+            return
+        fi
+        if [ "$(since "$started" | cut -d. -f1)" -ge "$IDLE_SETTLE_SECONDS" ]; then
+            echo "  sled's threads still use ${storage[*]}% of a core $IDLE_SETTLE_SECONDS s after that window; measuring anyway"
+            return
+        fi
     done
 }
 
 idle() {
-    local keys="$1" dir="$work/idle" endpoints started pids id
+    local keys="$1" dir="$work/idle" endpoints started pids share storage empty id
     track_cluster "$dir"
     endpoints="$(start_cluster "$dir" "$PORT_BASE")"
     "$CAPKV_BIN" --endpoints "$endpoints" keyspace create carts --mode ap >/dev/null
+    for id in 1 2 3; do
+        pids[id]="$(pgrep -f -- "--data-dir $dir/node-$id" | head -1)"
+    done
+    sleep 5 # the keyspace reaches every node and the first repair rounds run
+    idle_window 0 "before the load"
+    for id in 1 2 3; do
+        empty[id]="${share[id]}"
+    done
     started="$(now)"
     fill "$endpoints" "$keys"
     echo "  wrote $keys keys through all nodes in $(since "$started") s"
@@ -109,14 +173,13 @@ idle() {
         until [ "$(keys_on "$id")" = "$keys" ]; do sleep 1; done
     done
     sleep 5 # the last repair rounds and flushes settle
-    for id in 1 2 3; do
-        pids[id]="$(pgrep -f -- "--data-dir $dir/node-$id" | head -1)"
-    done
     idle_window "$keys" "just after the load"
-    # sled goes on rewriting pages of its log for a while after a bulk load (segment cleaning,
-    # seen in a profile as PageCache::rewrite_page); the second window is the steady state.
-    sleep "$IDLE_SETTLE_SECONDS"
-    idle_window "$keys" "$((IDLE_SETTLE_SECONDS + IDLE_SECONDS)) s later"
+    settle
+    idle_window "$keys" "once sled's cleaning ended"
+    for id in 1 2 3; do
+        awk -v id="$id" -v k="$keys" -v e="${empty[id]}" -v f="${share[id]}" \
+            'BEGIN { printf "  node %d: holding %d keys costs %.2f%% of a core at idle (%.2f%% less %.2f%% empty)\n", id, k, f - e, f, e }'
+    done
     for id in 1 2 3; do
         awk -v id="$id" -v k="$keys" '$1 == "VmRSS:" { printf "  node %d, holding %d keys: %.0f MiB resident\n", id, k, $2 / 1024 }' \
             "/proc/${pids[id]}/status"
