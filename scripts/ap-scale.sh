@@ -175,7 +175,7 @@ idle() {
     sleep 5 # the last repair rounds and flushes settle
     idle_window "$keys" "just after the load"
     settle
-    idle_window "$keys" "once sled's cleaning ended"
+    idle_window "$keys" "after the wait for sled's cleaning"
     for id in 1 2 3; do
         awk -v id="$id" -v k="$keys" -v e="${empty[id]}" -v f="${share[id]}" \
             'BEGIN { printf "  node %d: holding %d keys costs %.2f%% of a core at idle (%.2f%% less %.2f%% empty)\n", id, k, f - e, f, e }'
