@@ -702,7 +702,7 @@ mod tests {
 
     #[test]
     fn export_pages_keep_tombstones_stay_in_their_keyspace_and_resume() {
-        let db = sled::Config::new().temporary(true).open().unwrap();
+        let db = crate::storage::temporary_db();
         let store = ApStore::open(&crate::storage::Flusher::new(db)).unwrap();
         for n in 0..5u64 {
             store.merge(&hint(n).entry).unwrap(); // tombstones of keyspace "carts"
@@ -721,7 +721,7 @@ mod tests {
 
     #[test]
     fn hint_queues_are_bounded_per_peer_and_counted_across_reopen() {
-        let db = sled::Config::new().temporary(true).open().unwrap();
+        let db = crate::storage::temporary_db();
         let store = ApStore::open(&crate::storage::Flusher::new(db.clone())).unwrap();
         let three = HintBound {
             count: 3,
@@ -794,7 +794,7 @@ mod tests {
 
     #[test]
     fn pages_of_entries_end_by_bytes_and_continue_after_the_last_key() {
-        let db = sled::Config::new().temporary(true).open().unwrap();
+        let db = crate::storage::temporary_db();
         let store = ApStore::open(&crate::storage::Flusher::new(db)).unwrap();
         let all: BTreeSet<usize> = (0..crate::ap::digest::BUCKETS).collect();
         for n in 0..10u64 {
@@ -862,7 +862,7 @@ mod tests {
             range in proptest::option::of((0u8..40, 0u8..40)),
             max_bytes in 1usize..200,
         ) {
-            let db = sled::Config::new().temporary(true).open().unwrap();
+            let db = crate::storage::temporary_db();
             let store = ApStore::open(&crate::storage::Flusher::new(db.clone())).unwrap();
             store.tree_root("carts").unwrap(); // built before the changes: kept in step from here
             let key = |n: u8| format!("k{n}").into_bytes();
@@ -912,7 +912,7 @@ mod tests {
 
     #[test]
     fn the_on_disk_leaf_index_of_earlier_builds_is_dropped_and_rebuilt_in_memory() {
-        let db = sled::Config::new().temporary(true).open().unwrap();
+        let db = crate::storage::temporary_db();
         let store = ApStore::open(&crate::storage::Flusher::new(db.clone())).unwrap();
         let mut deleted = hint(1).entry; // a tombstone
         deleted.key = b"gone".to_vec();
@@ -953,7 +953,7 @@ mod tests {
 
     #[test]
     fn the_tombstone_index_follows_deletes_overwrites_and_collection() {
-        let db = sled::Config::new().temporary(true).open().unwrap();
+        let db = crate::storage::temporary_db();
         let store = ApStore::open(&crate::storage::Flusher::new(db.clone())).unwrap();
         let version = |ms: u64, value: Option<&[u8]>| Entry {
             keyspace: "carts".into(),

@@ -363,12 +363,7 @@ mod tests {
     use super::*;
 
     fn tree() -> sled::Tree {
-        sled::Config::new()
-            .temporary(true)
-            .open()
-            .unwrap()
-            .open_tree("t")
-            .unwrap()
+        crate::storage::temporary_db().open_tree("t").unwrap()
     }
 
     fn file_of(frames: &[(&[u8], &[u8])]) -> Vec<u8> {

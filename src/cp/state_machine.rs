@@ -995,7 +995,7 @@ mod copy_tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_copy_shows_one_applied_index_while_applies_wait() {
-        let db = sled::Config::new().temporary(true).open().unwrap();
+        let db = crate::storage::temporary_db();
         let mut sm = StateMachineStore::open(&crate::storage::Flusher::new(db)).unwrap();
         let create = Command::CreateKeyspace(CreateKeyspace {
             name: "bank".into(),
@@ -1126,7 +1126,7 @@ mod crash_tests {
                 rest = tail;
             }
             let open = || {
-                let db = sled::Config::new().temporary(true).open().unwrap();
+                let db = crate::storage::temporary_db();
                 let flusher = crate::storage::Flusher::new(db);
                 (StateMachineStore::open(&flusher).unwrap(), flusher)
             };
@@ -1164,7 +1164,7 @@ mod crash_tests {
     /// A store on a fresh database (its flusher, to reopen it) that has applied the keyspace
     /// `bank` at index 1 and `put_k(first)` at index 2.
     fn bank_with_k(first: Vec<u8>) -> (tokio::runtime::Runtime, crate::storage::Flusher, StateMachineStore) {
-        let db = sled::Config::new().temporary(true).open().unwrap();
+        let db = crate::storage::temporary_db();
         let flusher = crate::storage::Flusher::new(db);
         let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
         let mut sm = StateMachineStore::open(&flusher).unwrap();
@@ -1252,7 +1252,7 @@ mod session_tests {
 
     fn open_bank() -> (tokio::runtime::Runtime, StateMachineStore) {
         let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
-        let db = sled::Config::new().temporary(true).open().unwrap();
+        let db = crate::storage::temporary_db();
         let mut sm = StateMachineStore::open(&crate::storage::Flusher::new(db)).unwrap();
         let create = Command::CreateKeyspace(CreateKeyspace {
             name: "bank".into(),
@@ -1370,7 +1370,7 @@ mod session_tests {
             split in prop::collection::vec(1usize..6, 1..60),
         ) {
             let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
-            let db = sled::Config::new().temporary(true).open().unwrap();
+            let db = crate::storage::temporary_db();
             let mut sm = StateMachineStore::open(&crate::storage::Flusher::new(db)).unwrap();
             let mut model = MemState::default();
             let create = Command::CreateKeyspace(CreateKeyspace { name: "bank".into(), mode: crate::mode::Mode::Cp });

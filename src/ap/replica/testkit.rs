@@ -59,27 +59,33 @@ impl Net {
 /// The in-memory transport of one kit node.
 pub struct KitTransport {
     from: u64,
-    net: Arc<Net>,
+    /// Weak: the network holds the replicas, which hold their transports, so a strong handle
+    /// here would keep every replica (and its sled database) alive after the test.
+    net: std::sync::Weak<Net>,
 }
 
 impl Transport for KitTransport {
     async fn call(&self, to: u64, request: Request, _timeout: Duration) -> Result<Response, Unreachable> {
-        let down = self.net.down.read().unwrap().clone();
+        let net = self
+            .net
+            .upgrade()
+            .ok_or_else(|| Unreachable("the test kit is gone".into()))?;
+        let down = net.down.read().unwrap().clone();
         if down.contains(&to) || down.contains(&self.from) {
             return Err(Unreachable(format!("node {to} is down in the test kit")));
         }
-        if let Some(forged) = self.net.forged.read().unwrap().get(&to).cloned() {
+        if let Some(forged) = net.forged.read().unwrap().get(&to).cloned() {
             return Ok(forged);
         }
-        let target = self.net.nodes.read().unwrap().get(&to).cloned();
+        let target = net.nodes.read().unwrap().get(&to).cloned();
         let target = target.ok_or_else(|| Unreachable(format!("node {to} is not in the test kit")))?;
-        self.net.carry(&request, to)?;
-        self.net.requests.fetch_add(1, Ordering::SeqCst);
+        net.carry(&request, to)?;
+        net.requests.fetch_add(1, Ordering::SeqCst);
         let answer = target
             .handle(self.from, request)
             .await
             .map_err(|e| Unreachable(format!("node {to} answered with an error: {e}")))?;
-        self.net.carry(&answer, self.from)?;
+        net.carry(&answer, self.from)?;
         Ok(answer)
     }
 }
@@ -91,13 +97,9 @@ pub struct Kit {
     skews: BTreeMap<u64, Arc<ClockSkew>>,
 }
 
-/// A store on a temporary sled database, removed when dropped.
+/// A store on a temporary sled database ([`crate::storage::temporary_db`]).
 pub fn temp_store() -> ApStore {
-    let db = sled::Config::new()
-        .temporary(true)
-        .open()
-        .expect("a temporary sled opens");
-    ApStore::open(&crate::storage::Flusher::new(db)).expect("the AP store opens")
+    ApStore::open(&crate::storage::Flusher::new(crate::storage::temporary_db())).expect("the AP store opens")
 }
 
 /// Options whose hint and tombstone horizons are short enough to cross with [`Kit::advance`].
@@ -124,7 +126,7 @@ impl Kit {
             };
             let transport = KitTransport {
                 from: *id,
-                net: kit.net.clone(),
+                net: Arc::downgrade(&kit.net),
             };
             let replica = Replica::new(
                 *id,
