@@ -17,14 +17,21 @@
 #    when missing. Not root: skipped, with the reason printed.
 #
 # Runs 1-4 use the built-in fault layer (capkv's own fault filter). Runs are stored under
-# JEPSEN_CI_STORE (default: a fresh temp dir), printed at the end.
+# JEPSEN_CI_STORE, which is kept. Without it they go to a fresh temp dir, kept (and printed) when
+# something failed and removed when everything passed: each run's store holds its nodes' data,
+# about 150 MB per invocation.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 SECS="${JEPSEN_CI_SECS:-20}"
 SEED="${JEPSEN_CI_SEED:-7}"
-STORE="${JEPSEN_CI_STORE:-$(mktemp -d "${TMPDIR:-/tmp}/jepsen-ci.XXXXXX")}"
+STORE="${JEPSEN_CI_STORE:-}"
+TEMP_STORE=""
+if [ -z "$STORE" ]; then
+    STORE="$(mktemp -d "${TMPDIR:-/tmp}/jepsen-ci.XXXXXX")"
+    TEMP_STORE="$STORE"
+fi
 RUN_TIMEOUT="$((SECS + 200))s"
 FAILED=()
 
@@ -86,9 +93,15 @@ else
     run netns-cp-register-partition-halves --mode cp --workload register --nemesis partition-halves --layer netns
 fi
 
-echo "runs stored in $STORE"
 if [ "${#FAILED[@]}" -ne 0 ]; then
+    echo "runs stored in $STORE"
     echo "jepsen-ci: FAILED: ${FAILED[*]}"
     exit 1
+fi
+if [ -n "$TEMP_STORE" ]; then
+    rm -rf "$TEMP_STORE"
+    echo "runs' store $TEMP_STORE removed (everything passed; set JEPSEN_CI_STORE=DIR to keep the runs)"
+else
+    echo "runs stored in $STORE"
 fi
 echo "jepsen-ci: all runs passed and every negative control was caught"
