@@ -131,8 +131,8 @@ idle_window() {
 
 # Waits until sled's threads on every node use under 0.2% of a core in 3 windows of 20 s in a
 # row: after a bulk load sled goes on cleaning its log for many minutes (PageCache::rewrite_page
-# in a profile, on its log flusher thread, at about half a percent of a core, and the node's
-# runtime thread is busier meanwhile too), which is the storage settling, not repair. After one
+# in a profile, on its log flusher thread, at 0.5-1.5% of a core in the runs so far, and the
+# node's runtime thread is busier meanwhile too), which is the storage settling, not repair. After one
 # quiet window, a run measured the whole node at 2.4-2.7% of a core, where a node watched for 20
 # minutes after the same load used 2.4-3.6% while sled cleaned and 1.2-1.9% from the minute it
 # stopped; hence a minute of quiet. Gives up after IDLE_SETTLE_SECONDS.
